@@ -1,0 +1,107 @@
+/**
+ * `npm test`: everything CI checks, in one command, with one total.
+ *
+ * 1. the committed wasm module matches a fresh build of assembly/;
+ * 2. `deno doc --lint`, `deno lint` and `deno fmt --check` are clean;
+ * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun.
+ * Each check counts as one test; each suite adds its own counts. The last line is the total:
+ * "N passed, N failed". Exit code 1 if anything failed.
+ */
+import { spawn } from "node:child_process";
+import { readdirSync } from "node:fs";
+import process from "node:process";
+
+interface Outcome {
+  passed: number;
+  failed: number;
+}
+
+const bin = (name: string) => `node_modules/.bin/${name}`;
+const testFiles = readdirSync("tests").filter((f) => f.endsWith("_test.ts")).map((f) => `tests/${f}`);
+
+/** Runs a command with inherited stderr, echoing and capturing stdout. */
+function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+    let out = "";
+    const echo = (chunk: Buffer) => {
+      out += chunk.toString();
+      process.stdout.write(chunk);
+    };
+    child.stdout.on("data", echo);
+    child.stderr.on("data", echo);
+    child.on("error", (error) => {
+      out += String(error);
+      resolve({ code: 127, out });
+    });
+    child.on("close", (code) => resolve({ code: code ?? 1, out }));
+  });
+}
+
+/** A check passes when its command exits 0. */
+async function check(name: string, cmd: string, args: string[]): Promise<Outcome> {
+  console.log(`\n── check: ${name}`);
+  const { code } = await run(cmd, args);
+  console.log(`── ${name}: ${code === 0 ? "passed" : "FAILED"}`);
+  return code === 0 ? { passed: 1, failed: 0 } : { passed: 0, failed: 1 };
+}
+
+/** A suite's counts come from its runner's summary; a crash without a summary counts as a failure. */
+async function suite(
+  name: string,
+  cmd: string,
+  args: string[],
+  summary: (out: string) => Outcome | undefined,
+): Promise<Outcome> {
+  console.log(`\n── suite: ${name}`);
+  const { code, out } = await run(cmd, args, { NO_COLOR: "1", FORCE_COLOR: "0" });
+  // deno-lint-ignore no-control-regex
+  const counts = summary(out.replace(/\x1b\[[0-9;]*m/g, ""));
+  const outcome = counts ?? { passed: 0, failed: 1 };
+  if (code !== 0 && outcome.failed === 0) outcome.failed = 1;
+  console.log(`── ${name}: ${outcome.passed} passed, ${outcome.failed} failed${counts ? "" : " (no summary)"}`);
+  return outcome;
+}
+
+const lastInt = (out: string, pattern: RegExp): number | undefined => {
+  const all = [...out.matchAll(pattern)];
+  return all.length === 0 ? undefined : Number(all[all.length - 1][1]);
+};
+
+const both = (passed: number | undefined, failed: number | undefined): Outcome | undefined =>
+  passed === undefined || failed === undefined ? undefined : { passed, failed };
+
+const outcomes: Outcome[] = [];
+outcomes.push(
+  await check("wasm module matches assembly/", process.execPath, [bin("tsx"), "_tools/build_wasm.ts", "--check"]),
+);
+outcomes.push(await check("deno doc --lint", bin("deno"), ["doc", "--lint", "mod.ts", "src/reference.ts"]));
+outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
+outcomes.push(await check("deno fmt --check", bin("deno"), ["fmt", "--check"]));
+outcomes.push(
+  await suite(
+    "node",
+    process.execPath,
+    ["--import", "tsx", "--test", "--test-reporter=tap", ...testFiles],
+    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+  ),
+);
+outcomes.push(
+  await suite("deno", bin("deno"), ["test", "--doc", "mod.ts", "src/", "tests/"], (out) => {
+    const m = [...out.matchAll(/\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
+    return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
+  }),
+);
+outcomes.push(
+  await suite(
+    "bun",
+    bin("bun"),
+    ["test", "--timeout", "600000", "./tests/"],
+    (out) => both(lastInt(out, /^\s*(\d+) pass$/gm), lastInt(out, /^\s*(\d+) fail$/gm)),
+  ),
+);
+
+const passed = outcomes.reduce((a, o) => a + o.passed, 0);
+const failed = outcomes.reduce((a, o) => a + o.failed, 0);
+console.log(`\n${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

@@ -1,0 +1,7 @@
+// Entry point of the WebAssembly module: the functions the host calls.
+// Pointers are byte addresses in linear memory, sizes count f32 elements.
+
+export { arenaBytes, arenaMaxBytes, arenaPtr, blockSizes, headDimMax, hbmPtr } from "./arena";
+export { expInto } from "./exp";
+export { forwardHead } from "./forward";
+export { countersPtr, resetCounters } from "./hbm";

@@ -1,0 +1,114 @@
+// The two matrix products of attention as f32x4 register-blocked loops over arena tiles.
+//
+// Both use a 4 × 8 register block (8 accumulators, two loaded vectors and one broadcast value:
+// 11 live v128, under the ~12 where V8 starts spilling) with separate mul and add (baseline SIMD,
+// identical bits in every runtime). Operands are arena addresses; dimensions are validated by the
+// host and the loop bounds stay inside the tiles laid out in arena.ts.
+
+/**
+ * Sᵀ = scale · Kj · QiT for one strip of 8 queries:
+ *   S[c·ldq + r0 + t] = scale · Σ_k Kj[c·d + k] · QiT[k·ldq + r0 + t]   for c ∈ [cBegin, cEnd), t < 8.
+ * cBegin and cEnd are multiples of 4; Kj rows up to cEnd exist (zero past the valid keys).
+ */
+export function scoresStrip(
+  S: usize, QiT: usize, ldq: i32, Kj: usize, d: i32,
+  r0: i32, cBegin: i32, cEnd: i32, scale: f32,
+): void {
+  const scaleV = f32x4.splat(scale);
+  const qRowBytes = <usize>ldq << 2;
+  const kRowBytes = <usize>d << 2;
+  const qStrip = QiT + (<usize>r0 << 2);
+  for (let c = cBegin; c < cEnd; c += 4) {
+    let a00 = f32x4.splat(0), a01 = f32x4.splat(0);
+    let a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+    let a20 = f32x4.splat(0), a21 = f32x4.splat(0);
+    let a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+    let q = qStrip;
+    let k = Kj + <usize>c * kRowBytes;
+    const kEnd = k + kRowBytes;
+    for (; k < kEnd; k += 4) {
+      const q0 = v128.load(q);
+      const q1 = v128.load(q, 16);
+      let x = v128.load32_splat(k);
+      a00 = f32x4.add(a00, f32x4.mul(x, q0));
+      a01 = f32x4.add(a01, f32x4.mul(x, q1));
+      x = v128.load32_splat(k + kRowBytes);
+      a10 = f32x4.add(a10, f32x4.mul(x, q0));
+      a11 = f32x4.add(a11, f32x4.mul(x, q1));
+      x = v128.load32_splat(k + 2 * kRowBytes);
+      a20 = f32x4.add(a20, f32x4.mul(x, q0));
+      a21 = f32x4.add(a21, f32x4.mul(x, q1));
+      x = v128.load32_splat(k + 3 * kRowBytes);
+      a30 = f32x4.add(a30, f32x4.mul(x, q0));
+      a31 = f32x4.add(a31, f32x4.mul(x, q1));
+      q += qRowBytes;
+    }
+    const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
+    v128.store(s, f32x4.mul(a00, scaleV));
+    v128.store(s, f32x4.mul(a01, scaleV), 16);
+    v128.store(s + qRowBytes, f32x4.mul(a10, scaleV));
+    v128.store(s + qRowBytes, f32x4.mul(a11, scaleV), 16);
+    v128.store(s + 2 * qRowBytes, f32x4.mul(a20, scaleV));
+    v128.store(s + 2 * qRowBytes, f32x4.mul(a21, scaleV), 16);
+    v128.store(s + 3 * qRowBytes, f32x4.mul(a30, scaleV));
+    v128.store(s + 3 * qRowBytes, f32x4.mul(a31, scaleV), 16);
+  }
+}
+
+/**
+ * O = alpha·O + P·Vj for the 4 queries r0..r0+3 over keys [kBegin, kEnd):
+ *   O[(r0+t)·dvP + c] = alpha[t]·O[(r0+t)·dvP + c] + Σ_k P[k·ldq + r0 + t] · Vj[k·dvP + c]
+ * for every c < dvP (a multiple of 8). P is the transposed probability tile (it overwrote Sᵀ);
+ * alpha holds the 4 rescale factors at the arena address alphaPtr.
+ */
+export function accumulateValues(
+  O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize,
+  r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
+): void {
+  const a0 = v128.load32_splat(alphaPtr);
+  const a1 = v128.load32_splat(alphaPtr, 4);
+  const a2 = v128.load32_splat(alphaPtr, 8);
+  const a3 = v128.load32_splat(alphaPtr, 12);
+  const oRowBytes = <usize>dvP << 2;
+  const pRowBytes = <usize>ldq << 2;
+  const pStart = P + ((<usize>kBegin * <usize>ldq + <usize>r0) << 2);
+  const pEnd = pStart + <usize>(kEnd - kBegin) * pRowBytes;
+  const o0 = O + <usize>r0 * oRowBytes;
+  for (let c: usize = 0; c < oRowBytes; c += 32) {
+    const o = o0 + c;
+    let a00 = f32x4.mul(v128.load(o), a0);
+    let a01 = f32x4.mul(v128.load(o, 16), a0);
+    let a10 = f32x4.mul(v128.load(o + oRowBytes), a1);
+    let a11 = f32x4.mul(v128.load(o + oRowBytes, 16), a1);
+    let a20 = f32x4.mul(v128.load(o + 2 * oRowBytes), a2);
+    let a21 = f32x4.mul(v128.load(o + 2 * oRowBytes, 16), a2);
+    let a30 = f32x4.mul(v128.load(o + 3 * oRowBytes), a3);
+    let a31 = f32x4.mul(v128.load(o + 3 * oRowBytes, 16), a3);
+    let v = Vj + <usize>kBegin * oRowBytes + c;
+    for (let p = pStart; p < pEnd; p += pRowBytes) {
+      const v0 = v128.load(v);
+      const v1 = v128.load(v, 16);
+      let x = v128.load32_splat(p);
+      a00 = f32x4.add(a00, f32x4.mul(x, v0));
+      a01 = f32x4.add(a01, f32x4.mul(x, v1));
+      x = v128.load32_splat(p, 4);
+      a10 = f32x4.add(a10, f32x4.mul(x, v0));
+      a11 = f32x4.add(a11, f32x4.mul(x, v1));
+      x = v128.load32_splat(p, 8);
+      a20 = f32x4.add(a20, f32x4.mul(x, v0));
+      a21 = f32x4.add(a21, f32x4.mul(x, v1));
+      x = v128.load32_splat(p, 12);
+      a30 = f32x4.add(a30, f32x4.mul(x, v0));
+      a31 = f32x4.add(a31, f32x4.mul(x, v1));
+      v += oRowBytes;
+    }
+    v128.store(o, a00);
+    v128.store(o, a01, 16);
+    v128.store(o + oRowBytes, a10);
+    v128.store(o + oRowBytes, a11, 16);
+    v128.store(o + 2 * oRowBytes, a20);
+    v128.store(o + 2 * oRowBytes, a21, 16);
+    v128.store(o + 3 * oRowBytes, a30);
+    v128.store(o + 3 * oRowBytes, a31, 16);
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * FlashAttention for JavaScript runtimes: exact attention `softmax(scale·Q·Kᵀ)·V` computed tile
+ * by tile in WebAssembly SIMD, so the Nq × Nk score matrix never exists and memory grows linearly
+ * with the sequence length. Works in Deno, Bun, Node, browsers and edge runtimes.
+ *
+ * ```ts
+ * import { flashAttention, init } from "@flash/attention";
+ *
+ * await init(); // optional on Deno, Bun and Node; needed in browsers
+ * const [B, N, H, d] = [1, 1024, 8, 64];
+ * const q = { data: new Float32Array(B * N * H * d).map(Math.random), shape: [B, N, H, d] };
+ * const k = { data: new Float32Array(B * N * H * d).map(Math.random), shape: [B, N, H, d] };
+ * const v = { data: new Float32Array(B * N * H * d).map(Math.random), shape: [B, N, H, d] };
+ * const o = flashAttention(q, k, v, { causal: true, returnLse: true });
+ * console.log(o.shape, o.lse.shape); // [1, 1024, 8, 64] [1, 8, 1024]
+ * ```
+ *
+ * The f64 reference implementation lives in `@flash/attention/reference`.
+ *
+ * @module
+ */
+export {
+  type AttentionOutput,
+  DEFAULT_SRAM_BYTES,
+  flashAttention,
+  type FlashAttentionOptions,
+} from "./src/flash_attention.ts";
+export { ShapeError } from "./src/errors.ts";
+export type { Layout, Tensor } from "./src/tensor.ts";
+export { init, type WasmSource } from "./src/wasm/loader.ts";

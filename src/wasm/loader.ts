@@ -1,0 +1,144 @@
+/**
+ * Instantiates the embedded WebAssembly kernels (src/wasm/kernels.generated.ts) once per realm.
+ *
+ * The module imports nothing and exports its memory; no managed objects cross the boundary, so the
+ * raw WebAssembly API with pointer arguments serves better than `@assemblyscript/loader`.
+ *
+ * @module
+ */
+import { WASM_BASE64 } from "./kernels.generated.ts";
+
+/** The functions exported by assembly/kernels.ts (pointers are byte addresses, sizes count floats). */
+export interface Kernels {
+  readonly memory: WebAssembly.Memory;
+  arenaPtr(): number;
+  arenaMaxBytes(): number;
+  hbmPtr(): number;
+  headDimMax(): number;
+  blockSizes(sramBytes: number, d: number, dv: number): number;
+  arenaBytes(Br: number, Bc: number, d: number, dv: number): number;
+  countersPtr(): number;
+  resetCounters(): void;
+  expInto(dstPtr: number, srcPtr: number, n: number): void;
+  forwardHead(
+    qPtr: number,
+    qStride: number,
+    kPtr: number,
+    kStride: number,
+    vPtr: number,
+    vStride: number,
+    oPtr: number,
+    oStride: number,
+    lsePtr: number,
+    Nq: number,
+    Nk: number,
+    d: number,
+    dv: number,
+    scale: number,
+    diagOffset: number,
+    windowLeft: number,
+    windowRight: number,
+    sramBytes: number,
+  ): void;
+}
+
+/** What `init` accepts: the module's bytes or an already compiled module. */
+export type WasmSource = BufferSource | WebAssembly.Module;
+
+function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** The embedded module's bytes (decoded on each call; callers keep what they need). */
+export function embeddedWasm(): Uint8Array<ArrayBuffer> {
+  return decodeBase64(WASM_BASE64);
+}
+
+/** One set of kernels and the two ways to make it ready. */
+export interface KernelLoader {
+  /** Compiles and instantiates `source` (default: the embedded module) unless already ready. */
+  init(source?: WasmSource): Promise<void>;
+  /** The ready kernels, compiling the embedded module synchronously on first use. */
+  loadKernels(): Kernels;
+}
+
+/** A loader with its own kernels: the package keeps one; tests make fresh ones. */
+export function createLoader(): KernelLoader {
+  let kernels: Kernels | undefined;
+  return {
+    async init(source?: WasmSource): Promise<void> {
+      if (kernels !== undefined) return;
+      const module = source instanceof WebAssembly.Module
+        ? source
+        : await WebAssembly.compile(source ?? embeddedWasm());
+      const instance = await WebAssembly.instantiate(module, {});
+      kernels ??= checkExports(instance);
+    },
+    loadKernels(): Kernels {
+      if (kernels === undefined) {
+        const instance = new WebAssembly.Instance(new WebAssembly.Module(embeddedWasm()), {});
+        kernels = checkExports(instance);
+      }
+      return kernels;
+    },
+  };
+}
+
+const packageLoader = createLoader();
+
+/**
+ * Prepares the WebAssembly kernels. Optional on Deno, Bun and Node, where the first call of
+ * `flashAttention` compiles the embedded module synchronously; needed in browsers (whose main
+ * thread refuses to compile large modules synchronously) and on edge runtimes that forbid
+ * compiling from bytes (pass the precompiled `WebAssembly.Module` there).
+ *
+ * Calling it again once the kernels are ready does nothing.
+ *
+ * @param source The module's bytes or a compiled `WebAssembly.Module`; defaults to the bytes
+ *   embedded in the package.
+ * @returns A promise that resolves when the kernels are ready.
+ * @throws {WebAssembly.CompileError} If `source` is not a valid module for this runtime.
+ * @throws {TypeError} If `source` is a module that does not export the kernels.
+ *
+ * @example Usage
+ * ```ts
+ * import { init } from "@flash/attention";
+ * await init();
+ * ```
+ */
+export function init(source?: WasmSource): Promise<void> {
+  return packageLoader.init(source);
+}
+
+/** The package's kernels, compiling the embedded module synchronously on first use. */
+export function loadKernels(): Kernels {
+  return packageLoader.loadKernels();
+}
+
+const REQUIRED_EXPORTS = [
+  "memory",
+  "arenaPtr",
+  "arenaMaxBytes",
+  "hbmPtr",
+  "headDimMax",
+  "blockSizes",
+  "arenaBytes",
+  "countersPtr",
+  "resetCounters",
+  "expInto",
+  "forwardHead",
+] as const;
+
+function checkExports(instance: WebAssembly.Instance): Kernels {
+  const exports = instance.exports;
+  const missing = REQUIRED_EXPORTS.filter((name) => !(name in exports));
+  if (missing.length > 0) {
+    throw new TypeError(
+      `Cannot initialise @flash/attention as the WebAssembly module does not export ${missing.join(", ")}`,
+    );
+  }
+  return exports as unknown as Kernels;
+}

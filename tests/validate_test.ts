@@ -1,0 +1,186 @@
+// Every kind of bad input gets a typed error naming the values, before any WebAssembly work,
+// and the module stays usable afterwards.
+
+import { flashAttention, ShapeError, type Tensor } from "../mod.ts";
+import { referenceAttention } from "../src/reference.ts";
+import { loadKernels } from "../src/wasm/loader.ts";
+import { assertBitwiseEqual, assertThrows, randomTensor, rng, test } from "./_util.ts";
+
+const random = rng(42);
+const q = randomTensor(random, [2, 10, 3, 8]);
+const k = randomTensor(random, [2, 12, 3, 8]);
+const v = randomTensor(random, [2, 12, 3, 5]);
+const good = flashAttention(q, k, v, { causal: true, returnLse: true });
+
+const tensor = (shape: number[], length = shape.reduce((a, b) => a * b, 1)): Tensor => ({
+  data: new Float32Array(length),
+  shape,
+});
+
+// deno-lint-ignore no-explicit-any
+const call = (...args: any[]) => () => (flashAttention as any)(...args);
+
+test("a data length that differs from the product of the shape is a ShapeError naming both", () => {
+  const e = assertThrows(call(tensor([2, 10, 3, 8], 100), k, v), ShapeError, "q.data must hold 480 elements");
+  if (!e.message.includes("[2, 10, 3, 8]") || !e.message.includes("q.data.length is 100")) throw e;
+  assertThrows(call(q, k, tensor([2, 12, 3, 5], 359)), ShapeError, "v.data must hold 360 elements");
+});
+
+test("a rank other than 4 is a ShapeError", () => {
+  assertThrows(
+    call(tensor([10, 3, 8]), k, v),
+    ShapeError,
+    'q must have rank 4 ([B, N, H, d] in layout "bshd"): q.shape is [10, 3, 8]',
+  );
+  assertThrows(call(q, tensor([1, 2, 12, 3, 8]), v), ShapeError, "k must have rank 4");
+  assertThrows(call(tensor([2, 10, 3]), k, v, { layout: "bhsd" }), ShapeError, '([B, H, N, d] in layout "bhsd")');
+});
+
+test("B, H, d or Nk that disagree between q, k and v are ShapeErrors naming both shapes", () => {
+  assertThrows(
+    call(q, tensor([1, 12, 3, 8]), v),
+    ShapeError,
+    "k must have the same batch size as q: q.shape is [2, 10, 3, 8], k.shape is [1, 12, 3, 8]",
+  );
+  assertThrows(call(q, tensor([2, 12, 4, 8]), v), ShapeError, "k must have the same number of heads as q");
+  assertThrows(
+    call(q, tensor([2, 12, 3, 7]), v),
+    ShapeError,
+    "k must have the same head dim as q: q.shape is [2, 10, 3, 8], k.shape is [2, 12, 3, 7]",
+  );
+  assertThrows(call(q, k, tensor([3, 12, 3, 5])), ShapeError, "v must have the same batch size as k");
+  assertThrows(call(q, k, tensor([2, 12, 1, 5])), ShapeError, "v must have the same number of heads as k");
+  assertThrows(
+    call(q, k, tensor([2, 11, 3, 5])),
+    ShapeError,
+    "v must have the same sequence length as k: k.shape is [2, 12, 3, 8], v.shape is [2, 11, 3, 5]",
+  );
+  const e = assertThrows(call(q, tensor([2, 12, 3, 7]), v), ShapeError, "head dim") as ShapeError;
+  if (e.expected !== "head dim 8" || e.actual !== "head dim 7") throw new Error(`${e.expected} / ${e.actual}`);
+});
+
+test("dims that are zero, negative or not integers are ShapeErrors", () => {
+  for (const bad of [0, -3, 2.5, NaN, Infinity]) {
+    assertThrows(
+      call({ data: q.data, shape: [2, bad, 3, 8] }, k, v),
+      ShapeError,
+      "q.shape must hold positive integers",
+    );
+  }
+  assertThrows(
+    call(q, { data: new Float32Array(0), shape: [2, 0, 3, 8] }, v),
+    ShapeError,
+    "k.shape must hold positive integers: k.shape is [2, 0, 3, 8]",
+  );
+});
+
+test("a NaN, infinite or negative scale is a RangeError naming it", () => {
+  for (
+    const [scale, shown] of [[NaN, "NaN"], [Infinity, "Infinity"], [-0.5, "-0.5"], [-Infinity, "-Infinity"]] as const
+  ) {
+    assertThrows(call(q, k, v, { scale }), RangeError, `scale must be a finite number ≥ 0: scale is ${shown}`);
+  }
+  assertThrows(call(q, k, v, { scale: "1" }), RangeError, 'scale is "1"');
+});
+
+test("an out buffer of the wrong length or type, or overlapping an input, is rejected", () => {
+  assertThrows(
+    call(q, k, v, { out: new Float32Array(299) }),
+    ShapeError,
+    "out must hold 300 elements (output shape [2, 10, 3, 5]): out.length is 299",
+  );
+  assertThrows(
+    call(q, k, v, { out: new Float64Array(300) }),
+    TypeError,
+    "out must be a Float32Array: out is a Float64Array",
+  );
+  const shared = new Float32Array(q.data.length + 300);
+  shared.set(q.data);
+  const qView = { data: shared.subarray(0, q.data.length), shape: q.shape };
+  assertThrows(call(qView, k, v, { out: shared.subarray(100, 400) }), TypeError, "out must not share memory with q");
+  // Adjacent but not overlapping is fine.
+  const o = flashAttention(qView, k, v, { causal: true, out: shared.subarray(q.data.length) });
+  assertBitwiseEqual("adjacent out", o.data, good.data);
+});
+
+test("head dims above 256 are RangeErrors naming d and dv", () => {
+  assertThrows(
+    call(tensor([1, 2, 1, 257]), tensor([1, 2, 1, 257]), tensor([1, 2, 1, 4])),
+    RangeError,
+    "the head dims must be at most 256: d is 257, dv is 4",
+  );
+  assertThrows(call(tensor([1, 2, 1, 4]), tensor([1, 2, 1, 4]), tensor([1, 2, 1, 300])), RangeError, "dv is 300");
+});
+
+test("an arena size that is not an integer, too large, or too small for the head dims is a RangeError", () => {
+  const max = loadKernels().arenaMaxBytes();
+  assertThrows(
+    call(q, k, v, { sramBytes: 1000.5 }),
+    RangeError,
+    `sramBytes must be an integer in (0, ${max}]: sramBytes is 1000.5`,
+  );
+  assertThrows(call(q, k, v, { sramBytes: max + 1 }), RangeError, `sramBytes is ${max + 1}`);
+  assertThrows(call(q, k, v, { sramBytes: 0 }), RangeError, "sramBytes is 0");
+  const minimum = loadKernels().arenaBytes(8, 4, 8, 5);
+  assertThrows(
+    call(q, k, v, { sramBytes: minimum - 1 }),
+    RangeError,
+    `too small for head dims d = 8, dv = 5: the smallest blocks (Br = 8, Bc = 4) need ${minimum} bytes`,
+  );
+  flashAttention(q, k, v, { sramBytes: minimum }); // the stated minimum works
+});
+
+test("wrong types and unknown options are TypeErrors that name them", () => {
+  assertThrows(
+    call({ data: Array.from(q.data), shape: q.shape }, k, v),
+    TypeError,
+    "q.data must be a Float32Array: q.data is an Array",
+  );
+  assertThrows(
+    call(q, { data: new Float64Array(k.data), shape: k.shape }, v),
+    TypeError,
+    "k.data must be a Float32Array: k.data is a Float64Array",
+  );
+  assertThrows(call(q, k, null), TypeError, "v must be a tensor { data, shape }: v is null");
+  assertThrows(call(q, { data: k.data, shape: "2,12,3,8" }, v), TypeError, "k.shape must be an array");
+  assertThrows(
+    call(q, k, v, { isCausal: true }),
+    TypeError,
+    'options has an unknown key "isCausal": the known keys are scale, causal, layout, returnLse, out, sramBytes',
+  );
+  assertThrows(call(q, k, v, { causal: 1 }), TypeError, "causal must be a boolean: causal is 1");
+  assertThrows(call(q, k, v, { returnLse: "yes" }), TypeError, "returnLse must be a boolean");
+  assertThrows(call(q, k, v, { layout: "nhd" }), TypeError, 'layout must be "bshd" or "bhsd": layout is "nhd"');
+  assertThrows(call(q, k, v, 5), TypeError, "options must be an object: options is 5");
+  // deno-lint-ignore no-explicit-any
+  assertThrows(() => (referenceAttention as any)(q, k, v, { sramBytes: 4096 }), TypeError, 'unknown key "sramBytes"');
+});
+
+test("sizes whose buffers cannot fit in WebAssembly memory are a RangeError, not a trap", () => {
+  // One head's K and V alone need more than 4 GiB. The arrays are allocated lazily by every
+  // runtime (untouched pages), so this costs no real memory.
+  const Nk = 2_200_000;
+  const big = (D: number): Tensor => ({ data: new Float32Array(Nk * D), shape: [1, Nk, 1, D] });
+  assertThrows(call(tensor([1, 1, 1, 256]), big(256), big(256)), RangeError, "one head of this call needs");
+  const e = assertThrows(call(tensor([1, 1, 1, 256]), big(256), big(256)), RangeError, "4 GiB");
+  if (!/needs \d+ bytes/.test(e.message)) throw e;
+});
+
+test("after every kind of failed call the module computes the same bits as before", () => {
+  const failures = [
+    call(tensor([2, 10, 3, 8], 1), k, v),
+    call(q, k, v, { scale: NaN }),
+    call(q, k, v, { sramBytes: 1 }),
+    call(q, k, v, { out: new Float32Array(1) }),
+  ];
+  for (const fail of failures) {
+    try {
+      fail();
+    } catch {
+      // expected
+    }
+    const again = flashAttention(q, k, v, { causal: true, returnLse: true });
+    assertBitwiseEqual("O", again.data, good.data);
+    assertBitwiseEqual("lse", again.lse.data, good.lse.data);
+  }
+});
