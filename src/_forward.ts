@@ -15,7 +15,7 @@ import { message } from "./_validate.ts";
 import type { Kernels } from "./wasm/loader.ts";
 
 /** Problems whose tensors total at most this many bytes are copied in whole. */
-export const WHOLE_BUDGET_BYTES = 32 << 20;
+export const WHOLE_BUDGET_BYTES = 16 << 20;
 /** Target size of one streamed chunk of Q plus its O. */
 const CHUNK_BYTES = 1 << 20;
 const PAGE_BYTES = 65536;

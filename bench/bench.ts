@@ -1,0 +1,84 @@
+/**
+ * Forward-pass benchmark: flashAttention vs naive TS attention, B = 1, H = 8, d = 64,
+ * N ∈ {256, …, 4096}, causal and not. Prints median ms and GFLOP/s (4·B·H·Nq·Nk·d, half for
+ * causal) with the runtime and CPU, and writes the table into BENCHMARKS.md.
+ *
+ *   npm run bench            deno task bench            bun bench/bench.ts
+ *   options: --quick (fewer sizes, for a smoke run), --no-write (do not touch BENCHMARKS.md)
+ */
+import { Bench } from "tinybench";
+import process from "node:process";
+import { flashAttention, type Tensor } from "../mod.ts";
+import { naiveAttention } from "./_naive.ts";
+import { cpuName, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
+
+const quick = process.argv.includes("--quick");
+const write = !process.argv.includes("--no-write");
+const [B, H, d] = [1, 8, 64];
+const sizes = quick ? [256, 512] : [256, 512, 1024, 2048, 4096];
+/** Naive attention above this N takes minutes per call here; it is not run. */
+const NAIVE_MAX_N = 2048;
+
+function random(shape: number[]): Tensor {
+  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  let seed = 12345;
+  for (let i = 0; i < data.length; i++) {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    data[i] = seed / 2 ** 31 - 1;
+  }
+  return { data, shape };
+}
+
+/** Median latency in ms of `fn` under tinybench, with at least `iterations` timed calls. */
+async function measure(name: string, fn: () => void, iterations: number, warmup: boolean): Promise<number> {
+  const bench = new Bench({ time: 0, iterations, warmup, warmupIterations: 2, warmupTime: 0, throws: true });
+  bench.add(name, fn);
+  await bench.run();
+  const result = bench.tasks[0].result;
+  if (result.state !== "completed") throw new Error(`${name}: ${result.state}`);
+  return result.latency.p50;
+}
+
+const gflops = (N: number, causal: boolean, ms: number) => (4 * B * H * N * N * d * (causal ? 0.5 : 1)) / (ms * 1e6);
+
+console.log(`flashAttention vs naive TS — B=${B}, H=${H}, d=${d}, f32`);
+console.log(`runtime: ${runtimeName()}; CPU: ${cpuName()}\n`);
+const rows: (string | number)[][] = [];
+const flashMs = new Map<string, number>();
+for (const N of sizes) {
+  const q = random([B, N, H, d]);
+  const k = random([B, N, H, d]);
+  const v = random([B, N, H, d]);
+  for (const causal of [false, true]) {
+    const iterations = N >= 2048 ? 5 : 15;
+    const fms = await measure("flash", () => void flashAttention(q, k, v, { causal }), iterations, true);
+    flashMs.set(`${N}/${causal}`, fms);
+    let naiveCells: (string | number)[] = ["—", "—", "—"];
+    if (N <= NAIVE_MAX_N) {
+      const nms = await measure("naive", () => void naiveAttention(q, k, v, causal), N >= 2048 ? 1 : 3, N < 1024);
+      naiveCells = [nms.toFixed(1), gflops(N, causal, nms).toFixed(2), `${(nms / fms).toFixed(1)}×`];
+    }
+    const row = [N, causal ? "yes" : "no", fms.toFixed(2), gflops(N, causal, fms).toFixed(1), ...naiveCells];
+    rows.push(row);
+    console.log(row.join("\t"));
+  }
+}
+const causalRows = sizes.map((N) => [N, `${(flashMs.get(`${N}/false`)! / flashMs.get(`${N}/true`)!).toFixed(2)}×`]);
+
+const body = [
+  `### ${runtimeName()}`,
+  "",
+  `CPU: ${cpuName()}. B = ${B}, H = ${H}, d = ${d}, f32, one thread, default arena (128 KiB).`,
+  "Median of ≥ 5 calls (flash) and of 1–3 calls (naive, which materialises S and does not skip masked work).",
+  "",
+  table(["N", "causal", "flash ms", "flash GFLOP/s", "naive ms", "naive GFLOP/s", "flash speedup"], rows),
+  "",
+  "Causal speedup of flash over its own non-causal run (skipped blocks):",
+  "",
+  table(["N", "non-causal ms / causal ms"], causalRows),
+].join("\n");
+console.log(`\n${table(["N", "non-causal ms / causal ms"], causalRows)}`);
+if (write && !quick) {
+  writeSection("BENCHMARKS.md", `forward-${runtimeKey()}`, body);
+  console.log("\nwrote BENCHMARKS.md");
+}
