@@ -28,3 +28,5 @@ export {
 export { ShapeError } from "./src/errors.ts";
 export type { Layout, Tensor } from "./src/tensor.ts";
 export { init, type WasmSource } from "./src/wasm/loader.ts";
+export { chooseSplits, flashAttentionWithKvCache, type KvCacheOptions } from "./src/kv_cache.ts";
+export type { Mask } from "./src/tensor.ts";

@@ -12,8 +12,11 @@
 //   Kj     Bc × d      key tile (rows past the valid keys rounded up to 4 are zero)
 //   Vj     Bc × dvP    value tile, rows padded with zeros to dvP = roundUp(dv, 8)
 //   S      Bc × Br     scores, transposed (column r is query r); P overwrites S in place
+//   Mask   Bc × Br     the mask tile, transposed like S (only when the call has a mask)
 //   O      Br × dvP    output accumulator
 //   m, l, alpha        Br each: running max, running sum, this tile's rescale factor
+//   slope  Br          ALiBi slope of each query row
+//   first, end, pos    Br i32 each: each row's visible keys [first, end) and its ALiBi position
 // A tile with fewer rows than Br uses row strides rounded up to 8 instead of Br, never more.
 
 import { COUNTERS_BYTES, countersPtr } from "./hbm";
@@ -35,11 +38,16 @@ export const REGION_QIT: i32 = 0;
 export const REGION_KJ: i32 = 1;
 export const REGION_VJ: i32 = 2;
 export const REGION_S: i32 = 3;
-export const REGION_O: i32 = 4;
-export const REGION_M: i32 = 5;
-export const REGION_L: i32 = 6;
-export const REGION_ALPHA: i32 = 7;
-export const REGION_END: i32 = 8;
+export const REGION_MASK: i32 = 4;
+export const REGION_O: i32 = 5;
+export const REGION_M: i32 = 6;
+export const REGION_L: i32 = 7;
+export const REGION_ALPHA: i32 = 8;
+export const REGION_SLOPE: i32 = 9;
+export const REGION_FIRST: i32 = 10;
+export const REGION_LAST: i32 = 11;
+export const REGION_POS: i32 = 12;
+export const REGION_END: i32 = 13;
 
 /** Byte address of the arena. */
 export function arenaPtr(): usize {
@@ -72,44 +80,49 @@ export function headDimMax(): i32 {
   return roundUp(dv, 8);
 }
 
-function regionFloats(region: i32, Br: i32, Bc: i32, d: i32, dv: i32): i32 {
+function regionFloats(region: i32, Br: i32, Bc: i32, d: i32, dv: i32, masked: bool): i32 {
   switch (region) {
     case REGION_QIT: return d * Br;
     case REGION_KJ: return roundUp(Bc * d, 4);
     case REGION_VJ: return Bc * paddedDv(dv);
     case REGION_S: return Bc * Br;
+    case REGION_MASK: return masked ? Bc * Br : 0;
     case REGION_O: return Br * paddedDv(dv);
-    default: return Br; // m, l, alpha
+    default: return Br; // m, l, alpha, slope, first, end, pos
   }
 }
 
-/** Offset in floats of `region` from the arena start, for blocks Br × Bc and head dims d, dv. */
-export function regionOffset(region: i32, Br: i32, Bc: i32, d: i32, dv: i32): i32 {
+/**
+ * Offset in floats of `region` from the arena start, for blocks Br × Bc, head dims d, dv, with or
+ * without a mask tile.
+ */
+export function regionOffset(region: i32, Br: i32, Bc: i32, d: i32, dv: i32, masked: bool): i32 {
   let offset = 0;
-  for (let r = 0; r < region; r++) offset += regionFloats(r, Br, Bc, d, dv);
+  for (let r = 0; r < region; r++) offset += regionFloats(r, Br, Bc, d, dv, masked);
   return offset;
 }
 
-/** Exact arena bytes used by blocks Br × Bc with head dims d, dv. */
-export function arenaBytes(Br: i32, Bc: i32, d: i32, dv: i32): i32 {
-  return regionOffset(REGION_END, Br, Bc, d, dv) << 2;
+/** Exact arena bytes used by blocks Br × Bc with head dims d, dv, with or without a mask tile. */
+export function arenaBytes(Br: i32, Bc: i32, d: i32, dv: i32, masked: bool): i32 {
+  return regionOffset(REGION_END, Br, Bc, d, dv, masked) << 2;
 }
 
 /** Largest multiple of BR_STEP whose footprint with this Bc fits in sramBytes (0 if none). */
-function largestBr(sramBytes: i32, Bc: i32, d: i32, dv: i32): i32 {
+function largestBr(sramBytes: i32, Bc: i32, d: i32, dv: i32, masked: bool): i32 {
   // The footprint is increasing in Br: binary search over multiples of BR_STEP.
   let lo = 0;
   let hi = BR_MAX / BR_STEP;
   while (lo < hi) {
     const mid = (lo + hi + 1) >> 1;
-    if (arenaBytes(mid * BR_STEP, Bc, d, dv) <= sramBytes) lo = mid;
+    if (arenaBytes(mid * BR_STEP, Bc, d, dv, masked) <= sramBytes) lo = mid;
     else hi = mid - 1;
   }
   return lo * BR_STEP;
 }
 
 /**
- * Block sizes for an arena of sramBytes: returns (Br << 16) | Bc, or 0 if even the smallest
+ * Block sizes for an arena of sramBytes (with room for a mask tile when `masked`): returns
+ * (Br << 16) | Bc, or 0 if even the smallest
  * blocks (BR_STEP × BC_STEP) do not fit.
  *
  * In FlashAttention-2 loop order K and V are read once per query block, so HBM traffic falls as
@@ -117,11 +130,11 @@ function largestBr(sramBytes: i32, Bc: i32, d: i32, dv: i32): i32 {
  * Br takes all the space that is left. The footprint is computed exactly (arenaBytes), never
  * estimated, so a call's working set never exceeds sramBytes.
  */
-export function blockSizes(sramBytes: i32, d: i32, dv: i32): i32 {
+export function blockSizes(sramBytes: i32, d: i32, dv: i32, masked: bool): i32 {
   for (let Bc = BC_TARGET; Bc >= BC_STEP; Bc -= BC_STEP) {
-    const Br = largestBr(sramBytes, Bc, d, dv);
+    const Br = largestBr(sramBytes, Bc, d, dv, masked);
     if (Br >= Bc) return (Br << 16) | Bc;
   }
-  const Br = largestBr(sramBytes, BC_STEP, d, dv);
+  const Br = largestBr(sramBytes, BC_STEP, d, dv, masked);
   return Br >= BR_STEP ? (Br << 16) | BC_STEP : 0;
 }

@@ -1,25 +1,62 @@
 // Exact attention forward, FlashAttention-2 (Dao, ICLR 2024, arXiv 2307.08691, Algorithm 1).
 //
-// For one head: O = softmax(scale·Q·Kᵀ + mask)·V and lse = rowwise log-sum-exp of the scores.
-// Loop order: query blocks Qi (Br rows) outside, key/value blocks Kj, Vj (Bc rows) inside; the
-// online-softmax state (m, l, O) of a query block stays in the arena for the whole inner loop,
-// so the Nq × Nk score matrix never exists. Tile sizes and the arena layout: arena.ts. Every
-// HBM access is a counted tile copy: hbm.ts.
+// One call handles one K/V head and the g query heads that share it (g = 1 without GQA):
+//   O = softmax(S)·V with S = scale·Q·Kᵀ, then softcap, + ALiBi bias, + mask, − ∞ where not visible,
+// and lse = log Σ_j exp(S_ij) per query row. The g heads are interleaved into "virtual rows"
+// (row r is position ⌊r/g⌋ of head r mod g, see hbm.ts), so one K/V tile serves the whole group.
 //
-// Visibility (causal and sliding windows, bottom-right aligned): query i sees key j iff
-//   i + diagOffset − windowLeft ≤ j ≤ i + diagOffset + windowRight,
-// a bound of −1 meaning unbounded; causal is (windowLeft, windowRight) = (−1, 0) and
-// diagOffset = Nk − Nq (plus the first row's index when the host splits Q into chunks).
-// Key blocks no query of the block can see are never loaded nor computed, and inside a block
-// each strip of queries only computes the columns it can see.
+// Loop order: query blocks Qi (Br virtual rows) outside, key/value blocks Kj, Vj (Bc keys)
+// inside; the online-softmax state (m, l, O) of a query block stays in the arena for the whole
+// inner loop, so no Nq × Nk matrix ever exists. Tile sizes and arena layout: arena.ts. Every HBM
+// access is a counted tile copy: hbm.ts.
+//
+// Visibility (causal and sliding windows): position i sees key j iff
+//   keyBegin ≤ j < keyEnd  and  i + visOffset − windowLeft ≤ j ≤ i + visOffset + windowRight,
+// a window bound of −1 meaning unbounded. Causal is (−1, 0); visOffset = Nk − Nq aligns it
+// bottom-right, 0 top-left. [keyBegin, keyEnd) is the valid key range: keys past a sequence's
+// length do not exist, and split-KV gives each split its own range.
+// Key blocks no row of a query block can see are neither loaded nor computed; inside a block each
+// strip of queries computes only the columns it can see; a block the mask blanks entirely is
+// skipped after loading only its mask tile.
 
 import {
-  BR_STEP, REGION_ALPHA, REGION_KJ, REGION_L, REGION_M, REGION_O, REGION_QIT, REGION_S,
-  REGION_VJ, arenaPtr, blockSizes, paddedDv, regionOffset, roundUp,
+  BR_STEP,
+  REGION_ALPHA,
+  REGION_FIRST,
+  REGION_KJ,
+  REGION_LAST,
+  REGION_L,
+  REGION_M,
+  REGION_MASK,
+  REGION_O,
+  REGION_POS,
+  REGION_QIT,
+  REGION_S,
+  REGION_SLOPE,
+  REGION_VJ,
+  arenaPtr,
+  blockSizes,
+  paddedDv,
+  regionOffset,
+  roundUp,
 } from "./arena";
 import { expNonPositive } from "./exp";
 import {
-  TENSOR_K, TENSOR_LSE, TENSOR_O, TENSOR_Q, TENSOR_V, loadRows, loadRowsTransposed, storeRows,
+  MASK_NONE,
+  TENSOR_K,
+  TENSOR_LSE,
+  TENSOR_O,
+  TENSOR_PARTIAL,
+  TENSOR_Q,
+  TENSOR_SLOPES,
+  TENSOR_V,
+  TILES_COMPUTED,
+  TILES_SKIPPED_MASK,
+  countAdd,
+  loadMaskTile,
+  loadRows,
+  loadRowsTransposed,
+  storeRows,
 } from "./hbm";
 import { accumulateValues, scoresStrip } from "./simd";
 
@@ -28,121 +65,202 @@ import { accumulateValues, scoresStrip } from "./simd";
 // @ts-ignore: decorator
 @inline function imax(a: i32, b: i32): i32 { return a > b ? a : b; }
 
-/** First key query i may see (clamped to [0, Nk]). */
 // @ts-ignore: decorator
-@inline function firstKey(i: i32, diagOffset: i32, left: i32, Nk: i32): i32 {
-  return left < 0 ? 0 : imin(Nk, imax(0, i + diagOffset - left));
-}
-
-/** One past the last key query i may see (clamped to [0, Nk]). */
-// @ts-ignore: decorator
-@inline function endKey(i: i32, diagOffset: i32, right: i32, Nk: i32): i32 {
-  return right < 0 ? Nk : imin(Nk, imax(0, i + diagOffset + right + 1));
-}
-
-function addr(base: usize, floats: i32): usize {
+@inline function addr(base: usize, floats: i32): usize {
   return base + (<usize>floats << 2);
 }
 
+// @ts-ignore: decorator
+@inline function i32At(base: usize, index: i32): i32 {
+  return load<i32>(base + (<usize>index << 2));
+}
+
+/** First key position i sees (the visible range is [firstKey(i), endKey(i)), non-decreasing in i). */
+// @ts-ignore: decorator
+@inline function firstKey(i: i32, offset: i32, left: i32, keyBegin: i32, keyEnd: i32): i32 {
+  return left < 0 ? keyBegin : imin(keyEnd, imax(keyBegin, i + offset - left));
+}
+
+/** One past the last key position i sees. */
+// @ts-ignore: decorator
+@inline function endKey(i: i32, offset: i32, right: i32, keyBegin: i32, keyEnd: i32): i32 {
+  return right < 0 ? keyEnd : imin(keyEnd, imax(keyBegin, i + offset + right + 1));
+}
+
+/** tanh lane-wise from the exp of a non-positive argument: sign(x)·(1 − e^(−2|x|))/(1 + e^(−2|x|)). */
+// @ts-ignore: decorator
+@inline function tanh(x: v128): v128 {
+  const t = expNonPositive(f32x4.mul(f32x4.abs(x), f32x4.splat(-2)));
+  const one = f32x4.splat(1);
+  const magnitude = f32x4.div(f32x4.sub(one, t), f32x4.add(one, t));
+  return v128.bitselect(x, magnitude, i32x4.splat(0x80000000)); // sign from x, the rest from |tanh|
+}
+
 /**
- * Attention of one head. Tensors are in HBM as row-major matrices with the given row strides
- * (in elements): Q is Nq × d, K is Nk × d, V is Nk × dv, O is Nq × dv; lse (Nq contiguous
- * floats) is written when lsePtr ≠ 0. The caller guarantees 1 ≤ d, dv ≤ HEAD_DIM_MAX and
- * blockSizes(sramBytes, d, dv) ≠ 0.
+ * Attention of one K/V head and its g query heads. Pointers are byte addresses in HBM, strides
+ * count elements. Q, O and lse are addressed by virtual row (hbm.ts); K is Nk × d and V is
+ * Nk × dv with the given row strides, indexed by absolute key. Optional parts are off when their
+ * pointer is 0 (lse, slopes, mask) or softcap is 0. ALiBi adds −slope·|i + alibiOffset − j|. The
+ * mask element of (row, key) is at maskPtr + rowOffset(row) + key·maskColStride, of type maskKind.
+ * With `partial` (a split of split-KV) O and lse are counted as partial results, not outputs.
+ * The caller guarantees 1 ≤ d, dv ≤ HEAD_DIM_MAX and blockSizes(sramBytes, d, dv, masked) ≠ 0.
  */
-export function forwardHead(
-  qPtr: usize, qStride: i32, kPtr: usize, kStride: i32, vPtr: usize, vStride: i32,
-  oPtr: usize, oStride: i32, lsePtr: usize,
-  Nq: i32, Nk: i32, d: i32, dv: i32, scale: f32,
-  diagOffset: i32, windowLeft: i32, windowRight: i32, sramBytes: i32,
+export function forward(
+  qPtr: usize,
+  qRowStride: i32,
+  qHeadStride: i32,
+  kPtr: usize,
+  kRowStride: i32,
+  vPtr: usize,
+  vRowStride: i32,
+  oPtr: usize,
+  oRowStride: i32,
+  oHeadStride: i32,
+  lsePtr: usize,
+  lseRowStride: i32,
+  lseHeadStride: i32,
+  Nq: i32,
+  g: i32,
+  keyBegin: i32,
+  keyEnd: i32,
+  d: i32,
+  dv: i32,
+  scale: f32,
+  softcap: f32,
+  visOffset: i32,
+  windowLeft: i32,
+  windowRight: i32,
+  slopesPtr: usize,
+  alibiOffset: i32,
+  maskPtr: usize,
+  maskKind: i32,
+  maskRowStride: i32,
+  maskHeadStride: i32,
+  maskColStride: i32,
+  sramBytes: i32,
+  partial: bool,
 ): void {
-  const blocks = blockSizes(sramBytes, d, dv);
+  const masked = maskKind != MASK_NONE;
+  const blocks = blockSizes(sramBytes, d, dv, masked);
   const Br = blocks >>> 16;
   const Bc = blocks & 0xffff;
   const dvP = paddedDv(dv);
   const arena = arenaPtr();
-  const QiT = addr(arena, regionOffset(REGION_QIT, Br, Bc, d, dv));
-  const Kj = addr(arena, regionOffset(REGION_KJ, Br, Bc, d, dv));
-  const Vj = addr(arena, regionOffset(REGION_VJ, Br, Bc, d, dv));
-  const S = addr(arena, regionOffset(REGION_S, Br, Bc, d, dv));
-  const O = addr(arena, regionOffset(REGION_O, Br, Bc, d, dv));
-  const m = addr(arena, regionOffset(REGION_M, Br, Bc, d, dv));
-  const l = addr(arena, regionOffset(REGION_L, Br, Bc, d, dv));
-  const alphas = addr(arena, regionOffset(REGION_ALPHA, Br, Bc, d, dv));
+  const QiT = addr(arena, regionOffset(REGION_QIT, Br, Bc, d, dv, masked));
+  const Kj = addr(arena, regionOffset(REGION_KJ, Br, Bc, d, dv, masked));
+  const Vj = addr(arena, regionOffset(REGION_VJ, Br, Bc, d, dv, masked));
+  const S = addr(arena, regionOffset(REGION_S, Br, Bc, d, dv, masked));
+  const M = addr(arena, regionOffset(REGION_MASK, Br, Bc, d, dv, masked));
+  const O = addr(arena, regionOffset(REGION_O, Br, Bc, d, dv, masked));
+  const m = addr(arena, regionOffset(REGION_M, Br, Bc, d, dv, masked));
+  const l = addr(arena, regionOffset(REGION_L, Br, Bc, d, dv, masked));
+  const alphas = addr(arena, regionOffset(REGION_ALPHA, Br, Bc, d, dv, masked));
+  const slopes = addr(arena, regionOffset(REGION_SLOPE, Br, Bc, d, dv, masked));
+  const rowFirst = addr(arena, regionOffset(REGION_FIRST, Br, Bc, d, dv, masked)); // i32 per row
+  const rowEnd = addr(arena, regionOffset(REGION_LAST, Br, Bc, d, dv, masked)); // i32 per row
+  const rowPos = addr(arena, regionOffset(REGION_POS, Br, Bc, d, dv, masked)); // i32 per row
+  const transformed = softcap != 0 || slopesPtr != 0 || masked;
   const negInf = f32x4.splat(-Infinity);
   const zero = f32x4.splat(0);
+  const softcapV = f32x4.splat(softcap);
+  const rows = Nq * g;
 
-  for (let i0 = 0; i0 < Nq; i0 += Br) {
-    const rows = imin(Br, Nq - i0);
-    const rows4 = roundUp(rows, 4);
-    const ldq = roundUp(rows, BR_STEP); // row stride of QiT and S for this block
-    loadRowsTransposed(QiT, ldq, addr(qPtr, i0 * qStride), qStride, rows, d, TENSOR_Q);
-    memory.fill(O, 0, <usize>(rows4 * dvP) << 2);
-    for (let r = 0; r < rows4; r += 4) {
+  for (let i0 = 0; i0 < rows; i0 += Br) {
+    const rowsHere = imin(Br, rows - i0);
+    const ldq = roundUp(rowsHere, BR_STEP); // row stride of QiT, S and the mask tile for this block
+    loadRowsTransposed(QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
+    if (slopesPtr != 0) loadRowsTransposed(slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
+    memory.fill(O, 0, <usize>(roundUp(rowsHere, 4) * dvP) << 2);
+    for (let r = 0; r < rowsHere; r += 4) {
       v128.store(addr(m, r), negInf);
       v128.store(addr(l, r), zero);
     }
+    // Each row's position, visible keys [first, end) and ALiBi position, once per query block
+    // (padding rows up to a multiple of 4 repeat the last row).
+    for (let r = 0; r < roundUp(rowsHere, 4); r++) {
+      const i = (i0 + imin(r, rowsHere - 1)) / g;
+      store<i32>(addr(rowFirst, r), firstKey(i, visOffset, windowLeft, keyBegin, keyEnd));
+      store<i32>(addr(rowEnd, r), endKey(i, visOffset, windowRight, keyBegin, keyEnd));
+      store<i32>(addr(rowPos, r), i + alibiOffset);
+    }
 
-    // Key blocks that some query of this block can see.
-    const jBegin = firstKey(i0, diagOffset, windowLeft, Nk) / Bc * Bc;
-    const jEnd = endKey(i0 + rows - 1, diagOffset, windowRight, Nk);
-    for (let j0 = jBegin; j0 < jEnd; j0 += Bc) {
-      const cols = imin(Bc, Nk - j0);
+    // Key blocks that some row of this block can see; the block grid starts at keyBegin.
+    const jEnd = i32At(rowEnd, rowsHere - 1);
+    for (let j0 = keyBegin + (i32At(rowFirst, 0) - keyBegin) / Bc * Bc; j0 < jEnd; j0 += Bc) {
+      const cols = imin(Bc, keyEnd - j0);
+      if (masked) {
+        const open = loadMaskTile(
+          M, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
+        );
+        if (!open) {
+          countAdd(TILES_SKIPPED_MASK, 1);
+          continue;
+        }
+      }
+      countAdd(TILES_COMPUTED, 1);
       const cols4 = roundUp(cols, 4);
-      loadRows(Kj, d, cols4, d, addr(kPtr, j0 * kStride), kStride, cols, d, TENSOR_K);
-      loadRows(Vj, dvP, cols, dvP, addr(vPtr, j0 * vStride), vStride, cols, dv, TENSOR_V);
+      loadRows(Kj, d, cols4, d, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
+      loadRows(Vj, dvP, cols, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
 
-      // S = scale·Qi·Kjᵀ, per strip of 8 queries over the columns the strip can see.
-      for (let r = 0; r < rows; r += BR_STEP) {
-        const last = i0 + imin(r + BR_STEP, rows) - 1;
-        const cBegin = imax(0, firstKey(i0 + r, diagOffset, windowLeft, Nk) - j0) & ~3;
-        const cEnd = imin(cols4, roundUp(imax(0, endKey(last, diagOffset, windowRight, Nk) - j0), 4));
+      // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see.
+      for (let r = 0; r < rowsHere; r += BR_STEP) {
+        const last = imin(r + BR_STEP, rowsHere) - 1;
+        const cBegin = imax(0, i32At(rowFirst, r) - j0) & ~3;
+        const cEnd = imin(cols4, roundUp(imax(0, i32At(rowEnd, last) - j0), 4));
         if (cBegin < cEnd) scoresStrip(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
       }
 
-      // Online softmax and O = alpha·O + P·Vj, per group of 4 queries.
-      for (let r = 0; r < rows; r += 4) {
-        const i = i0 + r;
-        const last = i0 + imin(r + 4, rows) - 1;
-        // Columns some query of the group sees: [gBegin, gEnd); all of them see [allBegin, allEnd).
-        const gBegin = imax(0, firstKey(i, diagOffset, windowLeft, Nk) - j0);
-        const gEnd = imin(cols, imax(0, endKey(last, diagOffset, windowRight, Nk) - j0));
-        const allBegin = imax(0, firstKey(last, diagOffset, windowLeft, Nk) - j0);
-        const allEnd = imin(cols, imax(0, endKey(i, diagOffset, windowRight, Nk) - j0));
-        if (gBegin >= gEnd) continue; // no query of the group sees this block: m, l, O unchanged
-        const keyFirst = i32x4(
-          firstKey(i, diagOffset, windowLeft, Nk), firstKey(i + 1, diagOffset, windowLeft, Nk),
-          firstKey(i + 2, diagOffset, windowLeft, Nk), firstKey(i + 3, diagOffset, windowLeft, Nk),
-        );
-        const keyEnd = i32x4(
-          endKey(i, diagOffset, windowRight, Nk), endKey(i + 1, diagOffset, windowRight, Nk),
-          endKey(i + 2, diagOffset, windowRight, Nk), endKey(i + 3, diagOffset, windowRight, Nk),
-        );
+      // Online softmax and O = alpha·O + P·Vj, per group of 4 rows.
+      for (let r = 0; r < rowsHere; r += 4) {
+        const last = imin(r + 4, rowsHere) - 1;
+        // Columns some row of the group sees: [gBegin, gEnd); every row sees [allBegin, allEnd).
+        const gBegin = imax(0, i32At(rowFirst, r) - j0);
+        const gEnd = imin(cols, imax(0, i32At(rowEnd, last) - j0));
+        if (gBegin >= gEnd) continue; // no row of the group sees this block: m, l, O unchanged
+        const allBegin = imax(0, i32At(rowFirst, last) - j0);
+        const allEnd = imin(cols, imax(0, i32At(rowEnd, r) - j0));
+        const laneFirst = v128.load(addr(rowFirst, r));
+        const laneEnd = v128.load(addr(rowEnd, r));
+        const alibiPos = v128.load(addr(rowPos, r));
+        const slope = v128.load(addr(slopes, r));
         const mOld = v128.load(addr(m, r));
         const rowBytes = <usize>ldq << 2;
+        const sBegin = addr(S, gBegin * ldq + r);
         const sEnd = addr(S, gEnd * ldq + r);
 
-        // mNew = max(m, rowmax(S)), masking the scores of keys a query cannot see to −∞.
+        // S ← softcap·tanh(S/softcap) − slope·|i + alibiOffset − j| + mask, −∞ where not visible;
+        // mNew = max(m, rowmax(S))
         let rowMax = negInf;
-        let c = gBegin;
-        for (let s = addr(S, gBegin * ldq + r); s < sEnd; s += rowBytes) {
-          let x = v128.load(s);
-          if (c < allBegin || c >= allEnd) {
-            const key = i32x4.splat(j0 + c);
-            const visible = v128.and(i32x4.ge_s(key, keyFirst), i32x4.lt_s(key, keyEnd));
-            x = v128.bitselect(x, negInf, visible);
+        if (!transformed && allBegin <= gBegin && gEnd <= allEnd) {
+          // Every row of the group sees every column in range and nothing transforms the scores.
+          for (let s = sBegin; s < sEnd; s += rowBytes) rowMax = f32x4.pmax(rowMax, v128.load(s));
+        } else {
+          let c = gBegin;
+          for (let s = sBegin; s < sEnd; s += rowBytes) {
+            let x = v128.load(s);
+            if (softcap != 0) x = f32x4.mul(softcapV, tanh(f32x4.div(x, softcapV)));
+            if (slopesPtr != 0) {
+              const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, i32x4.splat(j0 + c))));
+              x = f32x4.sub(x, f32x4.mul(slope, distance));
+            }
+            if (masked) x = f32x4.add(x, v128.load(addr(M, c * ldq + r)));
+            if (c < allBegin || c >= allEnd) {
+              const key = i32x4.splat(j0 + c);
+              const visible = v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd));
+              x = v128.bitselect(x, negInf, visible);
+            }
             v128.store(s, x);
+            rowMax = f32x4.pmax(rowMax, x);
+            c++;
           }
-          rowMax = f32x4.pmax(rowMax, x);
-          c++;
         }
         const mNew = f32x4.pmax(mOld, rowMax);
-        // A query that has seen no key yet keeps m = −∞; subtract 0 instead so exp gives 0, not NaN.
+        // A row that has seen no finite score keeps m = −∞; subtract 0 instead so exp gives 0, not NaN.
         const mUse = v128.bitselect(zero, mNew, f32x4.eq(mNew, negInf));
 
         // P = exp(S − mNew); rowsum(P)
         let rowSum = zero;
-        for (let s = addr(S, gBegin * ldq + r); s < sEnd; s += rowBytes) {
+        for (let s = sBegin; s < sEnd; s += rowBytes) {
           const p = expNonPositive(f32x4.sub(v128.load(s), mUse));
           v128.store(s, p);
           rowSum = f32x4.add(rowSum, p);
@@ -159,8 +277,8 @@ export function forwardHead(
       }
     }
 
-    // epilogue: O /= l; lse = m + ln(l). A query that saw no key gets O = 0 and lse = −∞.
-    for (let r = 0; r < rows; r++) {
+    // epilogue: O /= l; lse = m + ln(l). A row that saw no key gets O = 0 and lse = −∞.
+    for (let r = 0; r < rowsHere; r++) {
       const lr = load<f32>(addr(l, r));
       const o = addr(O, r * dvP);
       if (lr == 0) {
@@ -172,7 +290,9 @@ export function forwardHead(
         store<f32>(addr(alphas, r), load<f32>(addr(m, r)) + Mathf.log(lr));
       }
     }
-    storeRows(addr(oPtr, i0 * oStride), oStride, O, dvP, rows, dv, TENSOR_O);
-    if (lsePtr != 0) storeRows(addr(lsePtr, i0), rows, alphas, rows, 1, rows, TENSOR_LSE);
+    storeRows(oPtr, oRowStride, oHeadStride, g, i0, O, dvP, rowsHere, dv, partial ? TENSOR_PARTIAL : TENSOR_O);
+    if (lsePtr != 0) {
+      storeRows(lsePtr, lseRowStride, lseHeadStride, g, i0, alphas, 1, rowsHere, 1, partial ? TENSOR_PARTIAL : TENSOR_LSE);
+    }
   }
 }

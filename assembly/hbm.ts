@@ -1,36 +1,71 @@
 // HBM ↔ SRAM tile copies: the only code that reads or writes the tensors in linear memory.
 //
-// The module's linear memory plays HBM: the host places Q, K, V, O and lse there. Kernels compute
-// only on the arena (arena.ts), and every byte they move between the two goes through the three
+// The module's linear memory plays HBM: the host places Q, K, V, O, lse and masks there. Kernels
+// compute only on the arena (arena.ts), and every byte they move between the two goes through the
 // routines below, which add it to a per-tensor counter. The counters are therefore the exact HBM
 // traffic of a run, not an estimate.
 //
-// Counter block (at countersPtr(), little-endian u64): bytesRead[TENSOR_SLOTS] then
-// bytesWritten[TENSOR_SLOTS], indexed by the TENSOR_* ids.
+// Query-side tensors (Q, O, lse, mask rows) are addressed by "virtual rows": with g query heads
+// sharing one K/V head (GQA), virtual row r is query position ⌊r/g⌋ of head r mod g, so a tile of
+// rows covers all heads of the group for consecutive positions. Its element offset is
+//   ⌊r/g⌋·rowStride + (r mod g)·headStride.
+//
+// Counter block (at countersPtr(), little-endian u64): bytesRead[TENSOR_SLOTS],
+// bytesWritten[TENSOR_SLOTS], then the tile counters (TILES_*).
 
 export const TENSOR_Q: i32 = 0;
 export const TENSOR_K: i32 = 1;
 export const TENSOR_V: i32 = 2;
 export const TENSOR_O: i32 = 3;
 export const TENSOR_LSE: i32 = 4;
+export const TENSOR_MASK: i32 = 5;
+/** Partial O and lse of split-KV, written by the forward kernel and read back by the merge. */
+export const TENSOR_PARTIAL: i32 = 6;
+/** ALiBi slopes. */
+export const TENSOR_SLOPES: i32 = 7;
 export const TENSOR_SLOTS: i32 = 8;
-export const COUNTERS_BYTES: i32 = 2 * TENSOR_SLOTS * 8;
+/** Key/value tiles computed, and tiles skipped because the mask blanked them. */
+export const TILES_COMPUTED: i32 = 2 * TENSOR_SLOTS;
+export const TILES_SKIPPED_MASK: i32 = 2 * TENSOR_SLOTS + 1;
+export const COUNTER_SLOTS: i32 = 2 * TENSOR_SLOTS + 2;
+export const COUNTERS_BYTES: i32 = COUNTER_SLOTS * 8;
+
+/** Mask element types. */
+export const MASK_NONE: i32 = 0;
+export const MASK_F32: i32 = 1;
+export const MASK_U8: i32 = 2;
 
 /** Byte address of the traffic counters (the first bytes after the module's static data). */
 export function countersPtr(): usize {
   return (__heap_base + 63) & ~(<usize>63);
 }
 
-/** Sets every traffic counter to zero. */
+/** Sets every counter to zero. */
 export function resetCounters(): void {
   memory.fill(countersPtr(), 0, <usize>COUNTERS_BYTES);
 }
 
+/** Adds n to counter slot `slot`. */
 // @ts-ignore: decorator
-@inline function count(tensor: i32, bytes: i32, written: bool): void {
-  const index = written ? TENSOR_SLOTS + tensor : tensor;
-  const slot = countersPtr() + (<usize>index << 3);
-  store<u64>(slot, load<u64>(slot) + <u64>bytes);
+@inline export function countAdd(slot: i32, n: i32): void {
+  const at = countersPtr() + (<usize>slot << 3);
+  store<u64>(at, load<u64>(at) + <u64>n);
+}
+
+// @ts-ignore: decorator
+@inline function countRead(tensor: i32, bytes: i32): void {
+  countAdd(tensor, bytes);
+}
+
+// @ts-ignore: decorator
+@inline function countWritten(tensor: i32, bytes: i32): void {
+  countAdd(TENSOR_SLOTS + tensor, bytes);
+}
+
+/** Element offset of virtual row r (see the header). */
+// @ts-ignore: decorator
+@inline export function rowOffset(r: i32, g: i32, rowStride: i32, headStride: i32): usize {
+  return <usize>(r / g) * <usize>rowStride + <usize>(r % g) * <usize>headStride;
 }
 
 // @ts-ignore: decorator
@@ -46,30 +81,45 @@ export function resetCounters(): void {
  * up to `dstRows`, so tiles never carry stale arena contents into the arithmetic.
  */
 export function loadRows(
-  dst: usize, dstStride: i32, dstRows: i32, dstCols: i32,
-  src: usize, srcStride: i32, rows: i32, cols: i32, tensor: i32,
+  dst: usize,
+  dstStride: i32,
+  dstRows: i32,
+  dstCols: i32,
+  src: usize,
+  srcStride: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
 ): void {
   for (let r = 0; r < rows; r++) {
     const d = dst + (<usize>(r * dstStride) << 2);
-    copyRow(d, src + (<usize>r * <usize>srcStride << 2), cols);
+    copyRow(d, src + ((<usize>r * <usize>srcStride) << 2), cols);
     if (dstCols > cols) memory.fill(d + (<usize>cols << 2), 0, <usize>(dstCols - cols) << 2);
   }
   for (let r = rows; r < dstRows; r++) {
     memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
   }
-  count(tensor, rows * cols * 4, false);
+  countRead(tensor, rows * cols * 4);
 }
 
 /**
- * HBM → arena, transposed: dst[c·dstStride + r] = src[r·srcStride + c] for r < rows, c < cols,
- * and zero for rows ≤ r < dstStride.
+ * HBM → arena, transposed: for virtual rows r0 ≤ r < r0 + rows, dst[c·dstStride + (r − r0)] =
+ * src[rowOffset(r) + c] for c < cols, and zero for rows ≤ r − r0 < dstStride.
  */
 export function loadRowsTransposed(
-  dst: usize, dstStride: i32,
-  src: usize, srcStride: i32, rows: i32, cols: i32, tensor: i32,
+  dst: usize,
+  dstStride: i32,
+  src: usize,
+  rowStride: i32,
+  headStride: i32,
+  g: i32,
+  r0: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
 ): void {
   for (let r = 0; r < rows; r++) {
-    const s = src + (<usize>r * <usize>srcStride << 2);
+    const s = src + (rowOffset(r0 + r, g, rowStride, headStride) << 2);
     const d = dst + (<usize>r << 2);
     for (let c = 0; c < cols; c++) {
       store<f32>(d + (<usize>(c * dstStride) << 2), load<f32>(s + (<usize>c << 2)));
@@ -80,16 +130,69 @@ export function loadRowsTransposed(
       memory.fill(dst + (<usize>(c * dstStride + rows) << 2), 0, <usize>(dstStride - rows) << 2);
     }
   }
-  count(tensor, rows * cols * 4, false);
+  countRead(tensor, rows * cols * 4);
 }
 
-/** Arena → HBM: copies `rows` rows of `cols` floats from `src` (row stride `srcStride`) to `dst`. */
+/**
+ * Arena → HBM: row r of `src` (row stride `srcStride`, `cols` floats) goes to virtual row r0 + r
+ * of `dst`, for r < rows.
+ */
 export function storeRows(
-  dst: usize, dstStride: i32,
-  src: usize, srcStride: i32, rows: i32, cols: i32, tensor: i32,
+  dst: usize,
+  rowStride: i32,
+  headStride: i32,
+  g: i32,
+  r0: i32,
+  src: usize,
+  srcStride: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
 ): void {
   for (let r = 0; r < rows; r++) {
-    copyRow(dst + (<usize>r * <usize>dstStride << 2), src + (<usize>(r * srcStride) << 2), cols);
+    copyRow(
+      dst + (rowOffset(r0 + r, g, rowStride, headStride) << 2),
+      src + (<usize>(r * srcStride) << 2),
+      cols,
+    );
   }
-  count(tensor, rows * cols * 4, true);
+  countWritten(tensor, rows * cols * 4);
+}
+
+/**
+ * HBM → arena, one mask tile, transposed like Sᵀ: dst[c·dstStride + (r − r0)] = bias of virtual
+ * row r and key j0 + c, for r0 ≤ r < r0 + rows and c < cols. The mask element of (row, key) is at
+ * rowOffset(r) + key·colStride (strides may be 0: broadcasting). Float masks are copied as they
+ * are; byte masks become 0 (nonzero: attend) or −∞. Returns true if some entry is not −∞, i.e. the
+ * mask leaves something of the tile visible.
+ */
+export function loadMaskTile(
+  dst: usize,
+  dstStride: i32,
+  mask: usize,
+  kind: i32,
+  rowStride: i32,
+  headStride: i32,
+  colStride: i32,
+  g: i32,
+  r0: i32,
+  rows: i32,
+  j0: i32,
+  cols: i32,
+): bool {
+  let open = false;
+  const negInf: f32 = -Infinity;
+  const elementBytes = kind == MASK_U8 ? 1 : 4;
+  for (let r = 0; r < rows; r++) {
+    const row = rowOffset(r0 + r, g, rowStride, headStride);
+    const d = dst + (<usize>r << 2);
+    for (let c = 0; c < cols; c++) {
+      const at = row + <usize>(j0 + c) * <usize>colStride;
+      const x: f32 = kind == MASK_U8 ? (load<u8>(mask + at) != 0 ? 0 : negInf) : load<f32>(mask + (at << 2));
+      open = open || x != negInf;
+      store<f32>(d + (<usize>(c * dstStride) << 2), x);
+    }
+  }
+  countRead(TENSOR_MASK, rows * cols * elementBytes);
+  return open;
 }

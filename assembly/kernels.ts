@@ -3,5 +3,6 @@
 
 export { arenaBytes, arenaMaxBytes, arenaPtr, blockSizes, headDimMax, hbmPtr } from "./arena";
 export { expInto } from "./exp";
-export { forwardHead } from "./forward";
+export { forward } from "./forward";
 export { countersPtr, resetCounters } from "./hbm";
+export { mergeSplits } from "./merge";

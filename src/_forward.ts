@@ -1,34 +1,43 @@
-// Places a validated problem in the kernels' HBM (linear memory), runs the forward kernel head by
-// head and copies the results out.
+// Places a validated problem in the kernels' HBM (linear memory), runs the forward kernel once per
+// (sequence, K/V head) and copies the results out.
 //
 // Two placements, one kernel:
-// - whole: every tensor is copied in with one bulk copy and the kernel reads heads through the
-//   layout's strides. Used while everything fits in WHOLE_BUDGET_BYTES.
-// - streamed: per (batch, head), K and V of that head are gathered into HBM and Q is fed in
-//   chunks of rows; each chunk's O goes straight to the caller's buffer. The HBM footprint is one
-//   head's K and V plus a chunk, whatever B and H are — what keeps a 65,536-token call small.
+// - slab: a sequence's tensors (every head) are copied in with one bulk copy each and the kernel
+//   reads heads through the caller's strides. Used while a sequence fits in SLAB_BUDGET_BYTES.
+// - streamed: per K/V head, that head's K and V are gathered into HBM and the queries of its
+//   group are fed in chunks of positions; each chunk's O goes straight to the caller's buffer.
+//   The HBM footprint is one head's K and V plus a chunk, whatever B and H are.
 // A query row's result does not depend on how rows are grouped into blocks or chunks (each row's
 // arithmetic only depends on the key tiling), so both placements give the same bits.
+//
+// Split-KV (Flash-Decoding): with numSplits > 1 the keys of each head are cut into that many
+// ranges (whole Bc blocks each); the kernel writes a normalised partial O and lse per range and
+// mergeSplits combines them.
 
-import type { AttentionProblem } from "./_validate.ts";
+import type { AttentionProblem, Sequence } from "./_validate.ts";
 import { message } from "./_validate.ts";
 import type { Kernels } from "./wasm/loader.ts";
 
-/** Problems whose tensors total at most this many bytes are copied in whole. */
-export const WHOLE_BUDGET_BYTES = 16 << 20;
-/** Target size of one streamed chunk of Q plus its O. */
+/** Sequences whose staged tensors total at most this many bytes are copied in whole. */
+export const SLAB_BUDGET_BYTES = 16 << 20;
+/** Target size of one streamed chunk of queries (Q, O, lse and mask rows). */
 const CHUNK_BYTES = 1 << 20;
 const PAGE_BYTES = 65536;
 /** wasm32 addresses 4 GiB. */
 const MAX_MEMORY_BYTES = 65536 * PAGE_BYTES;
+const MASK_NONE = 0;
+const MASK_F32 = 1;
+const MASK_U8 = 2;
 
-/** What the kernel needs beyond the validated shapes. */
+/** What the driver needs beyond the validated problem. */
 export interface ForwardConfig {
   sramBytes: number;
-  Br: number;
+  Bc: number;
   out: Float32Array | undefined;
+  /** Key splits per head (1 = none). */
+  numSplits: number;
   /** Placement threshold; tests lower it to exercise streaming on small shapes. */
-  wholeBudgetBytes?: number;
+  slabBudgetBytes?: number;
 }
 
 /** Output and (when asked for) lse of a forward call. */
@@ -39,13 +48,13 @@ export interface ForwardResult {
 
 const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
 
-/** Byte offsets of consecutive 64-byte aligned buffers of the given float counts, and the end. */
-function place(base: number, floats: number[]): number[] {
+/** Byte offsets of consecutive 64-byte aligned buffers of the given byte sizes, and the end. */
+function place(base: number, bytes: number[]): number[] {
   const ptrs: number[] = [];
   let at = base;
-  for (const n of floats) {
+  for (const n of bytes) {
     ptrs.push(at);
-    at = align(at + 4 * n);
+    at = align(at + n);
   }
   ptrs.push(at);
   return ptrs;
@@ -72,12 +81,12 @@ function ensureMemory(kernels: Kernels, endBytes: number, what: string): void {
   }
 }
 
-/** Copies `rows` rows of `cols` floats between arrays with the given row strides. */
-function copyRows(
-  dst: Float32Array,
+/** Copies `rows` rows of `cols` elements between arrays with the given row strides (0 repeats a row). */
+function copyRows<T extends Float32Array | Uint8Array>(
+  dst: T,
   dstAt: number,
   dstStride: number,
-  src: Float32Array,
+  src: T,
   srcAt: number,
   srcStride: number,
   rows: number,
@@ -93,117 +102,344 @@ function copyRows(
   }
 }
 
+/** Copies `n` elements with source stride `stride` (0: broadcast one value) into dst at dstAt. */
+function copyStrided<T extends Float32Array | Uint8Array>(
+  dst: T,
+  dstAt: number,
+  src: T,
+  srcAt: number,
+  stride: number,
+  n: number,
+): void {
+  if (stride === 1) dst.set(src.subarray(srcAt, srcAt + n), dstAt);
+  else if (stride === 0) dst.fill(src[srcAt], dstAt, dstAt + n);
+  else for (let i = 0; i < n; i++) dst[dstAt + i] = src[srcAt + i * stride];
+}
+
+/** Pointers and strides of one kernel call's tensors; see assembly/forward.ts for their meaning. */
+interface Call {
+  q: number;
+  qRow: number;
+  qHead: number;
+  k: number;
+  kRow: number;
+  v: number;
+  vRow: number;
+  o: number;
+  oRow: number;
+  oHead: number;
+  lse: number;
+  lseRow: number;
+  lseHead: number;
+  Nq: number;
+  keyEnd: number;
+  visOffset: number;
+  alibiOffset: number;
+  slopes: number;
+  mask: number;
+  maskRow: number;
+  maskHead: number;
+  maskCol: number;
+}
+
 /** Runs the forward pass of a validated problem. */
 export function runForward(kernels: Kernels, p: AttentionProblem, config: ForwardConfig): ForwardResult {
-  const { B, H, Nq, dv } = p;
-  const oLength = B * Nq * H * dv;
-  const lseLength = p.returnLse ? B * H * Nq : 0;
-  const wholeFloats = [p.q.length, p.k.length, p.v.length, oLength, lseLength];
-  const wholeBytes = wholeFloats.reduce((a, n) => a + 4 * n, 0);
-  const o = config.out ?? new Float32Array(oLength);
-  const lse = p.returnLse ? new Float32Array(lseLength) : undefined;
-  if (wholeBytes <= (config.wholeBudgetBytes ?? WHOLE_BUDGET_BYTES)) {
-    runWhole(kernels, p, config, wholeFloats, o, lse);
-  } else {
-    runStreamed(kernels, p, config, o, lse);
+  const o = config.out ?? new Float32Array(p.oLength);
+  const lse = p.returnLse ? new Float32Array(p.lseLength) : undefined;
+  const budget = config.slabBudgetBytes ?? SLAB_BUDGET_BYTES;
+  for (const s of p.sequences) {
+    if (s.Nq === 0) continue;
+    if (slabBytes(p, s) <= budget) runSlab(kernels, p, config, s, o, lse);
+    else runStreamed(kernels, p, config, s, o, lse);
   }
   return { o, lse };
 }
 
-function runWhole(
+const maskKind = (p: AttentionProblem) =>
+  p.mask === undefined ? MASK_NONE : p.mask.data instanceof Uint8Array ? MASK_U8 : MASK_F32;
+
+/** Element extent of a strided block: the span from its first to one past its last element. */
+const extent = (counts: number[], strides: number[]) => counts.reduce((a, n, i) => a + (n - 1) * strides[i], 0) + 1;
+
+interface SlabExtents {
+  q: number;
+  k: number;
+  v: number;
+  o: number;
+  lse: number;
+  mask: number;
+  maskBase: number;
+}
+
+function slabExtents(p: AttentionProblem, s: Sequence): SlabExtents {
+  const { H, Hkv, d, dv } = p;
+  const m = p.mask;
+  return {
+    q: extent([s.Nq, H, d], [p.qStrides.row, p.qStrides.head, 1]),
+    k: s.Nk === 0 ? 0 : extent([s.Nk, Hkv, d], [p.kStrides.row, p.kStrides.head, 1]),
+    v: s.Nk === 0 ? 0 : extent([s.Nk, Hkv, dv], [p.vStrides.row, p.vStrides.head, 1]),
+    o: extent([s.Nq, H, dv], [p.oStrides.row, p.oStrides.head, 1]),
+    lse: p.returnLse ? H * s.Nq : 0, // staged as [H][Nq], whatever the caller's lse layout
+    mask: m && s.Nk > 0 ? extent([H, s.Nq, s.Nk], [m.strides[1], m.strides[2], m.strides[3]]) : 0,
+    maskBase: m ? s.b * m.strides[0] : 0,
+  };
+}
+
+function slabBytes(p: AttentionProblem, s: Sequence): number {
+  const e = slabExtents(p, s);
+  const maskBytes = maskKind(p) === MASK_U8 ? e.mask : 4 * e.mask;
+  return 4 * (e.q + e.k + e.v + e.o + e.lse) + maskBytes + splitScratchBytes(p, s.Nq * p.group, 2);
+}
+
+/** Bytes of split-KV partials for `rows` virtual rows and `splits` splits. */
+const splitScratchBytes = (p: AttentionProblem, rows: number, splits: number) =>
+  splits > 1 ? 4 * splits * rows * (p.dv + 1) + 128 : 0;
+
+/** The slopes of sequence s's heads start here in alibiSlopes. */
+const slopeBase = (p: AttentionProblem, s: Sequence) => p.alibiSlopes && p.alibiSlopes.length !== p.H ? s.b * p.H : 0;
+
+function runSlab(
   kernels: Kernels,
   p: AttentionProblem,
   config: ForwardConfig,
-  floats: number[],
+  s: Sequence,
   o: Float32Array,
   lse: Float32Array | undefined,
 ): void {
-  const { B, H, Nq, Nk, d, dv, qStrides: qs, kStrides: ks, vStrides: vs, oStrides: os } = p;
-  const [qPtr, kPtr, vPtr, oPtr, lsePtr, end] = place(kernels.hbmPtr(), floats);
+  const e = slabExtents(p, s);
+  const kind = maskKind(p);
+  const maskBytes = kind === MASK_U8 ? 1 : 4;
+  const rows = s.Nq * p.group;
+  const splits = splitsFor(config, s, rows, p);
+  const [qPtr, kPtr, vPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr, end] = place(kernels.hbmPtr(), [
+    4 * e.q,
+    4 * e.k,
+    4 * e.v,
+    4 * e.o,
+    4 * e.lse,
+    maskBytes * e.mask,
+    p.alibiSlopes ? 4 * p.H : 0,
+    splitScratchBytes(p, rows, splits),
+  ]);
   ensureMemory(kernels, end, "this call");
   const hbm = new Float32Array(kernels.memory.buffer);
-  hbm.set(p.q, qPtr / 4);
-  hbm.set(p.k, kPtr / 4);
-  hbm.set(p.v, vPtr / 4);
-  const [left, right] = p.causal ? [-1, 0] : [-1, -1];
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      kernels.forwardHead(
-        qPtr + 4 * (b * qs.batch + h * qs.head),
-        qs.row,
-        kPtr + 4 * (b * ks.batch + h * ks.head),
-        ks.row,
-        vPtr + 4 * (b * vs.batch + h * vs.head),
-        vs.row,
-        oPtr + 4 * (b * os.batch + h * os.head),
-        os.row,
-        lse ? lsePtr + 4 * (b * H + h) * Nq : 0,
-        Nq,
-        Nk,
-        d,
-        dv,
-        p.scale,
-        Nk - Nq,
-        left,
-        right,
-        config.sramBytes,
-      );
+  hbm.set(p.q.subarray(s.qBase, s.qBase + e.q), qPtr / 4);
+  hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), kPtr / 4);
+  hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), vPtr / 4);
+  if (p.mask && e.mask > 0) {
+    const target = kind === MASK_U8 ? new Uint8Array(kernels.memory.buffer) : hbm;
+    target.set(p.mask.data.subarray(e.maskBase, e.maskBase + e.mask), maskPtr / maskBytes);
+  }
+  const base = slopeBase(p, s);
+  if (p.alibiSlopes) hbm.set(p.alibiSlopes.subarray(base, base + p.H), slopesPtr / 4);
+  const m = p.mask?.strides ?? [0, 0, 0, 0];
+  for (let kvh = 0; kvh < p.Hkv; kvh++) {
+    const h0 = kvh * p.group; // first query head of the group
+    run(kernels, p, config, splits, scratchPtr, {
+      q: qPtr + 4 * h0 * p.qStrides.head,
+      qRow: p.qStrides.row,
+      qHead: p.qStrides.head,
+      k: kPtr + 4 * kvh * p.kStrides.head,
+      kRow: p.kStrides.row,
+      v: vPtr + 4 * kvh * p.vStrides.head,
+      vRow: p.vStrides.row,
+      o: oPtr + 4 * h0 * p.oStrides.head,
+      oRow: p.oStrides.row,
+      oHead: p.oStrides.head,
+      lse: lse ? lsePtr + 4 * h0 * s.Nq : 0,
+      lseRow: 1,
+      lseHead: s.Nq,
+      Nq: s.Nq,
+      keyEnd: s.Nk,
+      visOffset: p.topLeft ? 0 : s.Nk - s.Nq,
+      alibiOffset: s.Nk - s.Nq,
+      slopes: p.alibiSlopes ? slopesPtr + 4 * h0 : 0,
+      mask: p.mask ? maskPtr + maskBytes * h0 * m[1] : 0,
+      maskRow: m[2],
+      maskHead: m[1],
+      maskCol: m[3],
+    });
+  }
+  o.set(hbm.subarray(oPtr / 4, oPtr / 4 + e.o), s.oBase);
+  if (lse) {
+    for (let h = 0; h < p.H; h++) {
+      const at = lsePtr / 4 + h * s.Nq;
+      lse.set(hbm.subarray(at, at + s.Nq), s.lseBase + h * p.lseStrides.head);
     }
   }
-  o.set(hbm.subarray(oPtr / 4, oPtr / 4 + o.length));
-  lse?.set(hbm.subarray(lsePtr / 4, lsePtr / 4 + lse.length));
 }
 
 function runStreamed(
   kernels: Kernels,
   p: AttentionProblem,
   config: ForwardConfig,
+  s: Sequence,
   o: Float32Array,
   lse: Float32Array | undefined,
 ): void {
-  const { B, H, Nq, Nk, d, dv, qStrides: qs, kStrides: ks, vStrides: vs, oStrides: os } = p;
-  const Br = config.Br;
-  const chunkRows = Math.min(Nq, Math.max(Br, Math.floor(CHUNK_BYTES / (4 * (d + dv + 1)) / Br) * Br));
-  const [kPtr, vPtr, qPtr, oPtr, lsePtr, end] = place(
-    kernels.hbmPtr(),
-    [Nk * d, Nk * dv, chunkRows * d, chunkRows * dv, chunkRows],
-  );
+  const { d, dv, group: g } = p;
+  const kind = maskKind(p);
+  const maskBytes = kind === MASK_U8 ? 1 : 4;
+  const rowBytes = 4 * g * (d + dv + 1) + (kind === MASK_NONE ? 0 : maskBytes * g * s.Nk);
+  const positions = Math.max(1, Math.min(s.Nq, Math.floor(CHUNK_BYTES / rowBytes)));
+  const rows = positions * g;
+  const splits = splitsFor(config, s, rows, p);
+  const [kPtr, vPtr, qPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr, end] = place(kernels.hbmPtr(), [
+    4 * s.Nk * d,
+    4 * s.Nk * dv,
+    4 * rows * d,
+    4 * rows * dv,
+    4 * rows,
+    kind === MASK_NONE ? 0 : maskBytes * rows * s.Nk,
+    4 * g,
+    splitScratchBytes(p, rows, splits),
+  ]);
   ensureMemory(kernels, end, "one head of this call");
   const hbm = new Float32Array(kernels.memory.buffer);
-  const [left, right] = p.causal ? [-1, 0] : [-1, -1];
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      copyRows(hbm, kPtr / 4, d, p.k, b * ks.batch + h * ks.head, ks.row, Nk, d);
-      copyRows(hbm, vPtr / 4, dv, p.v, b * vs.batch + h * vs.head, vs.row, Nk, dv);
-      for (let i0 = 0; i0 < Nq; i0 += chunkRows) {
-        const rows = Math.min(chunkRows, Nq - i0);
-        copyRows(hbm, qPtr / 4, d, p.q, b * qs.batch + h * qs.head + i0 * qs.row, qs.row, rows, d);
-        kernels.forwardHead(
-          qPtr,
-          d,
-          kPtr,
-          d,
-          vPtr,
-          dv,
-          oPtr,
-          dv,
-          lse ? lsePtr : 0,
-          rows,
-          Nk,
-          d,
-          dv,
-          p.scale,
-          Nk - Nq + i0,
-          left,
-          right,
-          config.sramBytes,
-        );
-        copyRows(o, b * os.batch + h * os.head + i0 * os.row, os.row, hbm, oPtr / 4, dv, rows, dv);
+  const hbmBytes = new Uint8Array(kernels.memory.buffer);
+  const m = p.mask?.strides ?? [0, 0, 0, 0];
+  for (let kvh = 0; kvh < p.Hkv; kvh++) {
+    const h0 = kvh * g;
+    copyRows(hbm, kPtr / 4, d, p.k, s.kBase + kvh * p.kStrides.head, p.kStrides.row, s.Nk, d);
+    copyRows(hbm, vPtr / 4, dv, p.v, s.vBase + kvh * p.vStrides.head, p.vStrides.row, s.Nk, dv);
+    if (p.alibiSlopes) {
+      const base = slopeBase(p, s) + h0;
+      hbm.set(p.alibiSlopes.subarray(base, base + g), slopesPtr / 4);
+    }
+    for (let i0 = 0; i0 < s.Nq; i0 += positions) {
+      const n = Math.min(positions, s.Nq - i0);
+      // Queries of the group for positions i0..i0+n, laid out [position][head][d].
+      for (let hh = 0; hh < g; hh++) {
+        const qAt = s.qBase + i0 * p.qStrides.row + (h0 + hh) * p.qStrides.head;
+        copyRows(hbm, qPtr / 4 + hh * d, g * d, p.q, qAt, p.qStrides.row, n, d);
+        if (p.mask) {
+          const target = kind === MASK_U8 ? hbmBytes : hbm;
+          for (let i = 0; i < n; i++) {
+            const src = s.b * m[0] + (h0 + hh) * m[1] + (i0 + i) * m[2];
+            copyStrided(target, maskPtr / maskBytes + (i * g + hh) * s.Nk, p.mask.data, src, m[3], s.Nk);
+          }
+        }
+      }
+      run(kernels, p, config, splits, scratchPtr, {
+        q: qPtr,
+        qRow: g * d,
+        qHead: d,
+        k: kPtr,
+        kRow: d,
+        v: vPtr,
+        vRow: dv,
+        o: oPtr,
+        oRow: g * dv,
+        oHead: dv,
+        lse: lse ? lsePtr : 0,
+        lseRow: 1,
+        lseHead: n,
+        Nq: n,
+        keyEnd: s.Nk,
+        visOffset: (p.topLeft ? 0 : s.Nk - s.Nq) + i0,
+        alibiOffset: s.Nk - s.Nq + i0,
+        slopes: p.alibiSlopes ? slopesPtr : 0,
+        mask: p.mask ? maskPtr : 0,
+        maskRow: g * s.Nk,
+        maskHead: s.Nk,
+        maskCol: 1,
+      });
+      for (let hh = 0; hh < g; hh++) {
+        const oAt = s.oBase + i0 * p.oStrides.row + (h0 + hh) * p.oStrides.head;
+        copyRows(o, oAt, p.oStrides.row, hbm, oPtr / 4 + hh * dv, g * dv, n, dv);
         if (lse) {
-          const at = (b * H + h) * Nq + i0;
-          lse.set(hbm.subarray(lsePtr / 4, lsePtr / 4 + rows), at);
+          const at = s.lseBase + (h0 + hh) * p.lseStrides.head + i0 * p.lseStrides.row;
+          lse.set(hbm.subarray(lsePtr / 4 + hh * n, lsePtr / 4 + hh * n + n), at);
         }
       }
     }
   }
+}
+
+/** Splits actually used: none without keys, or when their partials would not fit the budget. */
+function splitsFor(config: ForwardConfig, s: Sequence, rows: number, p: AttentionProblem): number {
+  const wanted = Math.min(config.numSplits, Math.ceil(s.Nk / config.Bc));
+  if (wanted <= 1) return 1;
+  return splitScratchBytes(p, rows, wanted) <= (config.slabBudgetBytes ?? SLAB_BUDGET_BYTES) ? wanted : 1;
+}
+
+/** One kernel call for a group of heads, or `splits` calls and a merge. */
+function run(
+  kernels: Kernels,
+  p: AttentionProblem,
+  config: ForwardConfig,
+  splits: number,
+  scratchPtr: number,
+  c: Call,
+): void {
+  const kernel = (keyBegin: number, keyEnd: number, o: number[], lse: number[], partial: boolean) =>
+    kernels.forward(
+      c.q,
+      c.qRow,
+      c.qHead,
+      c.k,
+      c.kRow,
+      c.v,
+      c.vRow,
+      o[0],
+      o[1],
+      o[2],
+      lse[0],
+      lse[1],
+      lse[2],
+      c.Nq,
+      p.group,
+      keyBegin,
+      keyEnd,
+      p.d,
+      p.dv,
+      p.scale,
+      p.softcap,
+      c.visOffset,
+      p.windowLeft,
+      p.windowRight,
+      c.slopes,
+      c.alibiOffset,
+      c.mask,
+      maskKind(p),
+      c.maskRow,
+      c.maskHead,
+      c.maskCol,
+      config.sramBytes,
+      partial,
+    );
+  if (splits <= 1) {
+    kernel(0, c.keyEnd, [c.o, c.oRow, c.oHead], [c.lse, c.lseRow, c.lseHead], false);
+    return;
+  }
+  // Split-KV: partial O of split t, virtual row r at scratch + (t·rows + r)·dv, its lse after all O.
+  const rows = c.Nq * p.group;
+  const partLse = scratchPtr + 4 * splits * rows * p.dv;
+  const keysPerSplit = Math.ceil(c.keyEnd / splits / config.Bc) * config.Bc;
+  let t = 0;
+  for (let begin = 0; begin < c.keyEnd; begin += keysPerSplit, t++) {
+    const end = Math.min(c.keyEnd, begin + keysPerSplit);
+    kernel(
+      begin,
+      end,
+      [scratchPtr + 4 * t * rows * p.dv, p.group * p.dv, p.dv],
+      [partLse + 4 * t * rows, p.group, 1],
+      true,
+    );
+  }
+  kernels.mergeSplits(
+    scratchPtr,
+    partLse,
+    t,
+    rows,
+    p.dv,
+    c.o,
+    c.oRow,
+    c.oHead,
+    c.lse,
+    c.lseRow,
+    c.lseHead,
+    p.group,
+    config.sramBytes,
+  );
 }

@@ -1,27 +1,65 @@
-// Up-front checks of everything a caller passes, shared by flashAttention and referenceAttention.
-// Nothing here touches WebAssembly memory: a call that fails validation leaves the module as it was.
+// Up-front checks of everything a caller passes, shared by every attention function and the
+// reference. Nothing here touches WebAssembly memory: a call that fails validation leaves the
+// module as it was. The result, an AttentionProblem, describes the call as a list of sequences
+// (batch entries, or packed varlen sequences) with element offsets and strides into the caller's
+// arrays, which is all the driver and the reference need.
 
 import { ShapeError } from "./errors.ts";
-import type { Layout, Tensor } from "./tensor.ts";
+import type { Layout, Mask, Tensor } from "./tensor.ts";
 
-/** Element strides of one tensor for (batch, head, sequence position). */
+/** Element strides of a q/k/v/o tensor: per sequence position (row) and per head. */
 export interface Strides {
-  batch: number;
-  head: number;
   row: number;
+  head: number;
 }
 
-/** A validated attention call: sizes, resolved options and the strides of every tensor. */
-export interface AttentionProblem {
-  B: number;
-  H: number;
+/** One sequence of the call: a batch entry, or one packed sequence of a varlen call. */
+export interface Sequence {
+  /** Batch index (selects ALiBi slopes of shape [B, H] and the mask's batch). */
+  b: number;
+  /** Element offsets of the sequence's first row, head 0, in q, k, v and the output. */
+  qBase: number;
+  kBase: number;
+  vBase: number;
+  oBase: number;
+  /** Offset of its first query's lse, head 0. */
+  lseBase: number;
+  /** Number of queries and of valid keys (keys past Nk do not exist). */
   Nq: number;
   Nk: number;
+}
+
+/** How masking, biases and capping apply to scores, after validation. */
+export interface ScoreOptions {
+  scale: number;
+  /** 0 = off. */
+  softcap: number;
+  /** Window bounds, −1 = unbounded; causal is [−1, 0]. */
+  windowLeft: number;
+  windowRight: number;
+  /** Causal/window alignment: bottom-right (i + Nk − Nq) or top-left (i). */
+  topLeft: boolean;
+  /** Per-head slopes, length H or B·H; the bias is −slope·|i + Nk − Nq − j|. */
+  alibiSlopes: Float32Array | undefined;
+  mask: ValidMask | undefined;
+}
+
+/** A mask with element strides broadcast to [B, H, Nq, Nk] (0 on broadcast axes). */
+export interface ValidMask {
+  data: Float32Array | Uint8Array;
+  strides: [number, number, number, number];
+}
+
+/** A validated attention call. */
+export interface AttentionProblem extends ScoreOptions {
+  B: number;
+  H: number;
+  Hkv: number;
   d: number;
   dv: number;
-  layout: Layout;
-  scale: number;
-  causal: boolean;
+  /** Query heads per K/V head, H / Hkv. */
+  group: number;
+  layout: Layout | "thd";
   returnLse: boolean;
   q: Float32Array;
   k: Float32Array;
@@ -30,28 +68,43 @@ export interface AttentionProblem {
   kStrides: Strides;
   vStrides: Strides;
   oStrides: Strides;
-  /** Output shape in the input's layout. */
+  /** lse element strides: per query position and per head. */
+  lseStrides: Strides;
+  sequences: Sequence[];
   oShape: number[];
+  oLength: number;
+  lseShape: number[];
+  lseLength: number;
 }
 
-/** The options both attention functions understand. */
+/** Every option the attention functions share. */
 export interface CommonOptions {
   scale?: number;
-  causal?: boolean;
+  causal?: boolean | "bottom-right" | "top-left";
+  windowSize?: readonly [number, number];
+  softcap?: number;
+  alibiSlopes?: Float32Array;
+  mask?: Mask;
   layout?: Layout;
   returnLse?: boolean;
 }
 
 const PREFIX = "Cannot compute attention as";
 
+/** Formats a message with the library's prefix. */
+export function message(text: string): string {
+  return `${PREFIX} ${text}`;
+}
+
 /** "[1, 128, 8, 64]" */
 export function formatShape(shape: readonly unknown[]): string {
   return `[${shape.map((x) => typeof x === "string" ? `"${x}"` : String(x)).join(", ")}]`;
 }
 
-function describe(value: unknown): string {
+/** A short description of a value for error messages. */
+export function describe(value: unknown): string {
   if (value === null) return "null";
-  if (Array.isArray(value)) return "an Array";
+  if (Array.isArray(value)) return `an Array ${formatShape(value)}`;
   if (ArrayBuffer.isView(value)) return `a ${value.constructor.name}`;
   if (typeof value === "object") return `an object (${value?.constructor?.name ?? "no prototype"})`;
   if (typeof value === "string") return `"${value}"`;
@@ -62,165 +115,413 @@ function describe(value: unknown): string {
 export function checkOptionKeys(options: unknown, known: readonly string[]): Record<string, unknown> {
   if (options === undefined) return {};
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    throw new TypeError(`${PREFIX} options must be an object: options is ${describe(options)}`);
+    throw new TypeError(message(`options must be an object: options is ${describe(options)}`));
   }
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) {
-      throw new TypeError(
-        `${PREFIX} options has an unknown key "${key}": the known keys are ${known.join(", ")}`,
-      );
+      throw new TypeError(message(`options has an unknown key "${key}": the known keys are ${known.join(", ")}`));
     }
   }
   return options as Record<string, unknown>;
 }
 
-function checkTensor(name: string, t: unknown, layout: Layout): { data: Float32Array; shape: number[] } {
+const product = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Checks a tensor's type, rank, dims and length; `dims` names the axes for messages. */
+export function checkTensor(
+  name: string,
+  t: unknown,
+  dims: string,
+  rank: number,
+  types: readonly (Float32ArrayConstructor | Uint8ArrayConstructor)[] = [Float32Array],
+): { data: Float32Array; shape: number[] } {
   if (typeof t !== "object" || t === null) {
-    throw new TypeError(`${PREFIX} ${name} must be a tensor { data, shape }: ${name} is ${describe(t)}`);
+    throw new TypeError(message(`${name} must be a tensor { data, shape }: ${name} is ${describe(t)}`));
   }
   const { data, shape } = t as Partial<Tensor>;
-  if (!(data instanceof Float32Array)) {
-    throw new TypeError(`${PREFIX} ${name}.data must be a Float32Array: ${name}.data is ${describe(data)}`);
+  if (!types.some((type) => data instanceof type)) {
+    const allowed = types.map((type) => type.name).join(" or ");
+    throw new TypeError(message(`${name}.data must be a ${allowed}: ${name}.data is ${describe(data)}`));
   }
   if (!Array.isArray(shape)) {
-    throw new TypeError(`${PREFIX} ${name}.shape must be an array: ${name}.shape is ${describe(shape)}`);
+    throw new TypeError(message(`${name}.shape must be an array: ${name}.shape is ${describe(shape)}`));
   }
-  const dims = layout === "bshd" ? "[B, N, H, d]" : "[B, H, N, d]";
-  if (shape.length !== 4) {
+  if (shape.length !== rank) {
     throw new ShapeError(
-      `${PREFIX} ${name} must have rank 4 (${dims} in layout "${layout}"): ${name}.shape is ${formatShape(shape)}`,
+      message(`${name} must have rank ${rank} (${dims}): ${name}.shape is ${formatShape(shape)}`),
       dims,
       formatShape(shape),
     );
   }
   if (!shape.every((x) => Number.isSafeInteger(x) && x > 0)) {
     throw new ShapeError(
-      `${PREFIX} ${name}.shape must hold positive integers: ${name}.shape is ${formatShape(shape)}`,
+      message(`${name}.shape must hold positive integers: ${name}.shape is ${formatShape(shape)}`),
       dims,
       formatShape(shape),
     );
   }
-  const size = shape.reduce((a, b) => a * b, 1);
-  if (data.length !== size) {
+  const size = product(shape);
+  if (data!.length !== size) {
     throw new ShapeError(
-      `${PREFIX} ${name}.data must hold ${size} elements (the product of ${name}.shape ${
-        formatShape(shape)
-      }): ${name}.data.length is ${data.length}`,
+      message(
+        `${name}.data must hold ${size} elements (the product of ${name}.shape ${
+          formatShape(shape)
+        }): ${name}.data.length is ${data!.length}`,
+      ),
       String(size),
-      String(data.length),
+      String(data!.length),
     );
   }
-  return { data, shape: [...shape] };
-}
-
-/** Strides of a 4-D tensor with B, H, N and D in the given layout. */
-export function stridesOf(layout: Layout, H: number, N: number, D: number): Strides {
-  return layout === "bshd" ? { batch: N * H * D, head: D, row: H * D } : { batch: H * N * D, head: N * D, row: D };
-}
-
-/** Validates q, k, v and the options common to every attention function. */
-export function validateAttention(
-  q: unknown,
-  k: unknown,
-  v: unknown,
-  options: Record<string, unknown>,
-): AttentionProblem {
-  const layout = options.layout ?? "bshd";
-  if (layout !== "bshd" && layout !== "bhsd") {
-    throw new TypeError(`${PREFIX} layout must be "bshd" or "bhsd": layout is ${describe(layout)}`);
-  }
-  const Q = checkTensor("q", q, layout);
-  const K = checkTensor("k", k, layout);
-  const V = checkTensor("v", v, layout);
-  // [B, N, H, D] in "bshd", [B, H, N, D] in "bhsd"
-  const nAxis = layout === "bshd" ? 1 : 2;
-  const hAxis = layout === "bshd" ? 2 : 1;
-  const [B, Nq, H, d] = [Q.shape[0], Q.shape[nAxis], Q.shape[hAxis], Q.shape[3]];
-  const Nk = K.shape[nAxis];
-  const dv = V.shape[3];
-  const shapes = (a: string, b: string, sa: number[], sb: number[]) =>
-    `${a}.shape is ${formatShape(sa)}, ${b}.shape is ${formatShape(sb)}`;
-  const same = (what: string, axis: number, a: string, sa: number[], b: string, sb: number[]) => {
-    if (sa[axis] !== sb[axis]) {
-      throw new ShapeError(
-        `${PREFIX} ${b} must have the same ${what} as ${a}: ${shapes(a, b, sa, sb)}`,
-        `${what} ${sa[axis]}`,
-        `${what} ${sb[axis]}`,
-      );
-    }
-  };
-  same("batch size", 0, "q", Q.shape, "k", K.shape);
-  same("number of heads", hAxis, "q", Q.shape, "k", K.shape);
-  same("head dim", 3, "q", Q.shape, "k", K.shape);
-  same("batch size", 0, "k", K.shape, "v", V.shape);
-  same("number of heads", hAxis, "k", K.shape, "v", V.shape);
-  same("sequence length", nAxis, "k", K.shape, "v", V.shape);
-
-  const scale = options.scale ?? 1 / Math.sqrt(d);
-  if (typeof scale !== "number" || !Number.isFinite(scale) || scale < 0) {
-    throw new RangeError(`${PREFIX} scale must be a finite number ≥ 0: scale is ${describe(scale)}`);
-  }
-  const causal = checkBoolean("causal", options.causal);
-  const returnLse = checkBoolean("returnLse", options.returnLse);
-
-  return {
-    B,
-    H,
-    Nq,
-    Nk,
-    d,
-    dv,
-    layout,
-    scale,
-    causal,
-    returnLse,
-    q: Q.data,
-    k: K.data,
-    v: V.data,
-    qStrides: stridesOf(layout, H, Nq, d),
-    kStrides: stridesOf(layout, H, Nk, d),
-    vStrides: stridesOf(layout, H, Nk, dv),
-    oStrides: stridesOf(layout, H, Nq, dv),
-    oShape: layout === "bshd" ? [B, Nq, H, dv] : [B, H, Nq, dv],
-  };
+  return { data: data as Float32Array, shape: [...shape] };
 }
 
 function checkBoolean(name: string, value: unknown): boolean {
   if (value === undefined) return false;
   if (typeof value !== "boolean") {
-    throw new TypeError(`${PREFIX} ${name} must be a boolean: ${name} is ${describe(value)}`);
+    throw new TypeError(message(`${name} must be a boolean: ${name} is ${describe(value)}`));
   }
   return value;
+}
+
+function checkNonNegative(name: string, value: unknown, fallback: number): number {
+  const x = value ?? fallback;
+  if (typeof x !== "number" || !Number.isFinite(x) || x < 0) {
+    throw new RangeError(message(`${name} must be a finite number ≥ 0: ${name} is ${describe(x)}`));
+  }
+  return x;
+}
+
+/** Checks an Int32Array option of a given length. */
+export function checkInt32Array(name: string, value: unknown, length: number, lengthText: string): Int32Array {
+  if (!(value instanceof Int32Array)) {
+    throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
+  }
+  if (value.length !== length) {
+    throw new ShapeError(
+      message(`${name} must have length ${lengthText} = ${length}: ${name}.length is ${value.length}`),
+      String(length),
+      String(value.length),
+    );
+  }
+  return value;
+}
+
+/** The dims of q, k, v and their sequence/head axes in each layout. */
+function axes(layout: Layout | "thd"): { rank: number; n: number; h: number; dims: string } {
+  if (layout === "bshd") return { rank: 4, n: 1, h: 2, dims: '[B, N, H, d] in layout "bshd"' };
+  if (layout === "bhsd") return { rank: 4, n: 2, h: 1, dims: '[B, H, N, d] in layout "bhsd"' };
+  return { rank: 3, n: 0, h: 1, dims: "[total, H, d] with cuSeqlensQ/cuSeqlensK" };
+}
+
+/** Strides of a tensor with H heads, N positions and D features per head, in `layout`. */
+export function stridesOf(layout: Layout | "thd", H: number, N: number, D: number): Strides {
+  return layout === "bhsd" ? { row: D, head: N * D } : { row: H * D, head: D };
+}
+
+interface ValidateConfig {
+  /** Options this function accepts besides the common ones (already checked for unknown keys). */
+  seqLensK?: Int32Array;
+  varlen?: { cuSeqlensQ: unknown; cuSeqlensK: unknown };
+}
+
+/**
+ * Validates q, k, v and the common options. `extra` carries the per-function sequence options:
+ * seqLensK (valid keys per batch entry) or varlen packing.
+ */
+export function validateAttention(
+  q: unknown,
+  k: unknown,
+  v: unknown,
+  options: Record<string, unknown>,
+  extra: ValidateConfig = {},
+): AttentionProblem {
+  const varlen = extra.varlen !== undefined;
+  const layout = (options.layout ?? "bshd") as Layout | "thd";
+  if (layout !== "bshd" && layout !== "bhsd") {
+    throw new TypeError(message(`layout must be "bshd" or "bhsd": layout is ${describe(layout)}`));
+  }
+  if (varlen && layout !== "bshd") {
+    throw new TypeError(message(`varlen packing (cuSeqlensQ, cuSeqlensK) needs layout "bshd": layout is "${layout}"`));
+  }
+  const ax = axes(varlen ? "thd" : layout);
+  const Q = checkTensor("q", q, ax.dims, ax.rank);
+  const K = checkTensor("k", k, ax.dims, ax.rank);
+  const V = checkTensor("v", v, ax.dims, ax.rank);
+  const shapes = (a: string, b: string, sa: number[], sb: number[]) =>
+    `${a}.shape is ${formatShape(sa)}, ${b}.shape is ${formatShape(sb)}`;
+  const same = (what: string, axis: number, a: string, sa: number[], b: string, sb: number[]) => {
+    if (sa[axis] !== sb[axis]) {
+      throw new ShapeError(
+        message(`${b} must have the same ${what} as ${a}: ${shapes(a, b, sa, sb)}`),
+        `${what} ${sa[axis]}`,
+        `${what} ${sb[axis]}`,
+      );
+    }
+  };
+  if (!varlen) {
+    same("batch size", 0, "q", Q.shape, "k", K.shape);
+    same("batch size", 0, "k", K.shape, "v", V.shape);
+  }
+  same("head dim", ax.rank - 1, "q", Q.shape, "k", K.shape);
+  same("number of heads", ax.h, "k", K.shape, "v", V.shape);
+  same("sequence length", ax.n, "k", K.shape, "v", V.shape);
+  const H = Q.shape[ax.h];
+  const Hkv = K.shape[ax.h];
+  if (H % Hkv !== 0) {
+    throw new ShapeError(
+      message(
+        `the number of query heads must be a multiple of the number of key/value heads (GQA): H is ${H}, Hkv is ${Hkv} (${
+          shapes("q", "k", Q.shape, K.shape)
+        })`,
+      ),
+      `a divisor of ${H}`,
+      String(Hkv),
+    );
+  }
+  const d = Q.shape[ax.rank - 1];
+  const dv = V.shape[ax.rank - 1];
+  const NqAll = Q.shape[ax.n];
+  const NkAll = K.shape[ax.n];
+  const B = varlen ? -1 : Q.shape[0];
+
+  const qStrides = stridesOf(ax.rank === 3 ? "thd" : layout, H, NqAll, d);
+  const kStrides = stridesOf(ax.rank === 3 ? "thd" : layout, Hkv, NkAll, d);
+  const vStrides = stridesOf(ax.rank === 3 ? "thd" : layout, Hkv, NkAll, dv);
+  const oStrides = stridesOf(ax.rank === 3 ? "thd" : layout, H, NqAll, dv);
+
+  // Sequences: batch entries, or the packed sequences of a varlen call.
+  const sequences: Sequence[] = [];
+  let batch: number;
+  let lseStrides: Strides;
+  let lseShape: number[];
+  if (varlen) {
+    const cuQ = checkCumulative("cuSeqlensQ", extra.varlen!.cuSeqlensQ, NqAll, "q.shape[0]");
+    const cuK = checkCumulative("cuSeqlensK", extra.varlen!.cuSeqlensK, NkAll, "k.shape[0]");
+    if (cuQ.length !== cuK.length) {
+      throw new ShapeError(
+        message(
+          `cuSeqlensQ and cuSeqlensK must have the same length (B + 1): cuSeqlensQ.length is ${cuQ.length}, cuSeqlensK.length is ${cuK.length}`,
+        ),
+        String(cuQ.length),
+        String(cuK.length),
+      );
+    }
+    batch = cuQ.length - 1;
+    lseStrides = { row: 1, head: NqAll };
+    lseShape = [H, NqAll];
+    for (let b = 0; b < batch; b++) {
+      sequences.push({
+        b,
+        qBase: cuQ[b] * qStrides.row,
+        kBase: cuK[b] * kStrides.row,
+        vBase: cuK[b] * vStrides.row,
+        oBase: cuQ[b] * oStrides.row,
+        lseBase: cuQ[b],
+        Nq: cuQ[b + 1] - cuQ[b],
+        Nk: cuK[b + 1] - cuK[b],
+      });
+    }
+  } else {
+    batch = B;
+    const seqLensK = extra.seqLensK;
+    if (seqLensK !== undefined) {
+      checkInt32Array("seqLensK", seqLensK, B, "B");
+      for (let b = 0; b < B; b++) {
+        if (!(seqLensK[b] >= 0 && seqLensK[b] <= NkAll)) {
+          throw new RangeError(
+            message(
+              `seqLensK must hold key lengths in [0, Nk = ${NkAll}]: seqLensK[${b}] is ${seqLensK[b]} (k.shape is ${
+                formatShape(K.shape)
+              })`,
+            ),
+          );
+        }
+      }
+    }
+    lseStrides = { row: 1, head: NqAll };
+    lseShape = [B, H, NqAll];
+    for (let b = 0; b < B; b++) {
+      sequences.push({
+        b,
+        qBase: b * NqAll * H * d,
+        kBase: b * NkAll * Hkv * d,
+        vBase: b * NkAll * Hkv * dv,
+        oBase: b * NqAll * H * dv,
+        lseBase: b * H * NqAll,
+        Nq: NqAll,
+        Nk: seqLensK ? seqLensK[b] : NkAll,
+      });
+    }
+  }
+
+  const scale = checkNonNegative("scale", options.scale, 1 / Math.sqrt(d));
+  const softcap = checkNonNegative("softcap", options.softcap, 0);
+  const causal = options.causal ?? false;
+  if (causal !== true && causal !== false && causal !== "bottom-right" && causal !== "top-left") {
+    throw new TypeError(
+      message(`causal must be true, false, "bottom-right" or "top-left": causal is ${describe(causal)}`),
+    );
+  }
+  let [windowLeft, windowRight] = checkWindow(options.windowSize);
+  if (causal !== false) windowRight = 0; // causal is the window [left, 0]
+  const alibiSlopes = checkSlopes(options.alibiSlopes, H, batch, varlen);
+  let mask: ValidMask | undefined;
+  if (options.mask !== undefined) {
+    if (varlen) {
+      throw new TypeError(message("mask cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
+    }
+    mask = checkMask(options.mask, [B, H, NqAll, NkAll]);
+  }
+
+  const oShape = varlen ? [NqAll, H, dv] : layout === "bshd" ? [B, NqAll, H, dv] : [B, H, NqAll, dv];
+  return {
+    B: batch,
+    H,
+    Hkv,
+    d,
+    dv,
+    group: H / Hkv,
+    layout: varlen ? "thd" : layout,
+    returnLse: checkBoolean("returnLse", options.returnLse),
+    scale,
+    softcap,
+    windowLeft,
+    windowRight,
+    topLeft: causal === "top-left",
+    alibiSlopes,
+    mask,
+    q: Q.data,
+    k: K.data,
+    v: V.data,
+    qStrides,
+    kStrides,
+    vStrides,
+    oStrides,
+    lseStrides,
+    sequences,
+    oShape,
+    oLength: product(oShape),
+    lseShape,
+    lseLength: product(lseShape),
+  };
+}
+
+function checkCumulative(name: string, value: unknown, total: number, totalName: string): Int32Array {
+  if (!(value instanceof Int32Array)) {
+    throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
+  }
+  if (value.length < 2) {
+    throw new ShapeError(
+      message(`${name} must have length B + 1 ≥ 2: ${name}.length is ${value.length}`),
+      "≥ 2",
+      String(value.length),
+    );
+  }
+  if (value[0] !== 0) throw new RangeError(message(`${name} must start at 0: ${name}[0] is ${value[0]}`));
+  for (let i = 1; i < value.length; i++) {
+    if (value[i] < value[i - 1]) {
+      throw new RangeError(
+        message(`${name} must be non-decreasing: ${name}[${i - 1}] is ${value[i - 1]}, ${name}[${i}] is ${value[i]}`),
+      );
+    }
+  }
+  const last = value[value.length - 1];
+  if (last !== total) {
+    throw new RangeError(
+      message(`${name} must end at the total length ${totalName} = ${total}: ${name}[${value.length - 1}] is ${last}`),
+    );
+  }
+  return value;
+}
+
+function checkWindow(value: unknown): [number, number] {
+  if (value === undefined) return [-1, -1];
+  const ok = Array.isArray(value) && value.length === 2 &&
+    value.every((x) => Number.isSafeInteger(x) && x >= -1);
+  if (!ok) {
+    throw new RangeError(
+      message(`windowSize must be [left, right] with integers ≥ −1 (−1: unbounded): windowSize is ${describe(value)}`),
+    );
+  }
+  return [value[0], value[1]];
+}
+
+function checkSlopes(value: unknown, H: number, B: number, varlen: boolean): Float32Array | undefined {
+  if (value === undefined) return undefined;
+  if (!(value instanceof Float32Array)) {
+    throw new TypeError(message(`alibiSlopes must be a Float32Array: alibiSlopes is ${describe(value)}`));
+  }
+  if (value.length !== H && value.length !== B * H) {
+    const bName = varlen ? "B (the number of packed sequences)" : "B";
+    throw new ShapeError(
+      message(
+        `alibiSlopes must have length H = ${H} or B·H = ${
+          B * H
+        } (${bName} = ${B}): alibiSlopes.length is ${value.length}`,
+      ),
+      `${H} or ${B * H}`,
+      String(value.length),
+    );
+  }
+  return value;
+}
+
+/** Checks a mask and computes its strides broadcast right-aligned to `full` ([B, H, Nq, Nk]). */
+function checkMask(value: unknown, full: number[]): ValidMask {
+  const t = value as Partial<Tensor>;
+  const rank = Array.isArray(t?.shape) ? t.shape.length : 0;
+  if (rank < 1 || rank > 4) {
+    checkTensor("mask", value, "1 to 4 dims broadcasting to [B, H, Nq, Nk]", 4, [Float32Array, Uint8Array]);
+  }
+  const { data, shape } = checkTensor("mask", value, "1 to 4 dims broadcasting to [B, H, Nq, Nk]", rank, [
+    Float32Array,
+    Uint8Array,
+  ]);
+  const padded = [...Array(4 - rank).fill(1), ...shape];
+  const strides: [number, number, number, number] = [0, 0, 0, 0];
+  let stride = 1;
+  for (let axis = 3; axis >= 0; axis--) {
+    if (padded[axis] !== full[axis] && padded[axis] !== 1) {
+      throw new ShapeError(
+        message(
+          `mask.shape ${formatShape(shape)} does not broadcast to [B, H, Nq, Nk] = ${formatShape(full)}: dim ${
+            axis - (4 - rank)
+          } is ${padded[axis]}, expected 1 or ${full[axis]}`,
+        ),
+        formatShape(full),
+        formatShape(shape),
+      );
+    }
+    strides[axis] = padded[axis] === 1 ? 0 : stride;
+    stride *= padded[axis];
+  }
+  return { data: data as Float32Array | Uint8Array, strides };
 }
 
 /** Checks the caller's output buffer: a Float32Array of the output's size that overlaps no input. */
 export function checkOut(out: unknown, p: AttentionProblem): Float32Array | undefined {
   if (out === undefined) return undefined;
   if (!(out instanceof Float32Array)) {
-    throw new TypeError(`${PREFIX} out must be a Float32Array: out is ${describe(out)}`);
+    throw new TypeError(message(`out must be a Float32Array: out is ${describe(out)}`));
   }
-  const size = p.oShape.reduce((a, b) => a * b, 1);
-  if (out.length !== size) {
+  if (out.length !== p.oLength) {
     throw new ShapeError(
-      `${PREFIX} out must hold ${size} elements (output shape ${formatShape(p.oShape)}): out.length is ${out.length}`,
-      String(size),
+      message(
+        `out must hold ${p.oLength} elements (output shape ${formatShape(p.oShape)}): out.length is ${out.length}`,
+      ),
+      String(p.oLength),
       String(out.length),
     );
   }
   for (const [name, input] of [["q", p.q], ["k", p.k], ["v", p.v]] as const) {
     if (overlaps(out, input)) {
-      throw new TypeError(`${PREFIX} out must not share memory with ${name}: pass a separate buffer`);
+      throw new TypeError(message(`out must not share memory with ${name}: pass a separate buffer`));
     }
   }
   return out;
 }
 
-function overlaps(a: Float32Array, b: Float32Array): boolean {
+function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
   if (a.buffer !== b.buffer) return false;
   return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
-}
-
-/** Formats a message with the library's prefix (for errors raised outside this module). */
-export function message(text: string): string {
-  return `${PREFIX} ${text}`;
 }

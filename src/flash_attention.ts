@@ -3,29 +3,50 @@
  *
  * @module
  */
-import { runForward } from "./_forward.ts";
-import { checkOptionKeys, checkOut, message, validateAttention } from "./_validate.ts";
-import type { Layout, Tensor } from "./tensor.ts";
-import { loadKernels } from "./wasm/loader.ts";
+import { attend, DEFAULT_SRAM_BYTES, prepare } from "./_run.ts";
+import { checkOptionKeys, message, validateAttention } from "./_validate.ts";
+import type { Layout, Mask, Tensor } from "./tensor.ts";
 
-/** Default SRAM arena: fits the L2 cache of current CPUs with room to spare. */
-export const DEFAULT_SRAM_BYTES = 128 * 1024;
+export { DEFAULT_SRAM_BYTES };
 
 /** Options of {@linkcode flashAttention}. */
 export interface FlashAttentionOptions {
   /** Multiplies Q·Kᵀ before the softmax. Default `1 / sqrt(d)`; must be finite and ≥ 0. */
   scale?: number;
   /**
-   * Causal masking, bottom-right aligned as in FlashAttention ≥ 2.1: query i sees key j iff
-   * `j ≤ i + Nk − Nq`. Queries that see no key (when Nq > Nk) get O = 0 and lse = −∞.
-   * For PyTorch's top-left `is_causal` (j ≤ i) with Nq ≠ Nk, see the README. Default `false`.
+   * Causal masking. `true` or `"bottom-right"`: FlashAttention ≥ 2.1's alignment, query i sees key j
+   * iff `j ≤ i + Nk − Nq` (per sequence, with that sequence's own Nk). `"top-left"`: PyTorch's
+   * `is_causal`, `j ≤ i`. Queries that see no key get O = 0 and lse = −∞. Default `false`.
    */
-  causal?: boolean;
+  causal?: boolean | "bottom-right" | "top-left";
+  /**
+   * Sliding window `[left, right]` (−1: unbounded), aligned like `causal`: query i sees keys
+   * `i + Nk − Nq − left ≤ j ≤ i + Nk − Nq + right`. With `causal`, right is 0.
+   */
+  windowSize?: readonly [number, number];
+  /** Caps the scaled scores: S ← softcap·tanh(S/softcap), before masks and biases. 0 (default) is off. */
+  softcap?: number;
+  /** ALiBi slopes, length H or B·H: adds −slope·|i + Nk − Nq − j| to the scores. */
+  alibiSlopes?: Float32Array;
+  /**
+   * Additive float bias or boolean mask (nonzero attends), broadcast right-aligned to [B, H, Nq, Nk];
+   * composes with causal, window and ALiBi. Its last dimension spans the full Nk, also with seqLensK.
+   */
+  mask?: Mask;
+  /** Valid key length of each batch entry (length B; right padding): keys past it do not exist. */
+  seqLensK?: Int32Array;
+  /**
+   * Varlen packing, as `flash_attn_varlen_func`: cumulative sequence starts (length B + 1, from 0 to
+   * the total) for q of shape [totalQ, H, d] and k, v of shape [totalK, Hkv, d]. Both or neither.
+   */
+  cuSeqlensQ?: Int32Array;
+  /** Cumulative key sequence starts, see `cuSeqlensQ`. */
+  cuSeqlensK?: Int32Array;
   /** Dimension order of q, k, v and the output. Default `"bshd"`. */
   layout?: Layout;
-  /** Also return the log-sum-exp of each query's scores (natural log), shape [B, H, Nq]. */
+  /** Also return the log-sum-exp of each query's scores (natural log), shape [B, H, Nq] ([H, totalQ] varlen). */
   returnLse?: boolean;
-  /** Write the output here instead of a new array: B·Nq·H·dv floats, sharing no memory with q, k, v. */
+  /** Write the output here instead of a new array: it must have the output's length and share no memory with q, k, v. */
   out?: Float32Array;
   /**
    * Size in bytes of the scratch arena that plays SRAM; Br and Bc are derived from it, d and dv.
@@ -40,7 +61,21 @@ export interface AttentionOutput extends Tensor {
   lse?: Tensor;
 }
 
-const OPTION_KEYS = ["scale", "causal", "layout", "returnLse", "out", "sramBytes"] as const;
+const OPTION_KEYS = [
+  "scale",
+  "causal",
+  "windowSize",
+  "softcap",
+  "alibiSlopes",
+  "mask",
+  "seqLensK",
+  "cuSeqlensQ",
+  "cuSeqlensK",
+  "layout",
+  "returnLse",
+  "out",
+  "sramBytes",
+] as const;
 
 /**
  * {@linkcode flashAttention} with `returnLse: true`: the result always carries `lse`.
@@ -103,48 +138,13 @@ export function flashAttention(
   options?: FlashAttentionOptions,
 ): AttentionOutput {
   const opts = checkOptionKeys(options, OPTION_KEYS);
-  const problem = validateAttention(q, k, v, opts);
-  const out = checkOut(opts.out, problem);
-  const kernels = loadKernels();
-  const maxHeadDim = kernels.headDimMax();
-  if (problem.d > maxHeadDim || problem.dv > maxHeadDim) {
-    throw new RangeError(
-      message(
-        `the head dims must be at most ${maxHeadDim}: d is ${problem.d}, dv is ${problem.dv} (q.shape is [${
-          q.shape.join(", ")
-        }], v.shape is [${v.shape.join(", ")}])`,
-      ),
-    );
+  const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
+  if (varlen && opts.seqLensK !== undefined) {
+    throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
   }
-  const sramBytes = checkSramBytes(opts.sramBytes, problem.d, problem.dv, kernels);
-  const Br = kernels.blockSizes(sramBytes, problem.d, problem.dv) >>> 16;
-  const { o, lse } = runForward(kernels, problem, { sramBytes, Br, out });
-  const result: AttentionOutput = { data: o, shape: problem.oShape };
-  if (lse) result.lse = { data: lse, shape: [problem.B, problem.H, problem.Nq] };
-  return result;
-}
-
-function checkSramBytes(
-  value: unknown,
-  d: number,
-  dv: number,
-  kernels: ReturnType<typeof loadKernels>,
-): number {
-  const sramBytes = value ?? DEFAULT_SRAM_BYTES;
-  const max = kernels.arenaMaxBytes();
-  if (typeof sramBytes !== "number" || !Number.isInteger(sramBytes) || sramBytes <= 0 || sramBytes > max) {
-    throw new RangeError(
-      message(`sramBytes must be an integer in (0, ${max}]: sramBytes is ${String(sramBytes)}`),
-    );
-  }
-  if (kernels.blockSizes(sramBytes, d, dv) === 0) {
-    throw new RangeError(
-      message(
-        `sramBytes is ${sramBytes}, too small for head dims d = ${d}, dv = ${dv}: the smallest blocks (Br = 8, Bc = 4) need ${
-          kernels.arenaBytes(8, 4, d, dv)
-        } bytes`,
-      ),
-    );
-  }
-  return sramBytes;
+  const problem = validateAttention(q, k, v, opts, {
+    seqLensK: opts.seqLensK as Int32Array | undefined,
+    varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
+  });
+  return attend(prepare(problem, opts), 1);
 }

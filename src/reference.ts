@@ -7,18 +7,33 @@
  *
  * @module
  */
-import { checkOptionKeys, validateAttention } from "./_validate.ts";
-import type { Layout, Tensor } from "./tensor.ts";
+import { referenceForward } from "./_reference.ts";
+import { checkOptionKeys, message, validateAttention } from "./_validate.ts";
+import type { Layout, Mask, Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode referenceAttention}: the semantic options of `flashAttention`. */
 export interface ReferenceOptions {
   /** Multiplies Q·Kᵀ before the softmax. Default `1 / sqrt(d)`. */
   scale?: number;
-  /** Bottom-right aligned causal mask: query i sees key j iff `j ≤ i + Nk − Nq`. */
-  causal?: boolean;
+  /** Causal masking: `true`/`"bottom-right"` (j ≤ i + Nk − Nq) or `"top-left"` (j ≤ i). */
+  causal?: boolean | "bottom-right" | "top-left";
+  /** Sliding window `[left, right]` (−1: unbounded), aligned like `causal`. */
+  windowSize?: readonly [number, number];
+  /** S ← softcap·tanh(S/softcap) on the scaled scores; 0 is off. */
+  softcap?: number;
+  /** ALiBi slopes, length H or B·H: bias −slope·|i + Nk − Nq − j|. */
+  alibiSlopes?: Float32Array;
+  /** Float bias or boolean mask broadcast to [B, H, Nq, Nk]. */
+  mask?: Mask;
+  /** Valid key length per batch entry. */
+  seqLensK?: Int32Array;
+  /** Varlen packing: cumulative query sequence starts. */
+  cuSeqlensQ?: Int32Array;
+  /** Varlen packing: cumulative key sequence starts. */
+  cuSeqlensK?: Int32Array;
   /** Dimension order of q, k, v and the output. Default `"bshd"`. */
   layout?: Layout;
-  /** Also return the log-sum-exp of each query's scores, shape [B, H, Nq]. */
+  /** Also return the log-sum-exp of each query's scores. */
   returnLse?: boolean;
 }
 
@@ -36,7 +51,19 @@ export interface ReferenceOutput extends Tensor64 {
   lse?: Tensor64;
 }
 
-const OPTION_KEYS = ["scale", "causal", "layout", "returnLse"] as const;
+const OPTION_KEYS = [
+  "scale",
+  "causal",
+  "windowSize",
+  "softcap",
+  "alibiSlopes",
+  "mask",
+  "seqLensK",
+  "cuSeqlensQ",
+  "cuSeqlensK",
+  "layout",
+  "returnLse",
+] as const;
 
 /**
  * {@linkcode referenceAttention} with `returnLse: true`: the result always carries `lse`.
@@ -88,43 +115,17 @@ export function referenceAttention(
   v: Tensor,
   options?: ReferenceOptions,
 ): ReferenceOutput {
-  const p = validateAttention(q, k, v, checkOptionKeys(options, OPTION_KEYS));
-  const { B, H, Nq, Nk, d, dv, qStrides: qs, kStrides: ks, vStrides: vs, oStrides: os } = p;
-  const o = new Float64Array(B * Nq * H * dv);
-  const lse = new Float64Array(B * H * Nq);
-  const scores = new Float64Array(Nk);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      for (let i = 0; i < Nq; i++) {
-        const qi = b * qs.batch + h * qs.head + i * qs.row;
-        // Keys this query sees: all of them, or j ≤ i + Nk − Nq when causal.
-        const visible = p.causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk;
-        let max = -Infinity;
-        for (let j = 0; j < visible; j++) {
-          const kj = b * ks.batch + h * ks.head + j * ks.row;
-          let dot = 0;
-          for (let c = 0; c < d; c++) dot += p.q[qi + c] * p.k[kj + c];
-          scores[j] = p.scale * dot;
-          if (scores[j] > max) max = scores[j];
-        }
-        const oi = b * os.batch + h * os.head + i * os.row;
-        if (visible === 0) {
-          lse[(b * H + h) * Nq + i] = -Infinity;
-          continue; // O stays 0
-        }
-        let sum = 0;
-        for (let j = 0; j < visible; j++) {
-          const weight = Math.exp(scores[j] - max);
-          sum += weight;
-          const vj = b * vs.batch + h * vs.head + j * vs.row;
-          for (let c = 0; c < dv; c++) o[oi + c] += weight * p.v[vj + c];
-        }
-        for (let c = 0; c < dv; c++) o[oi + c] /= sum;
-        lse[(b * H + h) * Nq + i] = max + Math.log(sum);
-      }
-    }
+  const opts = checkOptionKeys(options, OPTION_KEYS);
+  const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
+  if (varlen && opts.seqLensK !== undefined) {
+    throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
   }
+  const p = validateAttention(q, k, v, opts, {
+    seqLensK: opts.seqLensK as Int32Array | undefined,
+    varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
+  });
+  const { o, lse } = referenceForward(p, (x) => x);
   const result: ReferenceOutput = { data: o, shape: p.oShape };
-  if (p.returnLse) result.lse = { data: lse, shape: [B, H, Nq] };
+  if (p.returnLse) result.lse = { data: lse, shape: p.lseShape };
   return result;
 }

@@ -21,3 +21,15 @@ export interface Tensor {
  * - `"bhsd"`: [batch, heads, seqLen, headDim], PyTorch's `scaled_dot_product_attention` layout.
  */
 export type Layout = "bshd" | "bhsd";
+
+/**
+ * An attention mask, broadcast right-aligned to [B, H, Nq, Nk] (numpy rules: shapes such as
+ * [Nq, Nk], [B, 1, 1, Nk] or [1, H, Nq, Nk]). A `Float32Array` is an additive bias (−Infinity
+ * blocks a key); a `Uint8Array` is boolean: nonzero attends, zero blocks.
+ */
+export interface Mask {
+  /** Bias values, or booleans as bytes. */
+  data: Float32Array | Uint8Array;
+  /** 1 to 4 dims, broadcasting to [B, H, Nq, Nk]. */
+  shape: readonly number[];
+}

@@ -2,6 +2,9 @@
 // a naive f32 attention and the tolerance rule.
 
 import type { Tensor } from "../mod.ts";
+import type { ReferenceOptions } from "../src/reference.ts";
+import { referenceForward } from "../src/_reference.ts";
+import { validateAttention } from "../src/_validate.ts";
 
 type TestFn = () => void | Promise<void>;
 type Register = (name: string, fn: TestFn) => void;
@@ -39,68 +42,24 @@ export function randomTensor(random: () => number, shape: number[], amplitude = 
   return { data, shape };
 }
 
-/** Options the naive f32 implementation understands (the semantic subset of flashAttention's). */
-export interface NaiveOptions {
-  scale?: number;
-  causal?: boolean;
-  layout?: "bshd" | "bhsd";
-}
-
 /**
- * Standard attention in f32 arithmetic (every operation rounded with Math.fround), materialising
- * each score row: the "same precision, other order" baseline of the tolerance rule. Dot products
- * accumulate in the same order as the kernel (k = 0..d−1, then × scale); exp is Math.exp rounded.
+ * Standard attention in f32 arithmetic: the f64 reference's loop with every operation rounded by
+ * Math.fround (exp and tanh are Math's, rounded). This is the "same precision, other order"
+ * baseline of the tolerance rule, not an oracle; it shares the reference's semantics on purpose.
  */
 export function naiveAttentionF32(
   q: Tensor,
   k: Tensor,
   v: Tensor,
-  options: NaiveOptions = {},
+  options: ReferenceOptions = {},
 ): { data: Float32Array; lse: Float32Array } {
-  const f = Math.fround;
-  const bshd = (options.layout ?? "bshd") === "bshd";
-  const [B, Nq, H, d] = bshd ? q.shape : [q.shape[0], q.shape[2], q.shape[1], q.shape[3]];
-  const Nk = bshd ? k.shape[1] : k.shape[2];
-  const dv = v.shape[3];
-  const scale = f(options.scale ?? 1 / Math.sqrt(d));
-  const at = (N: number, D: number, b: number, h: number, i: number) =>
-    bshd ? ((b * N + i) * H + h) * D : ((b * H + h) * N + i) * D;
-  const o = new Float32Array(B * Nq * H * dv);
-  const lse = new Float32Array(B * H * Nq);
-  const s = new Float32Array(Nk);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      for (let i = 0; i < Nq; i++) {
-        const visible = options.causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk;
-        const qi = at(Nq, d, b, h, i);
-        let max = -Infinity;
-        for (let j = 0; j < visible; j++) {
-          const kj = at(Nk, d, b, h, j);
-          let dot = 0;
-          for (let c = 0; c < d; c++) dot = f(dot + f(q.data[qi + c] * k.data[kj + c]));
-          s[j] = f(scale * dot);
-          if (s[j] > max) max = s[j];
-        }
-        const oi = at(Nq, dv, b, h, i);
-        if (visible === 0) {
-          lse[(b * H + h) * Nq + i] = -Infinity;
-          continue;
-        }
-        let sum = 0;
-        for (let j = 0; j < visible; j++) {
-          s[j] = f(Math.exp(f(s[j] - max)));
-          sum = f(sum + s[j]);
-        }
-        for (let c = 0; c < dv; c++) {
-          let acc = 0;
-          for (let j = 0; j < visible; j++) acc = f(acc + f(s[j] * v.data[at(Nk, dv, b, h, j) + c]));
-          o[oi + c] = f(acc / sum);
-        }
-        lse[(b * H + h) * Nq + i] = f(max + f(Math.log(sum)));
-      }
-    }
-  }
-  return { data: o, lse };
+  const varlen = options.cuSeqlensQ !== undefined;
+  const p = validateAttention(q, k, v, { ...options }, {
+    seqLensK: options.seqLensK,
+    varlen: varlen ? { cuSeqlensQ: options.cuSeqlensQ, cuSeqlensK: options.cuSeqlensK } : undefined,
+  });
+  const { o, lse } = referenceForward(p, Math.fround);
+  return { data: Float32Array.from(o), lse: Float32Array.from(lse) };
 }
 
 /** max |a − b| over all elements; equal infinities count as 0, any NaN as Infinity. */

@@ -10,7 +10,7 @@ const kernels = loadKernels();
 
 /** Br and Bc the kernel derives for an arena of sramBytes and head dims d, dv. */
 function blocks(sramBytes: number, d: number, dv: number): { Br: number; Bc: number } {
-  const packed = kernels.blockSizes(sramBytes, d, dv);
+  const packed = kernels.blockSizes(sramBytes, d, dv, false);
   return { Br: packed >>> 16, Bc: packed & 0xffff };
 }
 
@@ -49,7 +49,7 @@ function checkCase(c: Case): void {
   assertFlashTolerance(`lse of ${where}`, o.lse.data, ref.lse.data, naive.lse);
 }
 
-const smallestArena = (d: number, dv: number) => kernels.arenaBytes(8, 4, d, dv);
+const smallestArena = (d: number, dv: number) => kernels.arenaBytes(8, 4, d, dv, false);
 
 const caseArbitrary = fc.record({
   B: fc.integer({ min: 1, max: 3 }),
@@ -237,10 +237,16 @@ test("streaming heads and query chunks through HBM gives the same bits as copyin
       const v = randomTensor(random, shape(Nk, dv));
       const problem = validateAttention(q, k, v, { causal, layout, returnLse: true });
       const sramBytes = 16 * 1024; // Br = 24 here: many chunks of whole query blocks
-      const Br = blocks(sramBytes, d, dv).Br;
-      const whole = runForward(kernels, problem, { sramBytes, Br, out: undefined });
+      const Bc = blocks(sramBytes, d, dv).Bc;
+      const whole = runForward(kernels, problem, { sramBytes, Bc, out: undefined, numSplits: 1 });
       poisonMemory();
-      const streamed = runForward(kernels, problem, { sramBytes, Br, out: undefined, wholeBudgetBytes: 0 });
+      const streamed = runForward(kernels, problem, {
+        sramBytes,
+        Bc,
+        out: undefined,
+        numSplits: 1,
+        slabBudgetBytes: 0,
+      });
       assertBitwiseEqual(`O ${layout} causal=${causal}`, streamed.o, whole.o);
       assertBitwiseEqual(`lse ${layout} causal=${causal}`, streamed.lse!, whole.lse!);
     }

@@ -42,7 +42,11 @@ test("B, H, d or Nk that disagree between q, k and v are ShapeErrors naming both
     ShapeError,
     "k must have the same batch size as q: q.shape is [2, 10, 3, 8], k.shape is [1, 12, 3, 8]",
   );
-  assertThrows(call(q, tensor([2, 12, 4, 8]), v), ShapeError, "k must have the same number of heads as q");
+  assertThrows(
+    call(q, tensor([2, 12, 2, 8]), tensor([2, 12, 2, 5])),
+    ShapeError,
+    "the number of query heads must be a multiple of the number of key/value heads (GQA): H is 3, Hkv is 2",
+  );
   assertThrows(
     call(q, tensor([2, 12, 3, 7]), v),
     ShapeError,
@@ -121,7 +125,7 @@ test("an arena size that is not an integer, too large, or too small for the head
   );
   assertThrows(call(q, k, v, { sramBytes: max + 1 }), RangeError, `sramBytes is ${max + 1}`);
   assertThrows(call(q, k, v, { sramBytes: 0 }), RangeError, "sramBytes is 0");
-  const minimum = loadKernels().arenaBytes(8, 4, 8, 5);
+  const minimum = loadKernels().arenaBytes(8, 4, 8, 5, false);
   assertThrows(
     call(q, k, v, { sramBytes: minimum - 1 }),
     RangeError,
@@ -146,9 +150,13 @@ test("wrong types and unknown options are TypeErrors that name them", () => {
   assertThrows(
     call(q, k, v, { isCausal: true }),
     TypeError,
-    'options has an unknown key "isCausal": the known keys are scale, causal, layout, returnLse, out, sramBytes',
+    'options has an unknown key "isCausal": the known keys are scale, causal, windowSize',
   );
-  assertThrows(call(q, k, v, { causal: 1 }), TypeError, "causal must be a boolean: causal is 1");
+  assertThrows(
+    call(q, k, v, { causal: 1 }),
+    TypeError,
+    'causal must be true, false, "bottom-right" or "top-left": causal is 1',
+  );
   assertThrows(call(q, k, v, { returnLse: "yes" }), TypeError, "returnLse must be a boolean");
   assertThrows(call(q, k, v, { layout: "nhd" }), TypeError, 'layout must be "bshd" or "bhsd": layout is "nhd"');
   assertThrows(call(q, k, v, 5), TypeError, "options must be an object: options is 5");

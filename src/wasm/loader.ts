@@ -15,29 +15,59 @@ export interface Kernels {
   arenaMaxBytes(): number;
   hbmPtr(): number;
   headDimMax(): number;
-  blockSizes(sramBytes: number, d: number, dv: number): number;
-  arenaBytes(Br: number, Bc: number, d: number, dv: number): number;
+  blockSizes(sramBytes: number, d: number, dv: number, masked: boolean): number;
+  arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
   countersPtr(): number;
   resetCounters(): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
-  forwardHead(
+  forward(
     qPtr: number,
-    qStride: number,
+    qRowStride: number,
+    qHeadStride: number,
     kPtr: number,
-    kStride: number,
+    kRowStride: number,
     vPtr: number,
-    vStride: number,
+    vRowStride: number,
     oPtr: number,
-    oStride: number,
+    oRowStride: number,
+    oHeadStride: number,
     lsePtr: number,
+    lseRowStride: number,
+    lseHeadStride: number,
     Nq: number,
-    Nk: number,
+    g: number,
+    keyBegin: number,
+    keyEnd: number,
     d: number,
     dv: number,
     scale: number,
-    diagOffset: number,
+    softcap: number,
+    visOffset: number,
     windowLeft: number,
     windowRight: number,
+    slopesPtr: number,
+    alibiOffset: number,
+    maskPtr: number,
+    maskKind: number,
+    maskRowStride: number,
+    maskHeadStride: number,
+    maskColStride: number,
+    sramBytes: number,
+    partial: boolean,
+  ): void;
+  mergeSplits(
+    partPtr: number,
+    partLsePtr: number,
+    splits: number,
+    rows: number,
+    dv: number,
+    oPtr: number,
+    oRowStride: number,
+    oHeadStride: number,
+    lsePtr: number,
+    lseRowStride: number,
+    lseHeadStride: number,
+    g: number,
     sramBytes: number,
   ): void;
 }
@@ -129,7 +159,8 @@ const REQUIRED_EXPORTS = [
   "countersPtr",
   "resetCounters",
   "expInto",
-  "forwardHead",
+  "forward",
+  "mergeSplits",
 ] as const;
 
 function checkExports(instance: WebAssembly.Instance): Kernels {
