@@ -1,8 +1,10 @@
 // Shared by the benchmark scripts: where the numbers come from, and writing them to BENCHMARKS.md.
 
+import { Bench } from "tinybench";
 import { cpus } from "node:os";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
+import type { Tensor } from "../mod.ts";
 
 // deno-lint-ignore no-explicit-any
 const runtime = globalThis as any;
@@ -50,4 +52,25 @@ export function writeSection(file: string, key: string, body: string): void {
 export function table(header: string[], rows: (string | number)[][]): string {
   const line = (cells: (string | number)[]) => `| ${cells.join(" | ")} |`;
   return [line(header), line(header.map((_, i) => i === 0 ? "---" : "---:")), ...rows.map(line)].join("\n");
+}
+
+/** A tensor of the given shape with deterministic pseudo-random entries in [−1, 1). */
+export function random(shape: number[], seed = 12345): Tensor {
+  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  let s = seed >>> 0;
+  for (let i = 0; i < data.length; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    data[i] = s / 2 ** 31 - 1;
+  }
+  return { data, shape };
+}
+
+/** Median latency in ms of `fn` under tinybench, with at least `iterations` timed calls. */
+export async function measure(name: string, fn: () => void, iterations: number, warmup: boolean): Promise<number> {
+  const bench = new Bench({ time: 0, iterations, warmup, warmupIterations: 2, warmupTime: 0, throws: true });
+  bench.add(name, fn);
+  await bench.run();
+  const result = bench.tasks[0].result;
+  if (result.state !== "completed") throw new Error(`${name}: ${result.state}`);
+  return result.latency.p50;
 }

@@ -6,11 +6,10 @@
  *   npm run bench            deno task bench            bun bench/bench.ts
  *   options: --quick (fewer sizes, for a smoke run), --no-write (do not touch BENCHMARKS.md)
  */
-import { Bench } from "tinybench";
 import process from "node:process";
-import { flashAttention, type Tensor } from "../mod.ts";
+import { flashAttention } from "../mod.ts";
 import { naiveAttention } from "./_naive.ts";
-import { cpuName, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
+import { cpuName, measure, random, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
 
 const quick = process.argv.includes("--quick");
 const write = !process.argv.includes("--no-write");
@@ -19,26 +18,6 @@ const sizes = quick ? [256, 512] : [256, 512, 1024, 2048, 4096];
 /** Naive attention above this N takes minutes per call here; it is not run. */
 const NAIVE_MAX_N = 2048;
 
-function random(shape: number[]): Tensor {
-  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  let seed = 12345;
-  for (let i = 0; i < data.length; i++) {
-    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-    data[i] = seed / 2 ** 31 - 1;
-  }
-  return { data, shape };
-}
-
-/** Median latency in ms of `fn` under tinybench, with at least `iterations` timed calls. */
-async function measure(name: string, fn: () => void, iterations: number, warmup: boolean): Promise<number> {
-  const bench = new Bench({ time: 0, iterations, warmup, warmupIterations: 2, warmupTime: 0, throws: true });
-  bench.add(name, fn);
-  await bench.run();
-  const result = bench.tasks[0].result;
-  if (result.state !== "completed") throw new Error(`${name}: ${result.state}`);
-  return result.latency.p50;
-}
-
 const gflops = (N: number, causal: boolean, ms: number) => (4 * B * H * N * N * d * (causal ? 0.5 : 1)) / (ms * 1e6);
 
 console.log(`flashAttention vs naive TS — B=${B}, H=${H}, d=${d}, f32`);
@@ -46,9 +25,9 @@ console.log(`runtime: ${runtimeName()}; CPU: ${cpuName()}\n`);
 const rows: (string | number)[][] = [];
 const flashMs = new Map<string, number>();
 for (const N of sizes) {
-  const q = random([B, N, H, d]);
-  const k = random([B, N, H, d]);
-  const v = random([B, N, H, d]);
+  const q = random([B, N, H, d], 1);
+  const k = random([B, N, H, d], 2);
+  const v = random([B, N, H, d], 3);
   for (const causal of [false, true]) {
     const iterations = N >= 2048 ? 5 : 15;
     const fms = await measure("flash", () => void flashAttention(q, k, v, { causal }), iterations, true);

@@ -20,6 +20,8 @@ import type { Kernels } from "./wasm/loader.ts";
 
 /** Sequences whose staged tensors total at most this many bytes are copied in whole. */
 export const SLAB_BUDGET_BYTES = 16 << 20;
+/** Most bytes of split-KV partial results per kernel group; more splits fall back to none. */
+const SPLIT_SCRATCH_BYTES = 16 << 20;
 /** Target size of one streamed chunk of queries (Q, O, lse and mask rows). */
 const CHUNK_BYTES = 1 << 20;
 const PAGE_BYTES = 65536;
@@ -360,7 +362,7 @@ function runStreamed(
 function splitsFor(config: ForwardConfig, s: Sequence, rows: number, p: AttentionProblem): number {
   const wanted = Math.min(config.numSplits, Math.ceil(s.Nk / config.Bc));
   if (wanted <= 1) return 1;
-  return splitScratchBytes(p, rows, wanted) <= (config.slabBudgetBytes ?? SLAB_BUDGET_BYTES) ? wanted : 1;
+  return splitScratchBytes(p, rows, wanted) <= SPLIT_SCRATCH_BYTES ? wanted : 1;
 }
 
 /** One kernel call for a group of heads, or `splits` calls and a merge. */

@@ -104,8 +104,13 @@ export function formatShape(shape: readonly unknown[]): string {
 /** A short description of a value for error messages. */
 export function describe(value: unknown): string {
   if (value === null) return "null";
-  if (Array.isArray(value)) return `an Array ${formatShape(value)}`;
-  if (ArrayBuffer.isView(value)) return `a ${value.constructor.name}`;
+  if (Array.isArray(value)) {
+    return value.length <= 8 ? `an Array ${formatShape(value)}` : `an Array of length ${value.length}`;
+  }
+  if (ArrayBuffer.isView(value)) {
+    const name = value.constructor.name;
+    return `${/^[AEIO]/.test(name) ? "an" : "a"} ${name}`; // "a Uint8Array", "an Int32Array"
+  }
   if (typeof value === "object") return `an object (${value?.constructor?.name ?? "no prototype"})`;
   if (typeof value === "string") return `"${value}"`;
   return String(value);
@@ -185,7 +190,10 @@ function checkBoolean(name: string, value: unknown): boolean {
 
 function checkNonNegative(name: string, value: unknown, fallback: number): number {
   const x = value ?? fallback;
-  if (typeof x !== "number" || !Number.isFinite(x) || x < 0) {
+  if (typeof x !== "number") {
+    throw new TypeError(message(`${name} must be a number: ${name} is ${describe(x)}`));
+  }
+  if (!Number.isFinite(x) || x < 0) {
     throw new RangeError(message(`${name} must be a finite number ≥ 0: ${name} is ${describe(x)}`));
   }
   return x;
@@ -436,8 +444,10 @@ function checkCumulative(name: string, value: unknown, total: number, totalName:
 
 function checkWindow(value: unknown): [number, number] {
   if (value === undefined) return [-1, -1];
-  const ok = Array.isArray(value) && value.length === 2 &&
-    value.every((x) => Number.isSafeInteger(x) && x >= -1);
+  if (!Array.isArray(value)) {
+    throw new TypeError(message(`windowSize must be an array [left, right]: windowSize is ${describe(value)}`));
+  }
+  const ok = value.length === 2 && value.every((x) => Number.isSafeInteger(x) && x >= -1);
   if (!ok) {
     throw new RangeError(
       message(`windowSize must be [left, right] with integers ≥ −1 (−1: unbounded): windowSize is ${describe(value)}`),
@@ -470,8 +480,12 @@ function checkSlopes(value: unknown, H: number, B: number, varlen: boolean): Flo
 function checkMask(value: unknown, full: number[]): ValidMask {
   const t = value as Partial<Tensor>;
   const rank = Array.isArray(t?.shape) ? t.shape.length : 0;
-  if (rank < 1 || rank > 4) {
-    checkTensor("mask", value, "1 to 4 dims broadcasting to [B, H, Nq, Nk]", 4, [Float32Array, Uint8Array]);
+  if (Array.isArray(t?.shape) && (rank < 1 || rank > 4)) {
+    throw new ShapeError(
+      message(`mask must have 1 to 4 dims, broadcasting to [B, H, Nq, Nk]: mask.shape is ${formatShape(t.shape)}`),
+      "1 to 4 dims",
+      formatShape(t.shape),
+    );
   }
   const { data, shape } = checkTensor("mask", value, "1 to 4 dims broadcasting to [B, H, Nq, Nk]", rank, [
     Float32Array,

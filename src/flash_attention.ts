@@ -98,24 +98,30 @@ export function flashAttention(
  * Memory grows linearly with the sequence length; the result equals naive attention up to f32
  * rounding.
  *
- * Shapes (layout `"bshd"`): q [B, Nq, H, d], k [B, Nk, H, d], v [B, Nk, H, dv] → output
- * [B, Nq, H, dv]. With `layout: "bhsd"` the sequence and head axes swap everywhere.
+ * Shapes (layout `"bshd"`): q [B, Nq, H, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv] → output
+ * [B, Nq, H, dv]. Hkv < H is GQA/MQA (H a multiple of Hkv; query head h reads K/V head
+ * ⌊h / (H/Hkv)⌋). With `layout: "bhsd"` the sequence and head axes swap everywhere; with
+ * `cuSeqlensQ`/`cuSeqlensK` (varlen) q is [totalQ, H, d] and k, v are [totalK, Hkv, d].
+ * Causal masks, windows, ALiBi, softcap, masks and key lengths all apply inside the tiled loop.
  *
  * A NaN or ±Infinity inside q, k or v propagates as IEEE arithmetic does: every query whose
  * softmax involves it gets NaN (a score of +∞ gives NaN, as in naive attention); queries in the
  * same tile may be affected too, since masked keys are multiplied by a zero probability. It never
  * throws or crashes.
  *
- * @param q Queries, [B, Nq, H, d] (or [B, H, Nq, d] with layout "bhsd").
- * @param k Keys, [B, Nk, H, d].
- * @param v Values, [B, Nk, H, dv].
+ * @param q Queries, [B, Nq, H, d] (or [B, H, Nq, d] with layout "bhsd", [totalQ, H, d] varlen).
+ * @param k Keys, [B, Nk, Hkv, d].
+ * @param v Values, [B, Nk, Hkv, dv].
  * @param options See {@linkcode FlashAttentionOptions}.
  * @returns The output tensor (a fresh array, or `options.out`), with `lse` when `returnLse` is set.
- * @throws {ShapeError} If a shape is not rank 4 with positive integer dims, a data length does not
- *   match its shape, q, k and v disagree on B, H, d or Nk, or `out` has the wrong length.
- * @throws {TypeError} For data that is not a Float32Array, an unknown option or a mistyped one.
- * @throws {RangeError} For a negative or non-finite scale, d or dv above 256, an arena size out of
- *   range, or sizes that cannot fit in WebAssembly memory.
+ * @throws {ShapeError} If a shape has the wrong rank or non-positive dims, a data length does not
+ *   match its shape, q, k and v disagree on B, d or Nk, H is not a multiple of Hkv, `out`,
+ *   `alibiSlopes`, `seqLensK` or the cuSeqlens have the wrong length, or the mask does not broadcast.
+ * @throws {TypeError} For data of the wrong type, an unknown or mistyped option, or options that do
+ *   not combine (a mask or seqLensK with varlen packing).
+ * @throws {RangeError} For a negative or non-finite scale or softcap, a malformed window, key lengths
+ *   outside [0, Nk], cuSeqlens that do not run from 0 to the total without decreasing, d or dv
+ *   above 256, an arena size out of range, or sizes that cannot fit in WebAssembly memory.
  *
  * @example Usage
  * ```ts

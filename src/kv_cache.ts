@@ -84,7 +84,8 @@ export function chooseSplits(keys: number, workers = 1): number {
  * masks). For few queries the keys may be split into chunks whose partial softmax states are
  * merged exactly (Flash-Decoding).
  *
- * Layout is "bshd": q [B, Nq, H, d], kCache [B, maxLen, Hkv, d], vCache [B, maxLen, Hkv, dv].
+ * Layout is "bshd" (the only one accepted): q [B, Nq, H, d], kCache [B, maxLen, Hkv, d],
+ * vCache [B, maxLen, Hkv, dv].
  *
  * @param q Queries, [B, Nq, H, d].
  * @param kCache Key cache, [B, maxLen, Hkv, d]; written to when `kNew` is given.
@@ -124,7 +125,6 @@ export function flashAttentionWithKvCache(
   options: KvCacheOptions = {},
 ): AttentionOutput {
   const opts = checkOptionKeys(options, OPTION_KEYS);
-  if (opts.layout !== undefined) throw new TypeError(message('the KV cache uses layout "bshd" only'));
   // Shapes first, with the caches' own length; then the lengths the call will attend to.
   validateAttention(q, kCache, vCache, opts);
   const [B, maxLen, Hkv, d] = kCache.shape;
@@ -205,7 +205,10 @@ function checkNew(
 
 function checkSplits(value: unknown, keys: number): number {
   if (value === undefined || value === 0) return chooseSplits(keys);
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+  if (typeof value !== "number") {
+    throw new TypeError(message(`numSplits must be a number: numSplits is ${String(value)}`));
+  }
+  if (!Number.isSafeInteger(value) || value < 0) {
     throw new RangeError(message(`numSplits must be an integer ≥ 0: numSplits is ${String(value)}`));
   }
   return value;

@@ -78,13 +78,13 @@ test("dims that are zero, negative or not integers are ShapeErrors", () => {
   );
 });
 
-test("a NaN, infinite or negative scale is a RangeError naming it", () => {
+test("a NaN, infinite or negative scale is a RangeError, and a non-number a TypeError, naming it", () => {
   for (
     const [scale, shown] of [[NaN, "NaN"], [Infinity, "Infinity"], [-0.5, "-0.5"], [-Infinity, "-Infinity"]] as const
   ) {
     assertThrows(call(q, k, v, { scale }), RangeError, `scale must be a finite number ≥ 0: scale is ${shown}`);
   }
-  assertThrows(call(q, k, v, { scale: "1" }), RangeError, 'scale is "1"');
+  assertThrows(call(q, k, v, { scale: "1" }), TypeError, 'scale must be a number: scale is "1"');
 });
 
 test("an out buffer of the wrong length or type, or overlapping an input, is rejected", () => {
