@@ -30,3 +30,4 @@ export type { Layout, Tensor } from "./src/tensor.ts";
 export { init, type WasmSource } from "./src/wasm/loader.ts";
 export { chooseSplits, flashAttentionWithKvCache, type KvCacheOptions } from "./src/kv_cache.ts";
 export type { Mask } from "./src/tensor.ts";
+export type { AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./src/io.ts";

@@ -75,7 +75,9 @@ const outcomes: Outcome[] = [];
 outcomes.push(
   await check("wasm module matches assembly/", process.execPath, [bin("tsx"), "_tools/build_wasm.ts", "--check"]),
 );
-outcomes.push(await check("deno doc --lint", bin("deno"), ["doc", "--lint", "mod.ts", "src/reference.ts"]));
+outcomes.push(
+  await check("deno doc --lint", bin("deno"), ["doc", "--lint", "mod.ts", "src/reference.ts", "src/io.ts"]),
+);
 outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
 outcomes.push(await check("deno fmt --check", bin("deno"), ["fmt", "--check"]));
 outcomes.push(

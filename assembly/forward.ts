@@ -21,6 +21,7 @@
 
 import {
   BR_STEP,
+  REGION_END,
   REGION_ALPHA,
   REGION_FIRST,
   REGION_KJ,
@@ -50,9 +51,12 @@ import {
   TENSOR_Q,
   TENSOR_SLOPES,
   TENSOR_V,
+  ARENA_PEAK,
+  FLOPS,
   TILES_COMPUTED,
   TILES_SKIPPED_MASK,
   countAdd,
+  countMax,
   loadMaskTile,
   loadRows,
   loadRowsTransposed,
@@ -176,6 +180,7 @@ export function forward(
   const rowEnd = addr(arena, regionOffset(REGION_LAST, Br, Bc, d, dv, masked)); // i32 per row
   const rowPos = addr(arena, regionOffset(REGION_POS, Br, Bc, d, dv, masked)); // i32 per row
   const transformed = softcap != 0 || slopesPtr != 0 || masked;
+  countMax(ARENA_PEAK, regionOffset(REGION_END, Br, Bc, d, dv, masked) << 2);
   const negInf = f32x4.splat(-Infinity);
   const zero = f32x4.splat(0);
   const softcapV = f32x4.splat(softcap);
@@ -225,7 +230,10 @@ export function forward(
         const last = imin(r + BR_STEP, rowsHere) - 1;
         const cBegin = imax(0, i32At(rowFirst, r) - j0) & ~3;
         const cEnd = imin(cols4, roundUp(imax(0, i32At(rowEnd, last) - j0), 4));
-        if (cBegin < cEnd) scoresStrip(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
+        if (cBegin < cEnd) {
+          scoresStrip(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
+          countAdd(FLOPS, 2 * BR_STEP * (cEnd - cBegin) * d);
+        }
       }
 
       // Online softmax and O = alpha·O + P·Vj, per group of 4 rows.
@@ -292,6 +300,7 @@ export function forward(
 
         // O = alpha·O + P·Vj
         accumulateValues(O, dvP, S, ldq, Vj, r, gBegin, gEnd, addr(alphas, r));
+        countAdd(FLOPS, 2 * 4 * (gEnd - gBegin) * dvP);
       }
     }
 

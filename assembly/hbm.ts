@@ -27,7 +27,11 @@ export const TENSOR_SLOTS: i32 = 8;
 /** Key/value tiles computed, and tiles skipped because the mask blanked them. */
 export const TILES_COMPUTED: i32 = 2 * TENSOR_SLOTS;
 export const TILES_SKIPPED_MASK: i32 = 2 * TENSOR_SLOTS + 1;
-export const COUNTER_SLOTS: i32 = 2 * TENSOR_SLOTS + 2;
+/** Floating-point operations of the two matrix products as executed (padding lanes included). */
+export const FLOPS: i32 = 2 * TENSOR_SLOTS + 2;
+/** Largest arena extent (bytes from arenaPtr()) any kernel laid out since the last reset. */
+export const ARENA_PEAK: i32 = 2 * TENSOR_SLOTS + 3;
+export const COUNTER_SLOTS: i32 = 2 * TENSOR_SLOTS + 4;
 export const COUNTERS_BYTES: i32 = COUNTER_SLOTS * 8;
 
 /** Mask element types. */
@@ -50,6 +54,13 @@ export function resetCounters(): void {
 @inline export function countAdd(slot: i32, n: i32): void {
   const at = countersPtr() + (<usize>slot << 3);
   store<u64>(at, load<u64>(at) + <u64>n);
+}
+
+/** Raises counter slot `slot` to at least n. */
+// @ts-ignore: decorator
+@inline export function countMax(slot: i32, n: i32): void {
+  const at = countersPtr() + (<usize>slot << 3);
+  if (<u64>n > load<u64>(at)) store<u64>(at, <u64>n);
 }
 
 // @ts-ignore: decorator

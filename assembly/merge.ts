@@ -6,7 +6,7 @@
 // with the identity (lse = −∞, O = 0): rows no split saw get O = 0 and lse = −∞.
 
 import { arenaPtr, paddedDv } from "./arena";
-import { TENSOR_LSE, TENSOR_O, TENSOR_PARTIAL, loadRows, storeRows } from "./hbm";
+import { ARENA_PEAK, TENSOR_LSE, TENSOR_O, TENSOR_PARTIAL, countMax, loadRows, storeRows } from "./hbm";
 
 /**
  * Merges `splits` partial results of `rows` virtual rows. Partial O of split s, row r is the dv
@@ -37,6 +37,7 @@ export function mergeSplits(
   const part = acc + (<usize>(block * dvP) << 2); // block × dvP
   const lseOut = part + (<usize>(block * dvP) << 2); // block
   const weightSum = lseOut + (<usize>block << 2); // block
+  countMax(ARENA_PEAK, <i32>(weightSum + (<usize>block << 2) - arena));
   for (let r0 = 0; r0 < rows; r0 += block) {
     const n = min(block, rows - r0);
     loadRows(lseTile, block, splits, block, partLsePtr + (<usize>r0 << 2), rows, splits, n, TENSOR_PARTIAL);

@@ -4,9 +4,10 @@
 // Two placements, one kernel:
 // - slab: a sequence's tensors (every head) are copied in with one bulk copy each and the kernel
 //   reads heads through the caller's strides. Used while a sequence fits in SLAB_BUDGET_BYTES.
-// - streamed: per K/V head, that head's K and V are gathered into HBM and the queries of its
-//   group are fed in chunks of positions; each chunk's O goes straight to the caller's buffer.
-//   The HBM footprint is one head's K and V plus a chunk, whatever B and H are.
+// - streamed: K and V are staged (all heads in one bulk copy up to KV_SLAB_BUDGET_BYTES, else
+//   one head at a time, gathered) and the queries of each head group are fed in chunks of
+//   positions; each chunk's O goes straight to the caller's buffer. The HBM footprint is at most
+//   max(KV_SLAB_BUDGET_BYTES, one head's K and V) plus a chunk, whatever B and H are.
 // A query row's result does not depend on how rows are grouped into blocks or chunks (each row's
 // arithmetic only depends on the key tiling), so both placements give the same bits.
 //
@@ -20,6 +21,8 @@ import type { Kernels } from "./wasm/loader.ts";
 
 /** Sequences whose staged tensors total at most this many bytes are copied in whole. */
 export const SLAB_BUDGET_BYTES = 16 << 20;
+/** A streamed sequence stages the K and V of all its heads at once up to this size. */
+const KV_SLAB_BUDGET_BYTES = 32 << 20;
 /** Most bytes of split-KV partial results per kernel group; more splits fall back to none. */
 const SPLIT_SCRATCH_BYTES = 16 << 20;
 /** Target size of one streamed chunk of queries (Q, O, lse and mask rows). */
@@ -34,6 +37,7 @@ const MASK_U8 = 2;
 /** What the driver needs beyond the validated problem. */
 export interface ForwardConfig {
   sramBytes: number;
+  Br: number;
   Bc: number;
   out: Float32Array | undefined;
   /** Key splits per head (1 = none). */
@@ -283,12 +287,21 @@ function runStreamed(
   const kind = maskKind(p);
   const maskBytes = kind === MASK_U8 ? 1 : 4;
   const rowBytes = 4 * g * (d + dv + 1) + (kind === MASK_NONE ? 0 : maskBytes * g * s.Nk);
-  const positions = Math.max(1, Math.min(s.Nq, Math.floor(CHUNK_BYTES / rowBytes)));
+  // Whole query blocks per chunk (a multiple of Br rows), so the tiling is that of one call.
+  const blockPositions = config.Br / gcd(config.Br, g);
+  const positions = Math.min(
+    s.Nq,
+    blockPositions * Math.max(1, Math.floor(CHUNK_BYTES / rowBytes / blockPositions)),
+  );
   const rows = positions * g;
   const splits = splitsFor(config, s, rows, p);
+  // K and V of every head at once (one bulk copy each, read through the caller's strides) when
+  // they fit KV_SLAB_BUDGET_BYTES; otherwise one head at a time, gathered row by row.
+  const e = slabExtents(p, s);
+  const kvSlab = 4 * (e.k + e.v) <= KV_SLAB_BUDGET_BYTES;
   const [kPtr, vPtr, qPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr, end] = place(kernels.hbmPtr(), [
-    4 * s.Nk * d,
-    4 * s.Nk * dv,
+    kvSlab ? 4 * e.k : 4 * s.Nk * d,
+    kvSlab ? 4 * e.v : 4 * s.Nk * dv,
     4 * rows * d,
     4 * rows * dv,
     4 * rows,
@@ -300,10 +313,16 @@ function runStreamed(
   const hbm = new Float32Array(kernels.memory.buffer);
   const hbmBytes = new Uint8Array(kernels.memory.buffer);
   const m = p.mask?.strides ?? [0, 0, 0, 0];
+  if (kvSlab) {
+    hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), kPtr / 4);
+    hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), vPtr / 4);
+  }
   for (let kvh = 0; kvh < p.Hkv; kvh++) {
     const h0 = kvh * g;
-    copyRows(hbm, kPtr / 4, d, p.k, s.kBase + kvh * p.kStrides.head, p.kStrides.row, s.Nk, d);
-    copyRows(hbm, vPtr / 4, dv, p.v, s.vBase + kvh * p.vStrides.head, p.vStrides.row, s.Nk, dv);
+    if (!kvSlab) {
+      copyRows(hbm, kPtr / 4, d, p.k, s.kBase + kvh * p.kStrides.head, p.kStrides.row, s.Nk, d);
+      copyRows(hbm, vPtr / 4, dv, p.v, s.vBase + kvh * p.vStrides.head, p.vStrides.row, s.Nk, dv);
+    }
     if (p.alibiSlopes) {
       const base = slopeBase(p, s) + h0;
       hbm.set(p.alibiSlopes.subarray(base, base + g), slopesPtr / 4);
@@ -326,10 +345,10 @@ function runStreamed(
         q: qPtr,
         qRow: g * d,
         qHead: d,
-        k: kPtr,
-        kRow: d,
-        v: vPtr,
-        vRow: dv,
+        k: kvSlab ? kPtr + 4 * kvh * p.kStrides.head : kPtr,
+        kRow: kvSlab ? p.kStrides.row : d,
+        v: kvSlab ? vPtr + 4 * kvh * p.vStrides.head : vPtr,
+        vRow: kvSlab ? p.vStrides.row : dv,
         o: oPtr,
         oRow: g * dv,
         oHead: dv,
@@ -356,6 +375,10 @@ function runStreamed(
       }
     }
   }
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }
 
 /** Splits actually used: none without keys, or when their partials would not fit the budget. */

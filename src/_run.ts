@@ -1,6 +1,7 @@
 // Running a validated problem: the checks that depend on the kernels, then the driver.
 
 import { runForward } from "./_forward.ts";
+import { readStats } from "./_stats.ts";
 import { type AttentionProblem, checkOut, message } from "./_validate.ts";
 import type { AttentionOutput } from "./flash_attention.ts";
 import { type Kernels, loadKernels } from "./wasm/loader.ts";
@@ -14,6 +15,7 @@ export interface PreparedCall {
   kernels: Kernels;
   out: Float32Array | undefined;
   sramBytes: number;
+  Br: number;
   Bc: number;
 }
 
@@ -29,16 +31,18 @@ export function prepare(problem: AttentionProblem, opts: Record<string, unknown>
   }
   const masked = problem.mask !== undefined;
   const sramBytes = checkSramBytes(opts.sramBytes, problem.d, problem.dv, masked, kernels);
-  const Bc = kernels.blockSizes(sramBytes, problem.d, problem.dv, masked) & 0xffff;
-  return { problem, kernels, out, sramBytes, Bc };
+  const blocks = kernels.blockSizes(sramBytes, problem.d, problem.dv, masked);
+  return { problem, kernels, out, sramBytes, Br: blocks >>> 16, Bc: blocks & 0xffff };
 }
 
-/** Runs a prepared call and wraps the result. */
-export function attend(call: PreparedCall, numSplits: number): AttentionOutput {
-  const { problem, kernels, out, sramBytes, Bc } = call;
-  const { o, lse } = runForward(kernels, problem, { sramBytes, Bc, out, numSplits });
+/** Runs a prepared call and wraps the result, with the kernels' counters when `stats` is set. */
+export function attend(call: PreparedCall, numSplits: number, stats: boolean): AttentionOutput {
+  const { problem, kernels, out, sramBytes, Br, Bc } = call;
+  if (stats) kernels.resetCounters();
+  const { o, lse } = runForward(kernels, problem, { sramBytes, Br, Bc, out, numSplits });
   const result: AttentionOutput = { data: o, shape: problem.oShape };
   if (lse) result.lse = { data: lse, shape: problem.lseShape };
+  if (stats) result.stats = readStats(kernels, problem, { sramBytes, Br, Bc });
   return result;
 }
 

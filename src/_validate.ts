@@ -180,6 +180,11 @@ export function checkTensor(
   return { data: data as Float32Array, shape: [...shape] };
 }
 
+/** The `stats` option. */
+export function checkStats(value: unknown): boolean {
+  return checkBoolean("stats", value);
+}
+
 function checkBoolean(name: string, value: unknown): boolean {
   if (value === undefined) return false;
   if (typeof value !== "boolean") {

@@ -4,7 +4,8 @@
  * @module
  */
 import { attend, DEFAULT_SRAM_BYTES, prepare } from "./_run.ts";
-import { checkOptionKeys, message, validateAttention } from "./_validate.ts";
+import { checkOptionKeys, checkStats, message, validateAttention } from "./_validate.ts";
+import type { AttentionStats } from "./io.ts";
 import type { Layout, Mask, Tensor } from "./tensor.ts";
 
 export { DEFAULT_SRAM_BYTES };
@@ -53,10 +54,17 @@ export interface FlashAttentionOptions {
    * Default {@linkcode DEFAULT_SRAM_BYTES}; at most 8 MiB; at least what 8 × 4 blocks need.
    */
   sramBytes?: number;
+  /**
+   * Also return `stats`: HBM bytes read and written per tensor (counted by the kernel's tile
+   * copies), the arena size and its peak use, Br, Bc, Tr, Tc, tiles computed and skipped, flops.
+   */
+  stats?: boolean;
 }
 
 /** The result of {@linkcode flashAttention}: O in the input's layout, and lse when asked for. */
 export interface AttentionOutput extends Tensor {
+  /** HBM traffic, tiling and flops measured by the kernels, with `stats: true`. */
+  stats?: AttentionStats;
   /** log Σ_j exp(scale·q_i·k_j) per query, shape [B, H, Nq]; −∞ for a query that sees no key. */
   lse?: Tensor;
 }
@@ -75,6 +83,7 @@ const OPTION_KEYS = [
   "returnLse",
   "out",
   "sramBytes",
+  "stats",
 ] as const;
 
 /**
@@ -152,5 +161,5 @@ export function flashAttention(
     seqLensK: opts.seqLensK as Int32Array | undefined,
     varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
   });
-  return attend(prepare(problem, opts), 1);
+  return attend(prepare(problem, opts), 1, checkStats(opts.stats));
 }

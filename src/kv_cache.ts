@@ -4,7 +4,15 @@
  * @module
  */
 import { attend, prepare } from "./_run.ts";
-import { checkInt32Array, checkOptionKeys, checkTensor, formatShape, message, validateAttention } from "./_validate.ts";
+import {
+  checkInt32Array,
+  checkOptionKeys,
+  checkStats,
+  checkTensor,
+  formatShape,
+  message,
+  validateAttention,
+} from "./_validate.ts";
 import { ShapeError } from "./errors.ts";
 import type { AttentionOutput } from "./flash_attention.ts";
 import type { Mask, Tensor } from "./tensor.ts";
@@ -43,6 +51,8 @@ export interface KvCacheOptions {
   out?: Float32Array;
   /** See `FlashAttentionOptions.sramBytes`. */
   sramBytes?: number;
+  /** See `FlashAttentionOptions.stats`; with splits, partial results are counted under `partial`. */
+  stats?: boolean;
 }
 
 const OPTION_KEYS = [
@@ -59,6 +69,7 @@ const OPTION_KEYS = [
   "returnLse",
   "out",
   "sramBytes",
+  "stats",
 ] as const;
 
 /** Splits are worth their merge only with enough keys per split. */
@@ -144,6 +155,7 @@ export function flashAttentionWithKvCache(
   const problem = validateAttention(q, kCache, vCache, opts, { seqLensK });
   const call = prepare(problem, opts);
   const numSplits = checkSplits(opts.numSplits, Math.max(...seqLensK));
+  const stats = checkStats(opts.stats);
 
   // Every check passed: now write the new keys and values into the caches.
   if (appended.Nnew > 0) {
@@ -156,7 +168,7 @@ export function flashAttentionWithKvCache(
       vCache.data.set(appended.v!.subarray(from * rowV, (from + appended.Nnew) * rowV), at * rowV);
     }
   }
-  return attend(call, numSplits);
+  return attend(call, numSplits, stats);
 }
 
 function checkNew(

@@ -237,11 +237,12 @@ test("streaming heads and query chunks through HBM gives the same bits as copyin
       const v = randomTensor(random, shape(Nk, dv));
       const problem = validateAttention(q, k, v, { causal, layout, returnLse: true });
       const sramBytes = 16 * 1024; // Br = 24 here: many chunks of whole query blocks
-      const Bc = blocks(sramBytes, d, dv).Bc;
-      const whole = runForward(kernels, problem, { sramBytes, Bc, out: undefined, numSplits: 1 });
+      const { Br, Bc } = blocks(sramBytes, d, dv);
+      const whole = runForward(kernels, problem, { sramBytes, Br, Bc, out: undefined, numSplits: 1 });
       poisonMemory();
       const streamed = runForward(kernels, problem, {
         sramBytes,
+        Br,
         Bc,
         out: undefined,
         numSplits: 1,

@@ -942,9 +942,17 @@ test("streaming query chunks through HBM gives the slab's bits with GQA, windows
     const sramBytes = 20000;
     const semantic = options as ReferenceOptions;
     const problem = validateAttention(q, k, v, { ...semantic, returnLse: true }, { seqLensK: options.seqLensK });
-    const Bc = kernels.blockSizes(sramBytes, d, dv, true) & 0xffff;
-    const whole = runForward(kernels, problem, { sramBytes, Bc, out: undefined, numSplits: 1 });
-    const streamed = runForward(kernels, problem, { sramBytes, Bc, out: undefined, numSplits: 1, slabBudgetBytes: 0 });
+    const packed = kernels.blockSizes(sramBytes, d, dv, true);
+    const [Br, Bc] = [packed >>> 16, packed & 0xffff];
+    const whole = runForward(kernels, problem, { sramBytes, Br, Bc, out: undefined, numSplits: 1 });
+    const streamed = runForward(kernels, problem, {
+      sramBytes,
+      Br,
+      Bc,
+      out: undefined,
+      numSplits: 1,
+      slabBudgetBytes: 0,
+    });
     assertBitwiseEqual(`O streamed, ${Object.keys(options)}`, streamed.o, whole.o);
     assertBitwiseEqual(`lse streamed, ${Object.keys(options)}`, streamed.lse!, whole.lse!);
     const ref = referenceAttention(q, k, v, { ...semantic, returnLse: true });
@@ -977,12 +985,13 @@ test("split-KV with numSplits ∈ {1, 2, 3, 7} matches the reference, with every
       const { sramBytes: _sramBytes, ...semantic } = options;
       const sramBytes = options.sramBytes!;
       const problem = validateAttention(q, k, v, { ...semantic, returnLse: true }, { seqLensK: options.seqLensK });
-      const Bc = kernels.blockSizes(sramBytes, s.d, s.dv, s.mask !== null) & 0xffff;
+      const packed = kernels.blockSizes(sramBytes, s.d, s.dv, s.mask !== null);
+      const [Br, Bc] = [packed >>> 16, packed & 0xffff];
       const ref = referenceAttention(q, k, v, { ...semantic, returnLse: true });
       const naive = naiveAttentionF32(q, k, v, semantic);
       for (const numSplits of [1, 2, 3, 7]) {
         kernels.resetCounters();
-        const { o, lse } = runForward(kernels, problem, { sramBytes, Bc, out: undefined, numSplits });
+        const { o, lse } = runForward(kernels, problem, { sramBytes, Br, Bc, out: undefined, numSplits });
         const where = `numSplits ${numSplits} of ${JSON.stringify(s)}`;
         assertNoNaN(where, o, lse!, ref.data, ref.lse.data, naive.data, naive.lse);
         assertFlashTolerance(`O, ${where}`, o, ref.data, naive.data);

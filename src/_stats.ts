@@ -1,0 +1,60 @@
+// Reading the kernels' counters (assembly/hbm.ts) into AttentionStats.
+
+import type { AttentionProblem } from "./_validate.ts";
+import { type AttentionStats, sumBytes, type TensorBytes } from "./io.ts";
+import type { Kernels } from "./wasm/loader.ts";
+
+/** Counter slots, as assembly/hbm.ts lays them out (u64 each). */
+const TENSOR_SLOTS = 8;
+const TILES_COMPUTED = 16;
+const FLOPS = 18;
+const ARENA_PEAK = 19;
+const COUNTER_SLOTS = 20;
+/** Tensor ids of assembly/hbm.ts in slot order. */
+const TENSORS: (keyof TensorBytes)[] = ["q", "k", "v", "o", "lse", "mask", "partial", "slopes"];
+
+/** The counters as numbers (exact below 2^53). */
+function readCounters(kernels: Kernels): number[] {
+  return Array.from(new BigUint64Array(kernels.memory.buffer, kernels.countersPtr(), COUNTER_SLOTS), Number);
+}
+
+/** Statistics of the run since the last resetCounters(), for problem p with the given blocks. */
+export function readStats(
+  kernels: Kernels,
+  p: AttentionProblem,
+  blocks: { sramBytes: number; Br: number; Bc: number },
+): AttentionStats {
+  const c = readCounters(kernels);
+  const read = {} as TensorBytes;
+  const written = {} as TensorBytes;
+  TENSORS.forEach((name, i) => {
+    read[name] = c[i];
+    written[name] = c[TENSOR_SLOTS + i];
+  });
+  const { Br, Bc } = blocks;
+  let tiles = 0;
+  let Tr = 0;
+  let Tc = 0;
+  for (const s of p.sequences) {
+    if (s.Nq === 0) continue;
+    const tr = Math.ceil((s.Nq * p.group) / Br);
+    const tc = Math.ceil(s.Nk / Bc);
+    tiles += p.Hkv * tr * tc;
+    Tr = Math.max(Tr, tr);
+    Tc = Math.max(Tc, tc);
+  }
+  return {
+    read,
+    written,
+    totalBytes: sumBytes(read) + sumBytes(written),
+    sramBytes: blocks.sramBytes,
+    sramPeakBytes: c[ARENA_PEAK],
+    Br,
+    Bc,
+    Tr,
+    Tc,
+    tilesComputed: c[TILES_COMPUTED],
+    tilesSkipped: tiles - c[TILES_COMPUTED],
+    flops: c[FLOPS],
+  };
+}

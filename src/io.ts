@@ -1,0 +1,236 @@
+/**
+ * The IO model of the paper (FlashAttention, Dao et al. 2022, §3.2 and Theorem 2), for this
+ * library's memory hierarchy: WebAssembly linear memory plays HBM, the kernel's arena plays SRAM.
+ *
+ * - {@linkcode standardAttentionIo}: the HBM traffic of standard attention counted as the paper's
+ *   Algorithm 0 does (write S, read S, write P, read P, ...).
+ * - {@linkcode flashAttentionIo}: the traffic of this library's kernel, in closed form for its
+ *   loop order and the block sizes it derives from the arena size. `flashAttention(..., { stats:
+ *   true })` reports the same numbers measured by the kernel's one tile-copy routine.
+ *
+ * @module
+ */
+import { DEFAULT_SRAM_BYTES } from "./_run.ts";
+import { loadKernels } from "./wasm/loader.ts";
+
+/** The sizes of an attention problem. */
+export interface AttentionShape {
+  /** Batch size. */
+  B: number;
+  /** Query heads. */
+  H: number;
+  /** Key/value heads (default H). */
+  Hkv?: number;
+  /** Queries per sequence. */
+  Nq: number;
+  /** Keys per sequence. */
+  Nk: number;
+  /** Head dim of q and k. */
+  d: number;
+  /** Head dim of v (default d). */
+  dv?: number;
+}
+
+/** Options that change the traffic. */
+export interface IoOptions {
+  /** Bottom-right causal mask (blocks above the diagonal are skipped). */
+  causal?: boolean;
+  /** Sliding window `[left, right]`, −1 unbounded, bottom-right aligned. */
+  windowSize?: readonly [number, number];
+  /** Arena size; default {@linkcode DEFAULT_SRAM_BYTES}. */
+  sramBytes?: number;
+  /** Whether lse is written. */
+  returnLse?: boolean;
+  /** Bytes per element of a mask of shape [B, H, Nq, Nk] that blocks no whole tile (0: no mask). */
+  maskElementBytes?: 0 | 1 | 4;
+  /** Whether ALiBi slopes are read (one per query row and block). */
+  alibi?: boolean;
+}
+
+/** HBM bytes moved per tensor. */
+export interface TensorBytes {
+  /** Queries. */
+  q: number;
+  /** Keys. */
+  k: number;
+  /** Values. */
+  v: number;
+  /** Output. */
+  o: number;
+  /** Log-sum-exp. */
+  lse: number;
+  /** Mask or bias. */
+  mask: number;
+  /** Split-KV partial results (written by the splits, read by the merge). */
+  partial: number;
+  /** ALiBi slopes. */
+  slopes: number;
+}
+
+/** The IO of one attention call. */
+export interface IoCounts {
+  /** HBM bytes read, per tensor. */
+  read: TensorBytes;
+  /** HBM bytes written, per tensor. */
+  written: TensorBytes;
+  /** Sum of `read` and `written`. */
+  totalBytes: number;
+}
+
+/** Kernel-level statistics: the IO and the tiling that produced it. */
+export interface FlashIoCounts extends IoCounts {
+  /** Arena size M in bytes. */
+  sramBytes: number;
+  /** Bytes of the arena the kernel's layout uses: never more than M. */
+  sramPeakBytes: number;
+  /** Query block rows (virtual rows: positions × query heads of a GQA group). */
+  Br: number;
+  /** Key block size. */
+  Bc: number;
+  /** Query blocks per (sequence, K/V head). */
+  Tr: number;
+  /** Key blocks per (sequence, K/V head). */
+  Tc: number;
+  /** Key/value tiles loaded and computed, over all heads. */
+  tilesComputed: number;
+  /** Tiles skipped because no query of the block can see them, or the mask blocks them entirely. */
+  tilesSkipped: number;
+}
+
+/** What `stats: true` returns: the measured IO and tiling of a call, and its executed flops. */
+export interface AttentionStats extends FlashIoCounts {
+  /** Floating-point operations of the two matrix products as the kernel executed them. */
+  flops: number;
+}
+
+/** A TensorBytes of zeros. */
+export const zeroBytes = (): TensorBytes => ({ q: 0, k: 0, v: 0, o: 0, lse: 0, mask: 0, partial: 0, slopes: 0 });
+
+/** Sum of the bytes of every tensor. */
+export function sumBytes(t: TensorBytes): number {
+  return t.q + t.k + t.v + t.o + t.lse + t.mask + t.partial + t.slopes;
+}
+
+/**
+ * HBM traffic of standard attention, counted as the paper's Algorithm 0: read Q and K, write
+ * S = QKᵀ; read S, write P = softmax(S); read P and V, write O = PV. Every query head reads its
+ * K and V (a GQA group does not share them), f32 elements.
+ *
+ * @param shape The problem's sizes.
+ * @returns Bytes read and written per tensor (S and P are counted under `partial`).
+ *
+ * @example Usage
+ * ```ts
+ * import { standardAttentionIo } from "@flash/attention/io";
+ * const io = standardAttentionIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 });
+ * if (io.totalBytes !== 4 * (3 * 1024 * 64 + 4 * 1024 * 1024 + 1024 * 64)) throw new Error("unexpected");
+ * ```
+ */
+export function standardAttentionIo(shape: AttentionShape): IoCounts {
+  const { B, H, Nq, Nk, d } = shape;
+  const dv = shape.dv ?? d;
+  const heads = B * H;
+  const read = zeroBytes();
+  const written = zeroBytes();
+  read.q = 4 * heads * Nq * d;
+  read.k = 4 * heads * Nk * d;
+  read.v = 4 * heads * Nk * dv;
+  // S written, then read; P written, then read.
+  written.partial = 4 * heads * 2 * Nq * Nk;
+  read.partial = 4 * heads * 2 * Nq * Nk;
+  written.o = 4 * heads * Nq * dv;
+  return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
+}
+
+/**
+ * HBM traffic of this library's forward kernel, in closed form: Q is read once, O (and lse)
+ * written once, and each K/V tile is read once per query block that can see it, for the block
+ * sizes Br, Bc the kernel derives from the arena size. With a mask (`maskElementBytes`), each
+ * visible tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip
+ * them, which this closed form cannot know and does not model. Causal and windows are
+ * bottom-right aligned; key lengths (seqLensK, varlen, KV caches) and split-KV are not modelled.
+ *
+ * @param shape The problem's sizes.
+ * @param options Causal/window visibility, arena size, lse and mask.
+ * @returns Bytes per tensor, the tiling and the tile counts.
+ * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims.
+ *
+ * @example Usage
+ * ```ts
+ * import { flashAttentionIo } from "@flash/attention/io";
+ * const io = flashAttentionIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 }, { sramBytes: 128 * 1024 });
+ * // K and V are read once per query block
+ * if (io.read.k !== io.Tr * 1024 * 64 * 4) throw new Error("unexpected");
+ * ```
+ */
+export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {}): FlashIoCounts {
+  const { B, H, Nq, Nk, d } = shape;
+  const Hkv = shape.Hkv ?? H;
+  const dv = shape.dv ?? d;
+  const g = H / Hkv;
+  const sramBytes = options.sramBytes ?? DEFAULT_SRAM_BYTES;
+  const maskBytes = options.maskElementBytes ?? 0;
+  const kernels = loadKernels();
+  const packed = kernels.blockSizes(sramBytes, d, dv, maskBytes > 0);
+  if (packed === 0) {
+    throw new RangeError(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`);
+  }
+  const Br = packed >>> 16;
+  const Bc = packed & 0xffff;
+  const [left, right] = visibility(options);
+  const rows = Nq * g;
+  const Tr = Math.ceil(rows / Br);
+  const Tc = Math.ceil(Nk / Bc);
+  const read = zeroBytes();
+  const written = zeroBytes();
+  let tilesComputed = 0;
+  // One (sequence, K/V head): query blocks of Br virtual rows (row r is position ⌊r/g⌋).
+  for (let i0 = 0; i0 < rows; i0 += Br) {
+    const rowsHere = Math.min(Br, rows - i0);
+    const first = firstKey(Math.floor(i0 / g), Nq, Nk, left);
+    const end = endKey(Math.floor((i0 + rowsHere - 1) / g), Nq, Nk, right);
+    read.q += 4 * rowsHere * d;
+    if (options.alibi) read.slopes += 4 * rowsHere;
+    written.o += 4 * rowsHere * dv;
+    if (options.returnLse) written.lse += 4 * rowsHere;
+    for (let j0 = first < end ? Math.floor(first / Bc) * Bc : end; j0 < end; j0 += Bc) {
+      const cols = Math.min(Bc, Nk - j0);
+      tilesComputed++;
+      read.k += 4 * cols * d;
+      read.v += 4 * cols * dv;
+      read.mask += maskBytes * rowsHere * cols;
+    }
+  }
+  const heads = B * Hkv;
+  for (const t of [read, written]) {
+    for (const key of Object.keys(t) as (keyof TensorBytes)[]) t[key] *= heads;
+  }
+  return {
+    read,
+    written,
+    totalBytes: sumBytes(read) + sumBytes(written),
+    sramBytes,
+    sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0),
+    Br,
+    Bc,
+    Tr,
+    Tc,
+    tilesComputed: tilesComputed * heads,
+    tilesSkipped: (Tr * Tc - tilesComputed) * heads,
+  };
+}
+
+function visibility(options: IoOptions): [number, number] {
+  const [left, right] = options.windowSize ?? [-1, -1];
+  return [left, options.causal ? 0 : right];
+}
+
+/** First key query i sees (bottom-right alignment), as the kernel computes it. */
+function firstKey(i: number, Nq: number, Nk: number, left: number): number {
+  return left < 0 ? 0 : Math.min(Nk, Math.max(0, i + Nk - Nq - left));
+}
+
+/** One past the last key query i sees. */
+function endKey(i: number, Nq: number, Nk: number, right: number): number {
+  return right < 0 ? Nk : Math.min(Nk, Math.max(0, i + Nk - Nq + right + 1));
+}
