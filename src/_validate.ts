@@ -5,7 +5,7 @@
 // arrays, which is all the driver and the reference need.
 
 import { ShapeError } from "./errors.ts";
-import type { Layout, Mask, Tensor } from "./tensor.ts";
+import type { Layout, Tensor } from "./tensor.ts";
 
 /** Element strides of a q/k/v/o tensor: per sequence position (row) and per head. */
 export interface Strides {
@@ -75,18 +75,6 @@ export interface AttentionProblem extends ScoreOptions {
   oLength: number;
   lseShape: number[];
   lseLength: number;
-}
-
-/** Every option the attention functions share. */
-export interface CommonOptions {
-  scale?: number;
-  causal?: boolean | "bottom-right" | "top-left";
-  windowSize?: readonly [number, number];
-  softcap?: number;
-  alibiSlopes?: Float32Array;
-  mask?: Mask;
-  layout?: Layout;
-  returnLse?: boolean;
 }
 
 const PREFIX = "Cannot compute attention as";
@@ -543,4 +531,19 @@ export function checkOut(out: unknown, p: AttentionProblem): Float32Array | unde
 function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
   if (a.buffer !== b.buffer) return false;
   return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+}
+
+/**
+ * Validates a call whose options may carry per-sequence key lengths (`seqLensK`) or varlen
+ * packing (`cuSeqlensQ`, `cuSeqlensK`), which exclude each other.
+ */
+export function validateCall(q: unknown, k: unknown, v: unknown, opts: Record<string, unknown>): AttentionProblem {
+  const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
+  if (varlen && opts.seqLensK !== undefined) {
+    throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
+  }
+  return validateAttention(q, k, v, opts, {
+    seqLensK: opts.seqLensK as Int32Array | undefined,
+    varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
+  });
 }

@@ -4,7 +4,7 @@
  * @module
  */
 import { attend, DEFAULT_SRAM_BYTES, prepare } from "./_run.ts";
-import { checkOptionKeys, checkStats, message, validateAttention } from "./_validate.ts";
+import { checkOptionKeys, checkStats, validateCall } from "./_validate.ts";
 import type { AttentionStats } from "./io.ts";
 import type { Layout, Mask, Tensor } from "./tensor.ts";
 
@@ -153,13 +153,6 @@ export function flashAttention(
   options?: FlashAttentionOptions,
 ): AttentionOutput {
   const opts = checkOptionKeys(options, OPTION_KEYS);
-  const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
-  if (varlen && opts.seqLensK !== undefined) {
-    throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
-  }
-  const problem = validateAttention(q, k, v, opts, {
-    seqLensK: opts.seqLensK as Int32Array | undefined,
-    varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
-  });
+  const problem = validateCall(q, k, v, opts);
   return attend(prepare(problem, opts), 1, checkStats(opts.stats));
 }

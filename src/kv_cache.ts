@@ -14,11 +14,16 @@ import {
   validateAttention,
 } from "./_validate.ts";
 import { ShapeError } from "./errors.ts";
-import type { AttentionOutput } from "./flash_attention.ts";
-import type { Mask, Tensor } from "./tensor.ts";
+import type { AttentionOutput, FlashAttentionOptions } from "./flash_attention.ts";
+import type { Tensor } from "./tensor.ts";
 
-/** Options of {@linkcode flashAttentionWithKvCache}. */
-export interface KvCacheOptions {
+/**
+ * Options of {@linkcode flashAttentionWithKvCache}: those of `flashAttention` that apply to a cache
+ * (causal aligned to each entry's length after appending; a mask broadcasts to [B, H, Nq, maxLen]),
+ * and the cache's own.
+ */
+export interface KvCacheOptions
+  extends Omit<FlashAttentionOptions, "seqLensK" | "cuSeqlensQ" | "cuSeqlensK" | "layout"> {
   /**
    * Current length of each batch entry's cache (length B). Default: every cache is full (maxLen).
    * The function does not advance it: after appending `kNew`, add its length yourself.
@@ -30,29 +35,10 @@ export interface KvCacheOptions {
   vNew?: Tensor;
   /**
    * Split the keys into this many chunks and merge their partial results (Flash-Decoding).
-   * 0 (default) lets the library choose; 1 never splits.
+   * 0 (default) lets the library choose; 1 never splits. With `stats`, the partial results
+   * are counted under `partial`.
    */
   numSplits?: number;
-  /** See `FlashAttentionOptions.scale`. */
-  scale?: number;
-  /** See `FlashAttentionOptions.causal`; aligned to each entry's length after appending. */
-  causal?: boolean | "bottom-right" | "top-left";
-  /** See `FlashAttentionOptions.windowSize`. */
-  windowSize?: readonly [number, number];
-  /** See `FlashAttentionOptions.softcap`. */
-  softcap?: number;
-  /** See `FlashAttentionOptions.alibiSlopes`. */
-  alibiSlopes?: Float32Array;
-  /** Bias or boolean mask broadcast to [B, H, Nq, maxLen]. */
-  mask?: Mask;
-  /** Also return the log-sum-exp per query, shape [B, H, Nq]. */
-  returnLse?: boolean;
-  /** Write the output here ([B, Nq, H, dv] floats). */
-  out?: Float32Array;
-  /** See `FlashAttentionOptions.sramBytes`. */
-  sramBytes?: number;
-  /** See `FlashAttentionOptions.stats`; with splits, partial results are counted under `partial`. */
-  stats?: boolean;
 }
 
 const OPTION_KEYS = [

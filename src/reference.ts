@@ -8,34 +8,12 @@
  * @module
  */
 import { referenceForward } from "./_reference.ts";
-import { checkOptionKeys, message, validateAttention } from "./_validate.ts";
-import type { Layout, Mask, Tensor } from "./tensor.ts";
+import { checkOptionKeys, validateCall } from "./_validate.ts";
+import type { FlashAttentionOptions } from "./flash_attention.ts";
+import type { Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode referenceAttention}: the semantic options of `flashAttention`. */
-export interface ReferenceOptions {
-  /** Multiplies Q·Kᵀ before the softmax. Default `1 / sqrt(d)`. */
-  scale?: number;
-  /** Causal masking: `true`/`"bottom-right"` (j ≤ i + Nk − Nq) or `"top-left"` (j ≤ i). */
-  causal?: boolean | "bottom-right" | "top-left";
-  /** Sliding window `[left, right]` (−1: unbounded), aligned like `causal`. */
-  windowSize?: readonly [number, number];
-  /** S ← softcap·tanh(S/softcap) on the scaled scores; 0 is off. */
-  softcap?: number;
-  /** ALiBi slopes, length H or B·H: bias −slope·|i + Nk − Nq − j|. */
-  alibiSlopes?: Float32Array;
-  /** Float bias or boolean mask broadcast to [B, H, Nq, Nk]. */
-  mask?: Mask;
-  /** Valid key length per batch entry. */
-  seqLensK?: Int32Array;
-  /** Varlen packing: cumulative query sequence starts. */
-  cuSeqlensQ?: Int32Array;
-  /** Varlen packing: cumulative key sequence starts. */
-  cuSeqlensK?: Int32Array;
-  /** Dimension order of q, k, v and the output. Default `"bshd"`. */
-  layout?: Layout;
-  /** Also return the log-sum-exp of each query's scores. */
-  returnLse?: boolean;
-}
+export type ReferenceOptions = Omit<FlashAttentionOptions, "out" | "sramBytes" | "stats">;
 
 /** A tensor of f64 values. */
 export interface Tensor64 {
@@ -116,14 +94,7 @@ export function referenceAttention(
   options?: ReferenceOptions,
 ): ReferenceOutput {
   const opts = checkOptionKeys(options, OPTION_KEYS);
-  const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
-  if (varlen && opts.seqLensK !== undefined) {
-    throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
-  }
-  const p = validateAttention(q, k, v, opts, {
-    seqLensK: opts.seqLensK as Int32Array | undefined,
-    varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
-  });
+  const p = validateCall(q, k, v, opts);
   const { o, lse } = referenceForward(p, (x) => x);
   const result: ReferenceOutput = { data: o, shape: p.oShape };
   if (p.returnLse) result.lse = { data: lse, shape: p.lseShape };

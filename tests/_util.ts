@@ -4,7 +4,7 @@
 import type { Tensor } from "../mod.ts";
 import type { ReferenceOptions } from "../src/reference.ts";
 import { referenceForward } from "../src/_reference.ts";
-import { validateAttention } from "../src/_validate.ts";
+import { validateCall } from "../src/_validate.ts";
 
 type TestFn = () => void | Promise<void>;
 type Register = (name: string, fn: TestFn) => void;
@@ -53,11 +53,7 @@ export function naiveAttentionF32(
   v: Tensor,
   options: ReferenceOptions = {},
 ): { data: Float32Array; lse: Float32Array } {
-  const varlen = options.cuSeqlensQ !== undefined;
-  const p = validateAttention(q, k, v, { ...options }, {
-    seqLensK: options.seqLensK,
-    varlen: varlen ? { cuSeqlensQ: options.cuSeqlensQ, cuSeqlensK: options.cuSeqlensK } : undefined,
-  });
+  const p = validateCall(q, k, v, { ...options });
   const { o, lse } = referenceForward(p, Math.fround);
   return { data: Float32Array.from(o), lse: Float32Array.from(lse) };
 }
