@@ -3,6 +3,7 @@
  *
  * 1. the committed wasm module matches a fresh build of assembly/;
  * 2. `deno doc --lint`, `deno lint` and `deno fmt --check` are clean;
+ *    the npm package (dist/) builds and computes attention in a plain Node process;
  * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun.
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
@@ -80,6 +81,13 @@ outcomes.push(
 );
 outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
 outcomes.push(await check("deno fmt --check", bin("deno"), ["fmt", "--check"]));
+outcomes.push(
+  await check("npm package builds and runs in plain Node", process.execPath, [
+    bin("tsx"),
+    "_tools/build_npm.ts",
+    "--check",
+  ]),
+);
 outcomes.push(
   await suite(
     "node",

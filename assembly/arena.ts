@@ -44,9 +44,9 @@ export const REGION_M: i32 = 6;
 export const REGION_L: i32 = 7;
 export const REGION_ALPHA: i32 = 8;
 export const REGION_SLOPE: i32 = 9;
-export const REGION_FIRST: i32 = 10;
-export const REGION_LAST: i32 = 11;
-export const REGION_POS: i32 = 12;
+export const REGION_ROW_FIRST: i32 = 10;
+export const REGION_ROW_END: i32 = 11;
+export const REGION_ROW_POS: i32 = 12;
 export const REGION_END: i32 = 13;
 
 /** Byte address of the arena. */

@@ -23,14 +23,14 @@ import {
   BR_STEP,
   REGION_END,
   REGION_ALPHA,
-  REGION_FIRST,
+  REGION_ROW_FIRST,
   REGION_KJ,
-  REGION_LAST,
+  REGION_ROW_END,
   REGION_L,
   REGION_M,
   REGION_MASK,
   REGION_O,
-  REGION_POS,
+  REGION_ROW_POS,
   REGION_QIT,
   REGION_S,
   REGION_SLOPE,
@@ -176,9 +176,9 @@ export function forward(
   const l = addr(arena, regionOffset(REGION_L, Br, Bc, d, dv, masked));
   const alphas = addr(arena, regionOffset(REGION_ALPHA, Br, Bc, d, dv, masked));
   const slopes = addr(arena, regionOffset(REGION_SLOPE, Br, Bc, d, dv, masked));
-  const rowFirst = addr(arena, regionOffset(REGION_FIRST, Br, Bc, d, dv, masked)); // i32 per row
-  const rowEnd = addr(arena, regionOffset(REGION_LAST, Br, Bc, d, dv, masked)); // i32 per row
-  const rowPos = addr(arena, regionOffset(REGION_POS, Br, Bc, d, dv, masked)); // i32 per row
+  const rowFirst = addr(arena, regionOffset(REGION_ROW_FIRST, Br, Bc, d, dv, masked)); // i32 per row
+  const rowEnd = addr(arena, regionOffset(REGION_ROW_END, Br, Bc, d, dv, masked)); // i32 per row
+  const rowPos = addr(arena, regionOffset(REGION_ROW_POS, Br, Bc, d, dv, masked)); // i32 per row
   const transformed = softcap != 0 || slopesPtr != 0 || masked;
   countMax(ARENA_PEAK, regionOffset(REGION_END, Br, Bc, d, dv, masked) << 2);
   const negInf = f32x4.splat(-Infinity);
