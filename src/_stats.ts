@@ -7,15 +7,40 @@ import type { Kernels } from "./wasm/loader.ts";
 /** Counter slots, as assembly/hbm.ts lays them out (u64 each). */
 const TENSOR_SLOTS = 8;
 const TILES_COMPUTED = 16;
+const TILES_SKIPPED_MASK = 17;
 const FLOPS = 18;
 const ARENA_PEAK = 19;
 const COUNTER_SLOTS = 20;
 /** Tensor ids of assembly/hbm.ts in slot order. */
 const TENSORS: (keyof TensorBytes)[] = ["q", "k", "v", "o", "lse", "mask", "partial", "slopes"];
 
-/** The counters as numbers (exact below 2^53). */
-function readCounters(kernels: Kernels): number[] {
-  return Array.from(new BigUint64Array(kernels.memory.buffer, kernels.countersPtr(), COUNTER_SLOTS), Number);
+/** The kernels' counters since the last resetCounters(), as numbers (exact below 2^53). */
+export interface Counters {
+  read: TensorBytes;
+  written: TensorBytes;
+  tilesComputed: number;
+  tilesSkippedByMask: number;
+  flops: number;
+  arenaPeakBytes: number;
+}
+
+/** Reads the counter block of assembly/hbm.ts. */
+export function readCounters(kernels: Kernels): Counters {
+  const c = Array.from(new BigUint64Array(kernels.memory.buffer, kernels.countersPtr(), COUNTER_SLOTS), Number);
+  const read = {} as TensorBytes;
+  const written = {} as TensorBytes;
+  TENSORS.forEach((name, i) => {
+    read[name] = c[i];
+    written[name] = c[TENSOR_SLOTS + i];
+  });
+  return {
+    read,
+    written,
+    tilesComputed: c[TILES_COMPUTED],
+    tilesSkippedByMask: c[TILES_SKIPPED_MASK],
+    flops: c[FLOPS],
+    arenaPeakBytes: c[ARENA_PEAK],
+  };
 }
 
 /** Statistics of the run since the last resetCounters(), for problem p with the given blocks. */
@@ -25,12 +50,7 @@ export function readStats(
   blocks: { sramBytes: number; Br: number; Bc: number },
 ): AttentionStats {
   const c = readCounters(kernels);
-  const read = {} as TensorBytes;
-  const written = {} as TensorBytes;
-  TENSORS.forEach((name, i) => {
-    read[name] = c[i];
-    written[name] = c[TENSOR_SLOTS + i];
-  });
+  const { read, written } = c;
   const { Br, Bc } = blocks;
   let tiles = 0;
   let Tr = 0;
@@ -48,13 +68,13 @@ export function readStats(
     written,
     totalBytes: sumBytes(read) + sumBytes(written),
     sramBytes: blocks.sramBytes,
-    sramPeakBytes: c[ARENA_PEAK],
+    sramPeakBytes: c.arenaPeakBytes,
     Br,
     Bc,
     Tr,
     Tc,
-    tilesComputed: c[TILES_COMPUTED],
-    tilesSkipped: tiles - c[TILES_COMPUTED],
-    flops: c[FLOPS],
+    tilesComputed: c.tilesComputed,
+    tilesSkipped: tiles - c.tilesComputed,
+    flops: c.flops,
   };
 }

@@ -79,6 +79,11 @@ export interface AttentionProblem extends ScoreOptions {
 
 const PREFIX = "Cannot compute attention as";
 
+/** Options that change what attention computes, shared by every attention function. */
+export const SEMANTIC_OPTION_KEYS = ["scale", "causal", "windowSize", "softcap", "alibiSlopes", "mask"] as const;
+/** Options that say how the sequences are laid out (not for the KV cache, whose layout is fixed). */
+export const SEQUENCE_OPTION_KEYS = ["seqLensK", "cuSeqlensQ", "cuSeqlensK", "layout"] as const;
+
 /** Formats a message with the library's prefix. */
 export function message(text: string): string {
   return `${PREFIX} ${text}`;

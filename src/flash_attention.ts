@@ -4,7 +4,7 @@
  * @module
  */
 import { attend, DEFAULT_SRAM_BYTES, prepare } from "./_run.ts";
-import { checkOptionKeys, checkStats, validateCall } from "./_validate.ts";
+import { checkOptionKeys, checkStats, SEMANTIC_OPTION_KEYS, SEQUENCE_OPTION_KEYS, validateCall } from "./_validate.ts";
 import type { AttentionStats } from "./io.ts";
 import type { Layout, Mask, Tensor } from "./tensor.ts";
 
@@ -70,16 +70,8 @@ export interface AttentionOutput extends Tensor {
 }
 
 const OPTION_KEYS = [
-  "scale",
-  "causal",
-  "windowSize",
-  "softcap",
-  "alibiSlopes",
-  "mask",
-  "seqLensK",
-  "cuSeqlensQ",
-  "cuSeqlensK",
-  "layout",
+  ...SEMANTIC_OPTION_KEYS,
+  ...SEQUENCE_OPTION_KEYS,
   "returnLse",
   "out",
   "sramBytes",

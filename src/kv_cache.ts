@@ -11,6 +11,7 @@ import {
   checkTensor,
   formatShape,
   message,
+  SEMANTIC_OPTION_KEYS,
   validateAttention,
 } from "./_validate.ts";
 import { ShapeError } from "./errors.ts";
@@ -46,12 +47,7 @@ const OPTION_KEYS = [
   "kNew",
   "vNew",
   "numSplits",
-  "scale",
-  "causal",
-  "windowSize",
-  "softcap",
-  "alibiSlopes",
-  "mask",
+  ...SEMANTIC_OPTION_KEYS,
   "returnLse",
   "out",
   "sramBytes",

@@ -8,7 +8,7 @@
  * @module
  */
 import { referenceForward } from "./_reference.ts";
-import { checkOptionKeys, validateCall } from "./_validate.ts";
+import { checkOptionKeys, SEMANTIC_OPTION_KEYS, SEQUENCE_OPTION_KEYS, validateCall } from "./_validate.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { Tensor } from "./tensor.ts";
 
@@ -29,19 +29,7 @@ export interface ReferenceOutput extends Tensor64 {
   lse?: Tensor64;
 }
 
-const OPTION_KEYS = [
-  "scale",
-  "causal",
-  "windowSize",
-  "softcap",
-  "alibiSlopes",
-  "mask",
-  "seqLensK",
-  "cuSeqlensQ",
-  "cuSeqlensK",
-  "layout",
-  "returnLse",
-] as const;
+const OPTION_KEYS = [...SEMANTIC_OPTION_KEYS, ...SEQUENCE_OPTION_KEYS, "returnLse"] as const;
 
 /**
  * {@linkcode referenceAttention} with `returnLse: true`: the result always carries `lse`.

@@ -8,6 +8,7 @@
 import fc from "fast-check";
 import { chooseSplits, flashAttentionWithKvCache, type KvCacheOptions, type Mask, type Tensor } from "../mod.ts";
 import { referenceAttention, type ReferenceOptions } from "../src/reference.ts";
+import { readCounters } from "../src/_stats.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import {
   assertBitwiseEqual,
@@ -21,9 +22,9 @@ import {
 
 const kernels = loadKernels();
 
-/** Bytes written to split-KV partials: counter slot 8 + 6 of assembly/hbm.ts. */
+/** Bytes written to split-KV partials since the last resetCounters(). */
 function partialBytesWritten(): number {
-  return Number(new BigUint64Array(kernels.memory.buffer, kernels.countersPtr(), 18)[8 + 6]);
+  return readCounters(kernels).written.partial;
 }
 
 type Causal = boolean | "bottom-right" | "top-left";

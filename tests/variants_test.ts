@@ -11,6 +11,7 @@ import { type AttentionOutput, flashAttention, type FlashAttentionOptions, type 
 import { referenceAttention, type ReferenceOptions } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
+import { readCounters } from "../src/_stats.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import {
   assertBitwiseEqual,
@@ -24,15 +25,6 @@ import {
 
 const kernels = loadKernels();
 const MAX_ARENA = 256 * 1024;
-
-/** Counter slots of assembly/hbm.ts (u64 each at countersPtr()). */
-const PARTIAL_BYTES_WRITTEN = 8 + 6;
-const TILES_COMPUTED = 16;
-const TILES_SKIPPED_MASK = 17;
-
-function counter(slot: number): number {
-  return Number(new BigUint64Array(kernels.memory.buffer, kernels.countersPtr(), 18)[slot]);
-}
 
 type Causal = boolean | "bottom-right" | "top-left";
 type Layout = "bshd" | "bhsd";
@@ -886,11 +878,12 @@ test("fully masked key blocks are skipped, and a mask open on one block only sti
     // checkAgainstReference makes one kernel call: every (entry, K/V head, query block) computes
     // exactly one key block and skips the others. Query blocks hold Br virtual rows of Nq·g.
     const queryBlocks = B * Hkv * Math.ceil((Nq * g) / Br);
-    if (counter(TILES_COMPUTED) !== queryBlocks) {
-      throw new Error(`${kind}: ${counter(TILES_COMPUTED)} tiles computed, expected ${queryBlocks}`);
+    const { tilesComputed, tilesSkippedByMask } = readCounters(kernels);
+    if (tilesComputed !== queryBlocks) {
+      throw new Error(`${kind}: ${tilesComputed} tiles computed, expected ${queryBlocks}`);
     }
-    if (counter(TILES_SKIPPED_MASK) !== queryBlocks * (blocks - 1)) {
-      throw new Error(`${kind}: ${counter(TILES_SKIPPED_MASK)} tiles skipped, expected ${queryBlocks * (blocks - 1)}`);
+    if (tilesSkippedByMask !== queryBlocks * (blocks - 1)) {
+      throw new Error(`${kind}: ${tilesSkippedByMask} tiles skipped, expected ${queryBlocks * (blocks - 1)}`);
     }
   }
 });
@@ -998,7 +991,7 @@ test("split-KV with numSplits ∈ {1, 2, 3, 7} matches the reference, with every
         assertFlashTolerance(`lse, ${where}`, lse!, ref.lse.data, naive.lse);
         // The driver splits a sequence into min(numSplits, ⌈Nk/Bc⌉) ranges of whole blocks.
         const split = problem.sequences.some((seq) => Math.min(numSplits, Math.ceil(seq.Nk / Bc)) > 1);
-        if (split !== counter(PARTIAL_BYTES_WRITTEN) > 0) throw new Error(`split ${split} not taken: ${where}`);
+        if (split !== readCounters(kernels).written.partial > 0) throw new Error(`split ${split} not taken: ${where}`);
       }
     }),
     runs(12),
