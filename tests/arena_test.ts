@@ -95,12 +95,12 @@ test("the split-KV merge stays inside sramBytes however many splits it merges", 
       sramBytes,
       () => flashAttentionWithKvCache(q, kCache, vCache, { numSplits, sramBytes, stats: true, returnLse: true }),
     );
-    if (!(o.stats.sramPeakBytes <= sramBytes)) throw new Error(`${where}: peak ${o.stats.sramPeakBytes}`);
-    if (!(o.stats.read.partial > 0)) throw new Error(`${where}: the keys were not split`);
+    if (!(o.stats!.sramPeakBytes <= sramBytes)) throw new Error(`${where}: peak ${o.stats!.sramPeakBytes}`);
+    if (!(o.stats!.read.partial > 0)) throw new Error(`${where}: the keys were not split`);
     const ref = referenceAttention(q, kCache, vCache, { returnLse: true });
     const naive = naiveAttentionF32(q, kCache, vCache);
     assertFlashTolerance(`O of ${where}`, o.data, ref.data, naive.data);
-    assertFlashTolerance(`lse of ${where}`, o.lse.data, ref.lse.data, naive.lse);
+    assertFlashTolerance(`lse of ${where}`, o.lse!.data, ref.lse.data, naive.lse);
   }
 });
 
