@@ -65,6 +65,16 @@ export function random(shape: number[], seed = 12345): Tensor {
   return { data, shape };
 }
 
+/**
+ * Wall time in ms of exactly one call of `fn`. tinybench (see `measure`) calls a task once more,
+ * untimed, to find out whether it is async; use this where one call is all there is time for.
+ */
+export function timeOnce(fn: () => void): number {
+  const start = performance.now();
+  fn();
+  return performance.now() - start;
+}
+
 /** Median latency in ms of `fn` under tinybench, with at least `iterations` timed calls. */
 export async function measure(name: string, fn: () => void, iterations: number, warmup: boolean): Promise<number> {
   const bench = new Bench({ time: 0, iterations, warmup, warmupIterations: 2, warmupTime: 0, throws: true });
