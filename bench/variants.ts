@@ -7,7 +7,7 @@
  *   --quick: small sizes only, nothing written
  */
 import process from "node:process";
-import { flashAttention, flashAttentionWithKvCache } from "../mod.ts";
+import { chooseSplits, flashAttention, flashAttentionWithKvCache } from "../mod.ts";
 import { cpuName, measure, random, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
 
 const quick = process.argv.includes("--quick");
@@ -83,7 +83,8 @@ const log = (line: string) => {
   log("");
 }
 
-// 3. One decode step (Nq = 1) over a KV cache, with and without split-KV.
+// 3. One decode step (Nq = 1) over a KV cache, with and without split-KV, and with the library's
+// own choice (numSplits omitted), which is what users get by default.
 {
   const [B, H, Hkv, d] = [1, 32, 8, 128];
   const lengths = quick ? [1024, 4096] : [1024, 4096, 16384, 65536];
@@ -93,20 +94,29 @@ const log = (line: string) => {
     const vCache = random([B, L, Hkv, d], 3);
     const q = random([B, 1, H, d], 1);
     const cacheSeqLens = new Int32Array([L]);
-    for (const numSplits of [1, 4, 16]) {
+    for (const numSplits of [undefined, 1, 4, 16]) {
+      const options = numSplits === undefined ? { cacheSeqLens } : { cacheSeqLens, numSplits };
       const ms = await measure(
         "decode",
-        () => void flashAttentionWithKvCache(q, kCache, vCache, { cacheSeqLens, numSplits }),
+        () => void flashAttentionWithKvCache(q, kCache, vCache, options),
         L >= 65536 ? 5 : 20,
         true,
       );
       const flops = 4 * B * H * L * d;
       const kvBytes = 2 * B * L * Hkv * d * 4;
-      rows.push([L, numSplits, ms.toFixed(2), (flops / ms / 1e6).toFixed(1), (kvBytes / ms / 1e6).toFixed(2)]);
+      const splits = numSplits ?? `auto (${chooseSplits(L)})`;
+      rows.push([L, splits, ms.toFixed(2), (flops / ms / 1e6).toFixed(1), (kvBytes / ms / 1e6).toFixed(2)]);
     }
   }
   log(`Decode step — B = ${B}, Nq = 1, H = ${H}, Hkv = ${Hkv}, d = ${d}; the cache is copied into WebAssembly`);
   log("memory on every call (it lives in the caller's arrays), and the kernel then reads it once.");
+  const choices = [...new Set(lengths.map((L) => chooseSplits(L)))];
+  const autoSplits = `${choices.join(" or ")} split${choices.length === 1 && choices[0] === 1 ? "" : "s"}`;
+  log(
+    `"auto" omits numSplits, the library's default (chooseSplits): Flash-Decoding splits the keys to occupy ` +
+      "several workers, but the kernels run on one thread today, where a split only adds its merge, so it chose " +
+      `${autoSplits} here (in parentheses).`,
+  );
   log("");
   log(table(["cache tokens", "splits", "ms", "GFLOP/s", "GB/s of K/V"], rows));
 }
