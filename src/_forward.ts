@@ -66,11 +66,11 @@ function place(base: number, bytes: number[]): number[] {
   return ptrs;
 }
 
-function ensureMemory(kernels: Kernels, endBytes: number, what: string): void {
+function ensureMemory(kernels: Kernels, endBytes: number, what: string, shapes: string): void {
   if (endBytes > MAX_MEMORY_BYTES) {
     throw new RangeError(
       message(
-        `${what} needs ${endBytes} bytes of WebAssembly memory, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address`,
+        `${what} needs ${endBytes} bytes of WebAssembly memory, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${shapes}`,
       ),
     );
   }
@@ -81,7 +81,7 @@ function ensureMemory(kernels: Kernels, endBytes: number, what: string): void {
     memory.grow(Math.ceil(missing / PAGE_BYTES));
   } catch (cause) {
     throw new RangeError(
-      message(`${what} needs ${endBytes} bytes of WebAssembly memory and the runtime refused to grow it`),
+      message(`${what} needs ${endBytes} bytes of WebAssembly memory and the runtime refused to grow it: ${shapes}`),
       { cause },
     );
   }
@@ -148,15 +148,37 @@ interface Call {
   maskCol: number;
 }
 
-/** Runs the forward pass of a validated problem. */
-export function runForward(kernels: Kernels, p: AttentionProblem, config: ForwardConfig): ForwardResult {
+/** Every sequence's HBM placement, decided (and linear memory grown) before any copy or kernel call. */
+export type ForwardPlan = (SlabPlan | StreamedPlan)[];
+
+/**
+ * Places every sequence and grows linear memory to fit the largest placement, so a problem too
+ * large for WebAssembly memory fails before anything is computed or written (to `out`, or to a
+ * KV cache by its caller).
+ */
+export function planForward(kernels: Kernels, p: AttentionProblem, config: ForwardConfig): ForwardPlan {
+  const budget = config.slabBudgetBytes ?? SLAB_BUDGET_BYTES;
+  const plan = p.sequences.filter((s) => s.Nq > 0).map((s) =>
+    slabBytes(p, s) <= budget ? planSlab(kernels, p, config, s) : planStreamed(kernels, p, config, s)
+  );
+  const end = plan.reduce((most, x) => Math.max(most, x.end), 0);
+  const streamed = plan.some((x) => x.kind === "streamed");
+  ensureMemory(kernels, end, streamed ? "one head of this call" : "this call", p.shapes);
+  return plan;
+}
+
+/** Runs the forward pass of a validated problem (placed by planForward unless a plan is given). */
+export function runForward(
+  kernels: Kernels,
+  p: AttentionProblem,
+  config: ForwardConfig,
+  plan: ForwardPlan = planForward(kernels, p, config),
+): ForwardResult {
   const o = config.out ?? new Float32Array(p.oLength);
   const lse = p.returnLse ? new Float32Array(p.lseLength) : undefined;
-  const budget = config.slabBudgetBytes ?? SLAB_BUDGET_BYTES;
-  for (const s of p.sequences) {
-    if (s.Nq === 0) continue;
-    if (slabBytes(p, s) <= budget) runSlab(kernels, p, config, s, o, lse);
-    else runStreamed(kernels, p, config, s, o, lse);
+  for (const x of plan) {
+    if (x.kind === "slab") runSlab(kernels, p, config, x, o, lse);
+    else runStreamed(kernels, p, config, x, o, lse);
   }
   return { o, lse };
 }
@@ -204,20 +226,22 @@ const splitScratchBytes = (p: AttentionProblem, rows: number, splits: number) =>
 /** The slopes of sequence s's heads start here in alibiSlopes. */
 const slopeBase = (p: AttentionProblem, s: Sequence) => p.alibiSlopes && p.alibiSlopes.length !== p.H ? s.b * p.H : 0;
 
-function runSlab(
-  kernels: Kernels,
-  p: AttentionProblem,
-  config: ForwardConfig,
-  s: Sequence,
-  o: Float32Array,
-  lse: Float32Array | undefined,
-): void {
+/** Where one sequence's tensors go in HBM, decided before anything is copied. */
+interface SlabPlan {
+  kind: "slab";
+  s: Sequence;
+  e: SlabExtents;
+  splits: number;
+  /** Byte addresses of q, k, v, o, lse, mask, slopes and split scratch. */
+  ptrs: number[];
+  end: number;
+}
+
+function planSlab(kernels: Kernels, p: AttentionProblem, config: ForwardConfig, s: Sequence): SlabPlan {
   const e = slabExtents(p, s);
-  const kind = maskKind(p);
-  const maskBytes = kind === MASK_U8 ? 1 : 4;
-  const rows = s.Nq * p.group;
-  const splits = splitsFor(config, s, rows, p);
-  const [qPtr, kPtr, vPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr, end] = place(kernels.hbmPtr(), [
+  const maskBytes = maskKind(p) === MASK_U8 ? 1 : 4;
+  const splits = splitsFor(config, s, s.Nq * p.group, p);
+  const ptrs = place(kernels.hbmPtr(), [
     4 * e.q,
     4 * e.k,
     4 * e.v,
@@ -225,9 +249,23 @@ function runSlab(
     4 * e.lse,
     maskBytes * e.mask,
     p.alibiSlopes ? 4 * p.H : 0,
-    splitScratchBytes(p, rows, splits),
+    splitScratchBytes(p, s.Nq * p.group, splits),
   ]);
-  ensureMemory(kernels, end, "this call");
+  return { kind: "slab", s, e, splits, ptrs, end: ptrs[ptrs.length - 1] };
+}
+
+function runSlab(
+  kernels: Kernels,
+  p: AttentionProblem,
+  config: ForwardConfig,
+  plan: SlabPlan,
+  o: Float32Array,
+  lse: Float32Array | undefined,
+): void {
+  const { s, e, splits } = plan;
+  const kind = maskKind(p);
+  const maskBytes = kind === MASK_U8 ? 1 : 4;
+  const [qPtr, kPtr, vPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr] = plan.ptrs;
   const hbm = new Float32Array(kernels.memory.buffer);
   hbm.set(p.q.subarray(s.qBase, s.qBase + e.q), qPtr / 4);
   hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), kPtr / 4);
@@ -275,14 +313,20 @@ function runSlab(
   }
 }
 
-function runStreamed(
-  kernels: Kernels,
-  p: AttentionProblem,
-  config: ForwardConfig,
-  s: Sequence,
-  o: Float32Array,
-  lse: Float32Array | undefined,
-): void {
+/** A streamed sequence's HBM placement: K/V staging, one chunk of `positions` query positions. */
+interface StreamedPlan {
+  kind: "streamed";
+  s: Sequence;
+  positions: number;
+  splits: number;
+  /** K and V of every head staged at once (else one head at a time). */
+  kvSlab: boolean;
+  /** Byte addresses of k, v, q, o, lse, mask, slopes and split scratch. */
+  ptrs: number[];
+  end: number;
+}
+
+function planStreamed(kernels: Kernels, p: AttentionProblem, config: ForwardConfig, s: Sequence): StreamedPlan {
   const { d, dv, group: g } = p;
   const kind = maskKind(p);
   const maskBytes = kind === MASK_U8 ? 1 : 4;
@@ -299,7 +343,7 @@ function runStreamed(
   // they fit KV_SLAB_BUDGET_BYTES; otherwise one head at a time, gathered row by row.
   const e = slabExtents(p, s);
   const kvSlab = 4 * (e.k + e.v) <= KV_SLAB_BUDGET_BYTES;
-  const [kPtr, vPtr, qPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr, end] = place(kernels.hbmPtr(), [
+  const ptrs = place(kernels.hbmPtr(), [
     kvSlab ? 4 * e.k : 4 * s.Nk * d,
     kvSlab ? 4 * e.v : 4 * s.Nk * dv,
     4 * rows * d,
@@ -309,7 +353,23 @@ function runStreamed(
     4 * g,
     splitScratchBytes(p, rows, splits),
   ]);
-  ensureMemory(kernels, end, "one head of this call");
+  return { kind: "streamed", s, positions, splits, kvSlab, ptrs, end: ptrs[ptrs.length - 1] };
+}
+
+function runStreamed(
+  kernels: Kernels,
+  p: AttentionProblem,
+  config: ForwardConfig,
+  plan: StreamedPlan,
+  o: Float32Array,
+  lse: Float32Array | undefined,
+): void {
+  const { d, dv, group: g } = p;
+  const { s, positions, splits, kvSlab } = plan;
+  const kind = maskKind(p);
+  const maskBytes = kind === MASK_U8 ? 1 : 4;
+  const e = slabExtents(p, s);
+  const [kPtr, vPtr, qPtr, oPtr, lsePtr, maskPtr, slopesPtr, scratchPtr] = plan.ptrs;
   const hbm = new Float32Array(kernels.memory.buffer);
   const hbmBytes = new Uint8Array(kernels.memory.buffer);
   const m = p.mask?.strides ?? [0, 0, 0, 0];

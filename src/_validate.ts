@@ -75,6 +75,8 @@ export interface AttentionProblem extends ScoreOptions {
   oLength: number;
   lseShape: number[];
   lseLength: number;
+  /** "q.shape is [..], k.shape is [..], v.shape is [..]", for messages of later checks. */
+  shapes: string;
 }
 
 const PREFIX = "Cannot compute attention as";
@@ -186,13 +188,19 @@ function checkBoolean(name: string, value: unknown): boolean {
   return value;
 }
 
+/** Largest finite f32: the kernels compute in f32, so larger numbers would become Infinity there. */
+const F32_MAX = 3.4028234663852886e38;
+
 function checkNonNegative(name: string, value: unknown, fallback: number): number {
-  const x = value ?? fallback;
+  const x = value === undefined ? fallback : value;
   if (typeof x !== "number") {
     throw new TypeError(message(`${name} must be a number: ${name} is ${describe(x)}`));
   }
   if (!Number.isFinite(x) || x < 0) {
     throw new RangeError(message(`${name} must be a finite number ≥ 0: ${name} is ${describe(x)}`));
+  }
+  if (x > F32_MAX) {
+    throw new RangeError(message(`${name} must be at most ${F32_MAX} (the largest f32): ${name} is ${describe(x)}`));
   }
   return x;
 }
@@ -242,7 +250,7 @@ export function validateAttention(
   extra: ValidateConfig = {},
 ): AttentionProblem {
   const varlen = extra.varlen !== undefined;
-  const layout = (options.layout ?? "bshd") as Layout | "thd";
+  const layout = (options.layout === undefined ? "bshd" : options.layout) as Layout | "thd";
   if (layout !== "bshd" && layout !== "bhsd") {
     throw new TypeError(message(`layout must be "bshd" or "bhsd": layout is ${describe(layout)}`));
   }
@@ -362,13 +370,22 @@ export function validateAttention(
 
   const scale = checkNonNegative("scale", options.scale, 1 / Math.sqrt(d));
   const softcap = checkNonNegative("softcap", options.softcap, 0);
-  const causal = options.causal ?? false;
+  if (softcap > 0 && Math.fround(softcap) === 0) {
+    // f32 would round it to 0, which the kernels read as "no softcap"
+    throw new RangeError(message(`softcap must be 0 or at least the smallest f32, 1.4e-45: softcap is ${softcap}`));
+  }
+  const causal = options.causal === undefined ? false : options.causal;
   if (causal !== true && causal !== false && causal !== "bottom-right" && causal !== "top-left") {
     throw new TypeError(
       message(`causal must be true, false, "bottom-right" or "top-left": causal is ${describe(causal)}`),
     );
   }
   let [windowLeft, windowRight] = checkWindow(options.windowSize);
+  // A side at least max(Nq, Nk) long reaches every key, whatever the alignment: call it unbounded,
+  // which also keeps the kernels' i32 key arithmetic (i + Nk − Nq + right) from overflowing.
+  const reach = Math.max(NqAll, NkAll);
+  if (windowLeft >= reach) windowLeft = -1;
+  if (windowRight >= reach) windowRight = -1;
   if (causal !== false) windowRight = 0; // causal is the window [left, 0]
   const alibiSlopes = checkSlopes(options.alibiSlopes, H, batch, varlen);
   let mask: ValidMask | undefined;
@@ -409,6 +426,9 @@ export function validateAttention(
     oLength: product(oShape),
     lseShape,
     lseLength: product(lseShape),
+    shapes: `q.shape is ${formatShape(Q.shape)}, k.shape is ${formatShape(K.shape)}, v.shape is ${
+      formatShape(V.shape)
+    }`,
   };
 }
 

@@ -146,5 +146,6 @@ export function flashAttention(
 ): AttentionOutput {
   const opts = checkOptionKeys(options, OPTION_KEYS);
   const problem = validateCall(q, k, v, opts);
-  return attend(prepare(problem, opts), 1, checkStats(opts.stats));
+  const stats = checkStats(opts.stats);
+  return attend(prepare(problem, opts), stats);
 }

@@ -135,9 +135,9 @@ export function flashAttentionWithKvCache(
   const appended = checkNew(opts.kNew, opts.vNew, [B, Hkv, d, dv], cacheSeqLens, maxLen);
   const seqLensK = cacheSeqLens.map((n) => n + appended.Nnew);
   const problem = validateAttention(q, kCache, vCache, opts, { seqLensK });
-  const call = prepare(problem, opts);
   const numSplits = checkSplits(opts.numSplits, Math.max(...seqLensK));
   const stats = checkStats(opts.stats);
+  const call = prepare(problem, opts, numSplits);
 
   // Every check passed: now write the new keys and values into the caches.
   if (appended.Nnew > 0) {
@@ -150,7 +150,7 @@ export function flashAttentionWithKvCache(
       vCache.data.set(appended.v!.subarray(from * rowV, (from + appended.Nnew) * rowV), at * rowV);
     }
   }
-  return attend(call, numSplits, stats);
+  return attend(call, stats);
 }
 
 function checkNew(

@@ -8,6 +8,7 @@
 import fc from "fast-check";
 import { flashAttention, flashAttentionWithKvCache, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
+import { ARENA_MAX_BYTES, HEAD_DIM_MAX } from "../src/_run.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { assertFlashTolerance, maxAbsError, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
 
@@ -158,4 +159,9 @@ test("the kernel's split-KV merge gives the full answer whatever order the split
       throw new Error(`order ${orders[n]} differs from order ${orders[0]} by ${eO} (O), ${eLse} (lse)`);
     }
   }
+});
+
+test("the limits checked before loading the kernels are the kernels' own (head dim, arena maximum)", () => {
+  if (HEAD_DIM_MAX !== kernels.headDimMax()) throw new Error(`${HEAD_DIM_MAX} ≠ ${kernels.headDimMax()}`);
+  if (ARENA_MAX_BYTES !== kernels.arenaMaxBytes()) throw new Error(`${ARENA_MAX_BYTES} ≠ ${kernels.arenaMaxBytes()}`);
 });

@@ -208,6 +208,54 @@ test("a negative, NaN or infinite softcap is a RangeError, and a non-number a Ty
   assertThrows(call({ softcap: "30" }), TypeError, 'softcap must be a number: softcap is "30"');
 });
 
+test("a scale or softcap that f32 cannot hold (beyond its largest value, or a softcap it rounds to 0) is a RangeError", () => {
+  // The kernels compute in f32: 1e39 would become Infinity there (NaN results), and a softcap of
+  // 1e-46 would become 0, which turns capping off while the caller asked for it.
+  for (const name of ["scale", "softcap"]) {
+    assertThrows(
+      call({ [name]: 1e39 }),
+      RangeError,
+      `${name} must be at most 3.4028234663852886e+38 (the largest f32): ${name} is 1e+39`,
+    );
+  }
+  assertThrows(
+    call({ softcap: 1e-46 }),
+    RangeError,
+    "softcap must be 0 or at least the smallest f32, 1.4e-45: softcap is 1e-46",
+  );
+  flashAttention(q, k, v, { scale: 3.4028234663852886e38, softcap: 1.5e-45 }); // the limits themselves work
+});
+
+test("null is not a default: options given as null are TypeErrors, like any other wrong type", () => {
+  assertThrows(call({ scale: null }), TypeError, "scale must be a number: scale is null");
+  assertThrows(call({ softcap: null }), TypeError, "softcap must be a number: softcap is null");
+  assertThrows(call({ sramBytes: null }), TypeError, "sramBytes must be a number: sramBytes is null");
+  assertThrows(call({ sramBytes: "131072" }), TypeError, 'sramBytes must be a number: sramBytes is "131072"');
+  assertThrows(call({ causal: null }), TypeError, "causal is null");
+  assertThrows(call({ layout: null }), TypeError, "layout is null");
+});
+
+test("a problem too large for WebAssembly memory fails before any sequence is written to out", () => {
+  // Varlen: the first sequence is small, the second needs more than 4 GiB for one head's K and V.
+  // The arrays are allocated lazily by every runtime (untouched pages), so this costs no real memory.
+  const NkBig = 2_200_000;
+  const D = 256;
+  const qq = { data: new Float32Array(2 * D).fill(0.5), shape: [2, 1, D] };
+  const kk = { data: new Float32Array((1 + NkBig) * D), shape: [1 + NkBig, 1, D] };
+  const vv = { data: new Float32Array((1 + NkBig) * D), shape: [1 + NkBig, 1, D] };
+  const out = new Float32Array(2 * D).fill(7);
+  const cuSeqlensQ = Int32Array.of(0, 1, 2);
+  const cuSeqlensK = Int32Array.of(0, 1, 1 + NkBig);
+  assertThrows(() => flashAttention(qq, kk, vv, { cuSeqlensQ, cuSeqlensK, out }), RangeError, "4 GiB");
+  if (!out.every((x) => x === 7)) throw new Error("the first sequence was written before the failure");
+  // The message names the shapes.
+  assertThrows(
+    () => flashAttention(qq, kk, vv, { cuSeqlensQ, cuSeqlensK }),
+    RangeError,
+    `q.shape is [2, 1, 256], k.shape is [${1 + NkBig}, 1, 256], v.shape is [${1 + NkBig}, 1, 256]`,
+  );
+});
+
 // ── KV cache ─────────────────────────────────────────────────────────────────────────────────
 
 const maxLen = 12;
@@ -243,6 +291,26 @@ test("an append that would overflow a cache is a RangeError and writes nothing, 
   );
   // The default lengths mean full caches: any append overflows.
   assertCacheCallThrows({ kNew, vNew }, RangeError, "appending 3 new keys at cacheSeqLens[0] = 12");
+});
+
+test("a KV-cache call too large for WebAssembly memory fails before appending", () => {
+  // A lazily allocated cache of 2.2M rows of d = 256: attending to all of it needs more than 4 GiB.
+  const big = 2_200_000;
+  const D = 256;
+  const kc = { data: new Float32Array(big * D), shape: [1, big, 1, D] };
+  const vc = { data: new Float32Array(big * D), shape: [1, big, 1, D] };
+  const row = { data: new Float32Array(D).fill(1), shape: [1, 1, 1, D] };
+  const qq = { data: new Float32Array(D), shape: [1, 1, 1, D] };
+  const cacheSeqLens = Int32Array.of(big - 1);
+  assertThrows(
+    () => flashAttentionWithKvCache(qq, kc, vc, { cacheSeqLens, kNew: row, vNew: row }),
+    RangeError,
+    "4 GiB",
+  );
+  const last = (big - 1) * D;
+  if (!kc.data.subarray(last).every((x) => x === 0) || !vc.data.subarray(last).every((x) => x === 0)) {
+    throw new Error("the new row was appended before the failure");
+  }
 });
 
 test("kNew without vNew, or vNew without kNew, is a TypeError", () => {

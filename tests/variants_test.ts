@@ -551,6 +551,37 @@ test("with Nq > Nk and causal, queries that see no key get O = 0 exactly and lse
   }
 });
 
+test("a window side at least max(Nq, Nk) long is unbounded, however large (no i32 overflow in the kernel)", () => {
+  const random = rng(404);
+  for (const [Nq, Nk] of [[5, 9], [9, 5], [1, 1]]) {
+    const q = randomTensor(random, [1, Nq, 2, 6]);
+    const k = randomTensor(random, [1, Nk, 2, 6]);
+    const v = randomTensor(random, [1, Nk, 2, 3]);
+    const reach = Math.max(Nq, Nk);
+    const cases: [[number, number], [number, number]][] = [
+      [[0, 2 ** 31 - 1], [0, -1]],
+      [[2 ** 31 - 1, 0], [-1, 0]],
+      [[2 ** 32 + 1, 0], [-1, 0]],
+      [[3, 2 ** 32], [3, -1]],
+      [[Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER], [-1, -1]],
+      [[reach, reach], [-1, -1]],
+    ];
+    for (const topLeft of [false, true]) {
+      const causal = topLeft ? "top-left" as const : false;
+      for (const [windowSize, same] of cases) {
+        const what = `windowSize ${windowSize} (Nq = ${Nq}, Nk = ${Nk}, top-left ${topLeft})`;
+        const got = flashAttention(q, k, v, { windowSize, causal, returnLse: true });
+        const want = flashAttention(q, k, v, { windowSize: same, causal, returnLse: true });
+        assertBitwiseEqual(what, got.data, want.data);
+        assertBitwiseEqual(`lse of ${what}`, got.lse.data, want.lse.data);
+        const ref = referenceAttention(q, k, v, { windowSize, causal, returnLse: true });
+        const naive = naiveAttentionF32(q, k, v, { windowSize, causal });
+        assertFlashTolerance(what, got.data, ref.data, naive.data);
+      }
+    }
+  }
+});
+
 test("windowSize [0, 0] lets each query see exactly one key: O is that value row and lse its scaled score", () => {
   const random = rng(202);
   const [B, H, Hkv, d, dv] = [2, 6, 3, 13, 7];
