@@ -16,7 +16,7 @@ import process from "node:process";
 
 const ENTRY = "assembly/kernels.ts";
 const OUTPUT = "src/wasm/kernels.generated.ts";
-/** Baseline SIMD only, stub runtime (no GC, no allocator), raw pointers; see WASM_NOTES.md. */
+/** Baseline SIMD only, stub runtime (no GC, no allocator), raw pointers (the README's design notes say why). */
 export const ASC_FLAGS: readonly string[] = [
   "-O3",
   "--converge",

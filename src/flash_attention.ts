@@ -65,7 +65,10 @@ export interface FlashAttentionOptions {
 export interface AttentionOutput extends Tensor {
   /** HBM traffic, tiling and flops measured by the kernels, with `stats: true`. */
   stats?: AttentionStats;
-  /** log Σ_j exp(scale·q_i·k_j) per query, shape [B, H, Nq]; −∞ for a query that sees no key. */
+  /**
+   * Natural-log log-sum-exp of each query's final scores (after softcap, ALiBi and mask), shape
+   * [B, H, Nq] ([H, totalQ] with varlen packing); −∞ for a query that sees no key.
+   */
   lse?: Tensor;
 }
 

@@ -54,13 +54,14 @@ export function referenceAttention(
  * gets O = 0 and lse = −∞.
  *
  * @param q Queries, [B, Nq, H, d] (or [B, H, Nq, d] with layout "bhsd").
- * @param k Keys, [B, Nk, H, d].
- * @param v Values, [B, Nk, H, dv].
+ * @param k Keys, [B, Nk, Hkv, d] (Hkv divides H; [totalK, Hkv, d] with varlen).
+ * @param v Values, [B, Nk, Hkv, dv].
  * @param options See {@linkcode ReferenceOptions}.
  * @returns The output in f64, in the input's layout, with `lse` when `returnLse` is set.
  * @throws {ShapeError} For the same shape errors as `flashAttention`.
  * @throws {TypeError} For data that is not a Float32Array or an unknown or mistyped option.
- * @throws {RangeError} For a negative or non-finite scale.
+ * @throws {RangeError} For a scale or softcap that is negative, non-finite or beyond f32, and for
+ *   windowSize, seqLensK or cuSeqlens values out of range (as `flashAttention`).
  *
  * @example Usage
  * ```ts
