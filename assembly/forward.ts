@@ -166,11 +166,13 @@ export function forward(
   const Bc = blocks & 0xffff;
   const dvP = paddedDv(dv);
   const arena = arenaPtr();
+  // Arena tiles keep the paper's names (Qiᵀ, Kj, Vj, S, O, m, l); all are byte addresses in the
+  // arena, sized for Br × Bc by arena.ts, so every index below Br rows / Bc keys stays inside.
   const QiT = addr(arena, regionOffset(REGION_QIT, Br, Bc, d, dv, masked));
   const Kj = addr(arena, regionOffset(REGION_KJ, Br, Bc, d, dv, masked));
   const Vj = addr(arena, regionOffset(REGION_VJ, Br, Bc, d, dv, masked));
   const S = addr(arena, regionOffset(REGION_S, Br, Bc, d, dv, masked));
-  const M = addr(arena, regionOffset(REGION_MASK, Br, Bc, d, dv, masked));
+  const maskTile = addr(arena, regionOffset(REGION_MASK, Br, Bc, d, dv, masked));
   const O = addr(arena, regionOffset(REGION_O, Br, Bc, d, dv, masked));
   const m = addr(arena, regionOffset(REGION_M, Br, Bc, d, dv, masked));
   const l = addr(arena, regionOffset(REGION_L, Br, Bc, d, dv, masked));
@@ -197,7 +199,7 @@ export function forward(
       v128.store(addr(l, r), zero);
     }
     // Each row's position, visible keys [first, end) and ALiBi position, once per query block
-    // (padding rows up to a multiple of 4 repeat the last row).
+    // (padding rows up to a multiple of 4 repeat the last row; roundUp(rowsHere, 4) ≤ Br, a multiple of 8).
     for (let r = 0; r < roundUp(rowsHere, 4); r++) {
       const i = (i0 + imin(r, rowsHere - 1)) / g;
       store<i32>(addr(rowFirst, r), firstKey(i, visOffset, windowLeft, keyBegin, keyEnd));
@@ -213,7 +215,7 @@ export function forward(
       const cols = imin(Bc, keyEnd - j0);
       if (masked) {
         const open = loadMaskTile(
-          M, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
+          maskTile, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
         );
         if (!open) {
           countAdd(TILES_SKIPPED_MASK, 1);
@@ -269,7 +271,7 @@ export function forward(
               const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, i32x4.splat(j0 + c))));
               x = f32x4.sub(x, f32x4.mul(slope, distance));
             }
-            if (masked) x = f32x4.add(x, v128.load(addr(M, c * ldq + r)));
+            if (masked) x = f32x4.add(x, v128.load(addr(maskTile, c * ldq + r)));
             if (c < allBegin || c >= allEnd) {
               const key = i32x4.splat(j0 + c);
               const visible = v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd));
@@ -305,6 +307,7 @@ export function forward(
     }
 
     // epilogue: O /= l; lse = m + ln(l). A row that saw no key gets O = 0 and lse = −∞.
+    // (r < rowsHere ≤ Br and c < dvP: inside the O, l, m and alpha regions.)
     for (let r = 0; r < rowsHere; r++) {
       const lr = load<f32>(addr(l, r));
       const o = addr(O, r * dvP);
