@@ -127,6 +127,34 @@ test("flashAttention() is exact at tile edges: N ∈ {1, Bc−1, Bc, Bc+1, 3·Bc
   }
 });
 
+test("flashAttention() matches the reference with head dims up to 256, at tile edges, in the smallest and the default arena", () => {
+  // The random property stops at d, dv = 160; these pairs reach the documented maximum of 256,
+  // with the largest odd dim (255, padded by the kernels), a dim of 1 on either side, and
+  // d ≠ dv both not multiples of 4. Br and Bc come from the kernel's own stats for each arena (the
+  // default one included). Tolerance: the flash-attention rule of tests/_util.ts, as above.
+  let seed = 1000;
+  for (const [d, dv] of [[256, 256], [255, 1], [1, 256], [200, 243]]) {
+    for (const sramBytes of [smallestArena(d, dv), undefined]) {
+      const probe = (D: number): Tensor => ({ data: new Float32Array(D), shape: [1, 1, 1, D] });
+      const { stats } = flashAttention(probe(d), probe(d), probe(dv), { sramBytes, stats: true });
+      const { Br, Bc } = stats!;
+      const derived = blocks(stats!.sramBytes, d, dv);
+      if (derived.Br !== Br || derived.Bc !== Bc) {
+        throw new Error(`stats ${Br} × ${Bc}, blockSizes ${derived.Br} × ${derived.Bc}`);
+      }
+      if (sramBytes !== undefined && (Br !== 8 || Bc !== 4)) throw new Error(`smallest arena gives ${Br} × ${Bc}`);
+      const queries = [...new Set([1, Bc - 1, Bc + 1, Br + 1])].filter((n) => n >= 1);
+      for (const Nq of queries) {
+        for (const Nk of [1, Bc - 1, Bc + 1]) {
+          for (const causal of [false, true]) {
+            checkCase({ B: 1, H: 2, Nq, Nk, d, dv, options: { causal, sramBytes }, amplitude: 1, seed: seed++ });
+          }
+        }
+      }
+    }
+  }
+});
+
 test("flashAttention() gives O = 0 and lse = −∞ to queries that see no key (causal with Nq > Nk)", () => {
   const random = rng(3);
   const [Nq, Nk] = [40, 9];
