@@ -175,20 +175,78 @@ test("sizes whose buffers cannot fit in WebAssembly memory are a RangeError, not
 });
 
 test("after every kind of failed call the module computes the same bits as before", () => {
-  const failures = [
-    call(tensor([2, 10, 3, 8], 1), k, v),
-    call(q, k, v, { scale: NaN }),
-    call(q, k, v, { sramBytes: 1 }),
-    call(q, k, v, { out: new Float32Array(1) }),
+  // One or more calls per kind of bad input tested above. Each must throw its own error (a call
+  // that does not throw fails here), and the valid call after it must give the bits it gave before
+  // any failure: a failed call may not leave state behind in the module (memory grown or written,
+  // arena, counters).
+  const max = loadKernels().arenaMaxBytes();
+  const minimum = loadKernels().arenaBytes(8, 4, 8, 5, false);
+  const shared = new Float32Array(q.data.length + 300);
+  shared.set(q.data);
+  const qView = { data: shared.subarray(0, q.data.length), shape: q.shape };
+  const Nk = 2_200_000; // K and V of one head need more than 4 GiB (allocated lazily, as above)
+  const big = (D: number): Tensor => ({ data: new Float32Array(Nk * D), shape: [1, Nk, 1, D] });
+  // deno-lint-ignore no-explicit-any
+  type ErrorClass = abstract new (...args: any[]) => Error;
+  // deno-lint-ignore no-explicit-any
+  const reference = referenceAttention as any;
+  const failures: [string, () => unknown, ErrorClass, string][] = [
+    ["q.data too short", call(tensor([2, 10, 3, 8], 100), k, v), ShapeError, "q.data must hold 480 elements"],
+    ["v.data too short", call(q, k, tensor([2, 12, 3, 5], 359)), ShapeError, "v.data must hold 360 elements"],
+    ["q of rank 3", call(tensor([10, 3, 8]), k, v), ShapeError, "q must have rank 4"],
+    ["k of rank 5", call(q, tensor([1, 2, 12, 3, 8]), v), ShapeError, "k must have rank 4"],
+    ["q of rank 3, bhsd", call(tensor([2, 10, 3]), k, v, { layout: "bhsd" }), ShapeError, '"bhsd"'],
+    ["k of another batch size", call(q, tensor([1, 12, 3, 8]), v), ShapeError, "same batch size as q"],
+    ["H not a multiple of Hkv", call(q, tensor([2, 12, 2, 8]), tensor([2, 12, 2, 5])), ShapeError, "(GQA)"],
+    ["k of another head dim", call(q, tensor([2, 12, 3, 7]), v), ShapeError, "same head dim as q"],
+    ["v of another batch size", call(q, k, tensor([3, 12, 3, 5])), ShapeError, "same batch size as k"],
+    ["v with other heads", call(q, k, tensor([2, 12, 1, 5])), ShapeError, "same number of heads as k"],
+    ["v of another length", call(q, k, tensor([2, 11, 3, 5])), ShapeError, "same sequence length as k"],
+    ...[0, -3, 2.5, NaN, Infinity].map((bad): [string, () => unknown, ErrorClass, string] => [
+      `a dim of ${bad}`,
+      call({ data: q.data, shape: [2, bad, 3, 8] }, k, v),
+      ShapeError,
+      "q.shape must hold positive integers",
+    ]),
+    ["Nk = 0", call(q, { data: new Float32Array(0), shape: [2, 0, 3, 8] }, v), ShapeError, "k.shape must hold"],
+    ...[NaN, Infinity, -0.5, -Infinity].map((scale): [string, () => unknown, ErrorClass, string] => [
+      `scale ${scale}`,
+      call(q, k, v, { scale }),
+      RangeError,
+      `scale is ${scale}`,
+    ]),
+    ["scale a string", call(q, k, v, { scale: "1" }), TypeError, "scale must be a number"],
+    ["out too short", call(q, k, v, { out: new Float32Array(299) }), ShapeError, "out.length is 299"],
+    ["out too long", call(q, k, v, { out: new Float32Array(1) }), ShapeError, "out.length is 1"],
+    ["out a Float64Array", call(q, k, v, { out: new Float64Array(300) }), TypeError, "out must be a Float32Array"],
+    ["out overlapping q", call(qView, k, v, { out: shared.subarray(100, 400) }), TypeError, "share memory with q"],
+    ["d = 257", call(tensor([1, 2, 1, 257]), tensor([1, 2, 1, 257]), tensor([1, 2, 1, 4])), RangeError, "d is 257"],
+    ["dv = 300", call(tensor([1, 2, 1, 4]), tensor([1, 2, 1, 4]), tensor([1, 2, 1, 300])), RangeError, "dv is 300"],
+    ["sramBytes 1000.5", call(q, k, v, { sramBytes: 1000.5 }), RangeError, "sramBytes is 1000.5"],
+    ["sramBytes too large", call(q, k, v, { sramBytes: max + 1 }), RangeError, `sramBytes is ${max + 1}`],
+    ["sramBytes 0", call(q, k, v, { sramBytes: 0 }), RangeError, "sramBytes is 0"],
+    ["sramBytes 1", call(q, k, v, { sramBytes: 1 }), RangeError, "sramBytes"],
+    ["sramBytes too small", call(q, k, v, { sramBytes: minimum - 1 }), RangeError, "too small for head dims"],
+    ["q.data an Array", call({ data: Array.from(q.data), shape: q.shape }, k, v), TypeError, "q.data must be"],
+    ["k.data a Float64Array", call(q, { data: new Float64Array(k.data), shape: k.shape }, v), TypeError, "k.data"],
+    ["v null", call(q, k, null), TypeError, "v must be a tensor { data, shape }: v is null"],
+    ["k.shape a string", call(q, { data: k.data, shape: "2,12,3,8" }, v), TypeError, "k.shape must be an array"],
+    ["unknown option", call(q, k, v, { isCausal: true }), TypeError, 'unknown key "isCausal"'],
+    ["causal 1", call(q, k, v, { causal: 1 }), TypeError, "causal is 1"],
+    ["returnLse a string", call(q, k, v, { returnLse: "yes" }), TypeError, "returnLse must be a boolean"],
+    ["unknown layout", call(q, k, v, { layout: "nhd" }), TypeError, 'layout is "nhd"'],
+    ["options a number", call(q, k, v, 5), TypeError, "options must be an object"],
+    ["reference with sramBytes", () => reference(q, k, v, { sramBytes: 4096 }), TypeError, 'unknown key "sramBytes"'],
+    ["too large for wasm memory", call(tensor([1, 1, 1, 256]), big(256), big(256)), RangeError, "4 GiB"],
   ];
-  for (const fail of failures) {
+  for (const [what, fail, type, fragment] of failures) {
     try {
-      fail();
-    } catch {
-      // expected
+      assertThrows(fail, type, fragment);
+    } catch (error) {
+      throw new Error(`${what}: ${(error as Error).message}`);
     }
     const again = flashAttention(q, k, v, { causal: true, returnLse: true });
-    assertBitwiseEqual("O", again.data, good.data);
-    assertBitwiseEqual("lse", again.lse.data, good.lse.data);
+    assertBitwiseEqual(`O after ${what}`, again.data, good.data);
+    assertBitwiseEqual(`lse after ${what}`, again.lse.data, good.lse.data);
   }
 });
