@@ -12,15 +12,17 @@
  * @example Usage
  * ```ts
  * import { flashAttention, ShapeError } from "@flash/attention";
- * import { assert } from "node:console";
  *
  * const q = { data: new Float32Array(8), shape: [1, 2, 1, 4] };
- * const k = { data: new Float32Array(6), shape: [1, 2, 1, 3] };
+ * const k = { data: new Float32Array(6), shape: [1, 2, 1, 3] }; // head dim 3, q's is 4
+ * let caught: unknown;
  * try {
  *   flashAttention(q, k, k);
  * } catch (error) {
- *   assert(error instanceof ShapeError);
+ *   caught = error;
  * }
+ * if (!(caught instanceof ShapeError)) throw new Error(`expected a ShapeError, got ${caught}`);
+ * if (caught.expected !== "head dim 4" || caught.actual !== "head dim 3") throw new Error(caught.message);
  * ```
  */
 export class ShapeError extends TypeError {
