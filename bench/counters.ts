@@ -2,9 +2,8 @@
  * What the always-on HBM traffic counters cost: the forward pass through the library with the
  * kernels as built (counting) against the same sources with counting compiled out.
  *
- * 1. Copies assembly/ into a temporary directory and compiles it twice with the pinned asc and the
- *    flags recorded in the header of src/wasm/kernels.generated.ts (those _tools/build_wasm.ts
- *    used): as it is, and with the bodies of countAdd and countMax in hbm.ts, the only code that
+ * 1. Copies assembly/ into a temporary directory and compiles it twice with _tools/_asc.ts (the
+ *    compiler and flags of _tools/build_wasm.ts): as it is, and with the bodies of countAdd and countMax in hbm.ts, the only code that
  *    raises the counters, removed. The patch is an exact string replacement that fails loudly if
  *    hbm.ts changed, and the two builds must differ. The unpatched build is compared with the
  *    committed module; BENCHMARKS.md is only written when they are the same bytes.
@@ -18,13 +17,13 @@
  *   npm run bench:counters       deno task bench:counters       bun bench/counters.ts
  *   options: --quick (tiny shapes, few pairs: a smoke run; nothing written), --no-write
  */
-import asc from "assemblyscript/asc";
 import { createHash } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { compile } from "../_tools/_asc.ts";
 import type { AttentionStats } from "../mod.ts";
 import { embeddedWasm } from "../src/wasm/loader.ts";
 import { cpuName, median, random, runtimeKey, runtimeName, table, timeOnce, writeSection } from "./_report.ts";
@@ -89,34 +88,6 @@ const WARMUP_CALLS = 3;
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
-/** The compiler version, entry and flags that built the committed module, from its header. */
-function committedBuild(): { version: string; entry: string; flags: string[] } {
-  const header = readFileSync(join(root, GENERATED), "utf8");
-  const match = header.match(/^\/\/ compiler: AssemblyScript (\S+) \(asc (\S+) ([^)\n]*)\)$/m);
-  if (match === null) throw new Error(`${GENERATED} has no "// compiler: AssemblyScript … (asc …)" header line`);
-  const [, version, entry, flags] = match;
-  if (version !== asc.version) {
-    throw new Error(`${GENERATED} was built by asc ${version}, but asc ${asc.version} is installed: run npm ci`);
-  }
-  return { version, entry, flags: flags.split(" ") };
-}
-
-/** Compiles `entry` under `baseDir` with `flags`, as _tools/build_wasm.ts does, and returns the bytes. */
-async function compile(baseDir: string, entry: string, flags: string[]): Promise<Uint8Array> {
-  let wasm: Uint8Array | undefined;
-  const stderr = asc.createMemoryStream();
-  const { error } = await asc.main([entry, ...flags, "--baseDir", baseDir, "--outFile", "kernels.wasm"], {
-    stderr,
-    writeFile(name: string, contents: Uint8Array | string) {
-      if (name.endsWith("kernels.wasm") && typeof contents !== "string") wasm = contents;
-    },
-  });
-  const diagnostics = stderr.toString();
-  if (error || diagnostics.trim() !== "") throw new Error(`asc failed in ${baseDir}:\n${diagnostics}${error ?? ""}`);
-  if (wasm === undefined) throw new Error("asc produced no binary");
-  return wasm;
-}
-
 /** Replaces each patch's text, which must occur exactly once. */
 function patchOut(source: string): string {
   for (const { from, to } of PATCHES) {
@@ -163,13 +134,12 @@ let countingSha: string;
 let uncountedSha: string;
 let isCommitted: boolean;
 try {
-  const { entry, flags } = committedBuild();
   const sources = join(work, "build");
   cpSync(join(root, "assembly"), join(sources, "assembly"), { recursive: true });
-  const countingWasm = await compile(sources, entry, flags);
+  const countingWasm = await compile(sources);
   const hbm = join(sources, "assembly", "hbm.ts");
   writeFileSync(hbm, patchOut(readFileSync(hbm, "utf8")));
-  const uncountedWasm = await compile(sources, entry, flags);
+  const uncountedWasm = await compile(sources);
   countingSha = sha256(countingWasm);
   uncountedSha = sha256(uncountedWasm);
   if (countingSha === uncountedSha) throw new Error("the patched build is identical to the unpatched one");
