@@ -271,7 +271,12 @@ export function forward(
               const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, i32x4.splat(j0 + c))));
               x = f32x4.sub(x, f32x4.mul(slope, distance));
             }
-            if (masked) x = f32x4.add(x, v128.load(addr(maskTile, c * ldq + r)));
+            if (masked) {
+              // + mask; a blocked key (−∞, or a boolean 0) gets −∞ whatever its score, NaN included,
+              // exactly as if its tile had been skipped
+              const bias = v128.load(addr(maskTile, c * ldq + r));
+              x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
+            }
             if (c < allBegin || c >= allEnd) {
               const key = i32x4.splat(j0 + c);
               const visible = v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd));

@@ -40,7 +40,12 @@ export function referenceForward(
           if (p.mask) {
             const [sb, sh, si, sj] = p.mask.strides;
             const m = p.mask.data[s.b * sb + h * sh + i * si + j * sj];
-            x = p.mask.data instanceof Uint8Array ? (m !== 0 ? x : -Infinity) : round(x + m);
+            // a blocked key (boolean 0 or −∞) gets −∞ whatever its score was, NaN included
+            x = p.mask.data instanceof Uint8Array
+              ? (m !== 0 ? x : -Infinity)
+              : m === -Infinity
+              ? -Infinity
+              : round(x + m);
           }
           scores[j] = x;
           if (x > max) max = x;

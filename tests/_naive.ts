@@ -51,8 +51,8 @@ interface Entry {
  * aligned bottom-right to each entry's own Nk (top-left with causal "top-left"); ALiBi distances
  * are always bottom-right. Nk is the entry's valid length wherever it appears (the README says so
  * for causal and windows; for ALiBi this follows FlashAttention, which the README does not spell
- * out). A boolean mask's zero makes the score −∞ (it does not add −∞ to it, so a NaN score of a
- * blocked key is gone). A row with no key left (or only −∞ scores) gets O = 0 and lse = −∞.
+ * out). A mask value of −∞ or a boolean zero makes the score −∞ (it does not add −∞ to it, so a
+ * NaN score of a blocked key is gone). A row with no key left (or only −∞ scores) gets O = 0 and lse = −∞.
  *
  * Layouts: "bshd" q [B, Nq, H, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv], O [B, Nq, H, dv], lse
  * [B, H, Nq]; "bhsd" swaps the sequence and head axes of q, k, v and O; varlen (cuSeqlensQ/K) has
@@ -158,13 +158,13 @@ export function naiveAttention(
       if (slopes !== undefined) {
         S.forEach((row, i) => row.forEach((x, j) => (row[j] = x - slope * Math.abs(i + e.Nk - e.Nq - j))));
       }
-      // + mask: a float bias is added; a boolean zero blocks the key (its score becomes −∞)
+      // + mask: a float bias is added; −∞ or a boolean zero blocks the key (its score becomes −∞)
       if (options.mask) {
         const mask = options.mask;
         S.forEach((row, i) =>
           row.forEach((x, j) => {
             const m = maskAt(mask, [e.b, h, i, j], [B, H, e.Nq, e.NkStored]);
-            row[j] = mask.data instanceof Uint8Array ? (m !== 0 ? x : -Infinity) : x + m;
+            row[j] = mask.data instanceof Uint8Array ? (m !== 0 ? x : -Infinity) : m === -Infinity ? -Infinity : x + m;
           })
         );
       }

@@ -859,6 +859,40 @@ test("top-left causal with Nq > Nk equals causal on the first Nk queries and no 
   assertBitwiseEqual("remaining queries", rows(o, Nk, Nq, dv).data, tail.data);
 });
 
+test("a key the mask blocks (−∞ or a boolean 0) is gone even when its score is NaN or +∞, whatever the tiling", () => {
+  // Blocking replaces the score by −∞ rather than adding −∞ to it, so the answer equals attention
+  // without those keys, and does not depend on whether the key shares a tile with visible ones.
+  const random = rng(515);
+  const [Nq, Nk, d, dv] = [3, 70, 4, 3];
+  const q = randomTensor(random, [1, Nq, 1, d]);
+  const k = randomTensor(random, [1, Nk, 1, d]);
+  const v = randomTensor(random, [1, Nk, 1, dv]);
+  const blocked = [0, 5, 64, 69]; // keys in the first tile with open ones, and in the last
+  for (const j of blocked) k.data[j * d] = j % 2 === 0 ? NaN : Infinity;
+  const open = new Uint8Array(Nq * Nk).fill(1);
+  const bias = new Float32Array(Nq * Nk);
+  for (let i = 0; i < Nq; i++) {
+    for (const j of blocked) [open[i * Nk + j], bias[i * Nk + j]] = [0, -Infinity];
+  }
+  const kept = [...Array(Nk).keys()].filter((j) => !blocked.includes(j));
+  const take = (t: Tensor, D: number): Tensor => ({
+    data: Float32Array.from(kept.flatMap((j) => Array.from(t.data.subarray(j * D, (j + 1) * D)))),
+    shape: [1, kept.length, 1, D],
+  });
+  const ref = referenceAttention(q, take(k, d), take(v, dv), { returnLse: true });
+  const naive = naiveAttentionF32(q, take(k, d), take(v, dv));
+  for (const sramBytes of [undefined, kernels.arenaBytes(8, 4, d, dv, true)]) {
+    for (const mask of [{ data: open, shape: [Nq, Nk] }, { data: bias, shape: [Nq, Nk] }]) {
+      const what = `${mask.data.constructor.name} mask, sramBytes ${sramBytes}`;
+      const got = flashAttention(q, k, v, { mask, sramBytes, returnLse: true });
+      assertFlashTolerance(what, got.data, ref.data, naive.data);
+      assertFlashTolerance(`lse, ${what}`, got.lse.data, ref.lse.data, naive.lse);
+      const reference = referenceAttention(q, k, v, { mask, returnLse: true });
+      assertFlashTolerance(`reference, ${what}`, reference.data, ref.data, naive.data);
+    }
+  }
+});
+
 test("a float mask of −∞ and a Uint8 mask of 0 at the same places give bitwise identical results", () => {
   // Bitwise: the kernel turns a Uint8 element into 0 or −∞ and adds it, and x + 0 = x.
   const random = rng(209);
