@@ -13,6 +13,7 @@ import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
 import { readCounters } from "../src/_stats.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
+import { naiveAttention } from "./_naive.ts";
 import {
   assertBitwiseEqual,
   assertFlashTolerance,
@@ -401,75 +402,7 @@ test("a varlen call gives the bits of separate calls on each sequence (O = 0, ls
   }
 });
 
-// ── The reference against §5 itself ──────────────────────────────────────────────────────────
-
-/**
- * ALGORITHMS.md §5 transcribed directly for layout "bshd", in f64, sharing no code with the
- * library (no validation, no strides): causal/window visibility, GQA by repeat-interleave, ALiBi,
- * softcap before biases, broadcast masks, per-entry key lengths.
- */
-function specAttention(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
-  o: FlashAttentionOptions,
-): { data: Float64Array; lse: Float64Array } {
-  const [B, Nq, H, d] = q.shape;
-  const [, NkAll, Hkv] = k.shape;
-  const dv = v.shape[3];
-  const scale = o.scale ?? 1 / Math.sqrt(d);
-  let [left, right] = o.windowSize ?? [-1, -1];
-  if (o.causal) right = 0;
-  const out = new Float64Array(B * Nq * H * dv);
-  const lse = new Float64Array(B * H * Nq).fill(-Infinity);
-  const maskShape = o.mask ? [...Array(4 - o.mask.shape.length).fill(1), ...o.mask.shape] : [];
-  const maskAt = (idx: number[]) => {
-    let at = 0;
-    for (let a = 0; a < 4; a++) at = at * maskShape[a] + (maskShape[a] === 1 ? 0 : idx[a]);
-    return o.mask!.data[at];
-  };
-  for (let b = 0; b < B; b++) {
-    const Nk = o.seqLensK ? o.seqLensK[b] : NkAll;
-    for (let h = 0; h < H; h++) {
-      const kvh = Math.floor(h / (H / Hkv));
-      const slope = o.alibiSlopes ? o.alibiSlopes[o.alibiSlopes.length === H ? h : b * H + h] : 0;
-      for (let i = 0; i < Nq; i++) {
-        const diag = o.causal === "top-left" ? i : i + Nk - Nq;
-        const s: number[] = [];
-        const js: number[] = [];
-        for (let j = 0; j < Nk; j++) {
-          if (left >= 0 && j < diag - left) continue;
-          if (right >= 0 && j > diag + right) continue;
-          let x = 0;
-          for (let c = 0; c < d; c++) {
-            x += q.data[((b * Nq + i) * H + h) * d + c] * k.data[((b * NkAll + j) * Hkv + kvh) * d + c];
-          }
-          x *= scale;
-          if (o.softcap) x = o.softcap * Math.tanh(x / o.softcap);
-          x -= slope * Math.abs(i + Nk - Nq - j);
-          if (o.mask) {
-            const m = maskAt([b, h, i, j]);
-            x = o.mask.data instanceof Uint8Array ? (m !== 0 ? x : -Infinity) : x + m;
-          }
-          if (x === -Infinity) continue;
-          s.push(x);
-          js.push(j);
-        }
-        if (s.length === 0) continue;
-        const max = Math.max(...s);
-        const p = s.map((x) => Math.exp(x - max));
-        const sum = p.reduce((a, x) => a + x, 0);
-        for (let c = 0; c < dv; c++) {
-          let acc = 0;
-          for (let t = 0; t < p.length; t++) acc += p[t] * v.data[((b * NkAll + js[t]) * Hkv + kvh) * dv + c];
-          out[((b * Nq + i) * H + h) * dv + c] = acc / sum;
-        }
-        lse[(b * H + h) * Nq + i] = max + Math.log(sum);
-      }
-    }
-  }
-  return { data: out, lse };
-}
+// ── The reference against §5 itself (tests/_naive.ts, written from the docs alone) ──────────────
 
 test("the reference and flashAttention agree with a direct transcription of §5 on small problems", () => {
   // Reference vs transcription: both f64 with different summation orders, so 1e-12 (values and
@@ -492,7 +425,7 @@ test("the reference and flashAttention agree with a direct transcription of §5 
     fc.property(arb, (s) => {
       const { q, k, v, options } = build(s);
       const { sramBytes: _sramBytes, ...semantic } = options;
-      const spec = specAttention(q, k, v, semantic);
+      const spec = naiveAttention(q, k, v, semantic);
       const ref = referenceAttention(q, k, v, { ...semantic, returnLse: true });
       const where = JSON.stringify(s);
       if (!(maxAbsError(ref.data, spec.data) <= 1e-12)) throw new Error(`reference O differs from §5: ${where}`);
