@@ -31,17 +31,33 @@ export interface AttentionShape {
   dv?: number;
 }
 
-/** Options that change the traffic. */
-export interface IoOptions {
-  /** Bottom-right causal mask (blocks above the diagonal are skipped). */
-  causal?: boolean;
-  /** Sliding window `[left, right]`, −1 unbounded, bottom-right aligned. */
+/**
+ * Options that change the traffic of standard attention (the paper's Algorithm 0). Causal masks
+ * and windows do not: Algorithm 0 computes and materialises every score and applies the mask
+ * from indices in its softmax pass, without reading anything.
+ */
+export interface StandardIoOptions {
+  /** Whether lse (one f32 per query row and head) is written, by the softmax pass. */
+  returnLse?: boolean;
+  /** Bytes per element of a mask of shape [B, H, Nq, Nk], read once by the softmax pass (0: no mask). */
+  maskElementBytes?: 0 | 1 | 4;
+}
+
+/** Options that change the traffic of this library's kernel ({@linkcode flashAttentionIo}). */
+export interface IoOptions extends StandardIoOptions {
+  /**
+   * Causal mask, as `flashAttention`'s option: `true` or `"bottom-right"` (query i sees keys
+   * j ≤ i + Nk − Nq) or `"top-left"` (j ≤ i). Key blocks no query of a block sees are skipped.
+   */
+  causal?: boolean | "bottom-right" | "top-left";
+  /** Sliding window `[left, right]`, −1 unbounded, aligned like `causal` (bottom-right without it). */
   windowSize?: readonly [number, number];
   /** Arena size; default {@linkcode DEFAULT_SRAM_BYTES}. */
   sramBytes?: number;
-  /** Whether lse is written. */
-  returnLse?: boolean;
-  /** Bytes per element of a mask of shape [B, H, Nq, Nk] that blocks no whole tile (0: no mask). */
+  /**
+   * Bytes per element of a mask of shape [B, H, Nq, Nk] that blocks no whole tile (0: no mask):
+   * each visible tile reads its mask tile.
+   */
   maskElementBytes?: 0 | 1 | 4;
   /** Whether ALiBi slopes are read (one per query row and block). */
   alibi?: boolean;
@@ -113,10 +129,14 @@ export function sumBytes(t: TensorBytes): number {
 
 /**
  * HBM traffic of standard attention, counted as the paper's Algorithm 0: read Q and K, write
- * S = QKᵀ; read S, write P = softmax(S); read P and V, write O = PV. Every query head reads its
- * K and V (a GQA group does not share them), f32 elements.
+ * S = scale·QKᵀ; read S (and the mask), write P = softmax(S) (and lse); read P and V, write O = PV.
+ * Each phase reads its inputs and writes its output exactly once, the fewest accesses the
+ * algorithm can make. Every query head reads its K and V (a GQA group does not share them), f32
+ * elements.
  *
  * @param shape The problem's sizes.
+ * @param options Whether a mask is read and lse written; an {@linkcode IoOptions} may be passed
+ *   as it is (its other fields do not change Algorithm 0's traffic).
  * @returns Bytes read and written per tensor (S and P are counted under `partial`).
  *
  * @example Usage
@@ -124,34 +144,46 @@ export function sumBytes(t: TensorBytes): number {
  * import { standardAttentionIo } from "@flash/attention/io";
  * const io = standardAttentionIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 });
  * if (io.totalBytes !== 4 * (3 * 1024 * 64 + 4 * 1024 * 1024 + 1024 * 64)) throw new Error("unexpected");
+ * // A byte mask adds one read of each of its Nq × Nk elements.
+ * const masked = standardAttentionIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 }, { maskElementBytes: 1 });
+ * if (masked.read.mask !== 1024 * 1024) throw new Error("unexpected");
  * ```
  */
-export function standardAttentionIo(shape: AttentionShape): IoCounts {
+export function standardAttentionIo(shape: AttentionShape, options: StandardIoOptions = {}): IoCounts {
   const { B, H, Nq, Nk, d } = shape;
   const dv = shape.dv ?? d;
   const heads = B * H;
   const read = zeroBytes();
   const written = zeroBytes();
+  // S = scale·QKᵀ
   read.q = 4 * heads * Nq * d;
   read.k = 4 * heads * Nk * d;
+  written.partial = 4 * heads * Nq * Nk;
+  // P = softmax(S + mask)
+  read.partial = 4 * heads * Nq * Nk;
+  read.mask = (options.maskElementBytes ?? 0) * heads * Nq * Nk;
+  written.partial += 4 * heads * Nq * Nk;
+  if (options.returnLse) written.lse = 4 * heads * Nq;
+  // O = PV
+  read.partial += 4 * heads * Nq * Nk;
   read.v = 4 * heads * Nk * dv;
-  // S written, then read; P written, then read.
-  written.partial = 4 * heads * 2 * Nq * Nk;
-  read.partial = 4 * heads * 2 * Nq * Nk;
   written.o = 4 * heads * Nq * dv;
   return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
 }
 
 /**
- * HBM traffic of this library's forward kernel, in closed form: Q is read once, O (and lse)
- * written once, and each K/V tile is read once per query block that can see it, for the block
- * sizes Br, Bc the kernel derives from the arena size. With a mask (`maskElementBytes`), each
- * visible tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip
- * them, which this closed form cannot know and does not model. Causal and windows are
- * bottom-right aligned; key lengths (seqLensK, varlen, KV caches) and split-KV are not modelled.
+ * HBM traffic of this library's forward kernel, from formulas, for the block sizes Br, Bc the
+ * kernel derives from the arena size: Q is read once, O (and lse) written once, and each K/V tile
+ * is read once per query block that can see it. A query block's visible keys form one range,
+ * from the first key its first row sees to one past the last key its last row sees, so the tiles
+ * it reads are the key blocks that range touches: the traffic is a sum over the Tr query blocks of
+ * one closed-form term each, with no per-tile loop. With a mask (`maskElementBytes`), each visible
+ * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
+ * this model cannot know and does not model. Key lengths (seqLensK, varlen, KV caches) and
+ * split-KV are not modelled.
  *
  * @param shape The problem's sizes.
- * @param options Causal/window visibility, arena size, lse and mask.
+ * @param options Causal/window visibility, arena size, lse, mask and ALiBi.
  * @returns Bytes per tensor, the tiling and the tile counts.
  * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims.
  *
@@ -177,7 +209,7 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   }
   const Br = packed >>> 16;
   const Bc = packed & 0xffff;
-  const [left, right] = visibility(options);
+  const visible = visibleKeys(Nq, Nk, options);
   const rows = Nq * g;
   const Tr = Math.ceil(rows / Br);
   const Tc = Math.ceil(Nk / Bc);
@@ -187,19 +219,21 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   // One (sequence, K/V head): query blocks of Br virtual rows (row r is position ⌊r/g⌋).
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = Math.min(Br, rows - i0);
-    const first = firstKey(Math.floor(i0 / g), Nq, Nk, left);
-    const end = endKey(Math.floor((i0 + rowsHere - 1) / g), Nq, Nk, right);
     read.q += 4 * rowsHere * d;
     if (options.alibi) read.slopes += 4 * rowsHere;
     written.o += 4 * rowsHere * dv;
     if (options.returnLse) written.lse += 4 * rowsHere;
-    for (let j0 = first < end ? Math.floor(first / Bc) * Bc : end; j0 < end; j0 += Bc) {
-      const cols = Math.min(Bc, Nk - j0);
-      tilesComputed++;
-      read.k += 4 * cols * d;
-      read.v += 4 * cols * dv;
-      read.mask += maskBytes * rowsHere * cols;
-    }
+    // Keys [first, end) are visible to some row; key blocks ⌊first/Bc⌋ … ⌈end/Bc⌉ − 1 are read,
+    // the last one only up to Nk.
+    const first = visible.first(Math.floor(i0 / g));
+    const end = visible.end(Math.floor((i0 + rowsHere - 1) / g));
+    if (first >= end) continue;
+    const jBegin = Math.floor(first / Bc) * Bc;
+    const jEnd = Math.min(Nk, Math.ceil(end / Bc) * Bc);
+    tilesComputed += Math.ceil(end / Bc) - jBegin / Bc;
+    read.k += 4 * (jEnd - jBegin) * d;
+    read.v += 4 * (jEnd - jBegin) * dv;
+    read.mask += maskBytes * rowsHere * (jEnd - jBegin);
   }
   const heads = B * Hkv;
   for (const t of [read, written]) {
@@ -220,17 +254,18 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   };
 }
 
-function visibility(options: IoOptions): [number, number] {
-  const [left, right] = options.windowSize ?? [-1, -1];
-  return [left, options.causal ? 0 : right];
-}
-
-/** First key query i sees (bottom-right alignment), as the kernel computes it. */
-function firstKey(i: number, Nq: number, Nk: number, left: number): number {
-  return left < 0 ? 0 : Math.min(Nk, Math.max(0, i + Nk - Nq - left));
-}
-
-/** One past the last key query i sees. */
-function endKey(i: number, Nq: number, Nk: number, right: number): number {
-  return right < 0 ? Nk : Math.min(Nk, Math.max(0, i + Nk - Nq + right + 1));
+/**
+ * The keys query position i sees, [first(i), end(i)), from the documented rule: i sees j iff
+ * i + offset − left ≤ j ≤ i + offset + right (a bound of −1 unbounded; causal sets right = 0;
+ * offset = Nk − Nq bottom-right, 0 top-left). Both ends are non-decreasing in i.
+ */
+function visibleKeys(Nq: number, Nk: number, options: IoOptions) {
+  const [left, windowRight] = options.windowSize ?? [-1, -1];
+  const right = options.causal ? 0 : windowRight;
+  const offset = options.causal === "top-left" ? 0 : Nk - Nq;
+  const clamp = (j: number) => Math.min(Nk, Math.max(0, j));
+  return {
+    first: (i: number) => left < 0 ? 0 : clamp(i + offset - left),
+    end: (i: number) => right < 0 ? Nk : clamp(i + offset + right + 1),
+  };
 }
