@@ -1,16 +1,57 @@
-// The IO counters: measured HBM traffic equals the closed form exactly, scales as the paper's
-// analysis says, and the arena never holds more than M.
+// The IO counters. The kernel's measured traffic is checked against counts this file derives on
+// its own — the block sizes from the arena layout and the README's rule, the tiles from every
+// (query, key) pair and the documented visibility rule — and against src/io.ts's closed forms;
+// the traffic scales as the paper's analysis says; standard attention is counted by running
+// Algorithm 0 (bench/_standard.ts); the arena never holds more than M.
 
 import fc from "fast-check";
+import { standardAttention } from "../bench/_standard.ts";
 import { flashAttention, type FlashAttentionOptions, flashAttentionWithKvCache, type Mask } from "../mod.ts";
-import { flashAttentionIo, standardAttentionIo } from "../src/io.ts";
+import { flashAttentionIo, standardAttentionIo, type TensorBytes, zeroBytes } from "../src/io.ts";
+import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { readStats } from "../src/_stats.ts";
 import { validateAttention } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
-import { randomTensor, rng, test } from "./_util.ts";
+import { assertFlashTolerance, assertThrows, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
 
 const kernels = loadKernels();
+const roundUp = (x: number, step: number) => Math.ceil(x / step) * step;
+
+// ── The tiling as documented, recomputed here without the kernel or src/io.ts ──────────────────
+
+/**
+ * Exact arena bytes of blocks Br × Bc, from the layout in assembly/arena.ts's header: regions in
+ * floats, each starting 16-byte aligned (Br is a multiple of 8, so only Kj needs rounding), dv
+ * padded to dvP = roundUp(dv, 8) for the value GEMM.
+ */
+function arenaFootprintBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number {
+  const dvP = roundUp(dv, 8);
+  const floats = d * Br + // Qiᵀ
+    roundUp(Bc * d, 4) + // Kj
+    Bc * dvP + // Vj
+    Bc * Br + // Sᵀ, P in place
+    (masked ? Bc * Br : 0) + // mask tile
+    Br * dvP + // O
+    7 * Br; // m, l, alpha, slope, first, end, pos
+  return 4 * floats;
+}
+
+/**
+ * The README's block-size rule by exhaustive search: Bc is the largest multiple of 4 up to 64
+ * that leaves Br ≥ Bc, Br the largest multiple of 8 up to 16384 whose footprint fits in M.
+ * Undefined when not even 8 × 4 fits.
+ */
+function documentedBlocks(sramBytes: number, d: number, dv: number, masked: boolean) {
+  for (let Bc = 64; Bc >= 4; Bc -= 4) {
+    for (let Br = 16384; Br >= Bc; Br -= 8) {
+      if (arenaFootprintBytes(Br, Bc, d, dv, masked) <= sramBytes) return { Br, Bc };
+    }
+  }
+  return undefined;
+}
+
+// ── Random problems ─────────────────────────────────────────────────────────────────────────────
 
 interface IoCase {
   B: number;
@@ -21,38 +62,41 @@ interface IoCase {
   d: number;
   dv: number;
   sramBytes: number;
-  visibility: "none" | "causal" | "window";
-  window: [number, number];
+  causal: false | "bottom-right" | "top-left";
+  window: [number, number] | undefined;
   returnLse: boolean;
   alibi: boolean;
   mask: "none" | "f32" | "u8";
   seed: number;
 }
 
-const caseArbitrary = fc.record({
-  B: fc.integer({ min: 1, max: 2 }),
-  Hkv: fc.integer({ min: 1, max: 3 }),
-  group: fc.integer({ min: 1, max: 3 }),
-  Nq: fc.integer({ min: 1, max: 200 }),
-  Nk: fc.integer({ min: 1, max: 200 }),
-  d: fc.integer({ min: 1, max: 96 }),
-  dv: fc.integer({ min: 1, max: 96 }),
-  arena: fc.double({ min: 0, max: 1, noNaN: true }),
-  visibility: fc.constantFrom("none" as const, "causal" as const, "window" as const),
-  window: fc.tuple(fc.integer({ min: -1, max: 60 }), fc.integer({ min: -1, max: 60 })),
-  returnLse: fc.boolean(),
-  alibi: fc.boolean(),
-  mask: fc.constantFrom("none" as const, "f32" as const, "u8" as const),
-  seed: fc.integer(),
-}).map((r): IoCase => {
-  const masked = r.mask !== "none";
-  const smallest = kernels.arenaBytes(8, 4, r.d, r.dv, masked);
-  return {
-    ...r,
-    H: r.Hkv * r.group,
-    sramBytes: Math.floor(smallest + r.arena ** 2 * (256 * 1024 - smallest)),
-  };
-});
+/** Random problems with Nq, Nk ≤ maxN and d, dv ≤ maxD. */
+const cases = (maxN: number, maxD: number) =>
+  fc.record({
+    B: fc.integer({ min: 1, max: 2 }),
+    Hkv: fc.integer({ min: 1, max: 3 }),
+    group: fc.integer({ min: 1, max: 3 }),
+    Nq: fc.integer({ min: 1, max: maxN }),
+    Nk: fc.integer({ min: 1, max: maxN }),
+    d: fc.integer({ min: 1, max: maxD }),
+    dv: fc.integer({ min: 1, max: maxD }),
+    arena: fc.double({ min: 0, max: 1, noNaN: true }),
+    causal: fc.constantFrom(false as const, "bottom-right" as const, "top-left" as const),
+    window: fc.option(fc.tuple(fc.integer({ min: -1, max: 60 }), fc.integer({ min: -1, max: 60 })), { nil: undefined }),
+    returnLse: fc.boolean(),
+    alibi: fc.boolean(),
+    mask: fc.constantFrom("none" as const, "f32" as const, "u8" as const),
+    seed: fc.integer(),
+  }).map((r): IoCase => {
+    const smallest = arenaFootprintBytes(8, 4, r.d, r.dv, r.mask !== "none");
+    return {
+      ...r,
+      H: r.Hkv * r.group,
+      // Squared: most arenas are small, where tiles are many and partial.
+      sramBytes: Math.floor(smallest + r.arena ** 2 * (256 * 1024 - smallest)),
+    };
+  });
+const caseArbitrary = cases(200, 96);
 
 /** A mask that never blocks a whole tile: finite biases, or booleans that are all "attend". */
 function openMask(c: IoCase): Mask | undefined {
@@ -63,6 +107,8 @@ function openMask(c: IoCase): Mask | undefined {
   return { data: Float32Array.from({ length: n }, () => random() - 0.5), shape: [c.Nq, c.Nk] };
 }
 
+const maskElementBytes = (c: IoCase) => c.mask === "none" ? 0 : c.mask === "u8" ? 1 : 4;
+
 function run(c: IoCase) {
   const random = rng(c.seed);
   const q = randomTensor(random, [c.B, c.Nq, c.H, c.d]);
@@ -71,60 +117,200 @@ function run(c: IoCase) {
   const options: FlashAttentionOptions = {
     sramBytes: c.sramBytes,
     returnLse: c.returnLse,
-    causal: c.visibility === "causal",
-    windowSize: c.visibility === "window" ? c.window : undefined,
+    causal: c.causal,
+    windowSize: c.window,
     alibiSlopes: c.alibi ? Float32Array.from({ length: c.H }, (_, h) => 0.1 * (h + 1)) : undefined,
     mask: openMask(c),
   };
   return { q, k, v, options };
 }
 
-function expected(c: IoCase) {
-  return flashAttentionIo(
-    { B: c.B, H: c.H, Hkv: c.Hkv, Nq: c.Nq, Nk: c.Nk, d: c.d, dv: c.dv },
-    {
-      sramBytes: c.sramBytes,
-      returnLse: c.returnLse,
-      causal: c.visibility === "causal",
-      windowSize: c.visibility === "window" ? c.window : undefined,
-      maskElementBytes: c.mask === "none" ? 0 : c.mask === "u8" ? 1 : 4,
-      alibi: c.alibi,
-    },
-  );
+const shapeOf = (c: IoCase) => ({ B: c.B, H: c.H, Hkv: c.Hkv, Nq: c.Nq, Nk: c.Nk, d: c.d, dv: c.dv });
+
+function closedForm(c: IoCase) {
+  return flashAttentionIo(shapeOf(c), {
+    sramBytes: c.sramBytes,
+    returnLse: c.returnLse,
+    causal: c.causal,
+    windowSize: c.window,
+    maskElementBytes: maskElementBytes(c),
+    alibi: c.alibi,
+  });
 }
 
-function assertSameIo(where: string, measured: Record<string, unknown>, closed: Record<string, unknown>): void {
-  for (const key of ["read", "written", "totalBytes", "Br", "Bc", "Tr", "Tc", "tilesComputed", "tilesSkipped"]) {
-    const a = JSON.stringify(measured[key]);
-    const b = JSON.stringify(closed[key]);
-    if (a !== b) throw new Error(`${where}: ${key} measured ${a}, closed form ${b}`);
+/**
+ * The visibility rule as FlashAttentionOptions documents it: query position i sees key j iff
+ * i + offset − left ≤ j ≤ i + offset + right, a bound of −1 unbounded, causal meaning right = 0,
+ * offset = Nk − Nq (bottom-right) or 0 (top-left, only with causal: "top-left").
+ */
+function sees(c: IoCase, i: number, j: number): boolean {
+  const [left, windowRight] = c.window ?? [-1, -1];
+  const right = c.causal ? 0 : windowRight;
+  const offset = c.causal === "top-left" ? 0 : c.Nk - c.Nq;
+  return (left < 0 || j >= i + offset - left) && (right < 0 || j <= i + offset + right);
+}
+
+/**
+ * The traffic of the documented algorithm, counted by brute force: for every (batch, K/V head,
+ * query block of Br virtual rows, key block of Bc keys), the tile is computed iff some (row, key)
+ * pair in it is visible (row r is position ⌊r/g⌋ of a GQA group of g heads); a computed tile reads
+ * its K, V (and mask) tile; each query block reads Q (and slopes) and writes O (and lse) once.
+ * Also the flops' bounds: at least 2·(d + dv) per visible pair (one score and one value product),
+ * at most the padded tile (score GEMM rows padded to 8 and keys to 4; value GEMM rows padded to 4
+ * and dv to 8), which is exactly what a tile costs when every row sees every key.
+ */
+function bruteForceIo(c: IoCase, Br: number, Bc: number) {
+  const g = c.H / c.Hkv;
+  const rows = c.Nq * g;
+  const maskBytes = maskElementBytes(c);
+  const read = zeroBytes();
+  const written = zeroBytes();
+  let [tilesComputed, tilesSkipped, usefulFlops, paddedFlops] = [0, 0, 0, 0];
+  for (let b = 0; b < c.B; b++) {
+    for (let kvh = 0; kvh < c.Hkv; kvh++) {
+      for (let i0 = 0; i0 < rows; i0 += Br) {
+        const rowsHere = Math.min(Br, rows - i0);
+        read.q += 4 * rowsHere * c.d;
+        if (c.alibi) read.slopes += 4 * rowsHere;
+        written.o += 4 * rowsHere * c.dv;
+        if (c.returnLse) written.lse += 4 * rowsHere;
+        for (let j0 = 0; j0 < c.Nk; j0 += Bc) {
+          const cols = Math.min(Bc, c.Nk - j0);
+          let pairs = 0;
+          for (let r = i0; r < i0 + rowsHere; r++) {
+            for (let j = j0; j < j0 + cols; j++) if (sees(c, Math.floor(r / g), j)) pairs++;
+          }
+          if (pairs === 0) {
+            tilesSkipped++;
+            continue;
+          }
+          tilesComputed++;
+          read.k += 4 * cols * c.d;
+          read.v += 4 * cols * c.dv;
+          read.mask += maskBytes * rowsHere * cols;
+          usefulFlops += 2 * pairs * (c.d + c.dv);
+          paddedFlops += 2 * roundUp(rowsHere, 8) * roundUp(cols, 4) * c.d +
+            2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
+        }
+      }
+    }
+  }
+  const Tr = Math.ceil(rows / Br);
+  const Tc = Math.ceil(c.Nk / Bc);
+  return { read, written, Br, Bc, Tr, Tc, tilesComputed, tilesSkipped, usefulFlops, paddedFlops };
+}
+
+type Counts = { read: TensorBytes; written: TensorBytes; [key: string]: unknown };
+
+/** Throws unless every per-tensor byte count, the tiling and the tile counts agree. */
+function assertSameIo(where: string, names: [string, string], a: Counts, b: Counts): void {
+  const differ = (what: string, x: unknown, y: unknown) => {
+    throw new Error(`${where}: ${what} is ${x} by ${names[0]}, ${y} by ${names[1]}`);
+  };
+  for (const side of ["read", "written"] as const) {
+    for (const tensor of Object.keys(zeroBytes()) as (keyof TensorBytes)[]) {
+      if (a[side][tensor] !== b[side][tensor]) differ(`${side}.${tensor}`, a[side][tensor], b[side][tensor]);
+    }
+  }
+  for (const key of ["Br", "Bc", "Tr", "Tc", "tilesComputed", "tilesSkipped"]) {
+    if (a[key] !== b[key]) differ(key, a[key], b[key]);
   }
 }
 
-test("the measured HBM traffic equals flashAttentionIo's closed form byte for byte", () => {
+// ── Measured traffic against independent counts ────────────────────────────────────────────────
+
+test("the measured HBM traffic equals a brute-force count over every (query, key) pair, and flashAttentionIo", () => {
   fc.assert(
     fc.property(caseArbitrary, (c) => {
+      const blocks = documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none");
+      if (!blocks) throw new Error(`no blocks fit ${JSON.stringify(c)}`);
+      const brute = bruteForceIo(c, blocks.Br, blocks.Bc);
       const { q, k, v, options } = run(c);
       const stats = flashAttention(q, k, v, { ...options, stats: true }).stats!;
-      assertSameIo(JSON.stringify(c), { ...stats }, { ...expected(c) });
+      const where = JSON.stringify(c);
+      assertSameIo(where, ["the kernel", "brute force"], { ...stats }, brute);
+      assertSameIo(where, ["flashAttentionIo", "brute force"], { ...closedForm(c) }, brute);
+      const sum = (t: TensorBytes) => Object.values(t).reduce((x, y) => x + y, 0);
+      if (stats.totalBytes !== sum(brute.read) + sum(brute.written)) throw new Error(`${where}: totalBytes`);
+      // Flops: exact when nothing restricts visibility; otherwise between the two bounds.
+      const unrestricted = !c.causal && (c.window === undefined || (c.window[0] < 0 && c.window[1] < 0));
+      if (
+        unrestricted
+          ? stats.flops !== brute.paddedFlops
+          : !(stats.flops >= brute.usefulFlops && stats.flops <= brute.paddedFlops)
+      ) {
+        throw new Error(`${where}: flops ${stats.flops}, bounds [${brute.usefulFlops}, ${brute.paddedFlops}]`);
+      }
     }),
-    { seed: 0x10, numRuns: 120 },
+    { seed: 0x10, numRuns: 120, includeErrorInReport: true },
   );
 });
 
-test("streaming heads and chunks through HBM moves exactly the bytes of the closed form too", () => {
+test("streaming heads and chunks through HBM moves exactly the brute-force count's bytes too", () => {
   fc.assert(
     fc.property(caseArbitrary, (c) => {
       const { q, k, v, options } = run(c);
       const problem = validateAttention(q, k, v, { ...options });
+      const blocks = { sramBytes: c.sramBytes, ...documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none")! };
+      // runForward trusts its blocks (the kernel would not return on an arena too small for them).
       const packed = kernels.blockSizes(c.sramBytes, c.d, c.dv, c.mask !== "none");
-      const blocks = { sramBytes: c.sramBytes, Br: packed >>> 16, Bc: packed & 0xffff };
+      if (packed !== blocks.Br * 65536 + blocks.Bc) {
+        throw new Error(`${JSON.stringify(c)}: blocks ${packed >>> 16} × ${packed & 0xffff}`);
+      }
       kernels.resetCounters();
       runForward(kernels, problem, { ...blocks, out: undefined, numSplits: 1, slabBudgetBytes: 0 });
-      assertSameIo(`streamed ${JSON.stringify(c)}`, { ...readStats(kernels, problem, blocks) }, { ...expected(c) });
+      const brute = bruteForceIo(c, blocks.Br, blocks.Bc);
+      assertSameIo(`streamed ${JSON.stringify(c)}`, ["the kernel", "brute force"], {
+        ...readStats(kernels, problem, blocks),
+      }, brute);
     }),
-    { seed: 0x11, numRuns: 60 },
+    { seed: 0x11, numRuns: 60, includeErrorInReport: true },
   );
+});
+
+test("Br and Bc follow the documented rule from the exact arena footprint, which never exceeds M", () => {
+  // Arenas log-uniform from below the smallest blocks to the 8 MiB maximum, head dims up to 256.
+  const blockCase = fc.record({
+    d: fc.integer({ min: 1, max: 256 }),
+    dv: fc.integer({ min: 1, max: 256 }),
+    masked: fc.boolean(),
+    log2M: fc.double({ min: 10, max: 23, noNaN: true }),
+  });
+  const check = (d: number, dv: number, masked: boolean, sramBytes: number) => {
+    const q = randomTensor(rng(d), [1, 3, 1, d]);
+    const v = randomTensor(rng(dv), [1, 3, 1, dv]);
+    const mask = masked ? { data: new Uint8Array(9).fill(1), shape: [3, 3] } : undefined;
+    const call = () => flashAttention(q, q, v, { sramBytes, mask, stats: true }).stats!;
+    const expected = documentedBlocks(sramBytes, d, dv, masked);
+    const where = `d = ${d}, dv = ${dv}, masked = ${masked}, M = ${sramBytes}`;
+    if (!expected) {
+      assertThrows(call, RangeError, "too small");
+      return;
+    }
+    const stats = call();
+    if (stats.Br !== expected.Br || stats.Bc !== expected.Bc) {
+      throw new Error(`${where}: kernel Br × Bc = ${stats.Br} × ${stats.Bc}, rule ${expected.Br} × ${expected.Bc}`);
+    }
+    const footprint = arenaFootprintBytes(expected.Br, expected.Bc, d, dv, masked);
+    if (stats.sramPeakBytes !== footprint || footprint > sramBytes) {
+      throw new Error(`${where}: peak ${stats.sramPeakBytes}, documented footprint ${footprint}, M ${sramBytes}`);
+    }
+  };
+  fc.assert(
+    fc.property(blockCase, ({ d, dv, masked, log2M }) => check(d, dv, masked, Math.floor(2 ** log2M))),
+    { seed: 0x13, numRuns: 150, includeErrorInReport: true },
+  );
+  // The edges: the README's example, the Br cap of 16384, the smallest arena and one byte less.
+  const readme = documentedBlocks(128 * 1024, 64, 64, false)!;
+  if (readme.Br !== 120 || readme.Bc !== 64) throw new Error(`README example: ${readme.Br} × ${readme.Bc}`);
+  check(64, 64, false, 128 * 1024);
+  check(1, 1, false, 8 << 20);
+  if (documentedBlocks(8 << 20, 1, 1, false)!.Br !== 16384) throw new Error("Br is not capped at 16384");
+  for (const masked of [false, true]) {
+    const smallest = arenaFootprintBytes(8, 4, 256, 256, masked);
+    check(256, 256, masked, smallest);
+    check(256, 256, masked, smallest - 1);
+  }
 });
 
 test("a mask that blocks whole tiles skips them: K and V are not read for those tiles", () => {
@@ -134,78 +320,151 @@ test("a mask that blocks whole tiles skips them: K and V are not read for those 
   const q = randomTensor(random, [1, Nq, 1, d]);
   const k = randomTensor(random, [1, Nk, 1, d]);
   const v = randomTensor(random, [1, Nk, 1, d]);
-  const Bc = kernels.blockSizes(sramBytes, d, d, true) & 0xffff;
+  const { Br, Bc } = documentedBlocks(sramBytes, d, d, true)!;
+  const [Tr, Tc] = [Math.ceil(Nq / Br), Math.ceil(Nk / Bc)];
   // Only keys of the first block are open.
   const mask = { data: Uint8Array.from({ length: Nq * Nk }, (_, i) => (i % Nk) < Bc ? 1 : 0), shape: [Nq, Nk] };
   const stats = flashAttention(q, k, v, { mask, sramBytes, stats: true }).stats!;
-  const open = flashAttentionIo({ B: 1, H: 1, Nq, Nk, d }, { sramBytes, maskElementBytes: 1 });
-  if (stats.read.k !== open.Tr * Bc * d * 4) {
-    throw new Error(`K read ${stats.read.k}, expected ${open.Tr * Bc * d * 4}`);
-  }
-  if (stats.tilesComputed !== open.Tr) throw new Error(`tiles computed ${stats.tilesComputed}`);
-  if (stats.tilesSkipped !== open.Tr * (open.Tc - 1)) throw new Error(`tiles skipped ${stats.tilesSkipped}`);
-  if (stats.read.mask !== open.read.mask) throw new Error("every mask tile is still read once");
+  if (stats.read.k !== Tr * Bc * d * 4) throw new Error(`K read ${stats.read.k}, expected ${Tr * Bc * d * 4}`);
+  if (stats.tilesComputed !== Tr) throw new Error(`tiles computed ${stats.tilesComputed}`);
+  if (stats.tilesSkipped !== Tr * (Tc - 1)) throw new Error(`tiles skipped ${stats.tilesSkipped}`);
+  // Every mask tile is still read once, to find out that it is blocked.
+  if (stats.read.mask !== Nq * Nk) throw new Error(`mask read ${stats.read.mask}, expected ${Nq * Nk}`);
 });
 
-test("at fixed N and d, HBM traffic falls as the arena grows (K/V re-reads ∝ 1/Br) until Q fits at once", () => {
+// ── Scaling ────────────────────────────────────────────────────────────────────────────────────
+
+test("at fixed N and d, measured K/V traffic falls as 1/M within the tiling's rounding, until Q fits at once", () => {
   const [N, d] = [1024, 64];
-  const shape = { B: 1, H: 1, Nq: N, Nk: N, d };
+  const random = rng(6);
+  const [q, k, v] = [0, 1, 2].map(() => randomTensor(random, [1, N, 1, d]));
   let previous = Infinity;
   let reachedOneBlock = false;
-  for (let sramBytes = 16 * 1024; sramBytes <= 1024 * 1024; sramBytes *= 2) {
-    const io = flashAttentionIo(shape, { sramBytes });
-    // K and V are read once per query block: exactly Tr·N·(d + dv)·4 bytes.
-    if (io.read.k + io.read.v !== io.Tr * N * 2 * d * 4) throw new Error(`M = ${sramBytes}: K/V bytes`);
-    if (io.Tr !== Math.ceil(N / io.Br)) throw new Error(`M = ${sramBytes}: Tr ${io.Tr}, Br ${io.Br}`);
-    if (!(io.totalBytes <= previous)) throw new Error(`M = ${sramBytes}: traffic grew to ${io.totalBytes}`);
-    if (io.Tr === 1) {
+  let sawBcTarget = 0;
+  for (let sramBytes = 16 * 1024; sramBytes <= 8 * 1024 * 1024; sramBytes *= 2) {
+    const stats = flashAttention(q, k, v, { sramBytes, stats: true }).stats!;
+    const { Br, Bc, Tr } = stats;
+    const kv = stats.read.k + stats.read.v;
+    const where = `M = ${sramBytes} (Br = ${Br}, Bc = ${Bc})`;
+    // K and V are read once per query block, and there are Tr = ⌈N/Br⌉ of them.
+    if (Tr !== Math.ceil(N / Br) || kv !== 4 * Tr * N * (d + d)) throw new Error(`${where}: K/V bytes ${kv}`);
+    // The arena's footprint is c0 + c1·Br floats for this Bc (arenaFootprintBytes): c1 per query
+    // row (Qiᵀ, S, O and 7 row vectors), c0 for the K and V tiles. Br is the largest multiple of
+    // 8 that fits (capped at 16384), so with BrFit = (M/4 − c0)/c1 it lies in (BrFit − 8, BrFit],
+    // and Tr = ⌈N/Br⌉ lies in [N/BrFit, N/(BrFit − 8) + 1): the K/V traffic is 8·N²·d/BrFit —
+    // ∝ 1/(M − 4·c0) while Bc stays at 64 — up to those two roundings.
+    const c1 = d + Bc + roundUp(d, 8) + 7;
+    const c0 = roundUp(Bc * d, 4) + Bc * roundUp(d, 8);
+    const BrFit = Math.min(16384, (sramBytes / 4 - c0) / c1);
+    if (!(Br > BrFit - 8 && Br <= BrFit)) throw new Error(`${where}: Br outside (${BrFit - 8}, ${BrFit}]`);
+    const [low, high] = [(8 * N * N * d) / BrFit, 8 * N * d * (N / (BrFit - 8) + 1)];
+    if (Tr > 1 && !(kv >= low && kv < high)) throw new Error(`${where}: K/V bytes ${kv} outside [${low}, ${high})`);
+    if (Bc === 64) sawBcTarget++;
+    if (!(stats.totalBytes <= previous)) throw new Error(`${where}: traffic grew to ${stats.totalBytes}`);
+    if (BrFit >= N) {
       // Q fits at once: the minimum, every tensor moved once.
       const once = 4 * N * (d + d + d + d);
-      if (io.totalBytes !== once) throw new Error(`M = ${sramBytes}: ${io.totalBytes} ≠ ${once}`);
+      if (Tr !== 1 || stats.totalBytes !== once) throw new Error(`${where}: ${stats.totalBytes} ≠ ${once}`);
       reachedOneBlock = true;
     }
-    previous = io.totalBytes;
+    previous = stats.totalBytes;
   }
   if (!reachedOneBlock) throw new Error("the sweep never reached Tr = 1");
-  // Doubling the arena roughly halves the K/V term while Tr is large (at small arenas Bc shrinks
-  // first, so the 1/M regime starts once Bc has reached its target of 64).
-  const small = flashAttentionIo(shape, { sramBytes: 128 * 1024 });
-  const large = flashAttentionIo(shape, { sramBytes: 256 * 1024 });
-  const ratio = (small.read.k + small.read.v) / (large.read.k + large.read.v);
-  if (!(ratio > 1.6 && ratio < 2.6)) throw new Error(`K/V traffic ratio for 2× arena: ${ratio}`);
+  if (sawBcTarget < 4) throw new Error(`only ${sawBcTarget} arenas in the 1/M regime (Bc = 64)`);
 });
 
-test("at fixed M traffic grows as N² for both; standard's constant is larger, matching the closed forms", () => {
+test("at fixed M traffic grows as N² for both; standard's constant is larger; measured ratios match the closed forms", () => {
   const d = 64;
   const sramBytes = 64 * 1024;
   const random = rng(4);
-  let previous: { flash: number; standard: number } | undefined;
-  for (const N of [512, 1024, 2048]) {
-    const q = randomTensor(random, [1, N, 1, d]);
-    const measured = flashAttention(q, q, q, { sramBytes, stats: true }).stats!;
+  let previous: { flash: number; standard: number; Tr: number } | undefined;
+  for (const N of [256, 512, 1024]) {
+    const [q, k, v] = [0, 1, 2].map(() => randomTensor(random, [1, N, 1, d]));
+    const flash = flashAttention(q, k, v, { sramBytes, stats: true }).stats!;
+    const standard = standardAttention(q, k, v).io;
     const shape = { B: 1, H: 1, Nq: N, Nk: N, d };
-    const closed = flashAttentionIo(shape, { sramBytes });
-    const standard = standardAttentionIo(shape);
-    if (measured.totalBytes !== closed.totalBytes) throw new Error(`N = ${N}: measured ≠ closed form`);
-    if (!(standard.totalBytes > measured.totalBytes)) throw new Error(`N = ${N}: standard is not larger`);
-    if (previous) {
-      // Doubling N: the N² terms quadruple; the linear terms only double, so the ratio is in (2, 4].
-      const flashGrowth = measured.totalBytes / previous.flash;
-      const standardGrowth = standard.totalBytes / previous.standard;
-      if (!(flashGrowth > 3 && flashGrowth <= 4)) throw new Error(`flash grew ${flashGrowth}× from N/2 to N = ${N}`);
-      if (!(standardGrowth > 3 && standardGrowth <= 4)) throw new Error(`standard grew ${standardGrowth}×`);
+    const closedFlash = flashAttentionIo(shape, { sramBytes }).totalBytes;
+    const closedStandard = standardAttentionIo(shape).totalBytes;
+    if (flash.totalBytes !== closedFlash || standard.totalBytes !== closedStandard) {
+      throw new Error(`N = ${N}: measured ≠ closed form`);
     }
-    previous = { flash: measured.totalBytes, standard: standard.totalBytes };
+    if (standard.totalBytes / flash.totalBytes !== closedStandard / closedFlash) throw new Error(`N = ${N}: ratio`);
+    // N² coefficients: standard moves S and P twice each, 16 bytes per (i, j); flash reads K and
+    // V once per query block, 4·2d/Br bytes per (i, j). Larger for standard iff Br > d/2.
+    if (!(flash.Br > d / 2 && standard.totalBytes > flash.totalBytes)) throw new Error(`N = ${N}: not larger`);
+    if (previous) {
+      // Doubling N. Standard moves 16·N·(N + d) bytes, so it grows exactly 4 − 2d/(N + d) (up
+      // to the rounding of two divisions, < 1e-12). Flash moves 8·N·d·(1 + Tr) with Tr = ⌈N/Br⌉;
+      // doubling N gives ⌈2N/Br⌉ ∈ {2Tr − 1, 2Tr}, so it grows by 2(1 + ⌈2N/Br⌉)/(1 + Tr) ∈
+      // [4Tr/(1 + Tr), 2(1 + 2Tr)/(1 + Tr)]: both tend to 4, the N² law.
+      const standardGrowth = standard.totalBytes / previous.standard;
+      if (Math.abs(standardGrowth - (4 - (2 * d) / (N / 2 + d))) > 1e-12) {
+        throw new Error(`standard grew ${standardGrowth}× from N/2 to N = ${N}`);
+      }
+      const flashGrowth = flash.totalBytes / previous.flash;
+      const Tr = previous.Tr;
+      if (!(flashGrowth >= (4 * Tr) / (1 + Tr) && flashGrowth <= (2 * (1 + 2 * Tr)) / (1 + Tr))) {
+        throw new Error(`flash grew ${flashGrowth}× from N/2 to N = ${N} (Tr was ${Tr})`);
+      }
+    }
+    previous = { flash: flash.totalBytes, standard: standard.totalBytes, Tr: flash.Tr };
   }
 });
 
-test("standardAttentionIo counts Algorithm 0: read Q, K, write S; read S, write P; read P, V, write O", () => {
-  const io = standardAttentionIo({ B: 2, H: 3, Nq: 10, Nk: 20, d: 8, dv: 4 });
+// ── Standard attention: Algorithm 0, run and counted ──────────────────────────────────────────
+
+test("Algorithm 0 run with counted HBM accesses computes attention, moves standardAttentionIo's bytes, and the measured standard/flash ratio is the closed forms'", () => {
+  fc.assert(
+    fc.property(cases(40, 24), (c) => {
+      const { q, k, v, options } = run(c);
+      const where = JSON.stringify(c);
+      // A boolean mask that blocks about a quarter of the pairs (the count does not depend on it).
+      const random = rng(c.seed ^ 0x77);
+      const mask: Mask | undefined = c.mask === "u8"
+        ? { data: Uint8Array.from({ length: c.Nq * c.Nk }, () => random() < 0.75 ? 1 : 0), shape: [c.Nq, c.Nk] }
+        : options.mask;
+      const semantics = { causal: c.causal, windowSize: c.window, mask, returnLse: true as const };
+      const standard = standardAttention(q, k, v, { ...semantics, returnLse: c.returnLse });
+      // Its output is attention: the tolerance rule of tests/_util.ts against the f64 reference
+      // (it stores S, P and O in f32 and sums in f64, so it is no worse than naive f32).
+      const reference = referenceAttention(q, k, v, semantics);
+      const naive = naiveAttentionF32(q, k, v, semantics);
+      assertFlashTolerance(`${where}: O`, standard.o.data, reference.data, naive.data);
+      if (c.returnLse) assertFlashTolerance(`${where}: lse`, standard.lse!, reference.lse.data, naive.lse);
+      // Its counted bytes are Algorithm 0's.
+      const closed = standardAttentionIo(shapeOf(c), { returnLse: c.returnLse, maskElementBytes: maskElementBytes(c) });
+      assertSameIo(where, ["Algorithm 0 counted", "standardAttentionIo"], { ...standard.io }, { ...closed });
+      if (standard.io.totalBytes !== closed.totalBytes) throw new Error(`${where}: totalBytes`);
+      // Measured ratio = closed-form ratio, with the same options for both (an open mask for flash,
+      // so that it skips no tile the closed form cannot know about).
+      const flash = flashAttention(q, k, v, { ...options, stats: true }).stats!;
+      const measured = standard.io.totalBytes / flash.totalBytes;
+      const modelled = closed.totalBytes / closedForm(c).totalBytes;
+      if (measured !== modelled) throw new Error(`${where}: measured ratio ${measured}, closed forms ${modelled}`);
+    }),
+    { seed: 0x14, numRuns: 80, includeErrorInReport: true },
+  );
+});
+
+test("standardAttentionIo counts Algorithm 0: read Q, K, write S; read S, mask, write P, lse; read P, V, write O", () => {
+  const shape = { B: 2, H: 3, Nq: 10, Nk: 20, d: 8, dv: 4 };
   const heads = 6;
   const reads = heads * (10 * 8 + 20 * 8 + 10 * 20 + 10 * 20 + 20 * 4) * 4;
   const writes = heads * (10 * 20 + 10 * 20 + 10 * 4) * 4;
-  if (io.totalBytes !== reads + writes) throw new Error(`${io.totalBytes} ≠ ${reads + writes}`);
+  const plain = standardAttentionIo(shape);
+  if (plain.totalBytes !== reads + writes) throw new Error(`${plain.totalBytes} ≠ ${reads + writes}`);
+  const full = standardAttentionIo(shape, { returnLse: true, maskElementBytes: 4 });
+  if (full.read.mask !== heads * 10 * 20 * 4 || full.written.lse !== heads * 10 * 4) {
+    throw new Error(`mask ${full.read.mask}, lse ${full.written.lse}`);
+  }
+  if (full.totalBytes !== reads + writes + heads * (10 * 20 * 4 + 10 * 4)) throw new Error(`${full.totalBytes}`);
+  // Visibility does not change Algorithm 0's traffic: it computes every score.
+  if (standardAttentionIo(shape, { causal: true, windowSize: [2, 0] } as never).totalBytes !== plain.totalBytes) {
+    throw new Error("causal changed the count");
+  }
 });
+
+// ── Arena and exactness ────────────────────────────────────────────────────────────────────────
 
 test("the arena's peak use never exceeds M, for any shape, arena size, option or split count", () => {
   fc.assert(
@@ -224,11 +483,11 @@ test("the arena's peak use never exceeds M, for any shape, arena size, option or
       }).stats!;
       if (!(cached.sramPeakBytes <= c.sramBytes)) throw new Error(`KV cache: peak ${cached.sramPeakBytes}`);
     }),
-    { seed: 0x12, numRuns: 60 },
+    { seed: 0x12, numRuns: 60, includeErrorInReport: true },
   );
 });
 
-test("stats are exact counts, not estimates: Q is read once, O written once, flops counted by the kernel", () => {
+test("stats are exact counts, not estimates: Q is read once, O written once, flops as the padded tiles", () => {
   const random = rng(5);
   const [B, Nq, Nk, H, d, dv] = [2, 37, 81, 3, 20, 12];
   const q = randomTensor(random, [B, Nq, H, d]);
@@ -238,9 +497,17 @@ test("stats are exact counts, not estimates: Q is read once, O written once, flo
   if (stats.read.q !== 4 * B * Nq * H * d) throw new Error(`Q read ${stats.read.q}`);
   if (stats.written.o !== 4 * B * Nq * H * dv) throw new Error(`O written ${stats.written.o}`);
   if (stats.written.lse !== 4 * B * H * Nq) throw new Error(`lse written ${stats.written.lse}`);
-  // Every score and value product over visible pairs, at least; padding lanes may add more.
-  const useful = 2 * B * H * Nq * Nk * (d + dv);
-  if (!(stats.flops >= useful && stats.flops < 3 * useful)) throw new Error(`flops ${stats.flops} vs ${useful}`);
+  // The default arena holds all 37 rows in one query block (Br ≥ 37), and the keys are tiles of
+  // Bc. Every row sees every key, so each tile costs its padded GEMMs exactly: scores over rows
+  // padded to 8 (strips of two f32x4) and keys to 4, values over rows padded to 4 and dv to 8.
+  const { Br, Bc } = documentedBlocks(128 * 1024, d, dv, false)!;
+  if (Br < Nq) throw new Error(`Br ${Br} < Nq`);
+  let perHead = 0;
+  for (let j0 = 0; j0 < Nk; j0 += Bc) {
+    const cols = Math.min(Bc, Nk - j0);
+    perHead += 2 * roundUp(Nq, 8) * roundUp(cols, 4) * d + 2 * roundUp(Nq, 4) * cols * roundUp(dv, 8);
+  }
+  if (stats.flops !== B * H * perHead) throw new Error(`flops ${stats.flops}, padded tiles ${B * H * perHead}`);
   const without = flashAttention(q, k, v, {}) as { stats?: unknown };
   if (without.stats !== undefined) throw new Error("stats appear without being asked for");
 });
