@@ -84,11 +84,12 @@ export function standardAttention(q: Tensor, k: Tensor, v: Tensor, options: Stan
   // HBM: the per-head S and P.
   const S = new Float32Array(Nq * Nk);
   const P = new Float32Array(Nq * Nk);
-  // On chip: whole K or V of a head, one row of Q, S/P, mask and O.
+  // On chip: whole K or V of a head, one row of Q, S/P (and its f64 working copy), mask and O.
   const kChip = new Float32Array(Nk * d);
   const vChip = new Float32Array(Nk * dv);
   const qRow = new Float32Array(d);
   const sRow = new Float32Array(Nk);
+  const scores = new Float64Array(Nk);
   const maskRow = mask ? new (mask.data instanceof Uint8Array ? Uint8Array : Float32Array)(Nk) : undefined;
   const oRow = new Float32Array(dv);
   const lseValue = new Float32Array(1);
@@ -114,17 +115,23 @@ export function standardAttention(q: Tensor, k: Tensor, v: Tensor, options: Stan
           const at = b * maskStrides[0] + h * maskStrides[1] + i * maskStrides[2];
           move("read", "mask", maskRow, 0, mask.data, at, maskStrides[3], Nk);
         }
-        const scores = Array.from(sRow, (s, j) => {
-          if (!sees(i, j)) return -Infinity;
-          if (!maskRow) return s;
-          // A blocked key (u8 zero or f32 −∞) is gone whatever its score, as in flashAttention.
-          const blocked = maskRow instanceof Uint8Array ? maskRow[j] === 0 : maskRow[j] === -Infinity;
-          return blocked ? -Infinity : s + (maskRow instanceof Uint8Array ? 0 : maskRow[j]);
-        });
-        const m = Math.max(...scores);
-        const p = scores.map((s) => m === -Infinity ? 0 : Math.exp(s - m));
-        const l = p.reduce((a, x) => a + x, 0);
-        for (let j = 0; j < Nk; j++) sRow[j] = l === 0 ? 0 : p[j] / l;
+        let m = -Infinity;
+        for (let j = 0; j < Nk; j++) {
+          let x = sees(i, j) ? sRow[j] : -Infinity;
+          if (maskRow) {
+            // A blocked key (u8 zero or f32 −∞) is gone whatever its score, as in flashAttention.
+            const blocked = maskRow instanceof Uint8Array ? maskRow[j] === 0 : maskRow[j] === -Infinity;
+            x = blocked ? -Infinity : x + (maskRow instanceof Uint8Array ? 0 : maskRow[j]);
+          }
+          scores[j] = x;
+          m = Math.max(m, x);
+        }
+        let l = 0;
+        for (let j = 0; j < Nk; j++) {
+          scores[j] = m === -Infinity ? 0 : Math.exp(scores[j] - m);
+          l += scores[j];
+        }
+        for (let j = 0; j < Nk; j++) sRow[j] = l === 0 ? 0 : scores[j] / l;
         move("write", "partial", P, i * Nk, sRow, 0, 1, Nk);
         if (lse) {
           lseValue[0] = l === 0 ? -Infinity : m + Math.log(l);
