@@ -1,5 +1,6 @@
 // Minimal SVG charts for the IO report: line charts with log or linear axes, and bar charts.
-// Plain strings, no dependency.
+// Plain strings, no dependency. Byte axes are labelled in binary units (KiB, MiB, GiB), as the
+// text of the report and the README are.
 
 /** One line of a chart. */
 export interface Series {
@@ -11,16 +12,22 @@ export interface Series {
   markers?: boolean;
 }
 
+/** One axis of a line chart. */
+export interface Axis {
+  label: string;
+  log?: boolean;
+  /** Values are byte counts: binary tick labels, and on a log axis ticks at powers of 2. */
+  bytes?: boolean;
+}
+
 /** A line chart. */
 export interface LineChart {
   title: string;
-  xLabel: string;
-  yLabel: string;
-  xLog?: boolean;
-  yLog?: boolean;
+  x: Axis;
+  y: Axis;
   series: Series[];
-  /** Formats tick values. */
-  format?: (x: number) => string;
+  /** Corner of the plot that holds the legend (default top-left); pick one the lines leave empty. */
+  legend?: "top-left" | "top-right" | "bottom-left";
 }
 
 const W = 640;
@@ -38,12 +45,33 @@ export function si(x: number): string {
   return `${+x.toPrecision(3)}`;
 }
 
-function ticks(min: number, max: number, log: boolean): number[] {
-  if (log) {
-    const out: number[] = [];
-    for (let e = Math.floor(Math.log10(min)); e <= Math.ceil(Math.log10(max)); e++) out.push(10 ** e);
-    return out.filter((t) => t >= min / 1.001 && t <= max * 1.001);
+/** Byte counts in binary units: 512 B, 16 KiB, 1.5 MiB, 4 GiB. */
+export function binaryBytes(x: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let u = 0;
+  while (u < units.length - 1 && Math.abs(x) >= 1024) {
+    x /= 1024;
+    u++;
   }
+  return `${+x.toPrecision(3)} ${units[u]}`;
+}
+
+/** Integers as they are below 100,000 (sequence lengths), else si. */
+function plain(x: number): string {
+  return Math.abs(x) < 1e5 ? `${+x.toPrecision(Number.isInteger(x) ? 6 : 3)}` : si(x);
+}
+
+function logTicks(min: number, max: number, base: number): number[] {
+  const lo = Math.floor(Math.log(min) / Math.log(base) + 1e-9);
+  const hi = Math.ceil(Math.log(max) / Math.log(base) - 1e-9);
+  // Powers of 2 every 1, 2, 5 or 10 exponents (1 KiB, 1 MiB, … at 10), whichever gives ≤ 8 ticks.
+  const step = base === 2 ? [1, 2, 5, 10, 20].find((s) => (hi - lo) / s <= 8) ?? 20 : 1;
+  const out: number[] = [];
+  for (let e = Math.ceil(lo / step) * step; e <= hi; e += step) out.push(base ** e);
+  return out.filter((t) => t >= min / 1.001 && t <= max * 1.001);
+}
+
+function linearTicks(min: number, max: number): number[] {
   const step = 10 ** Math.floor(Math.log10((max - min) / 4 || 1));
   const nice = [1, 2, 5, 10].map((m) => m * step).find((s) => (max - min) / s <= 8) ?? step * 10;
   const out: number[] = [];
@@ -57,36 +85,42 @@ export function lineChart(chart: LineChart): string {
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
   let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  if (!chart.yLog) y0 = Math.min(0, y0);
-  if (chart.yLog) [y0, y1] = [10 ** Math.floor(Math.log10(y0)), 10 ** Math.ceil(Math.log10(y1))];
-  const tx = (x: number) => chart.xLog ? Math.log10(x) : x;
-  const ty = (y: number) => chart.yLog ? Math.log10(y) : y;
+  const yBase = chart.y.bytes ? 2 : 10;
+  if (!chart.y.log) y0 = Math.min(0, y0);
+  if (chart.y.log) {
+    const log = (y: number) => Math.log(y) / Math.log(yBase);
+    [y0, y1] = [yBase ** Math.floor(log(y0) + 1e-9), yBase ** Math.ceil(log(y1) - 1e-9)];
+  }
+  const tx = (x: number) => chart.x.log ? Math.log10(x) : x;
+  const ty = (y: number) => chart.y.log ? Math.log10(y) : y;
   const px = (x: number) => M.left + ((tx(x) - tx(x0)) / (tx(x1) - tx(x0) || 1)) * (W - M.left - M.right);
   const py = (y: number) => H - M.bottom - ((ty(y) - ty(y0)) / (ty(y1) - ty(y0) || 1)) * (H - M.top - M.bottom);
-  const format = chart.format ?? si;
+  const xFormat = chart.x.bytes ? binaryBytes : plain;
+  const yFormat = chart.y.bytes ? binaryBytes : plain;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15">${escape(chart.title)}</text>`,
   ];
-  const xTicks = chart.xLog ? xs.filter((x, i) => xs.indexOf(x) === i).sort((a, b) => a - b) : ticks(x0, x1, false);
+  // A log x axis is ticked at the data's x values (the sweep's sizes), a linear one at round numbers.
+  const xTicks = chart.x.log ? xs.filter((x, i) => xs.indexOf(x) === i).sort((a, b) => a - b) : linearTicks(x0, x1);
   for (const t of xTicks) {
     parts.push(
       `<line x1="${px(t)}" y1="${M.top}" x2="${px(t)}" y2="${H - M.bottom}" stroke="#eee"/>`,
-      `<text x="${px(t)}" y="${H - M.bottom + 16}" text-anchor="middle">${format(t)}</text>`,
+      `<text x="${px(t)}" y="${H - M.bottom + 16}" text-anchor="middle" font-size="11">${xFormat(t)}</text>`,
     );
   }
-  for (const t of ticks(y0, y1, chart.yLog ?? false)) {
+  for (const t of chart.y.log ? logTicks(y0, y1, yBase) : linearTicks(y0, y1)) {
     parts.push(
       `<line x1="${M.left}" y1="${py(t)}" x2="${W - M.right}" y2="${py(t)}" stroke="#eee"/>`,
-      `<text x="${M.left - 6}" y="${py(t) + 4}" text-anchor="end">${format(t)}</text>`,
+      `<text x="${M.left - 6}" y="${py(t) + 4}" text-anchor="end">${yFormat(t)}</text>`,
     );
   }
   parts.push(
     `<line x1="${M.left}" y1="${H - M.bottom}" x2="${W - M.right}" y2="${H - M.bottom}" stroke="black"/>`,
     `<line x1="${M.left}" y1="${M.top}" x2="${M.left}" y2="${H - M.bottom}" stroke="black"/>`,
-    `<text x="${W / 2}" y="${H - 18}" text-anchor="middle">${escape(chart.xLabel)}</text>`,
-    `<text transform="translate(18 ${H / 2}) rotate(-90)" text-anchor="middle">${escape(chart.yLabel)}</text>`,
+    `<text x="${W / 2}" y="${H - 18}" text-anchor="middle">${escape(chart.x.label)}</text>`,
+    `<text transform="translate(18 ${H / 2}) rotate(-90)" text-anchor="middle">${escape(chart.y.label)}</text>`,
   );
   chart.series.forEach((s, i) => {
     if (s.markers) {
@@ -97,14 +131,17 @@ export function lineChart(chart: LineChart): string {
         `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`,
       );
     }
-    const ly = M.top + 8 + 18 * i;
+    const lx = chart.legend === "top-right" ? W - M.right - 300 : M.left;
+    const ly = chart.legend === "bottom-left"
+      ? H - M.bottom - 10 - 18 * (chart.series.length - 1 - i)
+      : M.top + 8 + 18 * i;
     parts.push(
       s.markers
-        ? `<circle cx="${M.left + 20}" cy="${ly - 4}" r="4" fill="${s.color}"/>`
-        : `<line x1="${M.left + 10}" y1="${ly - 4}" x2="${M.left + 30}" y2="${
-          ly - 4
-        }" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`,
-      `<text x="${M.left + 36}" y="${ly}">${escape(s.name)}</text>`,
+        ? `<circle cx="${lx + 20}" cy="${ly - 4}" r="4" fill="${s.color}"/>`
+        : `<line x1="${lx + 10}" y1="${ly - 4}" x2="${lx + 30}" y2="${ly - 4}" stroke="${s.color}" stroke-width="2"${
+          s.dashed ? ' stroke-dasharray="6 4"' : ""
+        }/>`,
+      `<text x="${lx + 36}" y="${ly}">${escape(s.name)}</text>`,
     );
   });
   parts.push("</svg>");
@@ -130,11 +167,11 @@ export function barChart(
     `<line x1="${M.left}" y1="${H - M.bottom}" x2="${W - M.right}" y2="${H - M.bottom}" stroke="black"/>`,
     `<text transform="translate(18 ${H / 2}) rotate(-90)" text-anchor="middle">${escape(yLabel)}</text>`,
   ];
-  for (const t of ticks(0, max, false)) {
+  for (const t of linearTicks(0, max)) {
     const y = H - M.bottom - (t / max) * plotH;
     parts.push(
       `<line x1="${M.left}" y1="${y}" x2="${W - M.right}" y2="${y}" stroke="#eee"/>`,
-      `<text x="${M.left - 6}" y="${y + 4}" text-anchor="end">${si(t)}</text>`,
+      `<text x="${M.left - 6}" y="${y + 4}" text-anchor="end">${plain(t)}</text>`,
     );
   }
   categories.forEach((category, c) => {
@@ -145,7 +182,7 @@ export function barChart(
       parts.push(
         `<rect x="${x}" y="${H - M.bottom - h}" width="${barW - 2}" height="${h}" fill="${s.color}"/>`,
         `<text x="${x + barW / 2}" y="${H - M.bottom - h - 4}" text-anchor="middle" font-size="10">${
-          si(s.values[c])
+          plain(s.values[c])
         }</text>`,
       );
     });
@@ -158,8 +195,8 @@ export function barChart(
   series.forEach((s, i) => {
     const ly = M.top + 8 + 18 * i;
     parts.push(
-      `<rect x="${W - M.right - 200}" y="${ly - 10}" width="12" height="12" fill="${s.color}"/>`,
-      `<text x="${W - M.right - 182}" y="${ly}">${escape(s.name)}</text>`,
+      `<rect x="${W - M.right - 230}" y="${ly - 10}" width="12" height="12" fill="${s.color}"/>`,
+      `<text x="${W - M.right - 212}" y="${ly}">${escape(s.name)}</text>`,
     );
   });
   parts.push("</svg>");
