@@ -3,31 +3,38 @@
  * Prints tables and writes SVG plots to docs/:
  *   1. docs/io_vs_n.svg        HBM traffic vs N, standard vs flash (d = 64), log-log;
  *   2. docs/io_vs_arena.svg    HBM traffic vs arena size M at N = 4096, and
- *      docs/time_vs_arena.svg  measured time on this CPU and the A100 roofline estimate;
+ *      docs/time_vs_arena.svg  measured time on this CPU beside roofline estimates;
  *   3. docs/gpt2_medium.svg    the paper's GPT-2 medium setting, standard vs flash;
  *   4. docs/memory_hierarchy.svg  HBM, the arena and the two loops for one actual call.
  *
  *   npm run io-report         deno task io-report         bun bench/io_report.ts
  *
- * Flash traffic comes from the kernel's counters (flashAttention(..., { stats: true })) wherever a
- * run is affordable, and from flashAttentionIo (equal to the counters byte for byte, see
- * tests/io_test.ts) elsewhere; the report says which. Device profiles are data: bench/devices.json.
+ * Flash traffic comes from the kernel's counters (flashAttention(..., { stats: true })) and standard
+ * traffic from running Algorithm 0 with counted accesses (bench/_standard.ts) wherever a run is
+ * affordable, and from flashAttentionIo / standardAttentionIo (equal to the counts byte for byte,
+ * see tests/io_test.ts) elsewhere; the report says which. Device profiles are data:
+ * bench/devices.json.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { flashAttention } from "../mod.ts";
 import { flashAttentionIo, standardAttentionIo } from "../src/io.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { cpuName, median, random, runtimeName, table } from "./_report.ts";
-import { barChart, lineChart, si } from "./_svg.ts";
+import { standardAttention } from "./_standard.ts";
+import { barChart, binaryBytes, lineChart } from "./_svg.ts";
 
-interface Device {
+type Rate = "hbmBytesPerSecond" | "sramBytesPerSecond" | "flopsPerSecond";
+
+/** A device profile of bench/devices.json: peak rates (null: unknown or measured) and their sources. */
+type Device = Record<Rate, number | null> & {
   description: string;
-  hbmBytesPerSecond: number;
-  sramBytesPerSecond: number | null;
-  flopsPerSecond: number;
-}
+  /** Rates to measure on the machine running the report, and how. */
+  measure?: Partial<Record<Rate, { bufferBytes: number; samples: number }>>;
+  sources: Record<string, string>;
+};
+
 const devices = JSON.parse(readFileSync(new URL("./devices.json", import.meta.url), "utf8")) as Record<string, Device>;
-const A100 = devices.A100;
+const { A100, H100, CPU } = devices;
 const GB = 1e9;
 const d = 64;
 mkdirSync("docs", { recursive: true });
@@ -37,11 +44,79 @@ const log = (line = "") => {
   out.push(line);
 };
 
-/** Roofline time in seconds: the slower of moving the bytes and doing the flops. */
-const roofline = (device: Device, bytes: number, flops: number) =>
-  Math.max(bytes / device.hbmBytesPerSecond, flops / device.flopsPerSecond);
+/**
+ * Copy bandwidth of this machine: bytes read + bytes written per second by Float32Array.set
+ * between two buffers of `bufferBytes`, median of `samples` timings. Each timing copies at
+ * least 64 MiB in total, so a cache-sized buffer is timed over many copies.
+ */
+function copyBandwidth(bufferBytes: number, samples: number): number {
+  const src = new Float32Array(bufferBytes / 4).fill(1);
+  const dst = new Float32Array(bufferBytes / 4);
+  const copies = Math.ceil((64 << 20) / bufferBytes);
+  dst.set(src); // touches every page once before timing
+  const rates: number[] = [];
+  for (let s = 0; s < samples; s++) {
+    const start = performance.now();
+    for (let c = 0; c < copies; c++) dst.set(src);
+    rates.push((2 * bufferBytes * copies) / ((performance.now() - start) / 1e3));
+  }
+  return median(rates);
+}
+
+// The CPU's rates depend on the machine running the report, so the committed devices.json holds
+// how they are measured, not a number; the values measured now go into docs/IO_REPORT.md.
+for (const [rate, how] of Object.entries(CPU.measure ?? {}) as [Rate, { bufferBytes: number; samples: number }][]) {
+  CPU[rate] = copyBandwidth(how.bufferBytes, how.samples);
+}
+
+interface Work {
+  hbmBytes: number;
+  /** Estimated bytes moved to and from on-chip memory (omitted: no SRAM term). */
+  sramBytes?: number;
+  /** Floating-point operations (omitted: no compute term). */
+  flops?: number;
+}
+
+/**
+ * Roofline estimate: the slowest of moving the HBM bytes, moving the SRAM bytes and doing the
+ * flops, each at the device's peak and all perfectly overlapped, so a lower bound on any real
+ * run. A term whose device figure is null (or whose work is not given) is left out.
+ */
+function roofline(device: Device, work: Work): { seconds: number; bound: string } {
+  const terms: [string, number | undefined, number | null][] = [
+    ["HBM", work.hbmBytes, device.hbmBytesPerSecond],
+    ["SRAM", work.sramBytes, device.sramBytesPerSecond],
+    ["compute", work.flops, device.flopsPerSecond],
+  ];
+  let best = { seconds: 0, bound: "" };
+  for (const [bound, amount, rate] of terms) {
+    if (amount !== undefined && rate !== null && amount / rate > best.seconds) best = { seconds: amount / rate, bound };
+  }
+  return best;
+}
+
+/** 1.5 T, 12.8 G: decimal prefixes, as the devices' rates are published. */
+const rate = (x: number | null) =>
+  x === null ? "—" : x >= 1e12 ? `${+(x / 1e12).toPrecision(3)} T` : `${+(x / 1e9).toPrecision(3)} G`;
 
 log(`# IO report — ${runtimeName()}, ${cpuName()}`);
+log();
+log("## Devices (bench/devices.json; the CPU's rates measured by this run)");
+log();
+log(table(
+  ["device", "HBM B/s", "SRAM B/s", "flop/s"],
+  Object.entries(devices).map(([name, dev]) => [
+    name,
+    rate(dev.hbmBytesPerSecond),
+    rate(dev.sramBytesPerSecond),
+    rate(dev.flopsPerSecond),
+  ]),
+));
+log();
+for (const [name, dev] of Object.entries(devices)) {
+  log(`- ${name}: ${dev.description}.`);
+  for (const [field, source] of Object.entries(dev.sources)) log(`  - ${field}: ${source}.`);
+}
 log();
 
 // 1. Traffic vs N.
@@ -49,39 +124,49 @@ log();
   const Ns = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536];
   const rows: (string | number)[][] = [];
   const standard: [number, number][] = [];
+  const standardCounted: [number, number][] = [];
   const flash: [number, number][] = [];
-  const measured: [number, number][] = [];
+  const flashCounted: [number, number][] = [];
   for (const N of Ns) {
     const shape = { B: 1, H: 1, Nq: N, Nk: N, d };
     const s = standardAttentionIo(shape).totalBytes;
     const f = flashAttentionIo(shape).totalBytes;
-    let m = "";
+    const [q, k, v] = [1, 2, 3].map((seed) => random([1, N, 1, d], seed));
+    let [sc, fc] = ["", ""];
     if (N <= 4096) {
-      const q = random([1, N, 1, d], 1);
-      const stats = flashAttention(q, random([1, N, 1, d], 2), random([1, N, 1, d], 3), { stats: true }).stats!;
-      measured.push([N, stats.totalBytes]);
-      m = si(stats.totalBytes);
+      const stats = flashAttention(q, k, v, { stats: true }).stats!;
+      flashCounted.push([N, stats.totalBytes]);
+      fc = binaryBytes(stats.totalBytes);
+    }
+    if (N <= 2048) {
+      const { io } = standardAttention(q, k, v);
+      standardCounted.push([N, io.totalBytes]);
+      sc = binaryBytes(io.totalBytes);
     }
     standard.push([N, s]);
     flash.push([N, f]);
-    rows.push([N, si(s), si(f), m, (s / f).toFixed(1)]);
+    rows.push([N, binaryBytes(s), sc, binaryBytes(f), fc, (s / f).toFixed(1)]);
   }
   log("## 1. HBM traffic vs sequence length (B = 1, H = 1, d = 64, f32, default 128 KiB arena)");
   log();
-  log(table(["N", "standard bytes", "flash bytes (closed form)", "flash bytes (counted)", "standard / flash"], rows));
+  log(table(
+    ["N", "standard (closed form)", "standard (Algorithm 0 run)", "flash (closed form)", "flash (kernel)", "ratio"],
+    rows,
+  ));
+  log();
+  log("Runs are counted where affordable (Algorithm 0 in JS up to N = 2048, the kernel up to 4096).");
   log();
   writeFileSync(
     "docs/io_vs_n.svg",
     lineChart({
       title: "HBM traffic vs N (d = 64, f32, 128 KiB arena)",
-      xLabel: "sequence length N",
-      yLabel: "bytes moved between HBM and SRAM",
-      xLog: true,
-      yLog: true,
+      x: { label: "sequence length N", log: true },
+      y: { label: "bytes moved between HBM and SRAM", log: true, bytes: true },
       series: [
-        { name: "standard attention (Algorithm 0)", points: standard, color: "#d62728" },
+        { name: "standard attention, Algorithm 0 closed form", points: standard, color: "#d62728" },
+        { name: "standard, counted by running Algorithm 0", points: standardCounted, color: "#d62728", markers: true },
         { name: "flash, closed form", points: flash, color: "#1f77b4" },
-        { name: "flash, counted by the kernel", points: measured, color: "#1f77b4", markers: true },
+        { name: "flash, counted by the kernel", points: flashCounted, color: "#1f77b4", markers: true },
       ],
     }),
   );
@@ -90,63 +175,90 @@ log();
 // 2. Traffic and time vs arena size at N = 4096 (the shape of the paper's Figure 2, middle).
 {
   const N = 4096;
-  const q = random([1, N, 1, d], 1);
-  const k = random([1, N, 1, d], 2);
-  const v = random([1, N, 1, d], 3);
+  const [q, k, v] = [1, 2, 3].map((seed) => random([1, N, 1, d], seed));
   const rows: (string | number)[][] = [];
   const traffic: [number, number][] = [];
-  const cpuMs: [number, number][] = [];
-  const a100Us: [number, number][] = [];
+  const series = { cpu: [] as [number, number][], cpuBound: [] as [number, number][], a100: [] as [number, number][] };
   for (let sramBytes = 16 * 1024; sramBytes <= 8 * 1024 * 1024; sramBytes *= 2) {
-    const run = () => flashAttention(q, k, v, { sramBytes, stats: true }).stats!;
-    const stats = run();
+    const call = () => flashAttention(q, k, v, { sramBytes, stats: true }).stats!;
+    const stats = call();
     const times: number[] = [];
     for (let i = 0; i < 3; i++) {
       const start = performance.now();
-      run();
+      call();
       times.push(performance.now() - start);
     }
     const ms = median(times);
-    const estimate = roofline(A100, stats.totalBytes, stats.flops) * 1e6;
+    // On chip, every score element is written as S, read, written as P and read again.
+    const work = { hbmBytes: stats.totalBytes, sramBytes: stats.totalBytes + 4 * 4 * N * N, flops: stats.flops };
+    const cpuBound = roofline(CPU, work);
+    const a100 = roofline(A100, work);
     traffic.push([sramBytes, stats.totalBytes]);
-    cpuMs.push([sramBytes, ms]);
-    a100Us.push([sramBytes, estimate]);
+    series.cpu.push([sramBytes, ms]);
+    series.cpuBound.push([sramBytes, cpuBound.seconds * 1e3]);
+    series.a100.push([sramBytes, a100.seconds * 1e6]);
     rows.push([
-      si(sramBytes),
+      binaryBytes(sramBytes),
       stats.Br,
       stats.Bc,
       stats.Tr,
-      si(stats.totalBytes),
+      binaryBytes(stats.totalBytes),
       ms.toFixed(0),
-      estimate.toFixed(1),
+      `${(cpuBound.seconds * 1e3).toFixed(1)} (${cpuBound.bound})`,
+      `${(a100.seconds * 1e6).toFixed(1)} (${a100.bound})`,
     ]);
   }
   log(`## 2. HBM traffic and time vs arena size M (N = ${N}, B = 1, H = 1, d = 64, counted by the kernel)`);
   log();
-  log(table(["M (bytes)", "Br", "Bc", "Tr", "HBM bytes", "time on this CPU (ms)", "A100 roofline (µs)"], rows));
+  log(table(
+    [
+      "M",
+      "Br",
+      "Bc",
+      "Tr",
+      "HBM bytes",
+      "time on this CPU (ms)",
+      "CPU bandwidth bound (ms)",
+      "A100 roofline on these f32 bytes (µs)",
+    ],
+    rows,
+  ));
+  log();
+  log(
+    "The CPU bound is the measured copy bandwidths' roofline (no compute term): far below the measured time, so this " +
+      "CPU is bound by the arithmetic, not by moving bytes. The A100 column applies the roofline to the f32 bytes " +
+      "the kernel moved; section 3 converts its counts to fp16 (2-byte elements), as the paper ran. SRAM bytes are " +
+      "estimated as the HBM bytes plus four on-chip trips per score element (S written, read; P written, read).",
+  );
   log();
   writeFileSync(
     "docs/io_vs_arena.svg",
     lineChart({
       title: `HBM traffic vs arena size M (N = ${N}, d = 64)`,
-      xLabel: "arena size M (bytes)",
-      yLabel: "bytes moved between HBM and SRAM",
-      xLog: true,
-      yLog: true,
+      x: { label: "arena size M", log: true, bytes: true },
+      y: { label: "bytes moved between HBM and SRAM", log: true, bytes: true },
+      legend: "top-right",
       series: [{ name: "flash, counted by the kernel", points: traffic, color: "#1f77b4" }],
     }),
   );
+  // The series are in ms (CPU) and µs (A100): each is divided by its own value at the default
+  // arena, so the chart compares shapes, not magnitudes (the table has the magnitudes).
+  const reference = 128 * 1024;
+  const normalise = (points: [number, number][]) => {
+    const at = points.find(([m]) => m === reference)![1];
+    return points.map(([m, t]): [number, number] => [m, t / at]);
+  };
   writeFileSync(
     "docs/time_vs_arena.svg",
     lineChart({
-      title: `Time vs arena size M (N = ${N}, d = 64)`,
-      xLabel: "arena size M (bytes)",
-      yLabel: "time (ms on this CPU; µs for the A100 estimate)",
-      xLog: true,
-      yLog: true,
+      title: `Time vs arena size M (N = ${N}, d = 64), relative to M = 128 KiB`,
+      x: { label: "arena size M", log: true, bytes: true },
+      y: { label: "time ÷ the same series' time at M = 128 KiB", log: true },
+      legend: "bottom-left",
       series: [
-        { name: "measured on this CPU (ms)", points: cpuMs, color: "#2ca02c" },
-        { name: "A100 roofline estimate (µs)", points: a100Us, color: "#9467bd", dashed: true },
+        { name: "measured on this CPU", points: normalise(series.cpu), color: "#2ca02c" },
+        { name: "CPU bandwidth bound (measured copy rates)", points: normalise(series.cpuBound), color: "#8c564b" },
+        { name: "A100 roofline estimate", points: normalise(series.a100), color: "#9467bd", dashed: true },
       ],
     }),
   );
@@ -156,12 +268,15 @@ log();
 {
   const [B, H, N] = [64, 16, 1024];
   const heads = B * H;
-  // Forward: counted per head by the kernel (one head is representative: every head moves the
-  // same bytes), times the number of heads.
-  const q = random([1, N, 1, d], 1);
-  const one = flashAttention(q, random([1, N, 1, d], 2), random([1, N, 1, d], 3), { stats: true }).stats!;
+  // Forwards, counted on one head and multiplied by the heads (every head moves the same bytes):
+  // flash by the kernel, standard by running Algorithm 0.
+  const [q, k, v] = [1, 2, 3].map((seed) => random([1, N, 1, d], seed));
+  const one = flashAttention(q, k, v, { stats: true }).stats!;
   const flashForward = one.totalBytes * heads;
-  const flashForwardFlops = one.flops * heads;
+  const standardForward = standardAttention(q, k, v).io.totalBytes * heads;
+  if (standardForward !== standardAttentionIo({ B, H, Nq: N, Nk: N, d }).totalBytes) {
+    throw new Error("Algorithm 0's count differs from standardAttentionIo");
+  }
   // Backward (no backward kernel yet): FlashAttention-2's loop order in closed form — K, V read
   // and dK, dV written once; per key block Q, dO, lse and D read and dQ read and written; D =
   // rowsum(dO ∘ O) costs one read of O and dO. Same Br/Bc as the forward (roles swapped).
@@ -169,53 +284,93 @@ log();
   const flashBackward = 4 * heads * (2 * N * d + 2 * N * d + Tc * N * (d + d + 2 + 2 * d) + N * (2 * d + 1));
   // Standard backward (the paper's Algorithm 3): read P, dO → dV; read dO, V → dP; read P, dP →
   // dS; read dS, K → dQ; read dS, Q → dK.
-  const standardForward = standardAttentionIo({ B, H, Nq: N, Nk: N, d }).totalBytes;
   const standardBackward = 4 * heads * (5 * N * N + 5 * N * d + 2 * N * N + 3 * N * d);
   // Matmul flops, 2·N²·d each per head: standard does 2 forward and 4 backward (dV, dP, dQ, dK);
-  // flash recomputes S in the backward, one more. The forward's are as the kernel counted them.
+  // flash recomputes S in the backward, one more. The flash forward's are as the kernel counted them.
   const matmul = 2 * heads * N * N * d;
   const standardFlops = 6 * matmul;
-  const flashFlops = flashForwardFlops + 5 * matmul;
+  const flashFlops = one.flops * heads + 5 * matmul;
   const standardTotal = standardForward + standardBackward;
   const flashTotal = flashForward + flashBackward;
+  // On chip, in elements: every HBM element passes through once; flash also makes four trips per
+  // score element in the forward (S, P written and read) and eight in the backward (S, P, dP, dS).
+  const scoreElements = heads * N * N;
+  const fp16 = (f32Bytes: number) => f32Bytes / 2;
+  const standardWork = { hbmBytes: fp16(standardTotal), sramBytes: fp16(standardTotal), flops: standardFlops };
+  const flashWork = {
+    hbmBytes: fp16(flashTotal),
+    sramBytes: fp16(flashTotal) + 2 * 12 * scoreElements,
+    flops: flashFlops,
+  };
+  const gb = (bytes: number) => (bytes / GB).toFixed(1);
+  const share = (part: number) => `${((100 * part) / flashTotal).toFixed(0)}% of flash`;
   const rows = [
-    ["standard, ours (f32, counted as Algorithm 0 + 3)", (standardTotal / GB).toFixed(1)],
-    ["standard, same count in fp16 (2-byte elements)", (standardTotal / 2 / GB).toFixed(1)],
-    ["standard, the paper's measurement (A100, fp16)", "40.3"],
-    ["flash, ours (f32: forward counted, backward closed form)", (flashTotal / GB).toFixed(1)],
-    ["flash, same count in fp16", (flashTotal / 2 / GB).toFixed(1)],
-    ["flash, the paper's measurement (A100, fp16)", "4.4"],
+    ["standard forward, counted by running Algorithm 0", gb(standardForward), gb(fp16(standardForward)), ""],
+    ["standard backward, Algorithm 3 closed form", gb(standardBackward), gb(fp16(standardBackward)), ""],
+    ["standard total", gb(standardTotal), gb(fp16(standardTotal)), ""],
+    ["standard, the paper's measurement (A100, fp16)", "", "40.3", ""],
+    ["flash forward, counted by the kernel", gb(flashForward), gb(fp16(flashForward)), share(flashForward)],
+    [
+      "flash backward, FlashAttention-2 closed-form estimate (no backward kernel yet)",
+      gb(flashBackward),
+      gb(fp16(flashBackward)),
+      share(flashBackward),
+    ],
+    ["flash total", gb(flashTotal), gb(fp16(flashTotal)), ""],
+    ["flash, the paper's measurement (A100, fp16)", "", "4.4", ""],
   ];
+  const ms = (device: Device, work: Work) => {
+    const r = roofline(device, work);
+    return `${(r.seconds * 1e3).toFixed(1)} (${r.bound})`;
+  };
   const timeRows = [
     [
       "standard",
-      (roofline(A100, standardTotal / 2, standardFlops) * 1e3).toFixed(1),
+      ms(A100, standardWork),
+      ms(H100, standardWork),
+      ms(A100, { hbmBytes: 40.3 * GB }),
       "41.7",
     ],
-    [
-      "flash",
-      (roofline(A100, flashTotal / 2, flashFlops) * 1e3).toFixed(1),
-      "7.3",
-    ],
+    ["flash", ms(A100, flashWork), ms(H100, flashWork), ms(A100, { hbmBytes: 4.4 * GB }), "7.3"],
   ];
   log("## 3. GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64), forward + backward");
   log();
-  log(table(["HBM traffic", "GB"], rows));
+  log(table(["HBM traffic (GB = 10⁹ bytes)", "f32, as counted", "fp16 (2-byte elements)", "share"], rows));
   log();
-  log(table(["A100 roofline on the fp16 counts (ms)", "estimate", "paper's measured runtime"], timeRows));
+  log(table(
+    [
+      "roofline on the fp16 counts (ms)",
+      "A100",
+      "H100",
+      "A100, HBM term on the paper's measured bytes",
+      "paper's measured runtime (A100)",
+    ],
+    timeRows,
+  ));
   log();
   log(
-    `Flash forward: Br = ${one.Br}, Bc = ${one.Bc} from the default 128 KiB arena (Tr = ${one.Tr}); ` +
-      "the paper's kernel keeps larger blocks on chip, so it re-reads K and V fewer times.",
+    `Matmul flops in these estimates: standard ${gb(standardFlops)} GFLOP, flash ${gb(flashFlops)} GFLOP (the ` +
+      "paper's table lists 66.6 and 75.2 GFLOPs). SRAM bytes are estimated as the HBM bytes plus, for flash, 4 " +
+      "forward and 8 backward on-chip trips per score element. H100 has no SRAM term (no published figure).",
+  );
+  log();
+  log(
+    `Flash forward: Br = ${one.Br}, Bc = ${one.Bc} from the default 128 KiB arena (Tr = ${one.Tr}), so K and V are ` +
+      `read ${one.Tr} times per head.`,
   );
   log();
   writeFileSync(
     "docs/gpt2_medium.svg",
-    barChart("GPT-2 medium attention, forward + backward: HBM traffic (GB)", "GB", ["standard", "flash"], [
-      { name: "ours, f32", values: [standardTotal / GB, flashTotal / GB], color: "#1f77b4" },
-      { name: "ours, in fp16 bytes", values: [standardTotal / 2 / GB, flashTotal / 2 / GB], color: "#aec7e8" },
-      { name: "paper (A100, fp16)", values: [40.3, 4.4], color: "#ff7f0e" },
-    ]),
+    barChart(
+      "GPT-2 medium attention, forward + backward: HBM traffic",
+      "GB (10⁹ bytes)",
+      ["standard", "flash (backward: closed-form estimate)"],
+      [
+        { name: "ours, f32", values: [standardTotal / GB, flashTotal / GB], color: "#1f77b4" },
+        { name: "ours, in fp16 bytes", values: [fp16(standardTotal) / GB, fp16(flashTotal) / GB], color: "#aec7e8" },
+        { name: "paper (A100, fp16, measured)", values: [40.3, 4.4], color: "#ff7f0e" },
+      ],
+    ),
   );
 }
 
@@ -227,14 +382,15 @@ log();
   const packed = kernels.blockSizes(sramBytes, d, d, false);
   const [Br, Bc] = [packed >>> 16, packed & 0xffff];
   const used = kernels.arenaBytes(Br, Bc, d, d, false);
+  const dvP = Math.ceil(d / 8) * 8;
   const regions: [string, number][] = [
     [`Qiᵀ  ${d}×${Br}`, d * Br],
     [`Kj  ${Bc}×${d}`, Bc * d],
-    [`Vj  ${Bc}×${d}`, Bc * d],
+    [`Vj  ${Bc}×${dvP}`, Bc * dvP],
     [`Sᵀ / P  ${Bc}×${Br}`, Bc * Br],
-    [`O  ${Br}×${d}`, Br * d],
-    ["m, l, α, …", (used / 4) - (2 * d * Br + 2 * Bc * d + Bc * Br)],
+    [`O  ${Br}×${dvP}`, Br * dvP],
   ];
+  regions.push(["m, l, α, …", used / 4 - regions.reduce((a, [, floats]) => a + floats, 0)]);
   const colors = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#dddddd"];
   const scale = 520 / (sramBytes / 4);
   let x = 60;
@@ -242,40 +398,43 @@ log();
   const boxes = regions.map(([name, floats], i) => {
     const w = floats * scale;
     centers.push(x + w / 2);
-    const box = `<rect x="${x}" y="250" width="${w}" height="60" fill="${colors[i]}" stroke="#555"/>` +
-      `<text x="${x + w / 2}" y="${i % 2 ? 342 : 326}" text-anchor="middle" font-size="11">${name}</text>`;
+    const box = `<rect x="${x}" y="230" width="${w}" height="60" fill="${colors[i]}" stroke="#555"/>` +
+      `<text x="${x + w / 2}" y="${i % 2 ? 322 : 306}" text-anchor="middle" font-size="11">${name}</text>`;
     x += w;
     return box;
   });
-  const kib = (bytes: number) => `${(bytes / 1024).toFixed(0)} KiB`;
   const arrow = (x1: number, y1: number, x2: number, y2: number, color: string) =>
     `<path d="M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${
       (y1 + y2) / 2
     } ${x2},${y2}" fill="none" stroke="${color}" stroke-width="2" marker-end="url(#a)"/>`;
+  // The arrows run from HBM (bottom edge y = 140) to the tiles (top edge y = 230) through the
+  // empty band between the two boxes; the SRAM caption sits below the tiles so none crosses it.
   const svg = [
-    `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 640 420" font-family="sans-serif" font-size="13">`,
-    `<rect width="640" height="420" fill="white"/>`,
+    `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 640 440" font-family="sans-serif" font-size="13">`,
+    `<rect width="640" height="440" fill="white"/>`,
     `<text x="320" y="24" text-anchor="middle" font-size="15">One call: N = ${N}, d = ${d}, arena M = ${
-      kib(sramBytes)
+      binaryBytes(sramBytes)
     } → Br = ${Br}, Bc = ${Bc}</text>`,
     `<rect x="40" y="50" width="560" height="110" fill="#f4f4f4" stroke="#333"/>`,
-    `<text x="50" y="70">HBM (WebAssembly linear memory): Q, K, V, O (${kib(4 * N * d)} each) and lse</text>`,
+    `<text x="50" y="70">HBM (WebAssembly linear memory): Q, K, V, O (${binaryBytes(4 * N * d)} each) and lse</text>`,
     ...["Q", "K", "V", "O"].map((t, i) =>
       `<rect x="${60 + i * 135}" y="85" width="120" height="55" fill="white" stroke="#555"/>` +
       `<text x="${120 + i * 135}" y="117" text-anchor="middle">${t}  ${N}×${d}</text>`
     ),
-    `<rect x="40" y="200" width="560" height="150" fill="#eef6ee" stroke="#333"/>`,
-    `<text x="50" y="220">SRAM arena: M = ${kib(sramBytes)}, ${kib(used)} used by this layout (drawn to scale)</text>`,
+    `<rect x="40" y="200" width="560" height="160" fill="#eef6ee" stroke="#333"/>`,
     ...boxes,
-    arrow(120, 140, centers[0], 250, "#1f77b4"),
-    arrow(255, 140, centers[1], 250, "#d62728"),
-    arrow(390, 140, centers[2], 250, "#d62728"),
-    arrow(centers[4], 250, 525, 140, "#1f77b4"),
+    `<text x="50" y="350">SRAM arena: M = ${binaryBytes(sramBytes)}, ${
+      binaryBytes(used)
+    } used by this layout (drawn to scale)</text>`,
+    arrow(120, 140, centers[0], 230, "#1f77b4"),
+    arrow(255, 140, centers[1], 230, "#d62728"),
+    arrow(390, 140, centers[2], 230, "#d62728"),
+    arrow(centers[4], 230, 525, 140, "#1f77b4"),
     `<defs><marker id="a" markerWidth="8" markerHeight="8" refX="6" refY="3" orient="auto"><path d="M0,0 L6,3 L0,6 z"/></marker></defs>`,
-    `<text x="50" y="380" fill="#1f77b4">outer loop: ${
+    `<text x="50" y="395" fill="#1f77b4">outer loop: ${
       Math.ceil(N / Br)
     } query blocks (Tr) — Qi read once, O written once</text>`,
-    `<text x="50" y="400" fill="#d62728">inner loop: ${
+    `<text x="50" y="420" fill="#d62728">inner loop: ${
       Math.ceil(N / Bc)
     } key blocks (Tc) — Kj, Vj read once per query block</text>`,
     "</svg>",
