@@ -162,6 +162,7 @@ export function forward(
 ): void {
   const masked = maskKind != MASK_NONE;
   const blocks = blockSizes(sramBytes, d, dv, masked);
+  if (blocks == 0) unreachable(); // an arena the host should have rejected: trap rather than loop forever
   const Br = blocks >>> 16;
   const Bc = blocks & 0xffff;
   const dvP = paddedDv(dv);

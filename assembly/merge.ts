@@ -40,6 +40,7 @@ export function mergeSplits(
   const dvP = paddedDv(dv);
   // The validated arena holds at least one forward tile, which is larger than one merged row.
   const block = min(rows, (sramBytes >> 2) / mergeRowFloats(dv));
+  if (block <= 0 && rows > 0) unreachable(); // an arena the host should have rejected: trap rather than loop forever
   const arena = arenaPtr();
   const OPtr = arena; // block × dvP accumulator
   const OsPtr = OPtr + (<usize>(block * dvP) << 2); // block × dvP, split s's partial O

@@ -8,9 +8,19 @@
 import fc from "fast-check";
 import { flashAttention, flashAttentionWithKvCache, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
+import { runForward } from "../src/_forward.ts";
 import { ARENA_MAX_BYTES, HEAD_DIM_MAX } from "../src/_run.ts";
+import { validateAttention } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
-import { assertFlashTolerance, maxAbsError, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
+import {
+  assertFlashTolerance,
+  assertThrows,
+  maxAbsError,
+  naiveAttentionF32,
+  randomTensor,
+  rng,
+  test,
+} from "./_util.ts";
 
 const kernels = loadKernels();
 const MARKER = 0x7fc0_abcd; // a quiet NaN with a payload no arithmetic produces
@@ -164,4 +174,22 @@ test("the kernel's split-KV merge gives the full answer whatever order the split
 test("the limits checked before loading the kernels are the kernels' own (head dim, arena maximum)", () => {
   if (HEAD_DIM_MAX !== kernels.headDimMax()) throw new Error(`${HEAD_DIM_MAX} ≠ ${kernels.headDimMax()}`);
   if (ARENA_MAX_BYTES !== kernels.arenaMaxBytes()) throw new Error(`${ARENA_MAX_BYTES} ≠ ${kernels.arenaMaxBytes()}`);
+});
+
+test("the kernels trap, rather than loop forever, on an arena too small for one tile (the host rejects it first)", () => {
+  const t = { data: new Float32Array(4), shape: [1, 1, 1, 4] };
+  const tooSmall = smallestArena(4, 4, false) - 16;
+  const problem = validateAttention(t, t, t, {});
+  const config = { sramBytes: tooSmall, Br: 8, Bc: 4, out: undefined };
+  assertThrows(
+    () => runForward(kernels, problem, { ...config, numSplits: 1 }),
+    WebAssembly.RuntimeError,
+    "unreachable",
+  );
+  assertThrows(
+    () => kernels.mergeSplits(0, 0, 2, 1, 4, 0, 4, 0, 0, 1, 0, 1, 16),
+    WebAssembly.RuntimeError,
+    "unreachable",
+  );
+  flashAttention(t, t, t); // and the module still works
 });
