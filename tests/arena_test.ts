@@ -180,6 +180,7 @@ test("the kernels trap, rather than loop forever, on an arena too small for one 
   const t = { data: new Float32Array(4), shape: [1, 1, 1, 4] };
   const tooSmall = smallestArena(4, 4, false) - 16;
   const problem = validateAttention(t, t, t, {});
+  // The trap's message differs by engine ("unreachable" in V8, "Unreachable code …" in JavaScriptCore).
   const config = { sramBytes: tooSmall, Br: 8, Bc: 4, out: undefined };
   assertThrows(
     () => runForward(kernels, problem, { ...config, numSplits: 1 }),
