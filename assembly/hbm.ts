@@ -51,9 +51,9 @@ export function resetCounters(): void {
 
 /** Adds n to counter slot `slot`. */
 // @ts-ignore: decorator
-@inline export function countAdd(slot: i32, n: i32): void {
+@inline export function countAdd(slot: i32, n: u64): void {
   const at = countersPtr() + (<usize>slot << 3);
-  store<u64>(at, load<u64>(at) + <u64>n);
+  store<u64>(at, load<u64>(at) + n);
 }
 
 /** Raises counter slot `slot` to at least n. */
@@ -65,12 +65,12 @@ export function resetCounters(): void {
 
 // @ts-ignore: decorator
 @inline function countRead(tensor: i32, bytes: i32): void {
-  countAdd(tensor, bytes);
+  countAdd(tensor, <u64>bytes);
 }
 
 // @ts-ignore: decorator
 @inline function countWritten(tensor: i32, bytes: i32): void {
-  countAdd(TENSOR_SLOTS + tensor, bytes);
+  countAdd(TENSOR_SLOTS + tensor, <u64>bytes);
 }
 
 /** Element offset of virtual row r (see the header). */

@@ -40,12 +40,12 @@ const GENERATED = "src/wasm/kernels.generated.ts";
 const PATCHES: readonly { from: string; to: string }[] = [
   {
     from: [
-      "@inline export function countAdd(slot: i32, n: i32): void {",
+      "@inline export function countAdd(slot: i32, n: u64): void {",
       "  const at = countersPtr() + (<usize>slot << 3);",
-      "  store<u64>(at, load<u64>(at) + <u64>n);",
+      "  store<u64>(at, load<u64>(at) + n);",
       "}",
     ].join("\n"),
-    to: "@inline export function countAdd(slot: i32, n: i32): void {}",
+    to: "@inline export function countAdd(slot: i32, n: u64): void {}",
   },
   {
     from: [
