@@ -1,7 +1,7 @@
 // Test helpers shared by every suite: a runtime-neutral `test`, a seeded PRNG, random tensors,
 // a naive f32 attention and the tolerance rule.
 
-import type { Tensor } from "../mod.ts";
+import type { Mask, Tensor } from "../mod.ts";
 import type { ReferenceOptions } from "../src/reference.ts";
 import { referenceForward } from "../src/_reference.ts";
 import { validateCall } from "../src/_validate.ts";
@@ -40,6 +40,33 @@ export function randomTensor(random: () => number, shape: number[], amplitude = 
   const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
   for (let i = 0; i < data.length; i++) data[i] = (2 * random() - 1) * amplitude;
   return { data, shape };
+}
+
+/** How to draw a random mask (see makeMask). */
+export interface MaskSpec {
+  kind: "f32" | "u8";
+  /** Number of trailing dims of [B, H, Nq, Nk] the mask has. */
+  rank: 1 | 2 | 3 | 4;
+  /** Per axis of [B, H, Nq, Nk]: the full size (true) or a broadcast 1 (false). */
+  keep: [boolean, boolean, boolean, boolean];
+  /** Probability that an element blocks its key (−∞ or 0). */
+  blocked: number;
+}
+
+/** Mask data for `full` = [B, H, Nq, Nk]: Float32 biases in (−2, 2) or −∞; Uint8 1..255 or 0. */
+export function makeMask(random: () => number, m: MaskSpec, full: number[]): Mask {
+  const shape = full.slice(4 - m.rank).map((n, i) => (m.keep[4 - m.rank + i] ? n : 1));
+  const size = shape.reduce((a, b) => a * b, 1);
+  if (m.kind === "f32") {
+    return {
+      data: Float32Array.from({ length: size }, () => random() < m.blocked ? -Infinity : 4 * random() - 2),
+      shape,
+    };
+  }
+  return {
+    data: Uint8Array.from({ length: size }, () => random() < m.blocked ? 0 : 1 + Math.floor(random() * 255)),
+    shape,
+  };
 }
 
 /**

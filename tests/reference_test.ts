@@ -3,10 +3,10 @@
 // src/, so that agreement with the reference means something.
 
 import fc from "fast-check";
-import type { Mask, Tensor } from "../mod.ts";
+import type { Tensor } from "../mod.ts";
 import { referenceAttention, type ReferenceOptions } from "../src/reference.ts";
 import { naiveAttention } from "./_naive.ts";
-import { maxAbsError, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
+import { makeMask, type MaskSpec, maxAbsError, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
 
 const t = (data: number[], shape: number[]) => ({ data: new Float32Array(data), shape });
 
@@ -69,16 +69,6 @@ test("referenceAttention() stays within f32 rounding of its own loop run in f32 
 // ── The reference against an independent implementation ────────────────────────────────────
 
 type Causal = boolean | "bottom-right" | "top-left";
-
-interface MaskSpec {
-  kind: "f32" | "u8";
-  /** Number of trailing dims of [B, H, Nq, Nk] the mask has. */
-  rank: 1 | 2 | 3 | 4;
-  /** Per axis of [B, H, Nq, Nk]: the full size (true) or a broadcast 1 (false). */
-  keep: [boolean, boolean, boolean, boolean];
-  /** Probability that an element blocks its key (−∞ or 0). */
-  blocked: number;
-}
 
 /** A random call: dense ([B, N, H, d] or [B, H, N, d]) or varlen (packed [total, H, d]). */
 interface Case {
@@ -149,22 +139,6 @@ const caseArbitrary: fc.Arbitrary<Case> = fc.record({
   ),
   seed: fc.integer(),
 });
-
-/** Mask data: Float32 biases in (−2, 2) or −∞; Uint8 1..255 or 0. */
-function makeMask(random: () => number, m: MaskSpec, full: number[]): Mask {
-  const shape = full.slice(4 - m.rank).map((n, i) => (m.keep[4 - m.rank + i] ? n : 1));
-  const size = shape.reduce((a, b) => a * b, 1);
-  if (m.kind === "f32") {
-    return {
-      data: Float32Array.from({ length: size }, () => random() < m.blocked ? -Infinity : 4 * random() - 2),
-      shape,
-    };
-  }
-  return {
-    data: Uint8Array.from({ length: size }, () => random() < m.blocked ? 0 : 1 + Math.floor(random() * 255)),
-    shape,
-  };
-}
 
 const cumulative = (ns: number[]) =>
   Int32Array.from([0, ...ns.map((_, i) => ns.slice(0, i + 1).reduce((a, b) => a + b))]);

@@ -7,7 +7,7 @@
 // + 1e-6, for O and for lse. Bitwise claims are explained where they are made.
 
 import fc from "fast-check";
-import { type AttentionOutput, flashAttention, type FlashAttentionOptions, type Mask, type Tensor } from "../mod.ts";
+import { type AttentionOutput, flashAttention, type FlashAttentionOptions, type Tensor } from "../mod.ts";
 import { referenceAttention, type ReferenceOptions } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
@@ -17,6 +17,8 @@ import { naiveAttention } from "./_naive.ts";
 import {
   assertBitwiseEqual,
   assertFlashTolerance,
+  makeMask,
+  type MaskSpec,
   maxAbsError,
   naiveAttentionF32,
   randomTensor,
@@ -73,16 +75,6 @@ function assertNoNaN(what: string, ...arrays: ArrayLike<number>[]): void {
 }
 
 // ── Random problems ──────────────────────────────────────────────────────────────────────────
-
-interface MaskSpec {
-  kind: "f32" | "u8";
-  /** Number of trailing dims of [B, H, Nq, Nk] the mask has. */
-  rank: 1 | 2 | 3 | 4;
-  /** Per axis of [B, H, Nq, Nk]: the full size (true) or a broadcast 1 (false). */
-  keep: [boolean, boolean, boolean, boolean];
-  /** Probability that an element blocks its key (−∞ or 0). */
-  blocked: number;
-}
 
 interface Spec {
   B: number;
@@ -152,20 +144,6 @@ function specs(overrides: Partial<Model>): fc.Arbitrary<Spec> {
     if (s.sameLength) return { ...s, Nk: s.Nq };
     return s.Nq === s.Nk ? { ...s, Nk: s.Nk + 1 } : s;
   });
-}
-
-/** Mask data of a spec: Float32 biases in (−2, 2) or −∞; Uint8 1..255 or 0. */
-function makeMask(random: () => number, m: MaskSpec, full: number[]): Mask {
-  const shape = full.slice(4 - m.rank).map((n, i) => (m.keep[4 - m.rank + i] ? n : 1));
-  const size = shape.reduce((a, b) => a * b, 1);
-  if (m.kind === "f32") {
-    const data = new Float32Array(size);
-    for (let i = 0; i < size; i++) data[i] = random() < m.blocked ? -Infinity : 4 * random() - 2;
-    return { data, shape };
-  }
-  const data = new Uint8Array(size);
-  for (let i = 0; i < size; i++) data[i] = random() < m.blocked ? 0 : 1 + Math.floor(random() * 255);
-  return { data, shape };
 }
 
 /** Valid key lengths in [0, Nk], with 0 and Nk often. */
