@@ -84,3 +84,42 @@ export async function measure(name: string, fn: () => void, iterations: number, 
   if (result.state !== "completed") throw new Error(`${name}: ${result.state}`);
   return result.latency.p50;
 }
+
+/** Linear-interpolated quantile of sorted numbers. */
+export function quantile(sorted: number[], p: number): number {
+  const at = p * (sorted.length - 1);
+  const lo = Math.floor(at);
+  return sorted[lo] + (sorted[Math.min(lo + 1, sorted.length - 1)] - sorted[lo]) * (at - lo);
+}
+
+/** Per-pair timings of two calls and their ratios A/B, sorted. */
+export interface PairedTimes {
+  msA: number[];
+  msB: number[];
+  ratios: number[];
+}
+
+/**
+ * Times `runA` and `runB` in `pairs` alternating pairs (AB, BA, AB, …) after `warmup` calls of
+ * each, one call per side per pair. On a shared, noisy host the ratio of each pair's two calls,
+ * made moments apart, is far steadier than the ratio of two medians taken minutes apart.
+ */
+export function pairedTimes(runA: () => void, runB: () => void, pairs: number, warmup: number): PairedTimes {
+  for (let i = 0; i < warmup; i++) {
+    runA();
+    runB();
+  }
+  const msA: number[] = [];
+  const msB: number[] = [];
+  for (let pair = 0; pair < pairs; pair++) {
+    if (pair % 2 === 0) {
+      msA.push(timeOnce(runA));
+      msB.push(timeOnce(runB));
+    } else {
+      msB.push(timeOnce(runB));
+      msA.push(timeOnce(runA));
+    }
+  }
+  const ratios = msA.map((x, i) => x / msB[i]).sort((x, y) => x - y);
+  return { msA, msB, ratios };
+}

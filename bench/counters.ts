@@ -26,7 +26,17 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { compile } from "../_tools/_asc.ts";
 import type { AttentionStats } from "../mod.ts";
 import { embeddedWasm } from "../src/wasm/loader.ts";
-import { cpuName, median, random, runtimeKey, runtimeName, table, timeOnce, writeSection } from "./_report.ts";
+import {
+  cpuName,
+  median,
+  pairedTimes,
+  quantile,
+  random,
+  runtimeKey,
+  runtimeName,
+  table,
+  writeSection,
+} from "./_report.ts";
 
 const quick = process.argv.includes("--quick");
 const write = !process.argv.includes("--no-write") && !quick;
@@ -119,13 +129,6 @@ function counted(stats: AttentionStats): number {
   return stats.totalBytes + stats.tilesComputed + stats.flops + stats.sramPeakBytes;
 }
 
-/** Linear-interpolated quantile of sorted numbers. */
-function quantile(sorted: number[], p: number): number {
-  const at = p * (sorted.length - 1);
-  const lo = Math.floor(at);
-  return sorted[lo] + (sorted[Math.min(lo + 1, sorted.length - 1)] - sorted[lo]) * (at - lo);
-}
-
 // Build both modules and load both libraries.
 const work = mkdtempSync(join(tmpdir(), "flash-counters-"));
 let counting: Library;
@@ -174,23 +177,7 @@ for (const shape of SHAPES) {
   if (counted(b.stats!) !== 0) throw new Error(`${shape.label}: the no-count module still counts`);
 
   const run = (library: Library) => () => void library.flashAttention(q, k, v, { causal });
-  const [runA, runB] = [run(counting), run(uncounted)];
-  for (let i = 0; i < WARMUP_CALLS; i++) {
-    runA();
-    runB();
-  }
-  const msA: number[] = [];
-  const msB: number[] = [];
-  for (let pair = 0; pair < shape.pairs; pair++) {
-    if (pair % 2 === 0) {
-      msA.push(timeOnce(runA));
-      msB.push(timeOnce(runB));
-    } else {
-      msB.push(timeOnce(runB));
-      msA.push(timeOnce(runA));
-    }
-  }
-  const ratios = msA.map((x, i) => x / msB[i]).sort((x, y) => x - y);
+  const { msA, msB, ratios } = pairedTimes(run(counting), run(uncounted), shape.pairs, WARMUP_CALLS);
   const row = [
     shape.label,
     shape.pairs,
