@@ -432,7 +432,8 @@ export function validateAttention(
   };
 }
 
-function checkCumulative(name: string, value: unknown, total: number, totalName: string): Int32Array {
+/** Checks varlen offsets: an Int32Array of length B + 1 ≥ 2, from 0, non-decreasing, ending at `total`. */
+export function checkCumulative(name: string, value: unknown, total: number, totalName: string): Int32Array {
   if (!(value instanceof Int32Array)) {
     throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
   }

@@ -11,19 +11,25 @@
  * @module
  */
 import { DEFAULT_SRAM_BYTES } from "./_run.ts";
+import { checkCumulative, checkInt32Array, message } from "./_validate.ts";
+import { ShapeError } from "./errors.ts";
 import { loadKernels } from "./wasm/loader.ts";
 
-/** The sizes of an attention problem. */
+/**
+ * The sizes of an attention problem. With varlen packing (`cuSeqlensQ`, `cuSeqlensK` in the
+ * options) B is the number of packed sequences and Nq, Nk the packed totals, as q's and k's
+ * first dims in a varlen `flashAttention` call.
+ */
 export interface AttentionShape {
-  /** Batch size. */
+  /** Batch size (varlen: the number of sequences). */
   B: number;
   /** Query heads. */
   H: number;
   /** Key/value heads (default H). */
   Hkv?: number;
-  /** Queries per sequence. */
+  /** Queries per sequence (varlen: totalQ). */
   Nq: number;
-  /** Keys per sequence. */
+  /** Keys per sequence (varlen: totalK; with seqLensK: the padded length). */
   Nk: number;
   /** Head dim of q and k. */
   d: number;
@@ -41,6 +47,19 @@ export interface StandardIoOptions {
   returnLse?: boolean;
   /** Bytes per element of a mask of shape [B, H, Nq, Nk], read once by the softmax pass (0: no mask). */
   maskElementBytes?: 0 | 1 | 4;
+  /**
+   * Valid keys per batch entry (length B, each in [0, Nk]), as `flashAttention`'s option: entry b
+   * is a sequence of Nq queries and seqLensK[b] keys.
+   */
+  seqLensK?: Int32Array;
+  /**
+   * Varlen packing, as `flashAttention`'s options: sequence b has cuSeqlensQ[b + 1] − cuSeqlensQ[b]
+   * queries and cuSeqlensK[b + 1] − cuSeqlensK[b] keys. Both are given or neither; length B + 1,
+   * from 0, non-decreasing, ending at the shape's Nq and Nk.
+   */
+  cuSeqlensQ?: Int32Array;
+  /** See `cuSeqlensQ`. */
+  cuSeqlensK?: Int32Array;
 }
 
 /** Options that change the traffic of this library's kernel ({@linkcode flashAttentionIo}). */
@@ -135,9 +154,14 @@ export function sumBytes(t: TensorBytes): number {
  * elements.
  *
  * @param shape The problem's sizes.
- * @param options Whether a mask is read and lse written; an {@linkcode IoOptions} may be passed
- *   as it is (its other fields do not change Algorithm 0's traffic).
+ * @param options Whether a mask is read and lse written, and the sequences' own lengths (each
+ *   sequence runs Algorithm 0 at its Nq × Nk); an {@linkcode IoOptions} may be passed as it is (its
+ *   other fields do not change Algorithm 0's traffic).
  * @returns Bytes read and written per tensor (S and P are counted under `partial`).
+ * @throws {TypeError} If seqLensK and varlen packing are combined, or a mask with varlen packing.
+ * @throws {ShapeError} If seqLensK's or the cuSeqlens' lengths do not match shape.B.
+ * @throws {RangeError} If seqLensK holds a length outside [0, Nk], or the cuSeqlens do not start
+ *   at 0, decrease, or do not end at shape.Nq and shape.Nk.
  *
  * @example Usage
  * ```ts
@@ -150,24 +174,26 @@ export function sumBytes(t: TensorBytes): number {
  * ```
  */
 export function standardAttentionIo(shape: AttentionShape, options: StandardIoOptions = {}): IoCounts {
-  const { B, H, Nq, Nk, d } = shape;
+  const { H, d } = shape;
   const dv = shape.dv ?? d;
-  const heads = B * H;
   const read = zeroBytes();
   const written = zeroBytes();
-  // S = scale·QKᵀ
-  read.q = 4 * heads * Nq * d;
-  read.k = 4 * heads * Nk * d;
-  written.partial = 4 * heads * Nq * Nk;
-  // P = softmax(S + mask)
-  read.partial = 4 * heads * Nq * Nk;
-  read.mask = (options.maskElementBytes ?? 0) * heads * Nq * Nk;
-  written.partial += 4 * heads * Nq * Nk;
-  if (options.returnLse) written.lse = 4 * heads * Nq;
-  // O = PV
-  read.partial += 4 * heads * Nq * Nk;
-  read.v = 4 * heads * Nk * dv;
-  written.o = 4 * heads * Nq * dv;
+  for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
+    const heads = count * H;
+    // S = scale·QKᵀ
+    read.q += 4 * heads * Nq * d;
+    read.k += 4 * heads * Nk * d;
+    written.partial += 4 * heads * Nq * Nk;
+    // P = softmax(S + mask)
+    read.partial += 4 * heads * Nq * Nk;
+    read.mask += (options.maskElementBytes ?? 0) * heads * Nq * Nk;
+    written.partial += 4 * heads * Nq * Nk;
+    if (options.returnLse) written.lse += 4 * heads * Nq;
+    // O = PV
+    read.partial += 4 * heads * Nq * Nk;
+    read.v += 4 * heads * Nk * dv;
+    written.o += 4 * heads * Nq * dv;
+  }
   return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
 }
 
@@ -179,13 +205,16 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * it reads are the key blocks that range touches: the traffic is a sum over the Tr query blocks of
  * one closed-form term each, with no per-tile loop. With a mask (`maskElementBytes`), each visible
  * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
- * this model cannot know and does not model. Key lengths (seqLensK, varlen, KV caches) and
- * split-KV are not modelled.
+ * this model cannot know and does not model. Sequences of their own lengths (`seqLensK`, varlen
+ * packing) are each one such sum, with visibility aligned to their own Nk; Tr and Tc are then the
+ * largest over the sequences. Split-KV (the KV-cache function's `numSplits`) is not modelled.
  *
  * @param shape The problem's sizes.
- * @param options Causal/window visibility, arena size, lse, mask and ALiBi.
+ * @param options Causal/window visibility, arena size, lse, mask, ALiBi and sequence lengths.
  * @returns Bytes per tensor, the tiling and the tile counts.
- * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims.
+ * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims, or the
+ *   sequence lengths are out of range (see {@linkcode standardAttentionIo}).
+ * @throws {TypeError} As {@linkcode standardAttentionIo} for sequence options that do not combine.
  *
  * @example Usage
  * ```ts
@@ -196,7 +225,7 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * ```
  */
 export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {}): FlashIoCounts {
-  const { B, H, Nq, Nk, d } = shape;
+  const { H, d } = shape;
   const Hkv = shape.Hkv ?? H;
   const dv = shape.dv ?? d;
   const g = H / Hkv;
@@ -209,14 +238,57 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   }
   const Br = packed >>> 16;
   const Bc = packed & 0xffff;
+  const read = zeroBytes();
+  const written = zeroBytes();
+  let [Tr, Tc, tiles, tilesComputed] = [0, 0, 0, 0];
+  for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
+    if (Nq === 0) continue;
+    const one = sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options);
+    const heads = count * Hkv;
+    for (const key of Object.keys(read) as (keyof TensorBytes)[]) {
+      read[key] += heads * one.read[key];
+      written[key] += heads * one.written[key];
+    }
+    Tr = Math.max(Tr, one.Tr);
+    Tc = Math.max(Tc, one.Tc);
+    tiles += heads * one.Tr * one.Tc;
+    tilesComputed += heads * one.tilesComputed;
+  }
+  return {
+    read,
+    written,
+    totalBytes: sumBytes(read) + sumBytes(written),
+    sramBytes,
+    sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0),
+    Br,
+    Bc,
+    Tr,
+    Tc,
+    tilesComputed,
+    tilesSkipped: tiles - tilesComputed,
+  };
+}
+
+/**
+ * The traffic of one (sequence, K/V head) of Nq positions and Nk keys: query blocks of Br virtual
+ * rows (row r is position ⌊r/g⌋ of a GQA group of g heads), one closed-form term each.
+ */
+function sequenceIo(
+  Nq: number,
+  Nk: number,
+  g: number,
+  Br: number,
+  Bc: number,
+  d: number,
+  dv: number,
+  options: IoOptions,
+) {
   const visible = visibleKeys(Nq, Nk, options);
+  const maskBytes = options.maskElementBytes ?? 0;
   const rows = Nq * g;
-  const Tr = Math.ceil(rows / Br);
-  const Tc = Math.ceil(Nk / Bc);
   const read = zeroBytes();
   const written = zeroBytes();
   let tilesComputed = 0;
-  // One (sequence, K/V head): query blocks of Br virtual rows (row r is position ⌊r/g⌋).
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = Math.min(Br, rows - i0);
     read.q += 4 * rowsHere * d;
@@ -235,23 +307,59 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
     read.v += 4 * (jEnd - jBegin) * dv;
     read.mask += maskBytes * rowsHere * (jEnd - jBegin);
   }
-  const heads = B * Hkv;
-  for (const t of [read, written]) {
-    for (const key of Object.keys(t) as (keyof TensorBytes)[]) t[key] *= heads;
+  return { read, written, Tr: Math.ceil(rows / Br), Tc: Math.ceil(Nk / Bc), tilesComputed };
+}
+
+/**
+ * The (Nq, Nk) of every sequence, each distinct pair once with how many sequences have it: B
+ * entries of the shape's Nq and Nk, of Nq and seqLensK[b], or the varlen sequences.
+ */
+function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {
+  const { B, Nq, Nk } = shape;
+  const { seqLensK, cuSeqlensQ, cuSeqlensK } = options;
+  const lengths: [number, number][] = [];
+  if (cuSeqlensQ !== undefined || cuSeqlensK !== undefined) {
+    if (seqLensK !== undefined) {
+      throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
+    }
+    if (options.maskElementBytes) {
+      throw new TypeError(message("mask cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
+    }
+    const cuQ = checkCumulative("cuSeqlensQ", cuSeqlensQ, Nq, "shape.Nq");
+    const cuK = checkCumulative("cuSeqlensK", cuSeqlensK, Nk, "shape.Nk");
+    if (cuQ.length !== B + 1 || cuK.length !== B + 1) {
+      throw new ShapeError(
+        message(
+          `cuSeqlensQ and cuSeqlensK must have length shape.B + 1 = ${
+            B + 1
+          }: cuSeqlensQ.length is ${cuQ.length}, cuSeqlensK.length is ${cuK.length}`,
+        ),
+        String(B + 1),
+        `${cuQ.length}, ${cuK.length}`,
+      );
+    }
+    for (let b = 0; b < B; b++) lengths.push([cuQ[b + 1] - cuQ[b], cuK[b + 1] - cuK[b]]);
+  } else if (seqLensK !== undefined) {
+    checkInt32Array("seqLensK", seqLensK, B, "shape.B");
+    for (let b = 0; b < B; b++) {
+      if (!(seqLensK[b] >= 0 && seqLensK[b] <= Nk)) {
+        throw new RangeError(
+          message(`seqLensK must hold key lengths in [0, Nk = ${Nk}]: seqLensK[${b}] is ${seqLensK[b]}`),
+        );
+      }
+      lengths.push([Nq, seqLensK[b]]);
+    }
+  } else {
+    return [{ Nq, Nk, count: B }];
   }
-  return {
-    read,
-    written,
-    totalBytes: sumBytes(read) + sumBytes(written),
-    sramBytes,
-    sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0),
-    Br,
-    Bc,
-    Tr,
-    Tc,
-    tilesComputed: tilesComputed * heads,
-    tilesSkipped: (Tr * Tc - tilesComputed) * heads,
-  };
+  const counts = new Map<string, { Nq: number; Nk: number; count: number }>();
+  for (const [q, k] of lengths) {
+    const key = `${q},${k}`;
+    const entry = counts.get(key);
+    if (entry) entry.count++;
+    else counts.set(key, { Nq: q, Nk: k, count: 1 });
+  }
+  return [...counts.values()];
 }
 
 /**

@@ -6,12 +6,18 @@
 
 import fc from "fast-check";
 import { standardAttention } from "../bench/_standard.ts";
-import { flashAttention, type FlashAttentionOptions, flashAttentionWithKvCache, type Mask } from "../mod.ts";
+import {
+  flashAttention,
+  type FlashAttentionOptions,
+  flashAttentionWithKvCache,
+  type Mask,
+  ShapeError,
+} from "../mod.ts";
 import { flashAttentionIo, standardAttentionIo, type TensorBytes, zeroBytes } from "../src/io.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { readStats } from "../src/_stats.ts";
-import { validateAttention } from "../src/_validate.ts";
+import { validateCall } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { assertFlashTolerance, assertThrows, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
 
@@ -67,11 +73,29 @@ interface IoCase {
   returnLse: boolean;
   alibi: boolean;
   mask: "none" | "f32" | "u8";
+  /** Keys per batch entry (the seqLensK option), or undefined. */
+  seqLensK: number[] | undefined;
+  /** Varlen packing: queries and keys per packed sequence (cuSeqlensQ/K), or undefined. */
+  varlen: { Nq: number[]; Nk: number[] } | undefined;
   seed: number;
 }
 
-/** Random problems with Nq, Nk ≤ maxN and d, dv ≤ maxD. */
-const cases = (maxN: number, maxD: number) =>
+/** A fraction in [0, 1], the ends often: empty and full sequences. */
+const fraction = fc.oneof(fc.constant(0), fc.constant(1), fc.double({ min: 0, max: 1, noNaN: true }));
+
+/** Lengths f·N per sequence; the last one N if all would be 0 (a packed tensor has rows). */
+function packed(fractions: number[], N: number): number[] {
+  const lengths = fractions.map((f) => Math.round(f * N));
+  if (!lengths.some((n) => n > 0)) lengths[lengths.length - 1] = N;
+  return lengths;
+}
+
+/**
+ * Random problems with Nq, Nk ≤ maxN and d, dv ≤ maxD; with `lengths`, a third of them give each
+ * batch entry its own key length (seqLensK) and a third pack sequences of their own lengths
+ * (varlen, without a mask, which varlen does not take).
+ */
+const cases = (maxN: number, maxD: number, lengths = false) =>
   fc.record({
     B: fc.integer({ min: 1, max: 2 }),
     Hkv: fc.integer({ min: 1, max: 3 }),
@@ -86,17 +110,36 @@ const cases = (maxN: number, maxD: number) =>
     returnLse: fc.boolean(),
     alibi: fc.boolean(),
     mask: fc.constantFrom("none" as const, "f32" as const, "u8" as const),
+    lengths: lengths ? fc.constantFrom("dense" as const, "seqLensK" as const, "varlen" as const) : fc.constant("dense"),
+    fractions: fc.array(fc.tuple(fraction, fraction), { minLength: 2, maxLength: 2 }),
     seed: fc.integer(),
   }).map((r): IoCase => {
-    const smallest = arenaFootprintBytes(8, 4, r.d, r.dv, r.mask !== "none");
+    const { lengths, fractions, ...rest } = r;
+    const entries = fractions.slice(0, r.B);
+    const mask = lengths === "varlen" ? "none" : r.mask;
+    const smallest = arenaFootprintBytes(8, 4, r.d, r.dv, mask !== "none");
     return {
-      ...r,
+      ...rest,
+      mask,
+      seqLensK: lengths === "seqLensK" ? entries.map(([, f]) => Math.round(f * r.Nk)) : undefined,
+      varlen: lengths === "varlen"
+        ? { Nq: packed(entries.map(([f]) => f), r.Nq), Nk: packed(entries.map(([, f]) => f), r.Nk) }
+        : undefined,
       H: r.Hkv * r.group,
       // Squared: most arenas are small, where tiles are many and partial.
       sramBytes: Math.floor(smallest + r.arena ** 2 * (256 * 1024 - smallest)),
     };
   });
 const caseArbitrary = cases(200, 96);
+const lengthsCaseArbitrary = cases(200, 96, true);
+
+/** Every sequence's (Nq, Nk): the batch entries, or the packed sequences of a varlen case. */
+function sequencesOf(c: IoCase): { Nq: number; Nk: number }[] {
+  if (c.varlen) return c.varlen.Nq.map((Nq, b) => ({ Nq, Nk: c.varlen!.Nk[b] }));
+  return Array.from({ length: c.B }, (_, b) => ({ Nq: c.Nq, Nk: c.seqLensK ? c.seqLensK[b] : c.Nk }));
+}
+
+const cumulative = (lengths: number[]) => Int32Array.from([0, ...lengths], ((sum) => (x) => (sum += x))(0));
 
 /** A mask that never blocks a whole tile: finite biases, or booleans that are all "attend". */
 function openMask(c: IoCase): Mask | undefined {
@@ -111,10 +154,13 @@ const maskElementBytes = (c: IoCase) => c.mask === "none" ? 0 : c.mask === "u8" 
 
 function run(c: IoCase) {
   const random = rng(c.seed);
-  const q = randomTensor(random, [c.B, c.Nq, c.H, c.d]);
-  const k = randomTensor(random, [c.B, c.Nk, c.Hkv, c.d]);
-  const v = randomTensor(random, [c.B, c.Nk, c.Hkv, c.dv]);
+  const { B, Nq, Nk } = shapeOf(c);
+  const rows = (N: number) => c.varlen ? [N] : [B, N];
+  const q = randomTensor(random, [...rows(Nq), c.H, c.d]);
+  const k = randomTensor(random, [...rows(Nk), c.Hkv, c.d]);
+  const v = randomTensor(random, [...rows(Nk), c.Hkv, c.dv]);
   const options: FlashAttentionOptions = {
+    ...lengthOptions(c),
     sramBytes: c.sramBytes,
     returnLse: c.returnLse,
     causal: c.causal,
@@ -125,10 +171,23 @@ function run(c: IoCase) {
   return { q, k, v, options };
 }
 
-const shapeOf = (c: IoCase) => ({ B: c.B, H: c.H, Hkv: c.Hkv, Nq: c.Nq, Nk: c.Nk, d: c.d, dv: c.dv });
+/** The shape as flashAttentionIo takes it: for varlen, B sequences and the packed totals. */
+function shapeOf(c: IoCase) {
+  const total = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+  const [Nq, Nk] = c.varlen ? [total(c.varlen.Nq), total(c.varlen.Nk)] : [c.Nq, c.Nk];
+  return { B: c.B, H: c.H, Hkv: c.Hkv, Nq, Nk, d: c.d, dv: c.dv };
+}
+
+/** seqLensK or cuSeqlensQ/cuSeqlensK, as both flashAttention and flashAttentionIo take them. */
+function lengthOptions(c: IoCase) {
+  if (c.seqLensK) return { seqLensK: Int32Array.from(c.seqLensK) };
+  if (c.varlen) return { cuSeqlensQ: cumulative(c.varlen.Nq), cuSeqlensK: cumulative(c.varlen.Nk) };
+  return {};
+}
 
 function closedForm(c: IoCase) {
   return flashAttentionIo(shapeOf(c), {
+    ...lengthOptions(c),
     sramBytes: c.sramBytes,
     returnLse: c.returnLse,
     causal: c.causal,
@@ -141,18 +200,20 @@ function closedForm(c: IoCase) {
 /**
  * The visibility rule as FlashAttentionOptions documents it: query position i sees key j iff
  * i + offset − left ≤ j ≤ i + offset + right, a bound of −1 unbounded, causal meaning right = 0,
- * offset = Nk − Nq (bottom-right) or 0 (top-left, only with causal: "top-left").
+ * offset = Nk − Nq (bottom-right) or 0 (top-left, only with causal: "top-left"), with the Nq and
+ * Nk of the query's own sequence (seqLensK, varlen).
  */
-function sees(c: IoCase, i: number, j: number): boolean {
+function sees(c: IoCase, Nq: number, Nk: number, i: number, j: number): boolean {
   const [left, windowRight] = c.window ?? [-1, -1];
   const right = c.causal ? 0 : windowRight;
-  const offset = c.causal === "top-left" ? 0 : c.Nk - c.Nq;
+  const offset = c.causal === "top-left" ? 0 : Nk - Nq;
   return (left < 0 || j >= i + offset - left) && (right < 0 || j <= i + offset + right);
 }
 
 /**
- * The traffic of the documented algorithm, counted by brute force: for every (batch, K/V head,
- * query block of Br virtual rows, key block of Bc keys), the tile is computed iff some (row, key)
+ * The traffic of the documented algorithm, counted by brute force: for every (sequence, K/V head,
+ * query block of Br virtual rows, key block of Bc keys of that sequence's own Nq and Nk), the tile
+ * is computed iff some (row, key)
  * pair in it is visible (row r is position ⌊r/g⌋ of a GQA group of g heads); a computed tile reads
  * its K, V (and mask) tile; each query block reads Q (and slopes) and writes O (and lse) once.
  * Also the flops' bounds: at least 2·(d + dv) per visible pair (one score and one value product),
@@ -161,12 +222,14 @@ function sees(c: IoCase, i: number, j: number): boolean {
  */
 function bruteForceIo(c: IoCase, Br: number, Bc: number) {
   const g = c.H / c.Hkv;
-  const rows = c.Nq * g;
   const maskBytes = maskElementBytes(c);
   const read = zeroBytes();
   const written = zeroBytes();
-  let [tilesComputed, tilesSkipped, usefulFlops, paddedFlops] = [0, 0, 0, 0];
-  for (let b = 0; b < c.B; b++) {
+  let [Tr, Tc, tilesComputed, tilesSkipped, usefulFlops, paddedFlops] = [0, 0, 0, 0, 0, 0];
+  for (const { Nq, Nk } of sequencesOf(c)) {
+    const rows = Nq * g;
+    // Tr and Tc: the most blocks of any sequence that has queries.
+    if (Nq > 0) [Tr, Tc] = [Math.max(Tr, Math.ceil(rows / Br)), Math.max(Tc, Math.ceil(Nk / Bc))];
     for (let kvh = 0; kvh < c.Hkv; kvh++) {
       for (let i0 = 0; i0 < rows; i0 += Br) {
         const rowsHere = Math.min(Br, rows - i0);
@@ -174,11 +237,11 @@ function bruteForceIo(c: IoCase, Br: number, Bc: number) {
         if (c.alibi) read.slopes += 4 * rowsHere;
         written.o += 4 * rowsHere * c.dv;
         if (c.returnLse) written.lse += 4 * rowsHere;
-        for (let j0 = 0; j0 < c.Nk; j0 += Bc) {
-          const cols = Math.min(Bc, c.Nk - j0);
+        for (let j0 = 0; j0 < Nk; j0 += Bc) {
+          const cols = Math.min(Bc, Nk - j0);
           let pairs = 0;
           for (let r = i0; r < i0 + rowsHere; r++) {
-            for (let j = j0; j < j0 + cols; j++) if (sees(c, Math.floor(r / g), j)) pairs++;
+            for (let j = j0; j < j0 + cols; j++) if (sees(c, Nq, Nk, Math.floor(r / g), j)) pairs++;
           }
           if (pairs === 0) {
             tilesSkipped++;
@@ -195,8 +258,6 @@ function bruteForceIo(c: IoCase, Br: number, Bc: number) {
       }
     }
   }
-  const Tr = Math.ceil(rows / Br);
-  const Tc = Math.ceil(c.Nk / Bc);
   return { read, written, Br, Bc, Tr, Tc, tilesComputed, tilesSkipped, usefulFlops, paddedFlops };
 }
 
@@ -221,7 +282,7 @@ function assertSameIo(where: string, names: [string, string], a: Counts, b: Coun
 
 test("the measured HBM traffic equals a brute-force count over every (query, key) pair, and flashAttentionIo", () => {
   fc.assert(
-    fc.property(caseArbitrary, (c) => {
+    fc.property(lengthsCaseArbitrary, (c) => {
       const blocks = documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none");
       if (!blocks) throw new Error(`no blocks fit ${JSON.stringify(c)}`);
       const brute = bruteForceIo(c, blocks.Br, blocks.Bc);
@@ -248,9 +309,9 @@ test("the measured HBM traffic equals a brute-force count over every (query, key
 
 test("streaming heads and chunks through HBM moves exactly the brute-force count's bytes too", () => {
   fc.assert(
-    fc.property(caseArbitrary, (c) => {
+    fc.property(lengthsCaseArbitrary, (c) => {
       const { q, k, v, options } = run(c);
-      const problem = validateAttention(q, k, v, { ...options });
+      const problem = validateCall(q, k, v, { ...options });
       const blocks = { sramBytes: c.sramBytes, ...documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none")! };
       // runForward trusts its blocks (the kernel would not return on an arena too small for them).
       const packed = kernels.blockSizes(c.sramBytes, c.d, c.dv, c.mask !== "none");
@@ -461,6 +522,75 @@ test("standardAttentionIo counts Algorithm 0: read Q, K, write S; read S, mask, 
   // Visibility does not change Algorithm 0's traffic: it computes every score.
   if (standardAttentionIo(shape, { causal: true, windowSize: [2, 0] } as never).totalBytes !== plain.totalBytes) {
     throw new Error("causal changed the count");
+  }
+});
+
+test("sequences of their own lengths add up: flashAttentionIo and standardAttentionIo with seqLensK or varlen are sums over the sequences", () => {
+  fc.assert(
+    fc.property(lengthsCaseArbitrary, (c) => {
+      const where = JSON.stringify(c);
+      const options = { sramBytes: c.sramBytes, causal: c.causal, windowSize: c.window, returnLse: c.returnLse };
+      const whole = flashAttentionIo(shapeOf(c), { ...options, ...lengthOptions(c) });
+      const standard = standardAttentionIo(shapeOf(c), { returnLse: c.returnLse, ...lengthOptions(c) });
+      let [flashBytes, standardBytes, tilesComputed] = [0, 0, 0];
+      for (const { Nq, Nk } of sequencesOf(c)) {
+        // Empty sequences too: the brute-force test above pins what the kernel moves for them.
+        const one = { B: 1, H: c.H, Hkv: c.Hkv, Nq, Nk, d: c.d, dv: c.dv };
+        standardBytes += standardAttentionIo(one, { returnLse: c.returnLse }).totalBytes;
+        const io = flashAttentionIo(one, options);
+        flashBytes += io.totalBytes;
+        tilesComputed += io.tilesComputed;
+      }
+      if (whole.totalBytes !== flashBytes || whole.tilesComputed !== tilesComputed) {
+        throw new Error(
+          `${where}: flash ${whole.totalBytes} B, ${whole.tilesComputed} tiles; sum ${flashBytes} B, ${tilesComputed}`,
+        );
+      }
+      if (standard.totalBytes !== standardBytes) {
+        throw new Error(`${where}: standard ${standard.totalBytes}, sum ${standardBytes}`);
+      }
+    }),
+    { seed: 0x15, numRuns: 100, includeErrorInReport: true },
+  );
+});
+
+test("sequence options the IO models cannot use are typed errors naming the values", () => {
+  const shape = { B: 2, H: 1, Nq: 8, Nk: 8, d: 4 };
+  for (const io of [flashAttentionIo, standardAttentionIo]) {
+    assertThrows(
+      () => io(shape, { seqLensK: new Int32Array([8]) }),
+      ShapeError,
+      "seqLensK must have length shape.B = 2",
+    );
+    assertThrows(() => io(shape, { seqLensK: new Int32Array([8, 9]) }), RangeError, "seqLensK[1] is 9");
+    assertThrows(() => io(shape, { seqLensK: [8, 8] as never }), TypeError, "seqLensK must be an Int32Array");
+    const cu = new Int32Array([0, 3, 8]);
+    assertThrows(
+      () => io(shape, { seqLensK: new Int32Array([8, 8]), cuSeqlensQ: cu, cuSeqlensK: cu }),
+      TypeError,
+      "seqLensK cannot be combined",
+    );
+    assertThrows(() => io(shape, { cuSeqlensQ: cu }), TypeError, "cuSeqlensK must be an Int32Array");
+    assertThrows(
+      () => io(shape, { cuSeqlensQ: cu, cuSeqlensK: new Int32Array([0, 3, 7]) }),
+      RangeError,
+      "cuSeqlensK[2] is 7",
+    );
+    assertThrows(
+      () => io(shape, { cuSeqlensQ: cu, cuSeqlensK: new Int32Array([0, 5, 3, 8]) }),
+      RangeError,
+      "cuSeqlensK[2] is 3",
+    );
+    assertThrows(
+      () => io(shape, { cuSeqlensQ: new Int32Array([0, 8]), cuSeqlensK: new Int32Array([0, 8]) }),
+      ShapeError,
+      "shape.B + 1 = 3",
+    );
+    assertThrows(
+      () => io(shape, { cuSeqlensQ: cu, cuSeqlensK: cu, maskElementBytes: 1 }),
+      TypeError,
+      "mask cannot be combined",
+    );
   }
 });
 
