@@ -80,6 +80,15 @@ export interface IoOptions extends StandardIoOptions {
   maskElementBytes?: 0 | 1 | 4;
   /** Whether ALiBi slopes are read (one per query row and block). */
   alibi?: boolean;
+  /**
+   * Split-KV, as `flashAttentionWithKvCache`'s `numSplits` but with no automatic choice: an
+   * integer ≥ 1, default 1. A sequence of Nk keys is cut into ranges of ⌈Nk / (s·Bc)⌉ whole key
+   * blocks, s = min(numSplits, ⌈Nk / Bc⌉); the kernel runs once per range, reading Q again and
+   * writing each row's normalised O and lse as partial results, and the merge reads those back
+   * and writes O (and lse). The library runs a group of heads unsplit when its partials would
+   * pass 16 MiB (4·s·rows·(dv + 1) bytes); the model assumes they fit.
+   */
+  numSplits?: number;
 }
 
 /** HBM bytes moved per tensor. */
@@ -207,13 +216,16 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
  * this model cannot know and does not model. Sequences of their own lengths (`seqLensK`, varlen
  * packing) are each one such sum, with visibility aligned to their own Nk; Tr and Tc are then the
- * largest over the sequences. Split-KV (the KV-cache function's `numSplits`) is not modelled.
+ * largest over the sequences. With `numSplits` each key range is one such sum, plus the partial
+ * results the ranges write and the merge reads back. A KV-cache call is modelled with its caches'
+ * maxLen as Nk and `seqLensK` = cacheSeqLens (plus the appended keys).
  *
  * @param shape The problem's sizes.
  * @param options Causal/window visibility, arena size, lse, mask, ALiBi and sequence lengths.
  * @returns Bytes per tensor, the tiling and the tile counts.
- * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims, or the
- *   sequence lengths are out of range (see {@linkcode standardAttentionIo}).
+ * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims, numSplits
+ *   is not an integer ≥ 1, or the sequence lengths are out of range (see
+ *   {@linkcode standardAttentionIo}).
  * @throws {TypeError} As {@linkcode standardAttentionIo} for sequence options that do not combine.
  *
  * @example Usage
@@ -238,12 +250,16 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   }
   const Br = packed >>> 16;
   const Bc = packed & 0xffff;
+  const numSplits = options.numSplits ?? 1;
+  if (!(Number.isInteger(numSplits) && numSplits >= 1)) {
+    throw new RangeError(message(`numSplits must be an integer ≥ 1: numSplits is ${numSplits}`));
+  }
   const read = zeroBytes();
   const written = zeroBytes();
   let [Tr, Tc, tiles, tilesComputed] = [0, 0, 0, 0];
   for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
     if (Nq === 0) continue;
-    const one = sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options);
+    const one = sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits);
     const heads = count * Hkv;
     for (const key of Object.keys(read) as (keyof TensorBytes)[]) {
       read[key] += heads * one.read[key];
@@ -271,7 +287,8 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
 
 /**
  * The traffic of one (sequence, K/V head) of Nq positions and Nk keys: query blocks of Br virtual
- * rows (row r is position ⌊r/g⌋ of a GQA group of g heads), one closed-form term each.
+ * rows (row r is position ⌊r/g⌋ of a GQA group of g heads), one closed-form term each, once per
+ * split-KV key range.
  */
 function sequenceIo(
   Nq: number,
@@ -282,30 +299,52 @@ function sequenceIo(
   d: number,
   dv: number,
   options: IoOptions,
+  numSplits: number,
 ) {
   const visible = visibleKeys(Nq, Nk, options);
   const maskBytes = options.maskElementBytes ?? 0;
   const rows = Nq * g;
   const read = zeroBytes();
   const written = zeroBytes();
+  // Key ranges of one kernel call each: all keys, or the split-KV ranges of whole key blocks.
+  const splits = Math.min(numSplits, Math.ceil(Nk / Bc));
+  const ranges: [number, number][] = [];
+  if (splits > 1) {
+    const keysPerSplit = Math.ceil(Nk / splits / Bc) * Bc;
+    for (let begin = 0; begin < Nk; begin += keysPerSplit) ranges.push([begin, Math.min(Nk, begin + keysPerSplit)]);
+  } else {
+    ranges.push([0, Nk]);
+  }
   let tilesComputed = 0;
-  for (let i0 = 0; i0 < rows; i0 += Br) {
-    const rowsHere = Math.min(Br, rows - i0);
-    read.q += 4 * rowsHere * d;
-    if (options.alibi) read.slopes += 4 * rowsHere;
-    written.o += 4 * rowsHere * dv;
-    if (options.returnLse) written.lse += 4 * rowsHere;
-    // Keys [first, end) are visible to some row; key blocks ⌊first/Bc⌋ … ⌈end/Bc⌉ − 1 are read,
-    // the last one only up to Nk.
-    const first = visible.first(Math.floor(i0 / g));
-    const end = visible.end(Math.floor((i0 + rowsHere - 1) / g));
-    if (first >= end) continue;
-    const jBegin = Math.floor(first / Bc) * Bc;
-    const jEnd = Math.min(Nk, Math.ceil(end / Bc) * Bc);
-    tilesComputed += Math.ceil(end / Bc) - jBegin / Bc;
-    read.k += 4 * (jEnd - jBegin) * d;
-    read.v += 4 * (jEnd - jBegin) * dv;
-    read.mask += maskBytes * rowsHere * (jEnd - jBegin);
+  for (const [begin, stop] of ranges) {
+    for (let i0 = 0; i0 < rows; i0 += Br) {
+      const rowsHere = Math.min(Br, rows - i0);
+      read.q += 4 * rowsHere * d;
+      if (options.alibi) read.slopes += 4 * rowsHere;
+      if (splits > 1) {
+        written.partial += 4 * rowsHere * (dv + 1); // normalised O and lse of this range
+      } else {
+        written.o += 4 * rowsHere * dv;
+        if (options.returnLse) written.lse += 4 * rowsHere;
+      }
+      // Keys [first, end) of the range are visible to some row; key blocks ⌊first/Bc⌋ …
+      // ⌈end/Bc⌉ − 1 are read, the last one only up to the range's end (begin is a block edge).
+      const first = Math.max(begin, visible.first(Math.floor(i0 / g)));
+      const end = Math.min(stop, visible.end(Math.floor((i0 + rowsHere - 1) / g)));
+      if (first >= end) continue;
+      const jBegin = Math.floor(first / Bc) * Bc;
+      const jEnd = Math.min(stop, Math.ceil(end / Bc) * Bc);
+      tilesComputed += Math.ceil(end / Bc) - jBegin / Bc;
+      read.k += 4 * (jEnd - jBegin) * d;
+      read.v += 4 * (jEnd - jBegin) * dv;
+      read.mask += maskBytes * rowsHere * (jEnd - jBegin);
+    }
+  }
+  if (splits > 1) {
+    // The merge reads every range's partials and writes the output once.
+    read.partial += 4 * ranges.length * rows * (dv + 1);
+    written.o += 4 * rows * dv;
+    if (options.returnLse) written.lse += 4 * rows;
   }
   return { read, written, Tr: Math.ceil(rows / Br), Tc: Math.ceil(Nk / Bc), tilesComputed };
 }

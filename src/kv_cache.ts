@@ -37,7 +37,7 @@ export interface KvCacheOptions
   /**
    * Split the keys into this many chunks and merge their partial results (Flash-Decoding).
    * 0 (default) lets the library choose; 1 never splits. With `stats`, the partial results
-   * are counted under `partial`.
+   * are counted under `partial`, as `flashAttentionIo` models them with the same `numSplits`.
    */
   numSplits?: number;
 }

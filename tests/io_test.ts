@@ -220,7 +220,7 @@ function sees(c: IoCase, Nq: number, Nk: number, i: number, j: number): boolean 
  * at most the padded tile (score GEMM rows padded to 8 and keys to 4; value GEMM rows padded to 4
  * and dv to 8), which is exactly what a tile costs when every row sees every key.
  */
-function bruteForceIo(c: IoCase, Br: number, Bc: number) {
+function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
   const g = c.H / c.Hkv;
   const maskBytes = maskElementBytes(c);
   const read = zeroBytes();
@@ -230,31 +230,49 @@ function bruteForceIo(c: IoCase, Br: number, Bc: number) {
     const rows = Nq * g;
     // Tr and Tc: the most blocks of any sequence that has queries.
     if (Nq > 0) [Tr, Tc] = [Math.max(Tr, Math.ceil(rows / Br)), Math.max(Tc, Math.ceil(Nk / Bc))];
+    // Split-KV as IoOptions.numSplits documents it: s = min(numSplits, ⌈Nk/Bc⌉) and, if s > 1,
+    // ranges of ⌈Nk/(s·Bc)⌉ whole key blocks, each a kernel call writing partials.
+    const splits = Math.min(numSplits, Math.ceil(Nk / Bc));
+    const blocksPerRange = splits > 1 ? Math.ceil(Nk / (splits * Bc)) : Math.max(1, Math.ceil(Nk / Bc));
+    const ranges = Math.max(1, Math.ceil(Nk / (blocksPerRange * Bc)));
     for (let kvh = 0; kvh < c.Hkv; kvh++) {
-      for (let i0 = 0; i0 < rows; i0 += Br) {
-        const rowsHere = Math.min(Br, rows - i0);
-        read.q += 4 * rowsHere * c.d;
-        if (c.alibi) read.slopes += 4 * rowsHere;
-        written.o += 4 * rowsHere * c.dv;
-        if (c.returnLse) written.lse += 4 * rowsHere;
-        for (let j0 = 0; j0 < Nk; j0 += Bc) {
-          const cols = Math.min(Bc, Nk - j0);
-          let pairs = 0;
-          for (let r = i0; r < i0 + rowsHere; r++) {
-            for (let j = j0; j < j0 + cols; j++) if (sees(c, Nq, Nk, Math.floor(r / g), j)) pairs++;
+      for (let range = 0; range < ranges; range++) {
+        const [begin, stop] = [range * blocksPerRange * Bc, Math.min(Nk, (range + 1) * blocksPerRange * Bc)];
+        for (let i0 = 0; i0 < rows; i0 += Br) {
+          const rowsHere = Math.min(Br, rows - i0);
+          read.q += 4 * rowsHere * c.d;
+          if (c.alibi) read.slopes += 4 * rowsHere;
+          if (splits > 1) {
+            written.partial += 4 * rowsHere * (c.dv + 1);
+          } else {
+            written.o += 4 * rowsHere * c.dv;
+            if (c.returnLse) written.lse += 4 * rowsHere;
           }
-          if (pairs === 0) {
-            tilesSkipped++;
-            continue;
+          for (let j0 = begin; j0 < stop; j0 += Bc) {
+            const cols = Math.min(Bc, Nk - j0);
+            let pairs = 0;
+            for (let r = i0; r < i0 + rowsHere; r++) {
+              for (let j = j0; j < j0 + cols; j++) if (sees(c, Nq, Nk, Math.floor(r / g), j)) pairs++;
+            }
+            if (pairs === 0) {
+              tilesSkipped++;
+              continue;
+            }
+            tilesComputed++;
+            read.k += 4 * cols * c.d;
+            read.v += 4 * cols * c.dv;
+            read.mask += maskBytes * rowsHere * cols;
+            usefulFlops += 2 * pairs * (c.d + c.dv);
+            paddedFlops += 2 * roundUp(rowsHere, 8) * roundUp(cols, 4) * c.d +
+              2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
           }
-          tilesComputed++;
-          read.k += 4 * cols * c.d;
-          read.v += 4 * cols * c.dv;
-          read.mask += maskBytes * rowsHere * cols;
-          usefulFlops += 2 * pairs * (c.d + c.dv);
-          paddedFlops += 2 * roundUp(rowsHere, 8) * roundUp(cols, 4) * c.d +
-            2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
         }
+      }
+      if (splits > 1) {
+        // The merge: every range's partials in, the output out.
+        read.partial += 4 * ranges * rows * (c.dv + 1);
+        written.o += 4 * rows * c.dv;
+        if (c.returnLse) written.lse += 4 * rows;
       }
     }
   }
@@ -304,6 +322,35 @@ test("the measured HBM traffic equals a brute-force count over every (query, key
       }
     }),
     { seed: 0x10, numRuns: 120, includeErrorInReport: true },
+  );
+});
+
+test("KV-cache calls with split-KV move exactly the brute-force count's bytes, and flashAttentionIo's with numSplits", () => {
+  const kvCases = lengthsCaseArbitrary.filter((c) => c.varlen === undefined);
+  fc.assert(
+    fc.property(kvCases, fc.integer({ min: 1, max: 9 }), (c, numSplits) => {
+      const { q, k, v, options } = run(c);
+      const cacheSeqLens = c.seqLensK ? Int32Array.from(c.seqLensK) : undefined;
+      // The cache's lengths are its cacheSeqLens; the KV-cache function takes no seqLensK.
+      const { seqLensK: _, ...attention } = options;
+      const stats = flashAttentionWithKvCache(q, k, v, { ...attention, cacheSeqLens, numSplits, stats: true }).stats!;
+      const blocks = documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none")!;
+      const brute = bruteForceIo(c, blocks.Br, blocks.Bc, numSplits);
+      const closed = flashAttentionIo(shapeOf(c), {
+        sramBytes: c.sramBytes,
+        returnLse: c.returnLse,
+        causal: c.causal,
+        windowSize: c.window,
+        maskElementBytes: maskElementBytes(c),
+        alibi: c.alibi,
+        seqLensK: cacheSeqLens,
+        numSplits,
+      });
+      const where = `numSplits ${numSplits}, ${JSON.stringify(c)}`;
+      assertSameIo(where, ["the kernel", "brute force"], { ...stats }, brute);
+      assertSameIo(where, ["flashAttentionIo", "brute force"], { ...closed }, brute);
+    }),
+    { seed: 0x16, numRuns: 100, includeErrorInReport: true },
   );
 });
 
@@ -554,7 +601,7 @@ test("sequences of their own lengths add up: flashAttentionIo and standardAttent
   );
 });
 
-test("sequence options the IO models cannot use are typed errors naming the values", () => {
+test("sequence and split options the IO models cannot use are typed errors naming the values", () => {
   const shape = { B: 2, H: 1, Nq: 8, Nk: 8, d: 4 };
   for (const io of [flashAttentionIo, standardAttentionIo]) {
     assertThrows(
@@ -591,6 +638,9 @@ test("sequence options the IO models cannot use are typed errors naming the valu
       TypeError,
       "mask cannot be combined",
     );
+  }
+  for (const numSplits of [0, 1.5, -1, NaN]) {
+    assertThrows(() => flashAttentionIo(shape, { numSplits }), RangeError, `numSplits is ${numSplits}`);
   }
 });
 
