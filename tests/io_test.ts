@@ -185,9 +185,10 @@ function lengthOptions(c: IoCase) {
   return {};
 }
 
-function closedForm(c: IoCase) {
+function closedForm(c: IoCase, numSplits = 1) {
   return flashAttentionIo(shapeOf(c), {
     ...lengthOptions(c),
+    numSplits,
     sramBytes: c.sramBytes,
     returnLse: c.returnLse,
     causal: c.causal,
@@ -336,16 +337,8 @@ test("KV-cache calls with split-KV move exactly the brute-force count's bytes, a
       const stats = flashAttentionWithKvCache(q, k, v, { ...attention, cacheSeqLens, numSplits, stats: true }).stats!;
       const blocks = documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none")!;
       const brute = bruteForceIo(c, blocks.Br, blocks.Bc, numSplits);
-      const closed = flashAttentionIo(shapeOf(c), {
-        sramBytes: c.sramBytes,
-        returnLse: c.returnLse,
-        causal: c.causal,
-        windowSize: c.window,
-        maskElementBytes: maskElementBytes(c),
-        alibi: c.alibi,
-        seqLensK: cacheSeqLens,
-        numSplits,
-      });
+      // seqLensK = cacheSeqLens: a cache is keys of their own length per entry.
+      const closed = closedForm(c, numSplits);
       const where = `numSplits ${numSplits}, ${JSON.stringify(c)}`;
       assertSameIo(where, ["the kernel", "brute force"], { ...stats }, brute);
       assertSameIo(where, ["flashAttentionIo", "brute force"], { ...closed }, brute);
