@@ -10,7 +10,8 @@
 // local rows standing for on-chip memory, and every element that crosses between the two goes
 // through `move`, the one function that counts bytes. On-chip memory is unbounded here: K stays on
 // chip for all of phase 1 and V for all of phase 3, so each phase reads its inputs and writes its
-// output once — the most favourable case for standard attention, and what the paper counts.
+// output once — the most favourable case for standard attention, and what the paper counts. A
+// sequence without queries or keys has an empty S and reads nothing; it writes its O (zeros) and lse.
 // Masks, when given, are read in phase 2; causal and windows are applied there from indices
 // (no traffic). lse, when asked for, is written in phase 2.
 //
@@ -97,16 +98,18 @@ export function standardAttention(q: Tensor, k: Tensor, v: Tensor, options: Stan
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const kvh = Math.floor(h / g);
-      // 1. S = scale·QKᵀ
-      for (let j = 0; j < Nk; j++) move("read", "k", kChip, j * d, k.data, ((b * Nk + j) * Hkv + kvh) * d, 1, d);
-      for (let i = 0; i < Nq; i++) {
-        move("read", "q", qRow, 0, q.data, ((b * Nq + i) * H + h) * d, 1, d);
-        for (let j = 0; j < Nk; j++) {
-          let dot = 0;
-          for (let c = 0; c < d; c++) dot += qRow[c] * kChip[j * d + c];
-          sRow[j] = scale * dot;
+      // 1. S = scale·QKᵀ; an empty S (no queries or no keys) needs no Q or K
+      if (Nq > 0 && Nk > 0) {
+        for (let j = 0; j < Nk; j++) move("read", "k", kChip, j * d, k.data, ((b * Nk + j) * Hkv + kvh) * d, 1, d);
+        for (let i = 0; i < Nq; i++) {
+          move("read", "q", qRow, 0, q.data, ((b * Nq + i) * H + h) * d, 1, d);
+          for (let j = 0; j < Nk; j++) {
+            let dot = 0;
+            for (let c = 0; c < d; c++) dot += qRow[c] * kChip[j * d + c];
+            sRow[j] = scale * dot;
+          }
+          move("write", "partial", S, i * Nk, sRow, 0, 1, Nk);
         }
-        move("write", "partial", S, i * Nk, sRow, 0, 1, Nk);
       }
       // 2. P = softmax(S + mask), −∞ where not visible; lse = m + log(l)
       for (let i = 0; i < Nq; i++) {
@@ -138,8 +141,10 @@ export function standardAttention(q: Tensor, k: Tensor, v: Tensor, options: Stan
           move("write", "lse", lse, (b * H + h) * Nq + i, lseValue, 0, 1, 1);
         }
       }
-      // 3. O = PV
-      for (let j = 0; j < Nk; j++) move("read", "v", vChip, j * dv, v.data, ((b * Nk + j) * Hkv + kvh) * dv, 1, dv);
+      // 3. O = PV; without queries V is not needed
+      for (let j = 0; j < Nk && Nq > 0; j++) {
+        move("read", "v", vChip, j * dv, v.data, ((b * Nk + j) * Hkv + kvh) * dv, 1, dv);
+      }
       for (let i = 0; i < Nq; i++) {
         move("read", "partial", sRow, 0, P, i * Nk, 1, Nk);
         for (let c = 0; c < dv; c++) {

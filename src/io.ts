@@ -11,6 +11,7 @@
  * @module
  */
 import { DEFAULT_SRAM_BYTES } from "./_run.ts";
+import { checkSplits } from "./_splits.ts";
 import { checkCumulative, checkInt32Array, message } from "./_validate.ts";
 import { ShapeError } from "./errors.ts";
 import { loadKernels } from "./wasm/loader.ts";
@@ -81,12 +82,17 @@ export interface IoOptions extends StandardIoOptions {
   /** Whether ALiBi slopes are read (one per query row and block). */
   alibi?: boolean;
   /**
-   * Split-KV, as `flashAttentionWithKvCache`'s `numSplits` but with no automatic choice: an
-   * integer ≥ 1, default 1. A sequence of Nk keys is cut into ranges of ⌈Nk / (s·Bc)⌉ whole key
-   * blocks, s = min(numSplits, ⌈Nk / Bc⌉); the kernel runs once per range, reading Q again and
-   * writing each row's normalised O and lse as partial results, and the merge reads those back
-   * and writes O (and lse). The library runs a group of heads unsplit when its partials would
-   * pass 16 MiB (4·s·rows·(dv + 1) bytes); the model assumes they fit.
+   * Split-KV, as `flashAttentionWithKvCache`'s `numSplits` (not with varlen packing, which that
+   * function does not take): 0 or absent is its automatic choice for the longest sequence
+   * (`chooseSplits`), otherwise the integer asked for. A sequence of Nk keys is cut into ranges
+   * of ⌈Nk / (s·Bc)⌉ whole key blocks, s = min(numSplits, ⌈Nk / Bc⌉); the kernel runs once per
+   * range, reading Q again and writing each row's normalised O and lse as partial results, and
+   * the merge reads those back and writes O (and lse).
+   *
+   * Not modelled: the library runs a call unsplit when its partials would not fit a 16 MiB
+   * scratch, 4·s·rows·(dv + 1) + 128 > 2²⁴ bytes, where rows is Nq·H/Hkv for a sequence placed
+   * in memory whole and one chunk's rows when its queries are streamed (the stats show it:
+   * `written.partial` is 0).
    */
   numSplits?: number;
 }
@@ -160,15 +166,17 @@ export function sumBytes(t: TensorBytes): number {
  * S = scale·QKᵀ; read S (and the mask), write P = softmax(S) (and lse); read P and V, write O = PV.
  * Each phase reads its inputs and writes its output exactly once, the fewest accesses the
  * algorithm can make. Every query head reads its K and V (a GQA group does not share them), f32
- * elements.
+ * elements. A sequence without queries or without keys reads nothing and writes its O and lse.
  *
  * @param shape The problem's sizes.
  * @param options Whether a mask is read and lse written, and the sequences' own lengths (each
  *   sequence runs Algorithm 0 at its Nq × Nk); an {@linkcode IoOptions} may be passed as it is (its
  *   other fields do not change Algorithm 0's traffic).
  * @returns Bytes read and written per tensor (S and P are counted under `partial`).
- * @throws {TypeError} If seqLensK and varlen packing are combined, or a mask with varlen packing.
- * @throws {ShapeError} If seqLensK's or the cuSeqlens' lengths do not match shape.B.
+ * @throws {TypeError} If seqLensK or a cuSeqlens is not an Int32Array, only one cuSeqlens is
+ *   given, or seqLensK or a mask (maskElementBytes) is combined with varlen packing.
+ * @throws {ShapeError} If seqLensK's length is not shape.B, or a cuSeqlens' length is not
+ *   shape.B + 1 (or below 2).
  * @throws {RangeError} If seqLensK holds a length outside [0, Nk], or the cuSeqlens do not start
  *   at 0, decrease, or do not end at shape.Nq and shape.Nk.
  *
@@ -189,9 +197,10 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
   const written = zeroBytes();
   for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
     const heads = count * H;
-    // S = scale·QKᵀ
-    read.q += 4 * heads * Nq * d;
-    read.k += 4 * heads * Nk * d;
+    // S = scale·QKᵀ (an empty S, without queries or keys, reads nothing)
+    const computes = Nq > 0 && Nk > 0 ? 1 : 0;
+    read.q += computes * 4 * heads * Nq * d;
+    read.k += computes * 4 * heads * Nk * d;
     written.partial += 4 * heads * Nq * Nk;
     // P = softmax(S + mask)
     read.partial += 4 * heads * Nq * Nk;
@@ -200,7 +209,7 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
     if (options.returnLse) written.lse += 4 * heads * Nq;
     // O = PV
     read.partial += 4 * heads * Nq * Nk;
-    read.v += 4 * heads * Nk * dv;
+    read.v += computes * 4 * heads * Nk * dv;
     written.o += 4 * heads * Nq * dv;
   }
   return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
@@ -216,7 +225,7 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
  * this model cannot know and does not model. Sequences of their own lengths (`seqLensK`, varlen
  * packing) are each one such sum, with visibility aligned to their own Nk; Tr and Tc are then the
- * largest over the sequences. With `numSplits` each key range is one such sum, plus the partial
+ * largest over the sequences that have queries. With `numSplits` each key range is one such sum, plus the partial
  * results the ranges write and the merge reads back. A KV-cache call is modelled with its caches'
  * maxLen as Nk and `seqLensK` = cacheSeqLens (plus the appended keys).
  *
@@ -224,9 +233,11 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * @param options Causal/window visibility, arena size, lse, mask, ALiBi and sequence lengths.
  * @returns Bytes per tensor, the tiling and the tile counts.
  * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims, numSplits
- *   is not an integer ≥ 1, or the sequence lengths are out of range (see
+ *   is negative or not an integer, or the sequence lengths are out of range (as
  *   {@linkcode standardAttentionIo}).
- * @throws {TypeError} As {@linkcode standardAttentionIo} for sequence options that do not combine.
+ * @throws {TypeError} If numSplits is not a number or is combined with varlen packing, and as
+ *   {@linkcode standardAttentionIo} for sequence options of the wrong type or that do not combine.
+ * @throws {ShapeError} As {@linkcode standardAttentionIo}, for sequence options of the wrong length.
  *
  * @example Usage
  * ```ts
@@ -250,14 +261,17 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   }
   const Br = packed >>> 16;
   const Bc = packed & 0xffff;
-  const numSplits = options.numSplits ?? 1;
-  if (!(Number.isInteger(numSplits) && numSplits >= 1)) {
-    throw new RangeError(message(`numSplits must be an integer ≥ 1: numSplits is ${numSplits}`));
+  const sequences = sequenceLengths(shape, options);
+  if (options.numSplits !== undefined && (options.cuSeqlensQ !== undefined || options.cuSeqlensK !== undefined)) {
+    throw new TypeError(
+      message("numSplits (split-KV of the KV-cache function) cannot be combined with varlen packing"),
+    );
   }
+  const numSplits = checkSplits(options.numSplits, Math.max(0, ...sequences.map((s) => s.Nk)));
   const read = zeroBytes();
   const written = zeroBytes();
   let [Tr, Tc, tiles, tilesComputed] = [0, 0, 0, 0];
-  for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
+  for (const { Nq, Nk, count } of sequences) {
     if (Nq === 0) continue;
     const one = sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits);
     const heads = count * Hkv;
@@ -362,7 +376,11 @@ function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {
       throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
     }
     if (options.maskElementBytes) {
-      throw new TypeError(message("mask cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
+      throw new TypeError(
+        message(
+          `a mask cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK): maskElementBytes is ${options.maskElementBytes}`,
+        ),
+      );
     }
     const cuQ = checkCumulative("cuSeqlensQ", cuSeqlensQ, Nq, "shape.Nq");
     const cuK = checkCumulative("cuSeqlensK", cuSeqlensK, Nk, "shape.Nk");

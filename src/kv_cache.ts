@@ -4,6 +4,7 @@
  * @module
  */
 import { attend, prepare } from "./_run.ts";
+import { checkSplits } from "./_splits.ts";
 import {
   checkInt32Array,
   checkOptionKeys,
@@ -17,6 +18,8 @@ import {
 import { ShapeError } from "./errors.ts";
 import type { AttentionOutput, FlashAttentionOptions } from "./flash_attention.ts";
 import type { Tensor } from "./tensor.ts";
+
+export { chooseSplits } from "./_splits.ts";
 
 /**
  * Options of {@linkcode flashAttentionWithKvCache}: those of `flashAttention` that apply to a cache
@@ -53,21 +56,6 @@ const OPTION_KEYS = [
   "sramBytes",
   "stats",
 ] as const;
-
-/** Splits are worth their merge only with enough keys per split. */
-const MIN_KEYS_PER_SPLIT = 1024;
-/** Most splits the automatic choice makes. */
-const MAX_AUTO_SPLITS = 16;
-
-/**
- * The automatic split count: Flash-Decoding splits the keys when there are too few query rows to
- * occupy every worker. The kernels run on one thread today, where a split only adds its merge, so
- * this returns 1; with `workers` > 1 it makes one split per worker, each of at least
- * MIN_KEYS_PER_SPLIT keys.
- */
-export function chooseSplits(keys: number, workers = 1): number {
-  return Math.max(1, Math.min(workers, MAX_AUTO_SPLITS, Math.floor(keys / MIN_KEYS_PER_SPLIT)));
-}
 
 /**
  * Attention of q against a key/value cache, as `flash_attn_with_kvcache`: optionally writes `kNew`
@@ -195,15 +183,4 @@ function checkNew(
     }
   }
   return { Nnew, k: k.data, v: v.data };
-}
-
-function checkSplits(value: unknown, keys: number): number {
-  if (value === undefined || value === 0) return chooseSplits(keys);
-  if (typeof value !== "number") {
-    throw new TypeError(message(`numSplits must be a number: numSplits is ${String(value)}`));
-  }
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new RangeError(message(`numSplits must be an integer ≥ 0: numSplits is ${String(value)}`));
-  }
-  return value;
 }

@@ -7,6 +7,7 @@
 import fc from "fast-check";
 import { standardAttention } from "../bench/_standard.ts";
 import {
+  chooseSplits,
   flashAttention,
   type FlashAttentionOptions,
   flashAttentionWithKvCache,
@@ -185,10 +186,10 @@ function lengthOptions(c: IoCase) {
   return {};
 }
 
-function closedForm(c: IoCase, numSplits = 1) {
+function closedForm(c: IoCase, numSplits?: number) {
   return flashAttentionIo(shapeOf(c), {
     ...lengthOptions(c),
-    numSplits,
+    ...(numSplits === undefined ? {} : { numSplits }),
     sramBytes: c.sramBytes,
     returnLse: c.returnLse,
     causal: c.causal,
@@ -326,20 +327,33 @@ test("the measured HBM traffic equals a brute-force count over every (query, key
   );
 });
 
-test("KV-cache calls with split-KV move exactly the brute-force count's bytes, and flashAttentionIo's with numSplits", () => {
+test("KV-cache calls with split-KV and appended keys move exactly the brute-force count's bytes, and flashAttentionIo's", () => {
   const kvCases = lengthsCaseArbitrary.filter((c) => c.varlen === undefined);
   fc.assert(
-    fc.property(kvCases, fc.integer({ min: 1, max: 9 }), (c, numSplits) => {
+    fc.property(kvCases, fc.integer({ min: 1, max: 9 }), fc.integer({ min: 0, max: 3 }), (c, numSplits, appended) => {
       const { q, k, v, options } = run(c);
-      const cacheSeqLens = c.seqLensK ? Int32Array.from(c.seqLensK) : undefined;
-      // The cache's lengths are its cacheSeqLens; the KV-cache function takes no seqLensK.
+      // Entry b attends to its cached keys plus the appended ones: c's key length in all.
+      const lengths = sequencesOf(c).map((s) => s.Nk);
+      const Nnew = Math.min(appended, ...lengths);
+      const cacheSeqLens = Int32Array.from(lengths, (n) => n - Nnew);
+      const random = rng(c.seed ^ 0x99);
+      const kNew = Nnew > 0 ? randomTensor(random, [c.B, Nnew, c.Hkv, c.d]) : undefined;
+      const vNew = Nnew > 0 ? randomTensor(random, [c.B, Nnew, c.Hkv, c.dv]) : undefined;
+      // The KV-cache function takes cacheSeqLens, not seqLensK.
       const { seqLensK: _, ...attention } = options;
-      const stats = flashAttentionWithKvCache(q, k, v, { ...attention, cacheSeqLens, numSplits, stats: true }).stats!;
+      const stats = flashAttentionWithKvCache(q, k, v, {
+        ...attention,
+        cacheSeqLens,
+        kNew,
+        vNew,
+        numSplits,
+        stats: true,
+      }).stats!;
       const blocks = documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none")!;
       const brute = bruteForceIo(c, blocks.Br, blocks.Bc, numSplits);
       // seqLensK = cacheSeqLens: a cache is keys of their own length per entry.
       const closed = closedForm(c, numSplits);
-      const where = `numSplits ${numSplits}, ${JSON.stringify(c)}`;
+      const where = `numSplits ${numSplits}, Nnew ${Nnew}, ${JSON.stringify(c)}`;
       assertSameIo(where, ["the kernel", "brute force"], { ...stats }, brute);
       assertSameIo(where, ["flashAttentionIo", "brute force"], { ...closed }, brute);
     }),
@@ -347,9 +361,30 @@ test("KV-cache calls with split-KV move exactly the brute-force count's bytes, a
   );
 });
 
-test("streaming heads and chunks through HBM moves exactly the brute-force count's bytes too", () => {
+test("split-KV falls back to one split exactly when a call's partials would pass the 16 MiB scratch", () => {
+  // One sequence placed whole: rows = Nq·H/Hkv = 2048, dv = 255, so s splits need
+  // 4·s·2048·256 + 128 bytes: 7 fit in 16 MiB, 8 do not.
+  const [Nq, maxLen, d] = [2048, 256, 255];
+  const random = rng(21);
+  const q = randomTensor(random, [1, Nq, 1, d]);
+  const k = randomTensor(random, [1, maxLen, 1, d]);
+  const v = randomTensor(random, [1, maxLen, 1, d]);
+  for (const numSplits of [7, 8]) {
+    const fits = 4 * numSplits * Nq * (d + 1) + 128 <= 16 * 1024 * 1024;
+    const stats = flashAttentionWithKvCache(q, k, v, { numSplits, stats: true }).stats!;
+    if (Math.ceil(maxLen / stats.Bc) < numSplits) throw new Error(`only ${maxLen / stats.Bc} key blocks to split`);
+    if (fits !== stats.written.partial > 0) {
+      throw new Error(`numSplits ${numSplits}: partials ${stats.written.partial}`);
+    }
+    const shape = { B: 1, H: 1, Nq, Nk: maxLen, d };
+    const modelled = flashAttentionIo(shape, { numSplits: fits ? numSplits : 1 });
+    if (modelled.totalBytes !== stats.totalBytes) throw new Error(`numSplits ${numSplits}: ${stats.totalBytes} B`);
+  }
+});
+
+test("streaming heads and chunks through HBM moves exactly the brute-force count's bytes too, split or not", () => {
   fc.assert(
-    fc.property(lengthsCaseArbitrary, (c) => {
+    fc.property(lengthsCaseArbitrary, fc.integer({ min: 1, max: 9 }), (c, numSplits) => {
       const { q, k, v, options } = run(c);
       const problem = validateCall(q, k, v, { ...options });
       const blocks = { sramBytes: c.sramBytes, ...documentedBlocks(c.sramBytes, c.d, c.dv, c.mask !== "none")! };
@@ -359,13 +394,13 @@ test("streaming heads and chunks through HBM moves exactly the brute-force count
         throw new Error(`${JSON.stringify(c)}: blocks ${packed >>> 16} × ${packed & 0xffff}`);
       }
       kernels.resetCounters();
-      runForward(kernels, problem, { ...blocks, out: undefined, numSplits: 1, slabBudgetBytes: 0 });
-      const brute = bruteForceIo(c, blocks.Br, blocks.Bc);
-      assertSameIo(`streamed ${JSON.stringify(c)}`, ["the kernel", "brute force"], {
+      runForward(kernels, problem, { ...blocks, out: undefined, numSplits, slabBudgetBytes: 0 });
+      const brute = bruteForceIo(c, blocks.Br, blocks.Bc, numSplits);
+      assertSameIo(`streamed, numSplits ${numSplits}, ${JSON.stringify(c)}`, ["the kernel", "brute force"], {
         ...readStats(kernels, problem, blocks),
       }, brute);
     }),
-    { seed: 0x11, numRuns: 60, includeErrorInReport: true },
+    { seed: 0x11, numRuns: 80, includeErrorInReport: true },
   );
 });
 
@@ -565,30 +600,42 @@ test("standardAttentionIo counts Algorithm 0: read Q, K, write S; read S, mask, 
   }
 });
 
-test("sequences of their own lengths add up: flashAttentionIo and standardAttentionIo with seqLensK or varlen are sums over the sequences", () => {
+test("standardAttentionIo with seqLensK or varlen moves the bytes of Algorithm 0 run on each sequence, empty ones included", () => {
   fc.assert(
     fc.property(lengthsCaseArbitrary, (c) => {
-      const where = JSON.stringify(c);
-      const options = { sramBytes: c.sramBytes, causal: c.causal, windowSize: c.window, returnLse: c.returnLse };
-      const whole = flashAttentionIo(shapeOf(c), { ...options, ...lengthOptions(c) });
-      const standard = standardAttentionIo(shapeOf(c), { returnLse: c.returnLse, ...lengthOptions(c) });
-      let [flashBytes, standardBytes, tilesComputed] = [0, 0, 0];
-      for (const { Nq, Nk } of sequencesOf(c)) {
-        // Empty sequences too: the brute-force test above pins what the kernel moves for them.
-        const one = { B: 1, H: c.H, Hkv: c.Hkv, Nq, Nk, d: c.d, dv: c.dv };
-        standardBytes += standardAttentionIo(one, { returnLse: c.returnLse }).totalBytes;
-        const io = flashAttentionIo(one, options);
-        flashBytes += io.totalBytes;
-        tilesComputed += io.tilesComputed;
-      }
-      if (whole.totalBytes !== flashBytes || whole.tilesComputed !== tilesComputed) {
-        throw new Error(
-          `${where}: flash ${whole.totalBytes} B, ${whole.tilesComputed} tiles; sum ${flashBytes} B, ${tilesComputed}`,
+      const { q, k, v } = run(c);
+      const counted = { read: zeroBytes(), written: zeroBytes() };
+      let [qAt, kAt] = [0, 0]; // row offsets of the sequence in q's and k's first two dims
+      sequencesOf(c).forEach(({ Nq, Nk }, b) => {
+        // The sequence's rows: entry b (its first Nk keys) or packed rows from qAt and kAt.
+        const [qRow, kRow] = c.varlen ? [qAt, kAt] : [b * c.Nq, b * c.Nk];
+        const slice = (t: typeof q, row: number, n: number, heads: number, dim: number) => ({
+          data: t.data.subarray(row * heads * dim, (row + n) * heads * dim),
+          shape: [1, n, heads, dim],
+        });
+        const random = rng(c.seed ^ b);
+        const mask: Mask | undefined = c.mask === "none"
+          ? undefined
+          : c.mask === "u8"
+          ? { data: Uint8Array.from({ length: Nq * Nk }, () => random() < 0.75 ? 1 : 0), shape: [Nq, Nk] }
+          : { data: Float32Array.from({ length: Nq * Nk }, () => random() - 0.5), shape: [Nq, Nk] };
+        const one = standardAttention(
+          slice(q, qRow, Nq, c.H, c.d),
+          slice(k, kRow, Nk, c.Hkv, c.d),
+          slice(v, kRow, Nk, c.Hkv, c.dv),
+          { causal: c.causal, windowSize: c.window, mask, returnLse: c.returnLse },
         );
-      }
-      if (standard.totalBytes !== standardBytes) {
-        throw new Error(`${where}: standard ${standard.totalBytes}, sum ${standardBytes}`);
-      }
+        for (const side of ["read", "written"] as const) {
+          for (const t of Object.keys(zeroBytes()) as (keyof TensorBytes)[]) counted[side][t] += one.io[side][t];
+        }
+        [qAt, kAt] = [qAt + Nq, kAt + Nk];
+      });
+      const closed = standardAttentionIo(shapeOf(c), {
+        ...lengthOptions(c),
+        returnLse: c.returnLse,
+        maskElementBytes: maskElementBytes(c),
+      });
+      assertSameIo(JSON.stringify(c), ["Algorithm 0 per sequence", "standardAttentionIo"], counted, { ...closed });
     }),
     { seed: 0x15, numRuns: 100, includeErrorInReport: true },
   );
@@ -632,9 +679,20 @@ test("sequence and split options the IO models cannot use are typed errors namin
       "mask cannot be combined",
     );
   }
-  for (const numSplits of [0, 1.5, -1, NaN]) {
+  for (const numSplits of [1.5, -1, NaN, 2 ** 53]) {
     assertThrows(() => flashAttentionIo(shape, { numSplits }), RangeError, `numSplits is ${numSplits}`);
   }
+  assertThrows(() => flashAttentionIo(shape, { numSplits: "2" as never }), TypeError, 'numSplits is "2"');
+  const cu = new Int32Array([0, 3, 8]);
+  assertThrows(
+    () => flashAttentionIo(shape, { cuSeqlensQ: cu, cuSeqlensK: cu, numSplits: 2 }),
+    TypeError,
+    "numSplits (split-KV of the KV-cache function) cannot be combined with varlen packing",
+  );
+  // 0 is the KV-cache function's automatic choice, as there.
+  const auto = flashAttentionIo(shape, { numSplits: 0 });
+  const chosen = flashAttentionIo(shape, { numSplits: chooseSplits(shape.Nk) });
+  if (auto.totalBytes !== chosen.totalBytes) throw new Error(`numSplits 0: ${auto.totalBytes} ≠ ${chosen.totalBytes}`);
 });
 
 // ── Arena and exactness ────────────────────────────────────────────────────────────────────────

@@ -1,0 +1,34 @@
+// The split-KV count (Flash-Decoding): the automatic choice and the option's validation, shared by
+// the KV-cache function and the IO model.
+
+import { describe, message } from "./_validate.ts";
+
+/** Splits are worth their merge only with enough keys per split. */
+const MIN_KEYS_PER_SPLIT = 1024;
+/** Most splits the automatic choice makes. */
+const MAX_AUTO_SPLITS = 16;
+
+/**
+ * The automatic split count: Flash-Decoding splits the keys when there are too few query rows to
+ * occupy every worker. The kernels run on one thread today, where a split only adds its merge, so
+ * this returns 1; with `workers` > 1 it makes one split per worker, each of at least
+ * MIN_KEYS_PER_SPLIT keys.
+ */
+export function chooseSplits(keys: number, workers = 1): number {
+  return Math.max(1, Math.min(workers, MAX_AUTO_SPLITS, Math.floor(keys / MIN_KEYS_PER_SPLIT)));
+}
+
+/**
+ * Validates a `numSplits` option: undefined or 0 is the automatic choice for the longest sequence
+ * of `keys` keys, otherwise a safe integer ≥ 1.
+ */
+export function checkSplits(value: unknown, keys: number): number {
+  if (value === undefined || value === 0) return chooseSplits(keys);
+  if (typeof value !== "number") {
+    throw new TypeError(message(`numSplits must be a number: numSplits is ${describe(value)}`));
+  }
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(message(`numSplits must be an integer ≥ 0: numSplits is ${String(value)}`));
+  }
+  return value;
+}
