@@ -15,6 +15,7 @@
 // ranges (whole Bc blocks each); the kernel writes a normalised partial O and lse per range and
 // mergeSplits combines them.
 
+import { splitRanges } from "./_splits.ts";
 import type { AttentionProblem, Sequence } from "./_validate.ts";
 import { message } from "./_validate.ts";
 import type { Kernels } from "./wasm/loader.ts";
@@ -500,22 +501,20 @@ function run(
   // Split-KV: partial O of split t, virtual row r at scratch + (t·rows + r)·dv, its lse after all O.
   const rows = c.Nq * p.group;
   const partLse = scratchPtr + 4 * splits * rows * p.dv;
-  const keysPerSplit = Math.ceil(c.keyEnd / splits / config.Bc) * config.Bc;
-  let t = 0;
-  for (let begin = 0; begin < c.keyEnd; begin += keysPerSplit, t++) {
-    const end = Math.min(c.keyEnd, begin + keysPerSplit);
+  const ranges = splitRanges(c.keyEnd, splits, config.Bc);
+  ranges.forEach(([begin, end], t) =>
     kernel(
       begin,
       end,
       [scratchPtr + 4 * t * rows * p.dv, p.group * p.dv, p.dv],
       [partLse + 4 * t * rows, p.group, 1],
       true,
-    );
-  }
+    )
+  );
   kernels.mergeSplits(
     scratchPtr,
     partLse,
-    t,
+    ranges.length,
     rows,
     p.dv,
     c.o,

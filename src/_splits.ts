@@ -32,3 +32,17 @@ export function checkSplits(value: unknown, keys: number): number {
   }
   return value;
 }
+
+/**
+ * The key ranges of split-KV over `keys` keys: s = min(numSplits, ⌈keys / Bc⌉) and, when s > 1,
+ * consecutive ranges of ⌈keys / (s·Bc)⌉ whole key blocks (the last one shorter, and possibly fewer
+ * than s ranges); otherwise the one range of all keys.
+ */
+export function splitRanges(keys: number, numSplits: number, Bc: number): [number, number][] {
+  const splits = Math.min(numSplits, Math.ceil(keys / Bc));
+  if (splits <= 1) return [[0, keys]];
+  const keysPerSplit = Math.ceil(keys / splits / Bc) * Bc;
+  const ranges: [number, number][] = [];
+  for (let begin = 0; begin < keys; begin += keysPerSplit) ranges.push([begin, Math.min(keys, begin + keysPerSplit)]);
+  return ranges;
+}

@@ -338,20 +338,7 @@ export function validateAttention(
   } else {
     batch = B;
     const seqLensK = extra.seqLensK;
-    if (seqLensK !== undefined) {
-      checkInt32Array("seqLensK", seqLensK, B, "B");
-      for (let b = 0; b < B; b++) {
-        if (!(seqLensK[b] >= 0 && seqLensK[b] <= NkAll)) {
-          throw new RangeError(
-            message(
-              `seqLensK must hold key lengths in [0, Nk = ${NkAll}]: seqLensK[${b}] is ${seqLensK[b]} (k.shape is ${
-                formatShape(K.shape)
-              })`,
-            ),
-          );
-        }
-      }
-    }
+    if (seqLensK !== undefined) checkSeqLensK(seqLensK, B, "B", NkAll, ` (k.shape is ${formatShape(K.shape)})`);
     lseStrides = { row: 1, head: NqAll };
     lseShape = [B, H, NqAll];
     for (let b = 0; b < B; b++) {
@@ -390,9 +377,7 @@ export function validateAttention(
   const alibiSlopes = checkSlopes(options.alibiSlopes, H, batch, varlen);
   let mask: ValidMask | undefined;
   if (options.mask !== undefined) {
-    if (varlen) {
-      throw new TypeError(message("mask cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
-    }
+    if (varlen) throw notWithVarlen("mask");
     mask = checkMask(options.mask, [B, H, NqAll, NkAll]);
   }
 
@@ -430,6 +415,29 @@ export function validateAttention(
       formatShape(V.shape)
     }`,
   };
+}
+
+/** The TypeError for an option that varlen packing does not take; `detail` names its value. */
+export function notWithVarlen(what: string, detail?: string): TypeError {
+  return new TypeError(
+    message(`${what} cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)${detail ? `: ${detail}` : ""}`),
+  );
+}
+
+/**
+ * Checks per-entry key lengths: an Int32Array of length B (`bName` in messages) holding lengths
+ * in [0, Nk]; `context` is appended to the range error (e.g. the tensors' shapes).
+ */
+export function checkSeqLensK(value: unknown, B: number, bName: string, Nk: number, context = ""): Int32Array {
+  const seqLensK = checkInt32Array("seqLensK", value, B, bName);
+  for (let b = 0; b < B; b++) {
+    if (!(seqLensK[b] >= 0 && seqLensK[b] <= Nk)) {
+      throw new RangeError(
+        message(`seqLensK must hold key lengths in [0, Nk = ${Nk}]: seqLensK[${b}] is ${seqLensK[b]}${context}`),
+      );
+    }
+  }
+  return seqLensK;
 }
 
 /** Checks varlen offsets: an Int32Array of length B + 1 ≥ 2, from 0, non-decreasing, ending at `total`. */
@@ -566,7 +574,7 @@ function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
 export function validateCall(q: unknown, k: unknown, v: unknown, opts: Record<string, unknown>): AttentionProblem {
   const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
   if (varlen && opts.seqLensK !== undefined) {
-    throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
+    throw notWithVarlen("seqLensK");
   }
   return validateAttention(q, k, v, opts, {
     seqLensK: opts.seqLensK as Int32Array | undefined,

@@ -11,8 +11,8 @@
  * @module
  */
 import { DEFAULT_SRAM_BYTES } from "./_run.ts";
-import { checkSplits } from "./_splits.ts";
-import { checkCumulative, checkInt32Array, message } from "./_validate.ts";
+import { checkSplits, splitRanges } from "./_splits.ts";
+import { checkCumulative, checkSeqLensK, message, notWithVarlen } from "./_validate.ts";
 import { ShapeError } from "./errors.ts";
 import { loadKernels } from "./wasm/loader.ts";
 
@@ -263,9 +263,7 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   const Bc = packed & 0xffff;
   const sequences = sequenceLengths(shape, options);
   if (options.numSplits !== undefined && (options.cuSeqlensQ !== undefined || options.cuSeqlensK !== undefined)) {
-    throw new TypeError(
-      message("numSplits (split-KV of the KV-cache function) cannot be combined with varlen packing"),
-    );
+    throw notWithVarlen("numSplits (split-KV of the KV-cache function)");
   }
   const numSplits = checkSplits(options.numSplits, Math.max(0, ...sequences.map((s) => s.Nk)));
   const read = zeroBytes();
@@ -321,21 +319,15 @@ function sequenceIo(
   const read = zeroBytes();
   const written = zeroBytes();
   // Key ranges of one kernel call each: all keys, or the split-KV ranges of whole key blocks.
-  const splits = Math.min(numSplits, Math.ceil(Nk / Bc));
-  const ranges: [number, number][] = [];
-  if (splits > 1) {
-    const keysPerSplit = Math.ceil(Nk / splits / Bc) * Bc;
-    for (let begin = 0; begin < Nk; begin += keysPerSplit) ranges.push([begin, Math.min(Nk, begin + keysPerSplit)]);
-  } else {
-    ranges.push([0, Nk]);
-  }
+  const ranges = splitRanges(Nk, numSplits, Bc);
+  const split = ranges.length > 1;
   let tilesComputed = 0;
   for (const [begin, stop] of ranges) {
     for (let i0 = 0; i0 < rows; i0 += Br) {
       const rowsHere = Math.min(Br, rows - i0);
       read.q += 4 * rowsHere * d;
       if (options.alibi) read.slopes += 4 * rowsHere;
-      if (splits > 1) {
+      if (split) {
         written.partial += 4 * rowsHere * (dv + 1); // normalised O and lse of this range
       } else {
         written.o += 4 * rowsHere * dv;
@@ -354,7 +346,7 @@ function sequenceIo(
       read.mask += maskBytes * rowsHere * (jEnd - jBegin);
     }
   }
-  if (splits > 1) {
+  if (split) {
     // The merge reads every range's partials and writes the output once.
     read.partial += 4 * ranges.length * rows * (dv + 1);
     written.o += 4 * rows * dv;
@@ -372,16 +364,8 @@ function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {
   const { seqLensK, cuSeqlensQ, cuSeqlensK } = options;
   const lengths: [number, number][] = [];
   if (cuSeqlensQ !== undefined || cuSeqlensK !== undefined) {
-    if (seqLensK !== undefined) {
-      throw new TypeError(message("seqLensK cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK)"));
-    }
-    if (options.maskElementBytes) {
-      throw new TypeError(
-        message(
-          `a mask cannot be combined with varlen packing (cuSeqlensQ, cuSeqlensK): maskElementBytes is ${options.maskElementBytes}`,
-        ),
-      );
-    }
+    if (seqLensK !== undefined) throw notWithVarlen("seqLensK");
+    if (options.maskElementBytes) throw notWithVarlen("a mask", `maskElementBytes is ${options.maskElementBytes}`);
     const cuQ = checkCumulative("cuSeqlensQ", cuSeqlensQ, Nq, "shape.Nq");
     const cuK = checkCumulative("cuSeqlensK", cuSeqlensK, Nk, "shape.Nk");
     if (cuQ.length !== B + 1 || cuK.length !== B + 1) {
@@ -397,15 +381,8 @@ function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {
     }
     for (let b = 0; b < B; b++) lengths.push([cuQ[b + 1] - cuQ[b], cuK[b + 1] - cuK[b]]);
   } else if (seqLensK !== undefined) {
-    checkInt32Array("seqLensK", seqLensK, B, "shape.B");
-    for (let b = 0; b < B; b++) {
-      if (!(seqLensK[b] >= 0 && seqLensK[b] <= Nk)) {
-        throw new RangeError(
-          message(`seqLensK must hold key lengths in [0, Nk = ${Nk}]: seqLensK[${b}] is ${seqLensK[b]}`),
-        );
-      }
-      lengths.push([Nq, seqLensK[b]]);
-    }
+    checkSeqLensK(seqLensK, B, "shape.B", Nk);
+    for (let b = 0; b < B; b++) lengths.push([Nq, seqLensK[b]]);
   } else {
     return [{ Nq, Nk, count: B }];
   }

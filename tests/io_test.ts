@@ -143,12 +143,17 @@ function sequencesOf(c: IoCase): { Nq: number; Nk: number }[] {
 const cumulative = (lengths: number[]) => Int32Array.from([0, ...lengths], ((sum) => (x) => (sum += x))(0));
 
 /** A mask that never blocks a whole tile: finite biases, or booleans that are all "attend". */
+/** An [Nq, Nk] mask: finite biases in [−0.5, 0.5), or booleans of which about a quarter block. */
+function randomMask(kind: "f32" | "u8", Nq: number, Nk: number, random: () => number): Mask {
+  return kind === "u8"
+    ? { data: Uint8Array.from({ length: Nq * Nk }, () => random() < 0.75 ? 1 : 0), shape: [Nq, Nk] }
+    : { data: Float32Array.from({ length: Nq * Nk }, () => random() - 0.5), shape: [Nq, Nk] };
+}
+
 function openMask(c: IoCase): Mask | undefined {
   if (c.mask === "none") return undefined;
-  const n = c.Nq * c.Nk;
-  if (c.mask === "u8") return { data: new Uint8Array(n).fill(1), shape: [c.Nq, c.Nk] };
-  const random = rng(c.seed ^ 0x55);
-  return { data: Float32Array.from({ length: n }, () => random() - 0.5), shape: [c.Nq, c.Nk] };
+  if (c.mask === "u8") return { data: new Uint8Array(c.Nq * c.Nk).fill(1), shape: [c.Nq, c.Nk] };
+  return randomMask("f32", c.Nq, c.Nk, rng(c.seed ^ 0x55));
 }
 
 const maskElementBytes = (c: IoCase) => c.mask === "none" ? 0 : c.mask === "u8" ? 1 : 4;
@@ -555,10 +560,7 @@ test("Algorithm 0 run with counted HBM accesses computes attention, moves standa
       const { q, k, v, options } = run(c);
       const where = JSON.stringify(c);
       // A boolean mask that blocks about a quarter of the pairs (the count does not depend on it).
-      const random = rng(c.seed ^ 0x77);
-      const mask: Mask | undefined = c.mask === "u8"
-        ? { data: Uint8Array.from({ length: c.Nq * c.Nk }, () => random() < 0.75 ? 1 : 0), shape: [c.Nq, c.Nk] }
-        : options.mask;
+      const mask = c.mask === "u8" ? randomMask("u8", c.Nq, c.Nk, rng(c.seed ^ 0x77)) : options.mask;
       const semantics = { causal: c.causal, windowSize: c.window, mask, returnLse: true as const };
       const standard = standardAttention(q, k, v, { ...semantics, returnLse: c.returnLse });
       // Its output is attention: the tolerance rule of tests/_util.ts against the f64 reference
@@ -613,12 +615,7 @@ test("standardAttentionIo with seqLensK or varlen moves the bytes of Algorithm 0
           data: t.data.subarray(row * heads * dim, (row + n) * heads * dim),
           shape: [1, n, heads, dim],
         });
-        const random = rng(c.seed ^ b);
-        const mask: Mask | undefined = c.mask === "none"
-          ? undefined
-          : c.mask === "u8"
-          ? { data: Uint8Array.from({ length: Nq * Nk }, () => random() < 0.75 ? 1 : 0), shape: [Nq, Nk] }
-          : { data: Float32Array.from({ length: Nq * Nk }, () => random() - 0.5), shape: [Nq, Nk] };
+        const mask = c.mask === "none" ? undefined : randomMask(c.mask, Nq, Nk, rng(c.seed ^ b));
         const one = standardAttention(
           slice(q, qRow, Nq, c.H, c.d),
           slice(k, kRow, Nk, c.Hkv, c.d),
