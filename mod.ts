@@ -19,15 +19,10 @@
  *
  * @module
  */
-export {
-  type AttentionOutput,
-  DEFAULT_SRAM_BYTES,
-  flashAttention,
-  type FlashAttentionOptions,
-} from "./src/flash_attention.ts";
+export { DEFAULT_SRAM_BYTES, flashAttention, type FlashAttentionOptions } from "./src/flash_attention.ts";
 export { ShapeError } from "./src/errors.ts";
 export type { Layout, Tensor } from "./src/tensor.ts";
 export { init, type WasmSource } from "./src/wasm/loader.ts";
 export { chooseSplits, flashAttentionWithKvCache, type KvCacheOptions } from "./src/kv_cache.ts";
 export type { Mask } from "./src/tensor.ts";
-export type { AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./src/io.ts";
+export type { AttentionOutput, AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./src/result.ts";

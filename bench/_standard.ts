@@ -20,7 +20,7 @@
 // f64 reference) and that its counts equal standardAttentionIo, so the report's baseline is tested.
 
 import type { Mask, Tensor } from "../mod.ts";
-import { type IoCounts, sumBytes, type TensorBytes, zeroBytes } from "../src/io.ts";
+import { type IoCounts, sumBytes, type TensorBytes, zeroBytes } from "../src/result.ts";
 
 /** Options of {@linkcode standardAttention}: `flashAttention`'s semantics, BSHD layout only. */
 export interface StandardOptions {

@@ -1,6 +1,6 @@
 // The f64 reference's loop, shared with the tests' f32 baseline (which rounds every operation).
 
-import type { AttentionProblem } from "./_validate.ts";
+import type { AttentionProblem } from "./_problem.ts";
 
 /**
  * Standard attention of a validated problem, one query row at a time, every arithmetic result

@@ -1,7 +1,7 @@
 // The split-KV count (Flash-Decoding): the automatic choice and the option's validation, shared by
 // the KV-cache function and the IO model.
 
-import { describe, message } from "./_validate.ts";
+import { describe, message } from "./_messages.ts";
 
 /** Splits are worth their merge only with enough keys per split. */
 const MIN_KEYS_PER_SPLIT = 1024;
@@ -18,12 +18,9 @@ export function chooseSplits(keys: number, workers = 1): number {
   return Math.max(1, Math.min(workers, MAX_AUTO_SPLITS, Math.floor(keys / MIN_KEYS_PER_SPLIT)));
 }
 
-/**
- * Validates a `numSplits` option: undefined or 0 is the automatic choice for the longest sequence
- * of `keys` keys, otherwise a safe integer ≥ 1.
- */
-export function checkSplits(value: unknown, keys: number): number {
-  if (value === undefined || value === 0) return chooseSplits(keys);
+/** Reads a `numSplits` option: undefined or 0 (the automatic choice) gives 0, otherwise a safe integer ≥ 1. */
+export function readSplits(value: unknown): number {
+  if (value === undefined || value === 0) return 0;
   if (typeof value !== "number") {
     throw new TypeError(message(`numSplits must be a number: numSplits is ${describe(value)}`));
   }
@@ -31,6 +28,14 @@ export function checkSplits(value: unknown, keys: number): number {
     throw new RangeError(message(`numSplits must be an integer ≥ 0: numSplits is ${String(value)}`));
   }
   return value;
+}
+
+/**
+ * Validates a `numSplits` option and resolves the automatic choice (0) for the longest sequence
+ * of `keys` keys on one thread.
+ */
+export function checkSplits(value: unknown, keys: number): number {
+  return readSplits(value) || chooseSplits(keys);
 }
 
 /**

@@ -1,7 +1,7 @@
 // Reading the kernels' counters (assembly/hbm.ts) into AttentionStats.
 
-import type { AttentionProblem } from "./_validate.ts";
-import { type AttentionStats, sumBytes, type TensorBytes } from "./io.ts";
+import type { AttentionProblem } from "./_problem.ts";
+import { type AttentionStats, sumBytes, type TensorBytes } from "./result.ts";
 import type { Kernels } from "./wasm/loader.ts";
 
 /** Counter slots, as assembly/hbm.ts lays them out (u64 each). */

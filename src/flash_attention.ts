@@ -3,12 +3,14 @@
  *
  * @module
  */
-import { attend, DEFAULT_SRAM_BYTES, prepare } from "./_run.ts";
-import { checkOptionKeys, checkStats, SEMANTIC_OPTION_KEYS, SEQUENCE_OPTION_KEYS, validateCall } from "./_validate.ts";
-import type { AttentionStats } from "./io.ts";
+import { DEFAULT_SRAM_BYTES } from "./_limits.ts";
+import { attend, prepare } from "./_run.ts";
+import { validateForwardCall } from "./_validate.ts";
+import type { AttentionOutput } from "./result.ts";
 import type { Layout, Mask, Tensor } from "./tensor.ts";
 
 export { DEFAULT_SRAM_BYTES };
+export type { AttentionOutput };
 
 /** Options of {@linkcode flashAttention}. */
 export interface FlashAttentionOptions {
@@ -60,26 +62,6 @@ export interface FlashAttentionOptions {
    */
   stats?: boolean;
 }
-
-/** The result of {@linkcode flashAttention}: O in the input's layout, and lse when asked for. */
-export interface AttentionOutput extends Tensor {
-  /** HBM traffic, tiling and flops measured by the kernels, with `stats: true`. */
-  stats?: AttentionStats;
-  /**
-   * Natural-log log-sum-exp of each query's final scores (after softcap, ALiBi and mask), shape
-   * [B, H, Nq] ([H, totalQ] with varlen packing); −∞ for a query that sees no key.
-   */
-  lse?: Tensor;
-}
-
-const OPTION_KEYS = [
-  ...SEMANTIC_OPTION_KEYS,
-  ...SEQUENCE_OPTION_KEYS,
-  "returnLse",
-  "out",
-  "sramBytes",
-  "stats",
-] as const;
 
 /**
  * {@linkcode flashAttention} with `returnLse: true`: the result always carries `lse`.
@@ -147,8 +129,5 @@ export function flashAttention(
   v: Tensor,
   options?: FlashAttentionOptions,
 ): AttentionOutput {
-  const opts = checkOptionKeys(options, OPTION_KEYS);
-  const problem = validateCall(q, k, v, opts);
-  const stats = checkStats(opts.stats);
-  return attend(prepare(problem, opts), stats);
+  return attend(prepare(validateForwardCall(q, k, v, options)));
 }

@@ -4,19 +4,9 @@
  * @module
  */
 import { attend, prepare } from "./_run.ts";
-import { checkSplits } from "./_splits.ts";
-import {
-  checkInt32Array,
-  checkOptionKeys,
-  checkStats,
-  checkTensor,
-  formatShape,
-  message,
-  SEMANTIC_OPTION_KEYS,
-  validateAttention,
-} from "./_validate.ts";
-import { ShapeError } from "./errors.ts";
-import type { AttentionOutput, FlashAttentionOptions } from "./flash_attention.ts";
+import { validateKvCacheCall } from "./_validate.ts";
+import type { FlashAttentionOptions } from "./flash_attention.ts";
+import type { AttentionOutput } from "./result.ts";
 import type { Tensor } from "./tensor.ts";
 
 export { chooseSplits } from "./_splits.ts";
@@ -44,18 +34,6 @@ export interface KvCacheOptions
    */
   numSplits?: number;
 }
-
-const OPTION_KEYS = [
-  "cacheSeqLens",
-  "kNew",
-  "vNew",
-  "numSplits",
-  ...SEMANTIC_OPTION_KEYS,
-  "returnLse",
-  "out",
-  "sramBytes",
-  "stats",
-] as const;
 
 /**
  * Attention of q against a key/value cache, as `flash_attn_with_kvcache`: optionally writes `kNew`
@@ -105,82 +83,5 @@ export function flashAttentionWithKvCache(
   vCache: Tensor,
   options: KvCacheOptions = {},
 ): AttentionOutput {
-  const opts = checkOptionKeys(options, OPTION_KEYS);
-  // Shapes first, with the caches' own length; then the lengths the call will attend to.
-  validateAttention(q, kCache, vCache, opts);
-  const [B, maxLen, Hkv, d] = kCache.shape;
-  const dv = vCache.shape[3];
-  const cacheSeqLens = opts.cacheSeqLens === undefined
-    ? new Int32Array(B).fill(maxLen)
-    : checkInt32Array("cacheSeqLens", opts.cacheSeqLens, B, "B");
-  for (let b = 0; b < B; b++) {
-    if (!(cacheSeqLens[b] >= 0 && cacheSeqLens[b] <= maxLen)) {
-      throw new RangeError(
-        message(`cacheSeqLens must hold lengths in [0, maxLen = ${maxLen}]: cacheSeqLens[${b}] is ${cacheSeqLens[b]}`),
-      );
-    }
-  }
-  const appended = checkNew(opts.kNew, opts.vNew, [B, Hkv, d, dv], cacheSeqLens, maxLen);
-  const seqLensK = cacheSeqLens.map((n) => n + appended.Nnew);
-  const problem = validateAttention(q, kCache, vCache, opts, { seqLensK });
-  const numSplits = checkSplits(opts.numSplits, Math.max(...seqLensK));
-  const stats = checkStats(opts.stats);
-  const call = prepare(problem, opts, numSplits);
-
-  // Every check passed: now write the new keys and values into the caches.
-  if (appended.Nnew > 0) {
-    const rowK = Hkv * d;
-    const rowV = Hkv * dv;
-    for (let b = 0; b < B; b++) {
-      const at = b * maxLen + cacheSeqLens[b];
-      const from = b * appended.Nnew;
-      kCache.data.set(appended.k!.subarray(from * rowK, (from + appended.Nnew) * rowK), at * rowK);
-      vCache.data.set(appended.v!.subarray(from * rowV, (from + appended.Nnew) * rowV), at * rowV);
-    }
-  }
-  return attend(call, stats);
-}
-
-function checkNew(
-  kNew: unknown,
-  vNew: unknown,
-  [B, Hkv, d, dv]: number[],
-  cacheSeqLens: Int32Array,
-  maxLen: number,
-): { Nnew: number; k?: Float32Array; v?: Float32Array } {
-  if (kNew === undefined && vNew === undefined) return { Nnew: 0 };
-  if (kNew === undefined || vNew === undefined) {
-    throw new TypeError(message("kNew and vNew go together: pass both or neither"));
-  }
-  const dims = "[B, Nnew, Hkv, d]";
-  const k = checkTensor("kNew", kNew, dims, 4);
-  const v = checkTensor("vNew", vNew, dims, 4);
-  const Nnew = k.shape[1];
-  const expect = (name: string, shape: number[], wanted: number[]) => {
-    if (shape.join() !== wanted.join()) {
-      throw new ShapeError(
-        message(
-          `${name} must have shape ${formatShape(wanted)} (B, Nnew, Hkv and the cache's head dim): ${name}.shape is ${
-            formatShape(shape)
-          }`,
-        ),
-        formatShape(wanted),
-        formatShape(shape),
-      );
-    }
-  };
-  expect("kNew", k.shape, [B, Nnew, Hkv, d]);
-  expect("vNew", v.shape, [B, Nnew, Hkv, dv]);
-  for (let b = 0; b < B; b++) {
-    if (cacheSeqLens[b] + Nnew > maxLen) {
-      throw new RangeError(
-        message(
-          `appending ${Nnew} new keys at cacheSeqLens[${b}] = ${
-            cacheSeqLens[b]
-          } overflows the cache of maxLen ${maxLen}`,
-        ),
-      );
-    }
-  }
-  return { Nnew, k: k.data, v: v.data };
+  return attend(prepare(validateKvCacheCall(q, kCache, vCache, options)));
 }

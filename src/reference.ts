@@ -8,7 +8,8 @@
  * @module
  */
 import { referenceForward } from "./_reference.ts";
-import { checkOptionKeys, SEMANTIC_OPTION_KEYS, SEQUENCE_OPTION_KEYS, validateCall } from "./_validate.ts";
+import { checkOptionKeys, SEMANTIC_OPTION_KEYS, SEQUENCE_OPTION_KEYS } from "./_options.ts";
+import { validateCall } from "./_validate.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { Tensor } from "./tensor.ts";
 

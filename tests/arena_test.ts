@@ -9,7 +9,7 @@ import fc from "fast-check";
 import { flashAttention, flashAttentionWithKvCache, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
-import { ARENA_MAX_BYTES, HEAD_DIM_MAX } from "../src/_run.ts";
+import { ARENA_MAX_BYTES, HEAD_DIM_MAX } from "../src/_limits.ts";
 import { validateAttention } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import {

@@ -14,7 +14,8 @@ import {
   type Mask,
   ShapeError,
 } from "../mod.ts";
-import { flashAttentionIo, standardAttentionIo, type TensorBytes, zeroBytes } from "../src/io.ts";
+import { flashAttentionIo, standardAttentionIo, type TensorBytes } from "../src/io.ts";
+import { zeroBytes } from "../src/result.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { readStats } from "../src/_stats.ts";

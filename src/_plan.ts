@@ -1,0 +1,725 @@
+// The plan of a forward call: where every tensor goes in HBM (linear memory) and which kernel calls
+// to make, decided before anything is copied or computed. One plan, several runners: the
+// synchronous runner (_forward.ts) makes the kernel calls one after another on the calling thread;
+// the pool (pool.ts) hands each phase's calls to its Workers. A plan is data (named records of
+// kernel arguments) plus the copies that stage the caller's tensors into HBM and back.
+//
+// Placements:
+// - slab: a sequence's tensors (every head) are copied in with one bulk copy each and the kernel
+//   reads heads through the caller's strides. Consecutive sequences share a phase while their
+//   tensors total at most slabBudgetBytes.
+// - streamed: a sequence too large for a slab stages K and V (all heads in one bulk copy up to
+//   KV_SLAB_BUDGET_BYTES, else one head at a time, gathered) and feeds the queries of each head
+//   group in chunks of positions, one phase per chunk; each chunk's O goes straight to the
+//   caller's buffer. The HBM footprint is at most max(KV_SLAB_BUDGET_BYTES, one head's K and V)
+//   plus a chunk, whatever B and H are.
+// A query row's result does not depend on how rows are grouped into blocks, chunks or jobs (each
+// row's arithmetic only depends on the key tiling, and chunks hold whole query blocks), so every
+// placement and every split into jobs gives the same bits, and moves the same bytes.
+//
+// Split-KV (Flash-Decoding): with numSplits > 1 the keys of each head are cut into that many
+// ranges (whole Bc blocks each); the kernel writes a normalised partial O and lse per range and
+// a merge job combines them, in split order.
+
+import { MAX_MEMORY_BYTES } from "./_limits.ts";
+import { message } from "./_messages.ts";
+import type { AttentionProblem, Sequence } from "./_problem.ts";
+import { splitRanges } from "./_splits.ts";
+
+/** Sequences whose staged tensors total at most this many bytes are copied in whole. */
+export const SLAB_BUDGET_BYTES = 16 << 20;
+/** A streamed sequence stages the K and V of all its heads at once up to this size. */
+const KV_SLAB_BUDGET_BYTES = 32 << 20;
+/** Most bytes of split-KV partial results per head group; more splits fall back to none. */
+const SPLIT_SCRATCH_BYTES = 16 << 20;
+/** Target size of one streamed chunk of queries (Q, O, lse and mask rows). */
+export const CHUNK_BYTES = 1 << 20;
+export const MASK_NONE = 0;
+export const MASK_F32 = 1;
+export const MASK_U8 = 2;
+
+/** How a runner wants a problem laid out. */
+export interface PlanConfig {
+  /** Arena size and the blocks the kernels derive from it. */
+  sramBytes: number;
+  Br: number;
+  Bc: number;
+  /** Key splits per head (1 = none). */
+  numSplits: number;
+  /** First byte of HBM the plan may use. */
+  hbmPtr: number;
+  /** Sequences up to this size are staged whole (several to a phase); larger ones are streamed. */
+  slabBudgetBytes: number;
+  /** Target bytes of one streamed chunk of queries. */
+  chunkBytes: number;
+  /** Jobs to cut each (sequence, head group) or streamed chunk into, along whole query blocks (1: one call). */
+  jobsPerGroup: number;
+}
+
+/**
+ * One call of the forward kernel (assembly/forward.ts), argument for argument: byte addresses end
+ * in Ptr, strides count elements; Q, O and lse are addressed by virtual row (assembly/hbm.ts).
+ */
+export interface ForwardJob {
+  qPtr: number;
+  qRowStride: number;
+  qHeadStride: number;
+  kPtr: number;
+  kRowStride: number;
+  vPtr: number;
+  vRowStride: number;
+  oPtr: number;
+  oRowStride: number;
+  oHeadStride: number;
+  lsePtr: number;
+  lseRowStride: number;
+  lseHeadStride: number;
+  Nq: number;
+  g: number;
+  keyBegin: number;
+  keyEnd: number;
+  d: number;
+  dv: number;
+  scale: number;
+  softcap: number;
+  visOffset: number;
+  windowLeft: number;
+  windowRight: number;
+  slopesPtr: number;
+  alibiOffset: number;
+  maskPtr: number;
+  maskKind: number;
+  maskRowStride: number;
+  maskHeadStride: number;
+  maskColStride: number;
+  sramBytes: number;
+  partial: boolean;
+}
+
+/** One call of the split-KV merge (assembly/merge.ts). */
+export interface MergeJob {
+  partPtr: number;
+  partLsePtr: number;
+  splits: number;
+  rows: number;
+  dv: number;
+  oPtr: number;
+  oRowStride: number;
+  oHeadStride: number;
+  lsePtr: number;
+  lseRowStride: number;
+  lseHeadStride: number;
+  g: number;
+  sramBytes: number;
+}
+
+/** The forward kernel's arguments in its parameter order. */
+export function forwardArgs(j: ForwardJob): number[] {
+  return [
+    j.qPtr,
+    j.qRowStride,
+    j.qHeadStride,
+    j.kPtr,
+    j.kRowStride,
+    j.vPtr,
+    j.vRowStride,
+    j.oPtr,
+    j.oRowStride,
+    j.oHeadStride,
+    j.lsePtr,
+    j.lseRowStride,
+    j.lseHeadStride,
+    j.Nq,
+    j.g,
+    j.keyBegin,
+    j.keyEnd,
+    j.d,
+    j.dv,
+    j.scale,
+    j.softcap,
+    j.visOffset,
+    j.windowLeft,
+    j.windowRight,
+    j.slopesPtr,
+    j.alibiOffset,
+    j.maskPtr,
+    j.maskKind,
+    j.maskRowStride,
+    j.maskHeadStride,
+    j.maskColStride,
+    j.sramBytes,
+    j.partial ? 1 : 0,
+  ];
+}
+
+/** The merge kernel's arguments in its parameter order. */
+export function mergeArgs(m: MergeJob): number[] {
+  return [
+    m.partPtr,
+    m.partLsePtr,
+    m.splits,
+    m.rows,
+    m.dv,
+    m.oPtr,
+    m.oRowStride,
+    m.oHeadStride,
+    m.lsePtr,
+    m.lseRowStride,
+    m.lseHeadStride,
+    m.g,
+    m.sramBytes,
+  ];
+}
+
+/** Where a call's results go on the caller's side. */
+export interface Results {
+  o: Float32Array;
+  lse: Float32Array | undefined;
+}
+
+/**
+ * A step of a plan: stage inputs into HBM, run the jobs (independent of each other, in any order
+ * or in parallel), then the merges (each reads only its own jobs' partials), then copy results out.
+ */
+export interface Phase {
+  /** Copies this phase's inputs from the caller's arrays into HBM (`memory`: the linear memory's buffer). */
+  stage(memory: ArrayBufferLike): void;
+  jobs: ForwardJob[];
+  merges: MergeJob[];
+  /** Copies this phase's results from HBM to the caller's arrays. */
+  unstage(memory: ArrayBufferLike, results: Results): void;
+}
+
+/** A whole call: its phases in order and the memory they need. */
+export interface ForwardPlan {
+  phases: Phase[];
+  /** One past the last byte any phase uses: linear memory must reach it. */
+  endPtr: number;
+  /** Whether some sequence is streamed (for messages: then only a part of the call is in memory at once). */
+  streamed: boolean;
+}
+
+/**
+ * Lays out a validated problem for a runner. Nothing is copied or computed here; the plan's
+ * memory need is checked against WebAssembly's limit, so a problem too large fails before
+ * anything is written (to `out`, or to a KV cache by its caller).
+ */
+export function planForward(p: AttentionProblem, config: PlanConfig): ForwardPlan {
+  const phases: Phase[] = [];
+  let endPtr = config.hbmPtr;
+  let streamed = false;
+  let batch: Sequence[] = [];
+  let batchBytes = 0;
+  const flush = () => {
+    if (batch.length === 0) return;
+    const phase = planSlabs(p, config, batch);
+    phases.push(phase);
+    endPtr = Math.max(endPtr, phase.endPtr);
+    batch = [];
+    batchBytes = 0;
+  };
+  for (const s of p.sequences) {
+    if (s.Nq === 0) continue;
+    const bytes = slabBytes(p, s);
+    if (bytes > config.slabBudgetBytes) {
+      flush();
+      const plan = planStreamed(p, config, s);
+      phases.push(...plan.phases);
+      endPtr = Math.max(endPtr, plan.endPtr);
+      streamed = true;
+      continue;
+    }
+    if (batchBytes + bytes > config.slabBudgetBytes) flush();
+    batch.push(s);
+    batchBytes += bytes;
+  }
+  flush();
+  if (endPtr > MAX_MEMORY_BYTES) {
+    throw new RangeError(
+      message(
+        `${
+          streamed ? "one head of this call" : "this call"
+        } needs ${endPtr} bytes of WebAssembly memory, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${p.shapes}`,
+      ),
+    );
+  }
+  return { phases, endPtr, streamed };
+}
+
+const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
+
+/** Consecutive 64-byte aligned regions of the given byte sizes from `base`: their addresses and the end. */
+function place<K extends string>(base: number, sizes: Record<K, number>): Record<K | "end", number> {
+  const ptrs: Record<string, number> = {};
+  let at = base;
+  for (const key of Object.keys(sizes) as K[]) {
+    ptrs[key] = at;
+    at = align(at + sizes[key]);
+  }
+  ptrs.end = at;
+  return ptrs as Record<K | "end", number>;
+}
+
+/** Copies `rows` rows of `cols` elements between arrays with the given row strides. */
+function copyRows<T extends Float32Array | Uint8Array>(
+  dst: T,
+  dstAt: number,
+  dstStride: number,
+  src: T,
+  srcAt: number,
+  srcStride: number,
+  rows: number,
+  cols: number,
+): void {
+  if (dstStride === cols && srcStride === cols) {
+    dst.set(src.subarray(srcAt, srcAt + rows * cols), dstAt);
+    return;
+  }
+  for (let r = 0; r < rows; r++) {
+    const s = srcAt + r * srcStride;
+    dst.set(src.subarray(s, s + cols), dstAt + r * dstStride);
+  }
+}
+
+/** Copies `n` elements with source stride `stride` (0: broadcast one value) into dst at dstAt. */
+function copyStrided<T extends Float32Array | Uint8Array>(
+  dst: T,
+  dstAt: number,
+  src: T,
+  srcAt: number,
+  stride: number,
+  n: number,
+): void {
+  if (stride === 1) dst.set(src.subarray(srcAt, srcAt + n), dstAt);
+  else if (stride === 0) dst.fill(src[srcAt], dstAt, dstAt + n);
+  else for (let i = 0; i < n; i++) dst[dstAt + i] = src[srcAt + i * stride];
+}
+
+const maskKind = (p: AttentionProblem) =>
+  p.mask === undefined ? MASK_NONE : p.mask.data instanceof Uint8Array ? MASK_U8 : MASK_F32;
+
+const maskElementBytes = (p: AttentionProblem) => maskKind(p) === MASK_U8 ? 1 : 4;
+
+/** Element extent of a strided block: the span from its first to one past its last element. */
+const extent = (counts: number[], strides: number[]) => counts.reduce((a, n, i) => a + (n - 1) * strides[i], 0) + 1;
+
+/** Elements of each tensor a sequence's slab holds. */
+interface SlabExtents {
+  q: number;
+  k: number;
+  v: number;
+  o: number;
+  lse: number;
+  mask: number;
+  /** The mask's element offset of the sequence's batch entry. */
+  maskBase: number;
+}
+
+function slabExtents(p: AttentionProblem, s: Sequence): SlabExtents {
+  const { H, Hkv, d, dv } = p;
+  const m = p.mask;
+  return {
+    q: extent([s.Nq, H, d], [p.qStrides.row, p.qStrides.head, 1]),
+    k: s.Nk === 0 ? 0 : extent([s.Nk, Hkv, d], [p.kStrides.row, p.kStrides.head, 1]),
+    v: s.Nk === 0 ? 0 : extent([s.Nk, Hkv, dv], [p.vStrides.row, p.vStrides.head, 1]),
+    o: extent([s.Nq, H, dv], [p.oStrides.row, p.oStrides.head, 1]),
+    lse: p.returnLse ? H * s.Nq : 0, // staged as [H][Nq], whatever the caller's lse layout
+    mask: m && s.Nk > 0 ? extent([H, s.Nq, s.Nk], [m.strides[1], m.strides[2], m.strides[3]]) : 0,
+    maskBase: m ? s.b * m.strides[0] : 0,
+  };
+}
+
+/** Positions per job: whole query blocks (Br virtual rows, g rows per position), `parts` jobs over n positions. */
+function positionsPerJob(config: PlanConfig, g: number, n: number, parts: number): number {
+  const blockPositions = config.Br / gcd(config.Br, g);
+  return blockPositions * Math.max(1, Math.ceil(Math.ceil(n / blockPositions) / Math.max(1, parts)));
+}
+
+/** The query-position ranges [i0, i0 + n) of the jobs of one head group. */
+function jobRanges(config: PlanConfig, g: number, n: number): [number, number][] {
+  const step = positionsPerJob(config, g, n, config.jobsPerGroup);
+  const ranges: [number, number][] = [];
+  for (let i0 = 0; i0 < n; i0 += step) ranges.push([i0, Math.min(step, n - i0)]);
+  return ranges;
+}
+
+/** Bytes of split-KV partials for `rows` virtual rows and `splits` splits. */
+const splitScratchBytes = (p: AttentionProblem, rows: number, splits: number) =>
+  splits > 1 ? 4 * splits * rows * (p.dv + 1) + 128 : 0;
+
+/**
+ * Splits a sequence's head groups use: none without keys, or when the partials of a whole head
+ * group (Nq·g rows) would not fit the budget. The rule looks at the sequence only, not at how a
+ * runner places or cuts it, so every runner makes the same choice and computes the same bits.
+ */
+function splitsFor(config: PlanConfig, s: Sequence, p: AttentionProblem): number {
+  const wanted = Math.min(config.numSplits, Math.ceil(s.Nk / config.Bc));
+  if (wanted <= 1) return 1;
+  return splitScratchBytes(p, s.Nq * p.group, wanted) <= SPLIT_SCRATCH_BYTES ? wanted : 1;
+}
+
+/** Scratch bytes of the split-KV partials of one head group's jobs over `positions` positions. */
+function groupScratchBytes(p: AttentionProblem, config: PlanConfig, positions: number, splits: number): number {
+  let bytes = 0;
+  for (const [, n] of jobRanges(config, p.group, positions)) bytes += align(splitScratchBytes(p, n * p.group, splits));
+  return bytes;
+}
+
+/** Bytes a sequence's slab needs, by the placement rule (split scratch counted as for 2 splits). */
+function slabBytes(p: AttentionProblem, s: Sequence): number {
+  const e = slabExtents(p, s);
+  return 4 * (e.q + e.k + e.v + e.o + e.lse) + maskElementBytes(p) * e.mask + splitScratchBytes(p, s.Nq * p.group, 2);
+}
+
+/** The slopes of sequence s's heads start here in alibiSlopes. */
+const slopeBase = (p: AttentionProblem, s: Sequence) => p.alibiSlopes && p.alibiSlopes.length !== p.H ? s.b * p.H : 0;
+
+/**
+ * One head group's query range as the kernel sees it: pointers and strides of Q, O, lse and the
+ * mask rows for its first position, the keys it may see and its alignment offsets.
+ */
+interface GroupCall {
+  qPtr: number;
+  qRowStride: number;
+  qHeadStride: number;
+  kPtr: number;
+  kRowStride: number;
+  vPtr: number;
+  vRowStride: number;
+  oPtr: number;
+  oRowStride: number;
+  oHeadStride: number;
+  lsePtr: number;
+  lseRowStride: number;
+  lseHeadStride: number;
+  Nq: number;
+  keyEnd: number;
+  visOffset: number;
+  alibiOffset: number;
+  slopesPtr: number;
+  maskPtr: number;
+  maskRowStride: number;
+  maskHeadStride: number;
+  maskColStride: number;
+  /** Byte size of one mask element (1 or 4) and its kind. */
+  maskBytes: number;
+}
+
+/**
+ * The jobs of one head group: its positions cut into whole query blocks (config.jobsPerGroup
+ * parts), each run as one kernel call or as `splits` calls and a merge, with its partials at
+ * `scratchPtr` onward (groupScratchBytes of them). Returns the scratch end.
+ */
+function groupJobs(
+  p: AttentionProblem,
+  config: PlanConfig,
+  c: GroupCall,
+  splits: number,
+  scratchPtr: number,
+  phase: { jobs: ForwardJob[]; merges: MergeJob[] },
+): number {
+  const g = p.group;
+  for (const [i0, n] of jobRanges(config, g, c.Nq)) {
+    const rows = n * g;
+    const job = (keyBegin: number, keyEnd: number, out: [number, number, number], lse: [number, number, number]) =>
+      phase.jobs.push({
+        qPtr: c.qPtr + 4 * i0 * c.qRowStride,
+        qRowStride: c.qRowStride,
+        qHeadStride: c.qHeadStride,
+        kPtr: c.kPtr,
+        kRowStride: c.kRowStride,
+        vPtr: c.vPtr,
+        vRowStride: c.vRowStride,
+        oPtr: out[0],
+        oRowStride: out[1],
+        oHeadStride: out[2],
+        lsePtr: lse[0],
+        lseRowStride: lse[1],
+        lseHeadStride: lse[2],
+        Nq: n,
+        g,
+        keyBegin,
+        keyEnd,
+        d: p.d,
+        dv: p.dv,
+        scale: p.scale,
+        softcap: p.softcap,
+        visOffset: c.visOffset + i0,
+        windowLeft: p.windowLeft,
+        windowRight: p.windowRight,
+        slopesPtr: c.slopesPtr,
+        alibiOffset: c.alibiOffset + i0,
+        maskPtr: c.maskPtr === 0 ? 0 : c.maskPtr + c.maskBytes * i0 * c.maskRowStride,
+        maskKind: maskKind(p),
+        maskRowStride: c.maskRowStride,
+        maskHeadStride: c.maskHeadStride,
+        maskColStride: c.maskColStride,
+        sramBytes: config.sramBytes,
+        partial: splits > 1,
+      });
+    const oPtr = c.oPtr + 4 * i0 * c.oRowStride;
+    const lsePtr = c.lsePtr === 0 ? 0 : c.lsePtr + 4 * i0 * c.lseRowStride;
+    if (splits <= 1) {
+      job(0, c.keyEnd, [oPtr, c.oRowStride, c.oHeadStride], [lsePtr, c.lseRowStride, c.lseHeadStride]);
+      continue;
+    }
+    // Split-KV: partial O of split t, virtual row r at scratch + (t·rows + r)·dv, its lse after all O.
+    const partLsePtr = scratchPtr + 4 * splits * rows * p.dv;
+    const ranges = splitRanges(c.keyEnd, splits, config.Bc);
+    ranges.forEach(([begin, end], t) =>
+      job(begin, end, [scratchPtr + 4 * t * rows * p.dv, g * p.dv, p.dv], [partLsePtr + 4 * t * rows, g, 1])
+    );
+    phase.merges.push({
+      partPtr: scratchPtr,
+      partLsePtr,
+      splits: ranges.length,
+      rows,
+      dv: p.dv,
+      oPtr,
+      oRowStride: c.oRowStride,
+      oHeadStride: c.oHeadStride,
+      lsePtr,
+      lseRowStride: c.lseRowStride,
+      lseHeadStride: c.lseHeadStride,
+      g,
+      sramBytes: config.sramBytes,
+    });
+    scratchPtr = align(scratchPtr + splitScratchBytes(p, rows, splits));
+  }
+  return scratchPtr;
+}
+
+/** Byte addresses of one sequence's slab. */
+interface SlabPtrs {
+  qPtr: number;
+  kPtr: number;
+  vPtr: number;
+  oPtr: number;
+  lsePtr: number;
+  maskPtr: number;
+  slopesPtr: number;
+  scratchPtr: number;
+  end: number;
+}
+
+/** One phase for consecutive sequences placed whole, one slab after another. */
+function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[]): Phase & { endPtr: number } {
+  const phase = { jobs: [] as ForwardJob[], merges: [] as MergeJob[] };
+  const slabs: { s: Sequence; e: SlabExtents; ptrs: SlabPtrs }[] = [];
+  const elementBytes = maskElementBytes(p);
+  const m = p.mask?.strides ?? [0, 0, 0, 0];
+  let at = config.hbmPtr;
+  for (const s of sequences) {
+    const e = slabExtents(p, s);
+    const splits = splitsFor(config, s, p);
+    const ptrs = place(at, {
+      qPtr: 4 * e.q,
+      kPtr: 4 * e.k,
+      vPtr: 4 * e.v,
+      oPtr: 4 * e.o,
+      lsePtr: 4 * e.lse,
+      maskPtr: elementBytes * e.mask,
+      slopesPtr: p.alibiSlopes ? 4 * p.H : 0,
+      scratchPtr: p.Hkv * groupScratchBytes(p, config, s.Nq, splits),
+    });
+    let scratch = ptrs.scratchPtr;
+    for (let kvh = 0; kvh < p.Hkv; kvh++) {
+      const h0 = kvh * p.group; // first query head of the group
+      scratch = groupJobs(
+        p,
+        config,
+        {
+          qPtr: ptrs.qPtr + 4 * h0 * p.qStrides.head,
+          qRowStride: p.qStrides.row,
+          qHeadStride: p.qStrides.head,
+          kPtr: ptrs.kPtr + 4 * kvh * p.kStrides.head,
+          kRowStride: p.kStrides.row,
+          vPtr: ptrs.vPtr + 4 * kvh * p.vStrides.head,
+          vRowStride: p.vStrides.row,
+          oPtr: ptrs.oPtr + 4 * h0 * p.oStrides.head,
+          oRowStride: p.oStrides.row,
+          oHeadStride: p.oStrides.head,
+          lsePtr: p.returnLse ? ptrs.lsePtr + 4 * h0 * s.Nq : 0,
+          lseRowStride: 1,
+          lseHeadStride: s.Nq,
+          Nq: s.Nq,
+          keyEnd: s.Nk,
+          visOffset: p.topLeft ? 0 : s.Nk - s.Nq,
+          alibiOffset: s.Nk - s.Nq,
+          slopesPtr: p.alibiSlopes ? ptrs.slopesPtr + 4 * h0 : 0,
+          maskPtr: p.mask ? ptrs.maskPtr + elementBytes * h0 * m[1] : 0,
+          maskRowStride: m[2],
+          maskHeadStride: m[1],
+          maskColStride: m[3],
+          maskBytes: elementBytes,
+        },
+        splits,
+        scratch,
+        phase,
+      );
+    }
+    slabs.push({ s, e, ptrs });
+    at = ptrs.end;
+  }
+  return {
+    ...phase,
+    endPtr: at,
+    stage(memory) {
+      const hbm = new Float32Array(memory);
+      for (const { s, e, ptrs } of slabs) {
+        hbm.set(p.q.subarray(s.qBase, s.qBase + e.q), ptrs.qPtr / 4);
+        hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
+        hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
+        if (p.mask && e.mask > 0) {
+          const target = elementBytes === 1 ? new Uint8Array(memory) : hbm;
+          target.set(p.mask.data.subarray(e.maskBase, e.maskBase + e.mask), ptrs.maskPtr / elementBytes);
+        }
+        const base = slopeBase(p, s);
+        if (p.alibiSlopes) hbm.set(p.alibiSlopes.subarray(base, base + p.H), ptrs.slopesPtr / 4);
+      }
+    },
+    unstage(memory, { o, lse }) {
+      const hbm = new Float32Array(memory);
+      for (const { s, e, ptrs } of slabs) {
+        o.set(hbm.subarray(ptrs.oPtr / 4, ptrs.oPtr / 4 + e.o), s.oBase);
+        if (lse) {
+          for (let h = 0; h < p.H; h++) {
+            const at = ptrs.lsePtr / 4 + h * s.Nq;
+            lse.set(hbm.subarray(at, at + s.Nq), s.lseBase + h * p.lseStrides.head);
+          }
+        }
+      }
+    },
+  };
+}
+
+/** Byte addresses of a streamed sequence: K/V staging and one chunk of query rows. */
+interface StreamPtrs {
+  kPtr: number;
+  vPtr: number;
+  qPtr: number;
+  oPtr: number;
+  lsePtr: number;
+  maskPtr: number;
+  slopesPtr: number;
+  scratchPtr: number;
+  end: number;
+}
+
+/** The phases of a sequence too large for a slab: one per (head group, chunk of positions). */
+function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { phases: Phase[]; endPtr: number } {
+  const { d, dv, group: g } = p;
+  const kind = maskKind(p);
+  const elementBytes = maskElementBytes(p);
+  const rowBytes = 4 * g * (d + dv + 1) + (kind === MASK_NONE ? 0 : elementBytes * g * s.Nk);
+  // Whole query blocks per chunk (a multiple of Br rows), so the tiling is that of one call.
+  const blockPositions = config.Br / gcd(config.Br, g);
+  const positions = Math.min(
+    s.Nq,
+    blockPositions * Math.max(1, Math.floor(config.chunkBytes / rowBytes / blockPositions)),
+  );
+  const rows = positions * g;
+  const splits = splitsFor(config, s, p);
+  // K and V of every head at once (one bulk copy each, read through the caller's strides) when
+  // they fit KV_SLAB_BUDGET_BYTES; otherwise one head at a time, gathered row by row.
+  const e = slabExtents(p, s);
+  const kvSlab = 4 * (e.k + e.v) <= KV_SLAB_BUDGET_BYTES;
+  const ptrs: StreamPtrs = place(config.hbmPtr, {
+    kPtr: kvSlab ? 4 * e.k : 4 * s.Nk * d,
+    vPtr: kvSlab ? 4 * e.v : 4 * s.Nk * dv,
+    qPtr: 4 * rows * d,
+    oPtr: 4 * rows * dv,
+    lsePtr: 4 * rows,
+    maskPtr: kind === MASK_NONE ? 0 : elementBytes * rows * s.Nk,
+    slopesPtr: 4 * g,
+    scratchPtr: groupScratchBytes(p, config, positions, splits),
+  });
+  const m = p.mask?.strides ?? [0, 0, 0, 0];
+  const phases: Phase[] = [];
+  for (let kvh = 0; kvh < p.Hkv; kvh++) {
+    const h0 = kvh * g;
+    for (let i0 = 0; i0 < s.Nq; i0 += positions) {
+      const n = Math.min(positions, s.Nq - i0);
+      const phase = { jobs: [] as ForwardJob[], merges: [] as MergeJob[] };
+      groupJobs(
+        p,
+        config,
+        {
+          qPtr: ptrs.qPtr,
+          qRowStride: g * d,
+          qHeadStride: d,
+          kPtr: kvSlab ? ptrs.kPtr + 4 * kvh * p.kStrides.head : ptrs.kPtr,
+          kRowStride: kvSlab ? p.kStrides.row : d,
+          vPtr: kvSlab ? ptrs.vPtr + 4 * kvh * p.vStrides.head : ptrs.vPtr,
+          vRowStride: kvSlab ? p.vStrides.row : dv,
+          oPtr: ptrs.oPtr,
+          oRowStride: g * dv,
+          oHeadStride: dv,
+          lsePtr: p.returnLse ? ptrs.lsePtr : 0,
+          lseRowStride: 1,
+          lseHeadStride: n,
+          Nq: n,
+          keyEnd: s.Nk,
+          visOffset: (p.topLeft ? 0 : s.Nk - s.Nq) + i0,
+          alibiOffset: s.Nk - s.Nq + i0,
+          slopesPtr: p.alibiSlopes ? ptrs.slopesPtr : 0,
+          maskPtr: p.mask ? ptrs.maskPtr : 0,
+          maskRowStride: g * s.Nk,
+          maskHeadStride: s.Nk,
+          maskColStride: 1,
+          maskBytes: elementBytes,
+        },
+        splits,
+        ptrs.scratchPtr,
+        phase,
+      );
+      const firstOfHead = i0 === 0;
+      phases.push({
+        ...phase,
+        stage(memory) {
+          const hbm = new Float32Array(memory);
+          if (kvSlab && kvh === 0 && firstOfHead) {
+            hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
+            hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
+          }
+          if (!kvSlab && firstOfHead) {
+            copyRows(hbm, ptrs.kPtr / 4, d, p.k, s.kBase + kvh * p.kStrides.head, p.kStrides.row, s.Nk, d);
+            copyRows(hbm, ptrs.vPtr / 4, dv, p.v, s.vBase + kvh * p.vStrides.head, p.vStrides.row, s.Nk, dv);
+          }
+          if (p.alibiSlopes && firstOfHead) {
+            const base = slopeBase(p, s) + h0;
+            hbm.set(p.alibiSlopes.subarray(base, base + g), ptrs.slopesPtr / 4);
+          }
+          // Queries of the group for positions i0..i0+n, laid out [position][head][d].
+          for (let hh = 0; hh < g; hh++) {
+            const qAt = s.qBase + i0 * p.qStrides.row + (h0 + hh) * p.qStrides.head;
+            copyRows(hbm, ptrs.qPtr / 4 + hh * d, g * d, p.q, qAt, p.qStrides.row, n, d);
+            if (p.mask) {
+              const target = kind === MASK_U8 ? new Uint8Array(memory) : hbm;
+              for (let i = 0; i < n; i++) {
+                const src = s.b * m[0] + (h0 + hh) * m[1] + (i0 + i) * m[2];
+                copyStrided(target, ptrs.maskPtr / elementBytes + (i * g + hh) * s.Nk, p.mask.data, src, m[3], s.Nk);
+              }
+            }
+          }
+        },
+        unstage(memory, { o, lse }) {
+          const hbm = new Float32Array(memory);
+          for (let hh = 0; hh < g; hh++) {
+            const oAt = s.oBase + i0 * p.oStrides.row + (h0 + hh) * p.oStrides.head;
+            copyRows(o, oAt, p.oStrides.row, hbm, ptrs.oPtr / 4 + hh * dv, g * dv, n, dv);
+            if (lse) {
+              const at = s.lseBase + (h0 + hh) * p.lseStrides.head + i0 * p.lseStrides.row;
+              lse.set(hbm.subarray(ptrs.lsePtr / 4 + hh * n, ptrs.lsePtr / 4 + hh * n + n), at);
+            }
+          }
+        },
+      });
+    }
+  }
+  return { phases, endPtr: ptrs.end };
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}

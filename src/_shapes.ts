@@ -1,0 +1,275 @@
+// Shape checks of the validation stage: tensors, the agreement of q, k and v, and the list of
+// sequences (batch entries or varlen packing) with their offsets. Touches no WebAssembly memory.
+
+import { ShapeError } from "./errors.ts";
+import { describe, formatShape, message } from "./_messages.ts";
+import type { Sequence, Strides } from "./_problem.ts";
+import type { Layout, Tensor } from "./tensor.ts";
+
+const product = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Checks a tensor's type, rank, dims and length; `dims` names the axes for messages. */
+export function checkTensor(
+  name: string,
+  t: unknown,
+  dims: string,
+  rank: number,
+  types: readonly (Float32ArrayConstructor | Uint8ArrayConstructor)[] = [Float32Array],
+): { data: Float32Array; shape: number[] } {
+  if (typeof t !== "object" || t === null) {
+    throw new TypeError(message(`${name} must be a tensor { data, shape }: ${name} is ${describe(t)}`));
+  }
+  const { data, shape } = t as Partial<Tensor>;
+  if (!types.some((type) => data instanceof type)) {
+    const allowed = types.map((type) => type.name).join(" or ");
+    throw new TypeError(message(`${name}.data must be a ${allowed}: ${name}.data is ${describe(data)}`));
+  }
+  if (!Array.isArray(shape)) {
+    throw new TypeError(message(`${name}.shape must be an array: ${name}.shape is ${describe(shape)}`));
+  }
+  if (shape.length !== rank) {
+    throw new ShapeError(
+      message(`${name} must have rank ${rank} (${dims}): ${name}.shape is ${formatShape(shape)}`),
+      dims,
+      formatShape(shape),
+    );
+  }
+  if (!shape.every((x) => Number.isSafeInteger(x) && x > 0)) {
+    throw new ShapeError(
+      message(`${name}.shape must hold positive integers: ${name}.shape is ${formatShape(shape)}`),
+      dims,
+      formatShape(shape),
+    );
+  }
+  const size = product(shape);
+  if (data!.length !== size) {
+    throw new ShapeError(
+      message(
+        `${name}.data must hold ${size} elements (the product of ${name}.shape ${
+          formatShape(shape)
+        }): ${name}.data.length is ${data!.length}`,
+      ),
+      String(size),
+      String(data!.length),
+    );
+  }
+  return { data: data as Float32Array, shape: [...shape] };
+}
+
+/** Checks an Int32Array option of a given length. */
+export function checkInt32Array(name: string, value: unknown, length: number, lengthText: string): Int32Array {
+  if (!(value instanceof Int32Array)) {
+    throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
+  }
+  if (value.length !== length) {
+    throw new ShapeError(
+      message(`${name} must have length ${lengthText} = ${length}: ${name}.length is ${value.length}`),
+      String(length),
+      String(value.length),
+    );
+  }
+  return value;
+}
+
+/**
+ * Checks per-entry key lengths: an Int32Array of length B (`bName` in messages) holding lengths
+ * in [0, Nk]; `context` is appended to the range error (e.g. the tensors' shapes).
+ */
+export function checkSeqLensK(value: unknown, B: number, bName: string, Nk: number, context = ""): Int32Array {
+  const seqLensK = checkInt32Array("seqLensK", value, B, bName);
+  for (let b = 0; b < B; b++) {
+    if (!(seqLensK[b] >= 0 && seqLensK[b] <= Nk)) {
+      throw new RangeError(
+        message(`seqLensK must hold key lengths in [0, Nk = ${Nk}]: seqLensK[${b}] is ${seqLensK[b]}${context}`),
+      );
+    }
+  }
+  return seqLensK;
+}
+
+/** Checks varlen offsets: an Int32Array of length B + 1 ≥ 2, from 0, non-decreasing, ending at `total`. */
+export function checkCumulative(name: string, value: unknown, total: number, totalName: string): Int32Array {
+  if (!(value instanceof Int32Array)) {
+    throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
+  }
+  if (value.length < 2) {
+    throw new ShapeError(
+      message(`${name} must have length B + 1 ≥ 2: ${name}.length is ${value.length}`),
+      "≥ 2",
+      String(value.length),
+    );
+  }
+  if (value[0] !== 0) throw new RangeError(message(`${name} must start at 0: ${name}[0] is ${value[0]}`));
+  for (let i = 1; i < value.length; i++) {
+    if (value[i] < value[i - 1]) {
+      throw new RangeError(
+        message(`${name} must be non-decreasing: ${name}[${i - 1}] is ${value[i - 1]}, ${name}[${i}] is ${value[i]}`),
+      );
+    }
+  }
+  const last = value[value.length - 1];
+  if (last !== total) {
+    throw new RangeError(
+      message(`${name} must end at the total length ${totalName} = ${total}: ${name}[${value.length - 1}] is ${last}`),
+    );
+  }
+  return value;
+}
+
+/** Strides of a tensor with H heads, N positions and D features per head, in `layout`. */
+export function stridesOf(layout: Layout | "thd", H: number, N: number, D: number): Strides {
+  return layout === "bhsd" ? { row: D, head: N * D } : { row: H * D, head: D };
+}
+
+/** q, k and v checked against each other, with the sizes they agree on. */
+export interface QkvShapes {
+  layout: Layout | "thd";
+  q: { data: Float32Array; shape: number[] };
+  k: { data: Float32Array; shape: number[] };
+  v: { data: Float32Array; shape: number[] };
+  /** Batch size, or −1 with varlen packing (the cuSeqlens say). */
+  B: number;
+  H: number;
+  Hkv: number;
+  d: number;
+  dv: number;
+  /** q's and k's sequence dims (packed totals with varlen). */
+  Nq: number;
+  Nk: number;
+}
+
+/** The dims of q, k, v and their sequence/head axes in each layout. */
+function axes(layout: Layout | "thd"): { rank: number; n: number; h: number; dims: string } {
+  if (layout === "bshd") return { rank: 4, n: 1, h: 2, dims: '[B, N, H, d] in layout "bshd"' };
+  if (layout === "bhsd") return { rank: 4, n: 2, h: 1, dims: '[B, H, N, d] in layout "bhsd"' };
+  return { rank: 3, n: 0, h: 1, dims: "[total, H, d] with cuSeqlensQ/cuSeqlensK" };
+}
+
+/** "a.shape is [..], b.shape is [..]" */
+export const twoShapes = (a: string, b: string, sa: number[], sb: number[]): string =>
+  `${a}.shape is ${formatShape(sa)}, ${b}.shape is ${formatShape(sb)}`;
+
+/**
+ * Checks q, k and v in `layout` ("thd": varlen packing): each a tensor of the layout's rank, and
+ * their batch, head dim, heads and lengths consistent, with H a multiple of Hkv (GQA).
+ */
+export function checkQkv(q: unknown, k: unknown, v: unknown, layout: Layout | "thd"): QkvShapes {
+  const ax = axes(layout);
+  const Q = checkTensor("q", q, ax.dims, ax.rank);
+  const K = checkTensor("k", k, ax.dims, ax.rank);
+  const V = checkTensor("v", v, ax.dims, ax.rank);
+  const same = (what: string, axis: number, a: string, sa: number[], b: string, sb: number[]) => {
+    if (sa[axis] !== sb[axis]) {
+      throw new ShapeError(
+        message(`${b} must have the same ${what} as ${a}: ${twoShapes(a, b, sa, sb)}`),
+        `${what} ${sa[axis]}`,
+        `${what} ${sb[axis]}`,
+      );
+    }
+  };
+  const varlen = layout === "thd";
+  if (!varlen) {
+    same("batch size", 0, "q", Q.shape, "k", K.shape);
+    same("batch size", 0, "k", K.shape, "v", V.shape);
+  }
+  same("head dim", ax.rank - 1, "q", Q.shape, "k", K.shape);
+  same("number of heads", ax.h, "k", K.shape, "v", V.shape);
+  same("sequence length", ax.n, "k", K.shape, "v", V.shape);
+  const H = Q.shape[ax.h];
+  const Hkv = K.shape[ax.h];
+  if (H % Hkv !== 0) {
+    throw new ShapeError(
+      message(
+        `the number of query heads must be a multiple of the number of key/value heads (GQA): H is ${H}, Hkv is ${Hkv} (${
+          twoShapes("q", "k", Q.shape, K.shape)
+        })`,
+      ),
+      `a divisor of ${H}`,
+      String(Hkv),
+    );
+  }
+  return {
+    layout,
+    q: Q,
+    k: K,
+    v: V,
+    B: varlen ? -1 : Q.shape[0],
+    H,
+    Hkv,
+    d: Q.shape[ax.rank - 1],
+    dv: V.shape[ax.rank - 1],
+    Nq: Q.shape[ax.n],
+    Nk: K.shape[ax.n],
+  };
+}
+
+/** The sequences of a call and how its lse is laid out. */
+export interface SequenceList {
+  /** Batch entries, or packed sequences with varlen. */
+  batch: number;
+  sequences: Sequence[];
+  lseStrides: Strides;
+  lseShape: number[];
+}
+
+/** Batch entries of a padded call, each with Nk keys or seqLensK[b] keys. */
+export function batchSequences(s: QkvShapes, seqLensK: Int32Array | undefined): SequenceList {
+  const { B, H, Hkv, d, dv, Nq, Nk } = s;
+  if (seqLensK !== undefined) checkSeqLensK(seqLensK, B, "B", Nk, ` (k.shape is ${formatShape(s.k.shape)})`);
+  const sequences: Sequence[] = [];
+  for (let b = 0; b < B; b++) {
+    sequences.push({
+      b,
+      qBase: b * Nq * H * d,
+      kBase: b * Nk * Hkv * d,
+      vBase: b * Nk * Hkv * dv,
+      oBase: b * Nq * H * dv,
+      lseBase: b * H * Nq,
+      Nq,
+      Nk: seqLensK ? seqLensK[b] : Nk,
+    });
+  }
+  return { batch: B, sequences, lseStrides: { row: 1, head: Nq }, lseShape: [B, H, Nq] };
+}
+
+/** The packed sequences of a varlen call, from its cumulative offsets. */
+export function varlenSequences(s: QkvShapes, cuSeqlensQ: unknown, cuSeqlensK: unknown): SequenceList {
+  const cuQ = checkCumulative("cuSeqlensQ", cuSeqlensQ, s.Nq, "q.shape[0]");
+  const cuK = checkCumulative("cuSeqlensK", cuSeqlensK, s.Nk, "k.shape[0]");
+  if (cuQ.length !== cuK.length) {
+    throw new ShapeError(
+      message(
+        `cuSeqlensQ and cuSeqlensK must have the same length (B + 1): cuSeqlensQ.length is ${cuQ.length}, cuSeqlensK.length is ${cuK.length}`,
+      ),
+      String(cuQ.length),
+      String(cuK.length),
+    );
+  }
+  const q = stridesOf("thd", s.H, s.Nq, s.d);
+  const k = stridesOf("thd", s.Hkv, s.Nk, s.d);
+  const v = stridesOf("thd", s.Hkv, s.Nk, s.dv);
+  const o = stridesOf("thd", s.H, s.Nq, s.dv);
+  const batch = cuQ.length - 1;
+  const sequences: Sequence[] = [];
+  for (let b = 0; b < batch; b++) {
+    sequences.push({
+      b,
+      qBase: cuQ[b] * q.row,
+      kBase: cuK[b] * k.row,
+      vBase: cuK[b] * v.row,
+      oBase: cuQ[b] * o.row,
+      lseBase: cuQ[b],
+      Nq: cuQ[b + 1] - cuQ[b],
+      Nk: cuK[b + 1] - cuK[b],
+    });
+  }
+  return { batch, sequences, lseStrides: { row: 1, head: s.Nq }, lseShape: [s.H, s.Nq] };
+}
+
+/** The output's shape: [B, Nq, H, dv], [B, H, Nq, dv] or [totalQ, H, dv]. */
+export function outputShape(s: QkvShapes): number[] {
+  if (s.layout === "thd") return [s.Nq, s.H, s.dv];
+  return s.layout === "bshd" ? [s.B, s.Nq, s.H, s.dv] : [s.B, s.H, s.Nq, s.dv];
+}
+
+export { product };

@@ -1,0 +1,82 @@
+/**
+ * What an attention call returns: the output tensor, its lse, and the measured IO and tiling
+ * (`stats`). A leaf module of types and their two helpers, shared by every runner and the IO model.
+ *
+ * @module
+ */
+import type { Tensor } from "./tensor.ts";
+
+/** The result of `flashAttention`: O in the input's layout, and lse when asked for. */
+export interface AttentionOutput extends Tensor {
+  /** HBM traffic, tiling and flops measured by the kernels, with `stats: true`. */
+  stats?: AttentionStats;
+  /**
+   * Natural-log log-sum-exp of each query's final scores (after softcap, ALiBi and mask), shape
+   * [B, H, Nq] ([H, totalQ] with varlen packing); −∞ for a query that sees no key.
+   */
+  lse?: Tensor;
+}
+
+/** HBM bytes moved per tensor. */
+export interface TensorBytes {
+  /** Queries. */
+  q: number;
+  /** Keys. */
+  k: number;
+  /** Values. */
+  v: number;
+  /** Output. */
+  o: number;
+  /** Log-sum-exp. */
+  lse: number;
+  /** Mask or bias. */
+  mask: number;
+  /** Split-KV partial results (written by the splits, read by the merge). */
+  partial: number;
+  /** ALiBi slopes. */
+  slopes: number;
+}
+
+/** The IO of one attention call. */
+export interface IoCounts {
+  /** HBM bytes read, per tensor. */
+  read: TensorBytes;
+  /** HBM bytes written, per tensor. */
+  written: TensorBytes;
+  /** Sum of `read` and `written`. */
+  totalBytes: number;
+}
+
+/** Kernel-level statistics: the IO and the tiling that produced it. */
+export interface FlashIoCounts extends IoCounts {
+  /** Arena size M in bytes. */
+  sramBytes: number;
+  /** Bytes of the arena the kernel's layout uses: never more than M. */
+  sramPeakBytes: number;
+  /** Query block rows (virtual rows: positions × query heads of a GQA group). */
+  Br: number;
+  /** Key block size. */
+  Bc: number;
+  /** Query blocks per (sequence, K/V head). */
+  Tr: number;
+  /** Key blocks per (sequence, K/V head). */
+  Tc: number;
+  /** Key/value tiles loaded and computed, over all heads. */
+  tilesComputed: number;
+  /** Tiles skipped because no query of the block can see them, or the mask blocks them entirely. */
+  tilesSkipped: number;
+}
+
+/** What `stats: true` returns: the measured IO and tiling of a call, and its executed flops. */
+export interface AttentionStats extends FlashIoCounts {
+  /** Floating-point operations of the two matrix products as the kernel executed them. */
+  flops: number;
+}
+
+/** A TensorBytes of zeros. */
+export const zeroBytes = (): TensorBytes => ({ q: 0, k: 0, v: 0, o: 0, lse: 0, mask: 0, partial: 0, slopes: 0 });
+
+/** Sum of the bytes of every tensor. */
+export function sumBytes(t: TensorBytes): number {
+  return t.q + t.k + t.v + t.o + t.lse + t.mask + t.partial + t.slopes;
+}
