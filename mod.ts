@@ -24,5 +24,6 @@ export { ShapeError } from "./src/errors.ts";
 export type { Layout, Tensor } from "./src/tensor.ts";
 export { init, type WasmSource } from "./src/wasm/loader.ts";
 export { chooseSplits, flashAttentionWithKvCache, type KvCacheOptions } from "./src/kv_cache.ts";
+export { type AttentionPool, type AttentionPoolOptions, createAttentionPool, POOL_MAX_THREADS } from "./src/pool.ts";
 export type { Mask } from "./src/tensor.ts";
 export type { AttentionOutput, AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./src/result.ts";

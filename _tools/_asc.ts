@@ -17,14 +17,30 @@ export const ASC_FLAGS: readonly string[] = [
   "--enable",
   "simd",
 ];
+/**
+ * The threads build: the same kernels on an imported, shared memory of up to 4 GiB, for the pool's
+ * Workers (one instance each, all on one memory; assembly/arena.ts gives each its own SM).
+ */
+export const ASC_THREADS_FLAGS: readonly string[] = [
+  ...ASC_FLAGS,
+  "--enable",
+  "threads",
+  "--importMemory",
+  "--sharedMemory",
+  "--maximumMemory",
+  "65536",
+];
 /** The installed compiler's version (package.json pins it). */
 export const ASC_VERSION: string = asc.version;
 
-/** Compiles ENTRY under `baseDir` (default: the working directory) and returns the module's bytes. */
-export async function compile(baseDir = "."): Promise<Uint8Array> {
+/**
+ * Compiles ENTRY under `baseDir` (default: the working directory) with `flags` (default: the
+ * single-threaded build) and returns the module's bytes.
+ */
+export async function compile(baseDir = ".", flags: readonly string[] = ASC_FLAGS): Promise<Uint8Array> {
   let wasm: Uint8Array | undefined;
   const stderr = asc.createMemoryStream();
-  const { error } = await asc.main([ENTRY, ...ASC_FLAGS, "--baseDir", baseDir, "--outFile", "kernels.wasm"], {
+  const { error } = await asc.main([ENTRY, ...flags, "--baseDir", baseDir, "--outFile", "kernels.wasm"], {
     stderr,
     writeFile(name: string, contents: Uint8Array | string) {
       if (name.endsWith("kernels.wasm") && typeof contents !== "string") wasm = contents;

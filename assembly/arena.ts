@@ -2,11 +2,15 @@
 //
 // Memory map (byte addresses):
 //   [0, __heap_base)                   the module's static data (none today)
-//   [countersPtr(), +COUNTERS_BYTES)   HBM traffic counters (hbm.ts)
-//   [arenaPtr(), +ARENA_MAX_BYTES)     the arena; a call uses its first `sramBytes`
-//   [hbmPtr(), memory end)             HBM: tensors placed by the host
+//   [smPtr() + t·SM_BYTES, +SM_BYTES)  streaming multiprocessor t, for t = 0 .. T − 1:
+//       [sm, +COUNTERS_BYTES)          its HBM traffic counters (hbm.ts)
+//       [arenaPtr(sm), +ARENA_MAX)     its arena; a call uses the first `sramBytes`
+//   [smPtr() + T·SM_BYTES, memory end) HBM: tensors placed by the host
+// The single-threaded build uses one SM (T = 1) and hbmPtr(); a pool of T Workers on one shared
+// memory gives Worker t the SM at smPtr() + t·SM_BYTES. Every kernel takes its SM's address, so
+// Workers never share an arena or a counter.
 //
-// Arena layout of one call, in floats from arenaPtr(), regions in this order, each a multiple of
+// Arena layout of one call, in floats from arenaPtr(sm), regions in this order, each a multiple of
 // 4 floats so that every region starts 16-byte aligned:
 //   QiT    d × Br      query tile, transposed: the score GEMM runs its vector lanes along queries
 //   Kj     Bc × d      key tile (rows past the valid keys rounded up to 4 are zero)
@@ -19,7 +23,7 @@
 //   first, end, pos    Br i32 each: each row's visible keys [first, end) and its ALiBi position
 // A tile with fewer rows than Br uses row strides rounded up to 8 instead of Br, never more.
 
-import { COUNTERS_BYTES, countersPtr } from "./hbm";
+import { COUNTERS_BYTES } from "./hbm";
 
 /** Largest arena a call may ask for. */
 export const ARENA_MAX_BYTES: i32 = 8 << 20;
@@ -49,14 +53,35 @@ export const REGION_ROW_END: i32 = 11;
 export const REGION_ROW_POS: i32 = 12;
 export const REGION_END: i32 = 13;
 
-/** Byte address of the arena. */
-export function arenaPtr(): usize {
-  return (countersPtr() + <usize>COUNTERS_BYTES + 63) & ~(<usize>63);
+/** Counters rounded up to a 64-byte line, so the arena starts on one. */
+const COUNTERS_SPAN: i32 = (COUNTERS_BYTES + 63) & ~63;
+/** Bytes of one SM: its counters, then the largest arena. */
+export const SM_BYTES: i32 = COUNTERS_SPAN + ARENA_MAX_BYTES;
+
+/** Byte address of the first SM (the first 64-byte line after the module's static data). */
+export function smPtr(): usize {
+  return (__heap_base + 63) & ~(<usize>63);
 }
 
-/** Byte address of the first byte the host may use for tensors. */
+/** Bytes of one SM, so the host can place SM t at smPtr() + t·smBytes(). */
+export function smBytes(): i32 {
+  return SM_BYTES;
+}
+
+/** Byte address of the arena of the SM at `sm`. */
+// @ts-ignore: decorator
+@inline export function arenaOf(sm: usize): usize {
+  return sm + <usize>COUNTERS_SPAN;
+}
+
+/** Byte address of the arena of the SM at `sm` (for the host). */
+export function arenaPtr(sm: usize): usize {
+  return arenaOf(sm);
+}
+
+/** Byte address of the first byte the host may use for tensors with one SM. */
 export function hbmPtr(): usize {
-  return arenaPtr() + <usize>ARENA_MAX_BYTES;
+  return smPtr() + <usize>SM_BYTES;
 }
 
 /** Largest arena a call may ask for, in bytes. */

@@ -35,7 +35,7 @@ import {
   REGION_S,
   REGION_SLOPE,
   REGION_VJ,
-  arenaPtr,
+  arenaOf,
   blockSizes,
   paddedDv,
   regionOffset,
@@ -117,7 +117,8 @@ const TANH_SERIES_MAX: f32 = 0.25;
 }
 
 /**
- * Attention of one K/V head and its g query heads. Pointers are byte addresses in HBM, strides
+ * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
+ * arena.ts). Pointers are byte addresses in HBM, strides
  * count elements. Q, O and lse are addressed by virtual row (hbm.ts); K is Nk × d and V is
  * Nk × dv with the given row strides, indexed by absolute key. Optional parts are off when their
  * pointer is 0 (lse, slopes, mask) or softcap is 0. ALiBi adds −slope·|i + alibiOffset − j|. The
@@ -126,6 +127,7 @@ const TANH_SERIES_MAX: f32 = 0.25;
  * The caller guarantees 1 ≤ d, dv ≤ HEAD_DIM_MAX and blockSizes(sramBytes, d, dv, masked) ≠ 0.
  */
 export function forward(
+  sm: usize,
   qPtr: usize,
   qRowStride: i32,
   qHeadStride: i32,
@@ -166,7 +168,7 @@ export function forward(
   const Br = blocks >>> 16;
   const Bc = blocks & 0xffff;
   const dvP = paddedDv(dv);
-  const arena = arenaPtr();
+  const arena = arenaOf(sm);
   // Arena tiles keep the paper's names (Qiᵀ, Kj, Vj, S, O, m, l); all are byte addresses in the
   // arena, sized for Br × Bc by arena.ts, so every index below Br rows / Bc keys stays inside.
   const QiT = addr(arena, regionOffset(REGION_QIT, Br, Bc, d, dv, masked));
@@ -183,7 +185,7 @@ export function forward(
   const rowEnd = addr(arena, regionOffset(REGION_ROW_END, Br, Bc, d, dv, masked)); // i32 per row
   const rowPos = addr(arena, regionOffset(REGION_ROW_POS, Br, Bc, d, dv, masked)); // i32 per row
   const transformed = softcap != 0 || slopesPtr != 0 || masked;
-  countMax(ARENA_PEAK, regionOffset(REGION_END, Br, Bc, d, dv, masked) << 2);
+  countMax(sm, ARENA_PEAK, regionOffset(REGION_END, Br, Bc, d, dv, masked) << 2);
   const negInf = f32x4.splat(-Infinity);
   const zero = f32x4.splat(0);
   const softcapV = f32x4.splat(softcap);
@@ -197,8 +199,8 @@ export function forward(
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = imin(Br, rows - i0);
     const ldq = roundUp(rowsHere, BR_STEP); // row stride of QiT, S and the mask tile for this block
-    loadRowsTransposed(QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
-    if (slopesPtr != 0) loadRowsTransposed(slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
+    loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
+    if (slopesPtr != 0) loadRowsTransposed(sm, slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
     memory.fill(O, 0, <usize>(roundUp(rowsHere, 4) * dvP) << 2);
     for (let r = 0; r < rowsHere; r += 4) {
       v128.store(addr(m, r), negInf);
@@ -221,7 +223,7 @@ export function forward(
       const cols = imin(Bc, keyEnd - j0);
       if (masked) {
         const open = loadMaskTile(
-          maskTile, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
+          sm, maskTile, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
         );
         if (!open) {
           tilesSkipped++;
@@ -230,8 +232,8 @@ export function forward(
       }
       tilesComputed++;
       const cols4 = roundUp(cols, 4);
-      loadRows(Kj, d, cols4, d, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
-      loadRows(Vj, dvP, cols, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
+      loadRows(sm, Kj, d, cols4, d, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
+      loadRows(sm, Vj, dvP, cols, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
 
       // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see.
       for (let r = 0; r < rowsHere; r += BR_STEP) {
@@ -331,12 +333,12 @@ export function forward(
         store<f32>(addr(alphas, r), load<f32>(addr(m, r)) + Mathf.log(lr));
       }
     }
-    storeRows(oPtr, oRowStride, oHeadStride, g, i0, O, dvP, rowsHere, dv, partial ? TENSOR_PARTIAL : TENSOR_O);
+    storeRows(sm, oPtr, oRowStride, oHeadStride, g, i0, O, dvP, rowsHere, dv, partial ? TENSOR_PARTIAL : TENSOR_O);
     if (lsePtr != 0) {
-      storeRows(lsePtr, lseRowStride, lseHeadStride, g, i0, alphas, 1, rowsHere, 1, partial ? TENSOR_PARTIAL : TENSOR_LSE);
+      storeRows(sm, lsePtr, lseRowStride, lseHeadStride, g, i0, alphas, 1, rowsHere, 1, partial ? TENSOR_PARTIAL : TENSOR_LSE);
     }
   }
-  countAdd(TILES_COMPUTED, tilesComputed);
-  countAdd(TILES_SKIPPED_MASK, tilesSkipped);
-  countAdd(FLOPS, flops);
+  countAdd(sm, TILES_COMPUTED, tilesComputed);
+  countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
+  countAdd(sm, FLOPS, flops);
 }

@@ -10,8 +10,10 @@
 // rows covers all heads of the group for consecutive positions. Its element offset is
 //   ⌊r/g⌋·rowStride + (r mod g)·headStride.
 //
-// Counter block (at countersPtr(), little-endian u64): bytesRead[TENSOR_SLOTS],
-// bytesWritten[TENSOR_SLOTS], then the tile counters (TILES_*).
+// Each streaming multiprocessor (SM: one thread's counters and arena, see arena.ts) counts into its
+// own block, at the SM's first byte (little-endian u64): bytesRead[TENSOR_SLOTS],
+// bytesWritten[TENSOR_SLOTS], then the tile counters (TILES_*). The copy routines take that
+// block's address, `counters`, so SMs running in parallel never share a counter.
 
 export const TENSOR_Q: i32 = 0;
 export const TENSOR_K: i32 = 1;
@@ -29,7 +31,7 @@ export const TILES_COMPUTED: i32 = 2 * TENSOR_SLOTS;
 export const TILES_SKIPPED_MASK: i32 = 2 * TENSOR_SLOTS + 1;
 /** Floating-point operations of the two matrix products as executed (padding lanes included). */
 export const FLOPS: i32 = 2 * TENSOR_SLOTS + 2;
-/** Largest arena extent (bytes from arenaPtr()) any kernel laid out since the last reset. */
+/** Largest arena extent (bytes from the SM's arena start) any kernel laid out since the last reset. */
 export const ARENA_PEAK: i32 = 2 * TENSOR_SLOTS + 3;
 export const COUNTER_SLOTS: i32 = 2 * TENSOR_SLOTS + 4;
 export const COUNTERS_BYTES: i32 = COUNTER_SLOTS * 8;
@@ -39,38 +41,33 @@ export const MASK_NONE: i32 = 0;
 export const MASK_F32: i32 = 1;
 export const MASK_U8: i32 = 2;
 
-/** Byte address of the traffic counters (the first bytes after the module's static data). */
-export function countersPtr(): usize {
-  return (__heap_base + 63) & ~(<usize>63);
+/** Sets every counter of the block at `counters` (an SM's first byte) to zero. */
+export function resetCounters(counters: usize): void {
+  memory.fill(counters, 0, <usize>COUNTERS_BYTES);
 }
 
-/** Sets every counter to zero. */
-export function resetCounters(): void {
-  memory.fill(countersPtr(), 0, <usize>COUNTERS_BYTES);
-}
-
-/** Adds n to counter slot `slot`. */
+/** Adds n to counter slot `slot` of the block at `counters`. */
 // @ts-ignore: decorator
-@inline export function countAdd(slot: i32, n: u64): void {
-  const at = countersPtr() + (<usize>slot << 3);
+@inline export function countAdd(counters: usize, slot: i32, n: u64): void {
+  const at = counters + (<usize>slot << 3);
   store<u64>(at, load<u64>(at) + n);
 }
 
-/** Raises counter slot `slot` to at least n. */
+/** Raises counter slot `slot` of the block at `counters` to at least n. */
 // @ts-ignore: decorator
-@inline export function countMax(slot: i32, n: i32): void {
-  const at = countersPtr() + (<usize>slot << 3);
+@inline export function countMax(counters: usize, slot: i32, n: i32): void {
+  const at = counters + (<usize>slot << 3);
   if (<u64>n > load<u64>(at)) store<u64>(at, <u64>n);
 }
 
 // @ts-ignore: decorator
-@inline function countRead(tensor: i32, bytes: i32): void {
-  countAdd(tensor, <u64>bytes);
+@inline function countRead(counters: usize, tensor: i32, bytes: i32): void {
+  countAdd(counters, tensor, <u64>bytes);
 }
 
 // @ts-ignore: decorator
-@inline function countWritten(tensor: i32, bytes: i32): void {
-  countAdd(TENSOR_SLOTS + tensor, <u64>bytes);
+@inline function countWritten(counters: usize, tensor: i32, bytes: i32): void {
+  countAdd(counters, TENSOR_SLOTS + tensor, <u64>bytes);
 }
 
 /** Element offset of virtual row r (see the header). */
@@ -92,6 +89,7 @@ export function resetCounters(): void {
  * up to `dstRows`, so tiles never carry stale arena contents into the arithmetic.
  */
 export function loadRows(
+  counters: usize,
   dst: usize,
   dstStride: i32,
   dstRows: i32,
@@ -110,7 +108,7 @@ export function loadRows(
   for (let r = rows; r < dstRows; r++) {
     memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
   }
-  countRead(tensor, rows * cols * 4);
+  countRead(counters, tensor, rows * cols * 4);
 }
 
 /**
@@ -118,6 +116,7 @@ export function loadRows(
  * src[rowOffset(r) + c] for c < cols, and zero for rows ≤ r − r0 < dstStride.
  */
 export function loadRowsTransposed(
+  counters: usize,
   dst: usize,
   dstStride: i32,
   src: usize,
@@ -141,7 +140,7 @@ export function loadRowsTransposed(
       memory.fill(dst + (<usize>(c * dstStride + rows) << 2), 0, <usize>(dstStride - rows) << 2);
     }
   }
-  countRead(tensor, rows * cols * 4);
+  countRead(counters, tensor, rows * cols * 4);
 }
 
 /**
@@ -149,6 +148,7 @@ export function loadRowsTransposed(
  * of `dst`, for r < rows.
  */
 export function storeRows(
+  counters: usize,
   dst: usize,
   rowStride: i32,
   headStride: i32,
@@ -167,7 +167,7 @@ export function storeRows(
       cols,
     );
   }
-  countWritten(tensor, rows * cols * 4);
+  countWritten(counters, tensor, rows * cols * 4);
 }
 
 /**
@@ -178,6 +178,7 @@ export function storeRows(
  * mask leaves something of the tile visible.
  */
 export function loadMaskTile(
+  counters: usize,
   dst: usize,
   dstStride: i32,
   mask: usize,
@@ -204,6 +205,6 @@ export function loadMaskTile(
       store<f32>(d + (<usize>(c * dstStride) << 2), x);
     }
   }
-  countRead(TENSOR_MASK, rows * cols * elementBytes);
+  countRead(counters, TENSOR_MASK, rows * cols * elementBytes);
   return open;
 }

@@ -8,7 +8,7 @@
 // epilogue: O /= l; lse = m + ln(l). The identity is (m = −∞, l = 0, O = 0): rows no split saw
 // get O = 0 and lse = −∞.
 
-import { arenaPtr, paddedDv } from "./arena";
+import { arenaOf, paddedDv } from "./arena";
 import { ARENA_PEAK, TENSOR_LSE, TENSOR_O, TENSOR_PARTIAL, countMax, loadRows, storeRows } from "./hbm";
 
 /** Floats of arena one merged row needs: O accumulator, one split's O_s, lse_s, m and l. */
@@ -17,12 +17,13 @@ function mergeRowFloats(dv: i32): i32 {
 }
 
 /**
- * Merges `splits` partial results of `rows` virtual rows. Partial O of split s, row r is the dv
+ * Merges `splits` partial results of `rows` virtual rows, on the SM at `sm` (arena.ts). Partial O of split s, row r is the dv
  * floats at partPtr + (s·rows + r)·dv; its lse at partLsePtr + (s·rows + r). Results go to
  * virtual rows 0..rows−1 of O and lse (addressed as in hbm.ts, lse skipped when lsePtr = 0).
  * Uses the arena for mergeRowFloats(dv) floats per row of a block, whatever the split count.
  */
 export function mergeSplits(
+  sm: usize,
   partPtr: usize,
   partLsePtr: usize,
   splits: i32,
@@ -41,13 +42,13 @@ export function mergeSplits(
   // The validated arena holds at least one forward tile, which is larger than one merged row.
   const block = min(rows, (sramBytes >> 2) / mergeRowFloats(dv));
   if (block <= 0 && rows > 0) unreachable(); // an arena the host should have rejected: trap rather than loop forever
-  const arena = arenaPtr();
+  const arena = arenaOf(sm);
   const OPtr = arena; // block × dvP accumulator
   const OsPtr = OPtr + (<usize>(block * dvP) << 2); // block × dvP, split s's partial O
   const lsePartPtr = OsPtr + (<usize>(block * dvP) << 2); // block, split s's lse
   const mPtr = lsePartPtr + (<usize>block << 2); // block
   const lPtr = mPtr + (<usize>block << 2); // block
-  countMax(ARENA_PEAK, <i32>(lPtr + (<usize>block << 2) - arena));
+  countMax(sm, ARENA_PEAK, <i32>(lPtr + (<usize>block << 2) - arena));
   for (let r0 = 0; r0 < rows; r0 += block) {
     const n = min(block, rows - r0);
     memory.fill(OPtr, 0, <usize>(n * dvP) << 2);
@@ -56,8 +57,8 @@ export function mergeSplits(
       store<f32>(lPtr + (<usize>r << 2), 0);
     }
     for (let s = 0; s < splits; s++) {
-      loadRows(lsePartPtr, n, 1, n, partLsePtr + (<usize>(s * rows + r0) << 2), n, 1, n, TENSOR_PARTIAL);
-      loadRows(OsPtr, dvP, n, dvP, partPtr + (<usize>((s * rows + r0) * dv) << 2), dv, n, dv, TENSOR_PARTIAL);
+      loadRows(sm, lsePartPtr, n, 1, n, partLsePtr + (<usize>(s * rows + r0) << 2), n, 1, n, TENSOR_PARTIAL);
+      loadRows(sm, OsPtr, dvP, n, dvP, partPtr + (<usize>((s * rows + r0) * dv) << 2), dv, n, dv, TENSOR_PARTIAL);
       // r < n ≤ block, so every address below stays inside this block's regions.
       for (let r = 0; r < n; r++) {
         const m = load<f32>(mPtr + (<usize>r << 2));
@@ -93,7 +94,7 @@ export function mergeSplits(
         store<f32>(mPtr + (<usize>r << 2), load<f32>(mPtr + (<usize>r << 2)) + Mathf.log(l));
       }
     }
-    storeRows(oPtr, oRowStride, oHeadStride, g, r0, OPtr, dvP, n, dv, TENSOR_O);
-    if (lsePtr != 0) storeRows(lsePtr, lseRowStride, lseHeadStride, g, r0, mPtr, 1, n, 1, TENSOR_LSE);
+    storeRows(sm, oPtr, oRowStride, oHeadStride, g, r0, OPtr, dvP, n, dv, TENSOR_O);
+    if (lsePtr != 0) storeRows(sm, lsePtr, lseRowStride, lseHeadStride, g, r0, mPtr, 1, n, 1, TENSOR_LSE);
   }
 }

@@ -50,21 +50,21 @@ const GENERATED = "src/wasm/kernels.generated.ts";
 const PATCHES: readonly { from: string; to: string }[] = [
   {
     from: [
-      "@inline export function countAdd(slot: i32, n: u64): void {",
-      "  const at = countersPtr() + (<usize>slot << 3);",
+      "@inline export function countAdd(counters: usize, slot: i32, n: u64): void {",
+      "  const at = counters + (<usize>slot << 3);",
       "  store<u64>(at, load<u64>(at) + n);",
       "}",
     ].join("\n"),
-    to: "@inline export function countAdd(slot: i32, n: u64): void {}",
+    to: "@inline export function countAdd(counters: usize, slot: i32, n: u64): void {}",
   },
   {
     from: [
-      "@inline export function countMax(slot: i32, n: i32): void {",
-      "  const at = countersPtr() + (<usize>slot << 3);",
+      "@inline export function countMax(counters: usize, slot: i32, n: i32): void {",
+      "  const at = counters + (<usize>slot << 3);",
       "  if (<u64>n > load<u64>(at)) store<u64>(at, <u64>n);",
       "}",
     ].join("\n"),
-    to: "@inline export function countMax(slot: i32, n: i32): void {}",
+    to: "@inline export function countMax(counters: usize, slot: i32, n: i32): void {}",
   },
 ];
 

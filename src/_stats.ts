@@ -24,9 +24,19 @@ export interface Counters {
   arenaPeakBytes: number;
 }
 
-/** Reads the counter block of assembly/hbm.ts. */
+/** Reads the counter block of the single-threaded kernels' SM. */
 export function readCounters(kernels: Kernels): Counters {
-  const c = Array.from(new BigUint64Array(kernels.memory.buffer, kernels.countersPtr(), COUNTER_SLOTS), Number);
+  return readCounterBlock(kernels.memory.buffer, kernels.countersPtr());
+}
+
+/** Zeroes the counter block at byte address `ptr` of `memory`. */
+export function resetCounterBlock(memory: ArrayBufferLike, ptr: number): void {
+  new BigUint64Array(memory, ptr, COUNTER_SLOTS).fill(0n);
+}
+
+/** Reads the counter block of assembly/hbm.ts at byte address `ptr` of `memory`. */
+export function readCounterBlock(memory: ArrayBufferLike, ptr: number): Counters {
+  const c = Array.from(new BigUint64Array(memory, ptr, COUNTER_SLOTS), Number);
   const read = {} as TensorBytes;
   const written = {} as TensorBytes;
   TENSORS.forEach((name, i) => {
@@ -49,7 +59,31 @@ export function readStats(
   p: AttentionProblem,
   blocks: { sramBytes: number; Br: number; Bc: number },
 ): AttentionStats {
-  const c = readCounters(kernels);
+  return statsOf(readCounters(kernels), p, blocks);
+}
+
+/** Adds counters of several SMs: bytes, tiles and flops sum; the arena peak is the largest. */
+export function sumCounters(all: Counters[]): Counters {
+  const total = readCounterBlock(new ArrayBuffer(8 * COUNTER_SLOTS), 0);
+  for (const c of all) {
+    for (const t of TENSORS) {
+      total.read[t] += c.read[t];
+      total.written[t] += c.written[t];
+    }
+    total.tilesComputed += c.tilesComputed;
+    total.tilesSkippedByMask += c.tilesSkippedByMask;
+    total.flops += c.flops;
+    total.arenaPeakBytes = Math.max(total.arenaPeakBytes, c.arenaPeakBytes);
+  }
+  return total;
+}
+
+/** Statistics from counters `c` for problem p with the given blocks. */
+export function statsOf(
+  c: Counters,
+  p: AttentionProblem,
+  blocks: { sramBytes: number; Br: number; Bc: number },
+): AttentionStats {
   const { read, written } = c;
   const { Br, Bc } = blocks;
   let tiles = 0;

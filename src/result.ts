@@ -71,6 +71,11 @@ export interface FlashIoCounts extends IoCounts {
 export interface AttentionStats extends FlashIoCounts {
   /** Floating-point operations of the two matrix products as the kernel executed them. */
   flops: number;
+  /**
+   * On a pool whose Workers ran the call: each Worker's arena peak (`sramPeakBytes` is the
+   * largest). The other fields are the sums over the Workers.
+   */
+  sramPeakBytesPerWorker?: number[];
 }
 
 /** A TensorBytes of zeros. */

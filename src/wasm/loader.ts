@@ -8,68 +8,119 @@
  */
 import { WASM_BASE64 } from "./kernels.generated.ts";
 
-/** The functions exported by assembly/kernels.ts (pointers are byte addresses, sizes count floats). */
+/**
+ * The functions exported by assembly/kernels.ts (pointers are byte addresses, sizes count floats).
+ * The attention kernels run on an explicit SM (streaming multiprocessor: counters and arena, see
+ * assembly/arena.ts), so several Workers can share one memory.
+ */
+export interface RawKernels {
+  readonly memory: WebAssembly.Memory;
+  smPtr(): number;
+  smBytes(): number;
+  arenaPtr(sm: number): number;
+  arenaMaxBytes(): number;
+  hbmPtr(): number;
+  headDimMax(): number;
+  blockSizes(sramBytes: number, d: number, dv: number, masked: boolean): number;
+  arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
+  resetCounters(sm: number): void;
+  expInto(dstPtr: number, srcPtr: number, n: number): void;
+  forward(sm: number, ...args: ForwardParameters): void;
+  mergeSplits(sm: number, ...args: MergeParameters): void;
+}
+
+/** The forward kernel's parameters after its SM (assembly/forward.ts). */
+export type ForwardParameters = [
+  qPtr: number,
+  qRowStride: number,
+  qHeadStride: number,
+  kPtr: number,
+  kRowStride: number,
+  vPtr: number,
+  vRowStride: number,
+  oPtr: number,
+  oRowStride: number,
+  oHeadStride: number,
+  lsePtr: number,
+  lseRowStride: number,
+  lseHeadStride: number,
+  Nq: number,
+  g: number,
+  keyBegin: number,
+  keyEnd: number,
+  d: number,
+  dv: number,
+  scale: number,
+  softcap: number,
+  visOffset: number,
+  windowLeft: number,
+  windowRight: number,
+  slopesPtr: number,
+  alibiOffset: number,
+  maskPtr: number,
+  maskKind: number,
+  maskRowStride: number,
+  maskHeadStride: number,
+  maskColStride: number,
+  sramBytes: number,
+  partial: number | boolean,
+];
+
+/** The merge kernel's parameters after its SM (assembly/merge.ts). */
+export type MergeParameters = [
+  partPtr: number,
+  partLsePtr: number,
+  splits: number,
+  rows: number,
+  dv: number,
+  oPtr: number,
+  oRowStride: number,
+  oHeadStride: number,
+  lsePtr: number,
+  lseRowStride: number,
+  lseHeadStride: number,
+  g: number,
+  sramBytes: number,
+];
+
+/**
+ * The single-threaded kernels: the module's functions bound to its one SM, whose HBM starts at
+ * hbmPtr(). What the synchronous runner and the tests use.
+ */
 export interface Kernels {
   readonly memory: WebAssembly.Memory;
+  /** The SM's arena. */
   arenaPtr(): number;
   arenaMaxBytes(): number;
   hbmPtr(): number;
   headDimMax(): number;
   blockSizes(sramBytes: number, d: number, dv: number, masked: boolean): number;
   arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
+  /** The SM's counter block. */
   countersPtr(): number;
   resetCounters(): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
-  forward(
-    qPtr: number,
-    qRowStride: number,
-    qHeadStride: number,
-    kPtr: number,
-    kRowStride: number,
-    vPtr: number,
-    vRowStride: number,
-    oPtr: number,
-    oRowStride: number,
-    oHeadStride: number,
-    lsePtr: number,
-    lseRowStride: number,
-    lseHeadStride: number,
-    Nq: number,
-    g: number,
-    keyBegin: number,
-    keyEnd: number,
-    d: number,
-    dv: number,
-    scale: number,
-    softcap: number,
-    visOffset: number,
-    windowLeft: number,
-    windowRight: number,
-    slopesPtr: number,
-    alibiOffset: number,
-    maskPtr: number,
-    maskKind: number,
-    maskRowStride: number,
-    maskHeadStride: number,
-    maskColStride: number,
-    sramBytes: number,
-    partial: boolean,
-  ): void;
-  mergeSplits(
-    partPtr: number,
-    partLsePtr: number,
-    splits: number,
-    rows: number,
-    dv: number,
-    oPtr: number,
-    oRowStride: number,
-    oHeadStride: number,
-    lsePtr: number,
-    lseRowStride: number,
-    lseHeadStride: number,
-    g: number,
-    sramBytes: number,
-  ): void;
+  forward(...args: ForwardParameters): void;
+  mergeSplits(...args: MergeParameters): void;
+}
+
+/** Binds raw kernels to their first SM. */
+export function bindFirstSm(raw: RawKernels): Kernels {
+  const sm = raw.smPtr();
+  return {
+    memory: raw.memory,
+    arenaPtr: () => raw.arenaPtr(sm),
+    arenaMaxBytes: () => raw.arenaMaxBytes(),
+    hbmPtr: () => raw.hbmPtr(),
+    headDimMax: () => raw.headDimMax(),
+    blockSizes: (sramBytes, d, dv, masked) => raw.blockSizes(sramBytes, d, dv, masked),
+    arenaBytes: (Br, Bc, d, dv, masked) => raw.arenaBytes(Br, Bc, d, dv, masked),
+    countersPtr: () => sm,
+    resetCounters: () => raw.resetCounters(sm),
+    expInto: (dstPtr, srcPtr, n) => raw.expInto(dstPtr, srcPtr, n),
+    forward: (...args) => raw.forward(sm, ...args),
+    mergeSplits: (...args) => raw.mergeSplits(sm, ...args),
+  };
 }
 
 /** What `init` accepts: the module's bytes or an already compiled module. */
@@ -148,15 +199,17 @@ export function loadKernels(): Kernels {
   return packageLoader.loadKernels();
 }
 
-const REQUIRED_EXPORTS = [
+/** Exports every build of assembly/kernels.ts has. */
+export const REQUIRED_EXPORTS = [
   "memory",
+  "smPtr",
+  "smBytes",
   "arenaPtr",
   "arenaMaxBytes",
   "hbmPtr",
   "headDimMax",
   "blockSizes",
   "arenaBytes",
-  "countersPtr",
   "resetCounters",
   "expInto",
   "forward",
@@ -171,5 +224,5 @@ function checkExports(instance: WebAssembly.Instance): Kernels {
       `Cannot initialise @flash/attention as the WebAssembly module does not export ${missing.join(", ")}`,
     );
   }
-  return exports as unknown as Kernels;
+  return bindFirstSm(exports as unknown as RawKernels);
 }

@@ -1,0 +1,433 @@
+/**
+ * `createAttentionPool`: the same attention on every core. Each Worker of a pool is a streaming
+ * multiprocessor with its own SRAM arena, and all of them share one HBM: a shared, growable
+ * `WebAssembly.Memory` holding the threads build of the kernels.
+ *
+ * @module
+ */
+import { ensureArena } from "./_blocks.ts";
+import { ensureMemory } from "./_forward.ts";
+import { MAX_MEMORY_BYTES, PAGE_BYTES } from "./_limits.ts";
+import { CHUNK_BYTES, forwardArgs, type ForwardPlan, mergeArgs, planForward, type Results } from "./_plan.ts";
+import type { AttentionCall } from "./_problem.ts";
+import { appendRows, attend, prepare } from "./_run.ts";
+import { chooseSplits } from "./_splits.ts";
+import { type Counters, readCounterBlock, resetCounterBlock, statsOf, sumCounters } from "./_stats.ts";
+import { validateForwardCall, validateKvCacheCall } from "./_validate.ts";
+import { spawnWorker, type WorkerHandle, type WorkerMessage } from "./_workers.ts";
+import type { FlashAttentionOptions } from "./flash_attention.ts";
+import type { KvCacheOptions } from "./kv_cache.ts";
+import type { AttentionOutput } from "./result.ts";
+import type { Tensor } from "./tensor.ts";
+import { WASM_BASE64 as THREADS_WASM_BASE64 } from "./wasm/kernels_threads.generated.ts";
+import { loadKernels, type RawKernels } from "./wasm/loader.ts";
+
+/** Options of {@linkcode createAttentionPool}. */
+export interface AttentionPoolOptions {
+  /**
+   * Number of Workers, from 1 to {@linkcode POOL_MAX_THREADS}. Default: the runtime's hardware
+   * concurrency (`navigator.hardwareConcurrency`, or `os.availableParallelism()` on Node 20).
+   */
+  threads?: number;
+}
+
+/** Most Workers a pool may have (each reserves an 8 MiB arena of the 4 GiB memory). */
+export const POOL_MAX_THREADS = 128;
+
+/**
+ * A pool of Workers computing attention together. Its calls take the arguments of the
+ * synchronous functions, validate them the same way (a bad call rejects with the same typed
+ * error, before any work), and resolve to results bitwise identical to theirs. Calls may overlap:
+ * they run one after another in the order they were made, each on every Worker.
+ */
+export interface AttentionPool {
+  /** The number of Workers. */
+  readonly threads: number;
+  /**
+   * `flashAttention` on the pool: same arguments, options and errors, and the same bits.
+   *
+   * @param q Queries.
+   * @param k Keys.
+   * @param v Values.
+   * @param options As `flashAttention`'s.
+   * @returns A promise of the output (with `lse` and `stats` when asked for).
+   */
+  flashAttention(q: Tensor, k: Tensor, v: Tensor, options?: FlashAttentionOptions): Promise<AttentionOutput>;
+  /**
+   * `flashAttentionWithKvCache` on the pool: same arguments, options and errors. The
+   * bits equal the synchronous call's with the same `numSplits`; the automatic choice (0) may
+   * split the keys here where the synchronous function does not (it splits when there are fewer
+   * head groups than Workers), and then differs from it in the last bits.
+   *
+   * @param q Queries, [B, Nq, H, d].
+   * @param kCache Key cache, [B, maxLen, Hkv, d]; written to when `kNew` is given.
+   * @param vCache Value cache, [B, maxLen, Hkv, dv]; written to when `vNew` is given.
+   * @param options As `flashAttentionWithKvCache`'s.
+   * @returns A promise of the output.
+   */
+  flashAttentionWithKvCache(
+    q: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    options?: KvCacheOptions,
+  ): Promise<AttentionOutput>;
+  /**
+   * Ends every Worker once the calls already made have finished; later calls reject. Resolves
+   * when the Workers are gone.
+   */
+  close(): Promise<void>;
+}
+
+/** Sequences up to this size are staged whole into the pool's HBM, every tensor copied in once. */
+const POOL_SLAB_BUDGET_BYTES = 1 << 30;
+/** Jobs per Worker to aim for, so that uneven jobs (causal rows) still end together. */
+const JOBS_PER_THREAD = 4;
+/**
+ * Problems below this many flops run on the calling thread, where a dispatch to the Workers
+ * would cost more than it saves (bench/pool.ts measures the break-even).
+ */
+const INLINE_FLOPS = 4e6;
+/** Arguments of one forward and one merge job (the kernels' parameters after the SM). */
+const FORWARD_ARITY = 33;
+const MERGE_ARITY = 13;
+
+/**
+ * Starts a pool of Workers that compute attention together on one shared WebAssembly memory.
+ * Needs `SharedArrayBuffer` (in browsers: a cross-origin isolated page, served with
+ * `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy: require-corp`) and
+ * Workers; runs on Deno, Bun, Node ≥ 20 and such browsers. Where they are missing it rejects, and
+ * the synchronous functions keep working.
+ *
+ * Close the pool when done: Deno keeps running while its Workers live. On Node and Bun an idle
+ * pool does not keep the process alive.
+ *
+ * @param options The number of Workers.
+ * @returns A promise of the pool, resolved when every Worker is ready.
+ * @throws {DOMException} `NotSupportedError` where the runtime has no shared memory or no Workers.
+ * @throws {TypeError} For options that are not an object, unknown keys, or a non-number `threads`.
+ * @throws {RangeError} For `threads` that is not an integer in [1, {@linkcode POOL_MAX_THREADS}].
+ *
+ * @example Usage
+ * ```ts
+ * import { createAttentionPool, flashAttention } from "@flash/attention";
+ *
+ * const [B, N, H, d] = [1, 256, 4, 32];
+ * const tensor = () => ({ data: new Float32Array(B * N * H * d).map(Math.random), shape: [B, N, H, d] });
+ * const q = tensor(), k = tensor(), v = tensor();
+ * const pool = await createAttentionPool({ threads: 2 });
+ * try {
+ *   const o = await pool.flashAttention(q, k, v, { causal: true });
+ *   const same = flashAttention(q, k, v, { causal: true });
+ *   if (!o.data.every((x, i) => Object.is(x, same.data[i]))) throw new Error("not the same bits");
+ * } finally {
+ *   await pool.close();
+ * }
+ * ```
+ */
+export async function createAttentionPool(options?: AttentionPoolOptions): Promise<AttentionPool> {
+  const threads = await readThreads(options);
+  if (typeof SharedArrayBuffer === "undefined") {
+    throw new DOMException(
+      "Cannot create an attention pool as this runtime has no SharedArrayBuffer (browsers grant it to cross-origin " +
+        "isolated pages: serve them with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: " +
+        "require-corp); the synchronous functions work without it",
+      "NotSupportedError",
+    );
+  }
+  // deno-lint-ignore no-explicit-any
+  const platform = globalThis as any;
+  if (typeof platform.Worker !== "function" && platform.process?.versions?.node === undefined) {
+    throw new DOMException(
+      "Cannot create an attention pool as this runtime has no Workers; the synchronous functions work without them",
+      "NotSupportedError",
+    );
+  }
+  const pool = new Pool(threads);
+  await pool.start();
+  return pool;
+}
+
+async function readThreads(options: unknown): Promise<number> {
+  const prefix = "Cannot create an attention pool as";
+  if (options !== undefined && (typeof options !== "object" || options === null || Array.isArray(options))) {
+    throw new TypeError(`${prefix} options must be an object: options is ${String(options)}`);
+  }
+  const opts = (options ?? {}) as Record<string, unknown>;
+  for (const key of Object.keys(opts)) {
+    if (key !== "threads") {
+      throw new TypeError(`${prefix} options has an unknown key "${key}": the known key is threads`);
+    }
+  }
+  if (opts.threads === undefined) return Math.min(POOL_MAX_THREADS, await hardwareConcurrency());
+  if (typeof opts.threads !== "number") {
+    throw new TypeError(`${prefix} threads must be a number: threads is ${String(opts.threads)}`);
+  }
+  if (!Number.isInteger(opts.threads) || opts.threads < 1 || opts.threads > POOL_MAX_THREADS) {
+    throw new RangeError(
+      `${prefix} threads must be an integer in [1, ${POOL_MAX_THREADS}]: threads is ${opts.threads}`,
+    );
+  }
+  return opts.threads;
+}
+
+/** Logical cores the runtime reports. */
+async function hardwareConcurrency(): Promise<number> {
+  // deno-lint-ignore no-explicit-any
+  const reported = (globalThis as any).navigator?.hardwareConcurrency;
+  if (typeof reported === "number" && reported >= 1) return reported;
+  const specifier = "node:os"; // Node 20 has no navigator
+  const os = await import(specifier);
+  return os.availableParallelism?.() ?? os.cpus().length;
+}
+
+function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** One Worker's slot: its handle and the reply it is waiting for. */
+interface Slot {
+  worker: WorkerHandle | undefined;
+  pending: { resolve: (message: WorkerMessage) => void; reject: (error: Error) => void } | undefined;
+}
+
+const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
+
+class Pool implements AttentionPool {
+  readonly threads: number;
+  #memory: WebAssembly.Memory | undefined;
+  #wasm = decodeBase64(THREADS_WASM_BASE64);
+  #slots: Slot[];
+  /** Byte addresses from the threads build's memory map (assembly/arena.ts). */
+  #smPtr = 0;
+  #smBytes = 0;
+  #hbmPtr = 0;
+  /** The last call in the queue: each call starts when the one before it settles. */
+  #tail: Promise<unknown> = Promise.resolve();
+  #closed = false;
+
+  constructor(threads: number) {
+    this.threads = threads;
+    this.#slots = Array.from({ length: threads }, () => ({ worker: undefined, pending: undefined }));
+  }
+
+  /** Creates the shared memory and starts every Worker on its SM. */
+  async start(): Promise<void> {
+    // The memory map is the kernels' own: read it from a throwaway instance on a small memory.
+    const probe = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
+    const raw = new WebAssembly.Instance(new WebAssembly.Module(this.#wasm), { env: { memory: probe } })
+      .exports as unknown as RawKernels;
+    this.#smPtr = raw.smPtr();
+    this.#smBytes = raw.smBytes();
+    this.#hbmPtr = this.#smPtr + this.threads * this.#smBytes;
+    this.#memory = new WebAssembly.Memory({
+      initial: Math.ceil(this.#hbmPtr / PAGE_BYTES),
+      maximum: MAX_MEMORY_BYTES / PAGE_BYTES,
+      shared: true,
+    });
+    try {
+      await Promise.all(this.#slots.map((_, t) => this.#startWorker(t)));
+    } catch (error) {
+      this.#terminate();
+      throw error;
+    }
+    this.#idle();
+  }
+
+  async #startWorker(t: number): Promise<void> {
+    const worker = await spawnWorker(`flash-attention SM ${t}`);
+    const slot = this.#slots[t];
+    slot.worker = worker;
+    worker.onMessage = (message) => {
+      const pending = slot.pending;
+      slot.pending = undefined;
+      if (message.type === "error") pending?.reject(new Error(`a pool Worker failed: ${message.message}`));
+      else pending?.resolve(message);
+    };
+    worker.onFailure = (error) => {
+      // The Worker is gone: its slot starts a new one before the next call.
+      slot.worker = undefined;
+      worker.terminate();
+      const pending = slot.pending;
+      slot.pending = undefined;
+      pending?.reject(error);
+    };
+    await this.#request(t, {
+      type: "init",
+      memory: this.#memory,
+      wasm: this.#wasm,
+      sm: this.#smPtr + t * this.#smBytes,
+    });
+  }
+
+  #request(t: number, message: unknown): Promise<WorkerMessage> {
+    const slot = this.#slots[t];
+    return new Promise((resolve, reject) => {
+      slot.pending = { resolve, reject };
+      slot.worker!.post(message);
+    });
+  }
+
+  #idle(): void {
+    for (const slot of this.#slots) slot.worker?.unref();
+  }
+
+  #busy(): void {
+    for (const slot of this.#slots) slot.worker?.ref();
+  }
+
+  #terminate(): void {
+    for (const slot of this.#slots) {
+      slot.worker?.terminate();
+      slot.worker = undefined;
+      slot.pending?.reject(new Error("the pool was closed"));
+      slot.pending = undefined;
+    }
+  }
+
+  flashAttention(q: Tensor, k: Tensor, v: Tensor, options?: FlashAttentionOptions): Promise<AttentionOutput> {
+    return this.#submit(() => validateForwardCall(q, k, v, options));
+  }
+
+  flashAttentionWithKvCache(
+    q: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    options?: KvCacheOptions,
+  ): Promise<AttentionOutput> {
+    return this.#submit(() => validateKvCacheCall(q, kCache, vCache, options));
+  }
+
+  close(): Promise<void> {
+    if (this.#closed) return this.#tail.then(() => {}, () => {});
+    this.#closed = true;
+    const done = this.#tail.then(() => {}, () => {}).then(() => this.#terminate());
+    this.#tail = done;
+    return done;
+  }
+
+  /** Validates and plans now (so a bad call rejects at once), then queues the run. */
+  #submit(validate: () => AttentionCall): Promise<AttentionOutput> {
+    let run: () => Promise<AttentionOutput> | AttentionOutput;
+    try {
+      if (this.#closed) throw new Error("Cannot compute attention as the pool is closed");
+      const call = validate();
+      run = this.#schedule(call);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const result = this.#tail.then(run);
+    this.#tail = result.catch(() => {});
+    return result;
+  }
+
+  /** Decides how a validated call runs: on the calling thread when small, else on the Workers. */
+  #schedule(call: AttentionCall): () => Promise<AttentionOutput> | AttentionOutput {
+    const { problem: p } = call;
+    const kernels = loadKernels(); // the single-threaded build: the same block rule and the inline runs
+    const { Br, Bc } = ensureArena(kernels, call.sramBytes, p);
+    let flops = 0;
+    for (const s of p.sequences) flops += 4 * p.H * s.Nq * s.Nk * Math.max(p.d, p.dv);
+    if (flops < INLINE_FLOPS) {
+      const prepared = prepare(call); // every check, memory included, before anything is written
+      return () => attend(prepared);
+    }
+    const groups = p.sequences.filter((s) => s.Nq > 0).length * p.Hkv;
+    const keys = Math.max(0, ...p.sequences.map((s) => s.Nk));
+    const numSplits = call.numSplits || chooseSplits(keys, Math.ceil(this.threads / Math.max(1, groups)));
+    const plan = planForward(p, {
+      sramBytes: call.sramBytes,
+      Br,
+      Bc,
+      numSplits,
+      hbmPtr: this.#hbmPtr,
+      slabBudgetBytes: POOL_SLAB_BUDGET_BYTES,
+      chunkBytes: CHUNK_BYTES * this.threads,
+      jobsPerGroup: Math.ceil((JOBS_PER_THREAD * this.threads) / Math.max(1, groups)),
+    });
+    const tableEnd = this.#tablePtr(plan) + 8 * Math.max(
+          0,
+          ...plan.phases.map((phase) => Math.max(phase.jobs.length * FORWARD_ARITY, phase.merges.length * MERGE_ARITY)),
+        );
+    if (tableEnd > MAX_MEMORY_BYTES) {
+      throw new RangeError(
+        `Cannot compute attention as this call needs ${tableEnd} bytes of WebAssembly memory with the pool's ${this.threads} arenas, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${p.shapes}`,
+      );
+    }
+    return () => this.#run(call, plan, tableEnd, { sramBytes: call.sramBytes, Br, Bc });
+  }
+
+  /** Where a plan's job table goes: after everything the plan places, behind a 64-byte cursor line. */
+  #tablePtr(plan: ForwardPlan): number {
+    return align(plan.endPtr) + 64;
+  }
+
+  async #run(
+    call: AttentionCall,
+    plan: ForwardPlan,
+    tableEnd: number,
+    blocks: { sramBytes: number; Br: number; Bc: number },
+  ): Promise<AttentionOutput> {
+    const { problem: p } = call;
+    const memory = this.#memory!;
+    ensureMemory(memory, tableEnd, plan.streamed ? "one head of this call" : "this call", p.shapes);
+    await this.#replaceLostWorkers();
+    if (call.append) appendRows(call.append);
+    const results: Results = {
+      o: call.out ?? new Float32Array(p.oLength),
+      lse: p.returnLse ? new Float32Array(p.lseLength) : undefined,
+    };
+    for (let t = 0; t < this.threads; t++) resetCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes);
+    this.#busy();
+    try {
+      for (const phase of plan.phases) {
+        phase.stage(memory.buffer);
+        await this.#dispatch(0, phase.jobs.map(forwardArgs), FORWARD_ARITY, plan);
+        await this.#dispatch(1, phase.merges.map(mergeArgs), MERGE_ARITY, plan);
+        phase.unstage(memory.buffer, results);
+      }
+    } finally {
+      this.#idle();
+    }
+    const output: AttentionOutput = { data: results.o, shape: p.oShape };
+    if (results.lse) output.lse = { data: results.lse, shape: p.lseShape };
+    if (call.stats) {
+      const perWorker: Counters[] = this.#slots.map((_, t) =>
+        readCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes)
+      );
+      output.stats = {
+        ...statsOf(sumCounters(perWorker), p, blocks),
+        sramPeakBytesPerWorker: perWorker.map((c) => c.arenaPeakBytes),
+      };
+    }
+    return output;
+  }
+
+  /** Writes the job table and has every Worker take jobs from it until none is left. */
+  async #dispatch(kernel: number, jobs: number[][], arity: number, plan: ForwardPlan): Promise<void> {
+    if (jobs.length === 0) return;
+    const memory = this.#memory!;
+    const cursorPtr = align(plan.endPtr);
+    const tablePtr = this.#tablePtr(plan);
+    const table = new Float64Array(memory.buffer, tablePtr, jobs.length * arity);
+    jobs.forEach((args, i) => table.set(args, i * arity));
+    Atomics.store(new Int32Array(memory.buffer, cursorPtr, 1), 0, 0);
+    const workers = Math.min(this.threads, jobs.length);
+    const replies = await Promise.allSettled(
+      Array.from(
+        { length: workers },
+        (_, t) => this.#request(t, { type: "run", kernel, tablePtr, count: jobs.length, arity, cursorPtr }),
+      ),
+    );
+    const failed = replies.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+  }
+
+  /** Starts a new Worker in every slot whose Worker was lost (it crashed or was ended). */
+  async #replaceLostWorkers(): Promise<void> {
+    const lost = this.#slots.map((slot, t) => slot.worker === undefined ? t : -1).filter((t) => t >= 0);
+    await Promise.all(lost.map((t) => this.#startWorker(t)));
+  }
+}
