@@ -78,15 +78,22 @@ export interface AttentionPool {
   close(): Promise<void>;
 }
 
-/** Sequences up to this size are staged whole into the pool's HBM, every tensor copied in once. */
-const POOL_SLAB_BUDGET_BYTES = 1 << 30;
-/** Jobs per Worker to aim for, so that uneven jobs (causal rows) still end together. */
-const JOBS_PER_THREAD = 4;
-/**
- * Problems below this many flops run on the calling thread, where a dispatch to the Workers
- * would cost more than it saves (bench/pool.ts measures the break-even).
- */
-const INLINE_FLOPS = 4e6;
+/** How a pool places and cuts work; tests change it to reach every path on small problems. */
+export interface PoolTuning {
+  /**
+   * Problems below this many flops (4·H·Nq·Nk·max(d, dv) summed over sequences) run on the
+   * calling thread, where a dispatch to the Workers would cost more than it saves (bench/pool.ts
+   * measures the break-even).
+   */
+  inlineFlops: number;
+  /** Sequences up to this size are staged whole into the pool's HBM, every tensor copied in once. */
+  slabBudgetBytes: number;
+  /** Jobs per Worker to aim for, so that uneven jobs (causal rows) still end together. */
+  jobsPerThread: number;
+}
+
+/** The pool's tuning. */
+export const POOL_TUNING: PoolTuning = { inlineFlops: 4e6, slabBudgetBytes: 1 << 30, jobsPerThread: 4 };
 /** Arguments of one forward and one merge job (the kernels' parameters after the SM). */
 const FORWARD_ARITY = 33;
 const MERGE_ARITY = 13;
@@ -142,7 +149,12 @@ export async function createAttentionPool(options?: AttentionPoolOptions): Promi
       "NotSupportedError",
     );
   }
-  const pool = new Pool(threads);
+  return await startPool(threads, POOL_TUNING);
+}
+
+/** Starts a pool of `threads` Workers with the given tuning (createAttentionPool without its checks). */
+export async function startPool(threads: number, tuning: PoolTuning): Promise<AttentionPool> {
+  const pool = new Pool(threads, tuning);
   await pool.start();
   return pool;
 }
@@ -207,9 +219,11 @@ class Pool implements AttentionPool {
   /** The last call in the queue: each call starts when the one before it settles. */
   #tail: Promise<unknown> = Promise.resolve();
   #closed = false;
+  #tuning: PoolTuning;
 
-  constructor(threads: number) {
+  constructor(threads: number, tuning: PoolTuning) {
     this.threads = threads;
+    this.#tuning = tuning;
     this.#slots = Array.from({ length: threads }, () => ({ worker: undefined, pending: undefined }));
   }
 
@@ -330,7 +344,7 @@ class Pool implements AttentionPool {
     const { Br, Bc } = ensureArena(kernels, call.sramBytes, p);
     let flops = 0;
     for (const s of p.sequences) flops += 4 * p.H * s.Nq * s.Nk * Math.max(p.d, p.dv);
-    if (flops < INLINE_FLOPS) {
+    if (flops < this.#tuning.inlineFlops) {
       const prepared = prepare(call); // every check, memory included, before anything is written
       return () => attend(prepared);
     }
@@ -343,9 +357,9 @@ class Pool implements AttentionPool {
       Bc,
       numSplits,
       hbmPtr: this.#hbmPtr,
-      slabBudgetBytes: POOL_SLAB_BUDGET_BYTES,
+      slabBudgetBytes: this.#tuning.slabBudgetBytes,
       chunkBytes: CHUNK_BYTES * this.threads,
-      jobsPerGroup: Math.ceil((JOBS_PER_THREAD * this.threads) / Math.max(1, groups)),
+      jobsPerGroup: Math.ceil((this.#tuning.jobsPerThread * this.threads) / Math.max(1, groups)),
     });
     const tableEnd = this.#tablePtr(plan) + 8 * Math.max(
           0,
