@@ -97,7 +97,16 @@ outcomes.push(
   ),
 );
 outcomes.push(
-  await suite("deno", bin("deno"), ["test", "--allow-read", "--allow-run", "--allow-env", "--doc", "mod.ts", "src/", "tests/"], (out) => {
+  await suite("deno", bin("deno"), [
+    "test",
+    "--allow-read",
+    "--allow-run",
+    "--allow-env",
+    "--doc",
+    "mod.ts",
+    "src/",
+    "tests/",
+  ], (out) => {
     const m = [...out.matchAll(/\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
     return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
   }),

@@ -20,7 +20,6 @@ import {
   type KvCacheOptions,
   type Layout,
   POOL_MAX_THREADS,
-  ShapeError,
   type Tensor,
 } from "../mod.ts";
 import { flashAttentionIo } from "../src/io.ts";
