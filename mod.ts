@@ -23,7 +23,15 @@ export { DEFAULT_SRAM_BYTES, flashAttention, type FlashAttentionOptions } from "
 export { ShapeError } from "./src/errors.ts";
 export type { Layout, Tensor } from "./src/tensor.ts";
 export { init, type WasmSource } from "./src/wasm/loader.ts";
-export { chooseSplits, flashAttentionWithKvCache, type KvCacheOptions } from "./src/kv_cache.ts";
+export {
+  chooseSplits,
+  createKvCache,
+  flashAttentionWithKvCache,
+  type KvCache,
+  type KvCacheConfig,
+  type KvCacheOptions,
+  type ResidentKvCacheOptions,
+} from "./src/kv_cache.ts";
 export { type AttentionPool, type AttentionPoolOptions, createAttentionPool, POOL_MAX_THREADS } from "./src/pool.ts";
 export type { Mask } from "./src/tensor.ts";
 export type { AttentionOutput, AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./src/result.ts";

@@ -5,6 +5,7 @@ import { PAGE_BYTES } from "./_limits.ts";
 import { message } from "./_messages.ts";
 import { CHUNK_BYTES, forwardArgs, type ForwardPlan, mergeArgs, planForward, SLAB_BUDGET_BYTES } from "./_plan.ts";
 import type { AttentionProblem } from "./_problem.ts";
+import { heapOf } from "./_heap.ts";
 import type { Kernels } from "./wasm/loader.ts";
 
 /** What the synchronous runner needs beyond the validated problem. */
@@ -32,7 +33,7 @@ export function planSync(kernels: Kernels, p: AttentionProblem, config: ForwardC
     Br: config.Br,
     Bc: config.Bc,
     numSplits: config.numSplits,
-    hbmPtr: kernels.hbmPtr(),
+    hbmPtr: heapOf(kernels.memory, kernels.hbmPtr()).end, // above any KV cache that lives there
     slabBudgetBytes: config.slabBudgetBytes ?? SLAB_BUDGET_BYTES,
     chunkBytes: CHUNK_BYTES,
     jobsPerGroup: 1,

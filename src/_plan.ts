@@ -320,8 +320,9 @@ function slabExtents(p: AttentionProblem, s: Sequence): SlabExtents {
   const m = p.mask;
   return {
     q: extent([s.Nq, H, d], [p.qStrides.row, p.qStrides.head, 1]),
-    k: s.Nk === 0 ? 0 : extent([s.Nk, Hkv, d], [p.kStrides.row, p.kStrides.head, 1]),
-    v: s.Nk === 0 ? 0 : extent([s.Nk, Hkv, dv], [p.vStrides.row, p.vStrides.head, 1]),
+    // K and V that live in HBM already (a resident KV cache) are read where they are.
+    k: s.Nk === 0 || p.resident ? 0 : extent([s.Nk, Hkv, d], [p.kStrides.row, p.kStrides.head, 1]),
+    v: s.Nk === 0 || p.resident ? 0 : extent([s.Nk, Hkv, dv], [p.vStrides.row, p.vStrides.head, 1]),
     o: extent([s.Nq, H, dv], [p.oStrides.row, p.oStrides.head, 1]),
     lse: p.returnLse ? H * s.Nq : 0, // staged as [H][Nq], whatever the caller's lse layout
     mask: m && s.Nk > 0 ? extent([H, s.Nq, s.Nk], [m.strides[1], m.strides[2], m.strides[3]]) : 0,
@@ -523,6 +524,8 @@ function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[
       scratchPtr: p.Hkv * groupScratchBytes(p, config, s.Nq, splits),
     });
     let scratch = ptrs.scratchPtr;
+    const kBase = p.resident ? p.resident.kPtr + 4 * s.kBase : ptrs.kPtr;
+    const vBase = p.resident ? p.resident.vPtr + 4 * s.vBase : ptrs.vPtr;
     for (let kvh = 0; kvh < p.Hkv; kvh++) {
       const h0 = kvh * p.group; // first query head of the group
       scratch = groupJobs(
@@ -532,9 +535,9 @@ function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[
           qPtr: ptrs.qPtr + 4 * h0 * p.qStrides.head,
           qRowStride: p.qStrides.row,
           qHeadStride: p.qStrides.head,
-          kPtr: ptrs.kPtr + 4 * kvh * p.kStrides.head,
+          kPtr: kBase + 4 * kvh * p.kStrides.head,
           kRowStride: p.kStrides.row,
-          vPtr: ptrs.vPtr + 4 * kvh * p.vStrides.head,
+          vPtr: vBase + 4 * kvh * p.vStrides.head,
           vRowStride: p.vStrides.row,
           oPtr: ptrs.oPtr + 4 * h0 * p.oStrides.head,
           oRowStride: p.oStrides.row,
@@ -568,8 +571,10 @@ function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[
       const hbm = new Float32Array(memory);
       for (const { s, e, ptrs } of slabs) {
         hbm.set(p.q.subarray(s.qBase, s.qBase + e.q), ptrs.qPtr / 4);
-        hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
-        hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
+        if (!p.resident) {
+          hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
+          hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
+        }
         if (p.mask && e.mask > 0) {
           const target = elementBytes === 1 ? new Uint8Array(memory) : hbm;
           target.set(p.mask.data.subarray(e.maskBase, e.maskBase + e.mask), ptrs.maskPtr / elementBytes);
@@ -622,6 +627,7 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
   const splits = splitsFor(config, s, p);
   // K and V of every head at once (one bulk copy each, read through the caller's strides) when
   // they fit KV_SLAB_BUDGET_BYTES; otherwise one head at a time, gathered row by row.
+  // Resident K and V (extent 0 here) are read in place, like a slab's.
   const e = slabExtents(p, s);
   const kvSlab = 4 * (e.k + e.v) <= KV_SLAB_BUDGET_BYTES;
   const ptrs: StreamPtrs = place(config.hbmPtr, {
@@ -635,6 +641,8 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
     scratchPtr: groupScratchBytes(p, config, positions, splits),
   });
   const m = p.mask?.strides ?? [0, 0, 0, 0];
+  const kBase = p.resident ? p.resident.kPtr + 4 * s.kBase : ptrs.kPtr;
+  const vBase = p.resident ? p.resident.vPtr + 4 * s.vBase : ptrs.vPtr;
   const phases: Phase[] = [];
   for (let kvh = 0; kvh < p.Hkv; kvh++) {
     const h0 = kvh * g;
@@ -648,9 +656,9 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
           qPtr: ptrs.qPtr,
           qRowStride: g * d,
           qHeadStride: d,
-          kPtr: kvSlab ? ptrs.kPtr + 4 * kvh * p.kStrides.head : ptrs.kPtr,
+          kPtr: kvSlab ? kBase + 4 * kvh * p.kStrides.head : ptrs.kPtr,
           kRowStride: kvSlab ? p.kStrides.row : d,
-          vPtr: kvSlab ? ptrs.vPtr + 4 * kvh * p.vStrides.head : ptrs.vPtr,
+          vPtr: kvSlab ? vBase + 4 * kvh * p.vStrides.head : ptrs.vPtr,
           vRowStride: kvSlab ? p.vStrides.row : dv,
           oPtr: ptrs.oPtr,
           oRowStride: g * dv,
@@ -678,7 +686,7 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
         ...phase,
         stage(memory) {
           const hbm = new Float32Array(memory);
-          if (kvSlab && kvh === 0 && firstOfHead) {
+          if (kvSlab && !p.resident && kvh === 0 && firstOfHead) {
             hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
             hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
           }

@@ -73,6 +73,11 @@ export interface AttentionProblem extends ScoreOptions {
   lseLength: number;
   /** "q.shape is [..], k.shape is [..], v.shape is [..]", for messages of later checks. */
   shapes: string;
+  /**
+   * K and V already in HBM (a KV cache that lives there): `k` and `v` are then empty and the
+   * sequences' kBase, vBase and the strides address `memory` from kPtr and vPtr (bytes).
+   */
+  resident?: { memory: WebAssembly.Memory; kPtr: number; vPtr: number };
 }
 
 /** Rows to write into caller-owned KV caches once every check has passed. */
@@ -104,4 +109,6 @@ export interface AttentionCall {
   numSplits: number;
   /** KV-cache appends to make after the plan's checks, before running. */
   append?: CacheAppend;
+  /** A resident KV cache the call reads, which must not be reset or freed while it runs. */
+  cache?: { hold(): () => void };
 }

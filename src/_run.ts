@@ -5,6 +5,7 @@ import { ensureArena } from "./_blocks.ts";
 import { type ForwardConfig, planSync, reserve, runForward } from "./_forward.ts";
 import type { ForwardPlan } from "./_plan.ts";
 import type { AttentionCall, CacheAppend } from "./_problem.ts";
+import { message } from "./_messages.ts";
 import { chooseSplits } from "./_splits.ts";
 import { readStats } from "./_stats.ts";
 import type { AttentionOutput } from "./result.ts";
@@ -25,6 +26,13 @@ export interface PreparedCall {
 export function prepare(call: AttentionCall): PreparedCall {
   const kernels = loadKernels();
   const { problem } = call;
+  if (problem.resident && problem.resident.memory !== kernels.memory) {
+    throw new TypeError(
+      message(
+        "the KV cache lives in a pool's memory: pass it to that pool's flashAttentionWithKvCache, or use createKvCache",
+      ),
+    );
+  }
   const { Br, Bc } = ensureArena(kernels, call.sramBytes, problem);
   const keys = Math.max(0, ...problem.sequences.map((s) => s.Nk));
   const numSplits = call.numSplits || chooseSplits(keys);

@@ -83,7 +83,16 @@ export function validateAttention(
   const list: SequenceList = varlen
     ? varlenSequences(s, extra.varlen!.cuSeqlensQ, extra.varlen!.cuSeqlensK)
     : batchSequences(s, extra.seqLensK);
-  const score = readScoreOptions(options, s, list.batch);
+  return problemOf(s, list, readScoreOptions(options, s, list.batch), options);
+}
+
+/** Assembles a problem from checked shapes, its sequences and its score options. */
+function problemOf(
+  s: QkvShapes,
+  list: SequenceList,
+  score: ScoreOptions,
+  options: Record<string, unknown>,
+): AttentionProblem {
   const oShape = outputShape(s);
   const lseShape = list.lseShape;
   return {
@@ -146,6 +155,83 @@ function readRun(problem: AttentionProblem, opts: Record<string, unknown>, numSp
 export function validateForwardCall(q: unknown, k: unknown, v: unknown, options: unknown): AttentionCall {
   const opts = checkOptionKeys(options, FORWARD_OPTION_KEYS);
   return readRun(validateCall(q, k, v, opts), opts, 1);
+}
+
+/** What validation needs of a KV cache that lives in HBM (_resident_cache.ts). */
+export interface ResidentCache {
+  readonly batch: number;
+  readonly maxLen: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly valueDim: number;
+  readonly memory: WebAssembly.Memory;
+  readonly kPtr: number;
+  readonly vPtr: number;
+  readonly shape: string;
+  lengths(): Int32Array;
+  hold(): () => void;
+}
+
+/** The options of `flashAttentionWithKvCache` with a cache that lives in HBM. */
+export const RESIDENT_KV_OPTION_KEYS = ["numSplits", ...SEMANTIC_OPTION_KEYS, ...RUN_OPTION_KEYS] as const;
+
+/**
+ * The whole validation of a `flashAttentionWithKvCache` call on a KV cache that lives in HBM: q
+ * [B, Nq, H, d] against the cache's sizes; entry b attends to its current length. The cache's
+ * keys and values stay where they are (layout [B, Hkv, maxLen, D]).
+ */
+export function validateResidentCacheCall(q: unknown, cache: ResidentCache, options: unknown): AttentionCall {
+  const opts = checkOptionKeys(options, RESIDENT_KV_OPTION_KEYS);
+  const lengths = cache.lengths();
+  const { batch: B, maxLen, kvHeads: Hkv, headDim: d, valueDim: dv } = cache;
+  const Q = checkTensor("q", q, '[B, Nq, H, d] in layout "bshd"', 4);
+  const against = `q.shape is ${formatShape(Q.shape)}, the cache is [B, maxLen, Hkv, d] = ${cache.shape}`;
+  const agree = (what: string, expected: number, actual: number) => {
+    if (expected !== actual) {
+      throw new ShapeError(
+        message(`q must have the cache's ${what}: ${against}`),
+        `${what} ${expected}`,
+        `${what} ${actual}`,
+      );
+    }
+  };
+  agree("batch size", B, Q.shape[0]);
+  agree("head dim", d, Q.shape[3]);
+  const H = Q.shape[2];
+  if (H % Hkv !== 0) {
+    throw new ShapeError(
+      message(`the number of query heads must be a multiple of the cache's key/value heads (GQA): ${against}`),
+      `a multiple of ${Hkv}`,
+      String(H),
+    );
+  }
+  const placeholder = new Float32Array(0);
+  const s: QkvShapes = {
+    layout: "bshd",
+    q: Q,
+    k: { data: placeholder, shape: [B, maxLen, Hkv, d] },
+    v: { data: placeholder, shape: [B, maxLen, Hkv, dv] },
+    B,
+    H,
+    Hkv,
+    d,
+    dv,
+    Nq: Q.shape[1],
+    Nk: maxLen,
+  };
+  const list = batchSequences(s, lengths);
+  for (const seq of list.sequences) {
+    seq.kBase = seq.b * Hkv * maxLen * d;
+    seq.vBase = seq.b * Hkv * maxLen * dv;
+  }
+  const problem = problemOf(s, list, readScoreOptions(opts, s, B), opts);
+  problem.kStrides = { row: d, head: maxLen * d };
+  problem.vStrides = { row: dv, head: maxLen * dv };
+  problem.shapes = against;
+  problem.resident = { memory: cache.memory, kPtr: cache.kPtr, vPtr: cache.vPtr };
+  const call = readRun(problem, opts, readSplits(opts.numSplits));
+  call.cache = cache;
+  return call;
 }
 
 /** The options of `flashAttentionWithKvCache` with caller-owned caches. */

@@ -3,13 +3,18 @@
  *
  * @module
  */
+import { heapOf } from "./_heap.ts";
+import { HEAD_DIM_MAX } from "./_limits.ts";
+import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } from "./_resident_cache.ts";
 import { attend, prepare } from "./_run.ts";
-import { validateKvCacheCall } from "./_validate.ts";
+import { validateKvCacheCall, validateResidentCacheCall } from "./_validate.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { AttentionOutput } from "./result.ts";
 import type { Tensor } from "./tensor.ts";
+import { loadKernels } from "./wasm/loader.ts";
 
 export { chooseSplits } from "./_splits.ts";
+export type { KvCache, KvCacheConfig };
 
 /**
  * Options of {@linkcode flashAttentionWithKvCache}: those of `flashAttention` that apply to a cache
@@ -35,6 +40,63 @@ export interface KvCacheOptions
   numSplits?: number;
 }
 
+/**
+ * Options of {@linkcode flashAttentionWithKvCache} with a cache object: the cache keeps each
+ * entry's length and takes new keys and values through its `append`, so only the attention
+ * options and `numSplits` remain.
+ */
+export type ResidentKvCacheOptions = Omit<KvCacheOptions, "cacheSeqLens" | "kNew" | "vNew">;
+
+/**
+ * A KV cache that lives in the kernels' memory (the HBM), so that each decode step reads its keys
+ * and values where they are instead of copying the caller's cache into WebAssembly memory. For
+ * {@linkcode flashAttentionWithKvCache}; a pool makes its own with `pool.createKvCache`.
+ *
+ * @param config Batch entries, positions per entry, key/value heads and head dims.
+ * @returns An empty cache (every length 0).
+ * @throws {TypeError} For a config that is not an object, has unknown keys or non-number sizes.
+ * @throws {RangeError} For sizes that are not positive integers, head dims above 256, or a cache
+ *   that does not fit in WebAssembly memory.
+ *
+ * @example Usage
+ * ```ts
+ * import { createKvCache, flashAttentionWithKvCache } from "@flash/attention";
+ *
+ * const [B, H, Hkv, d] = [1, 4, 2, 8];
+ * const cache = createKvCache({ batch: B, maxLen: 64, kvHeads: Hkv, headDim: d });
+ * for (let step = 0; step < 3; step++) {
+ *   const row = (heads: number) => ({ data: new Float32Array(B * heads * d).fill(step + 1), shape: [B, 1, heads, d] });
+ *   cache.append(row(Hkv), row(Hkv));
+ *   const o = flashAttentionWithKvCache(row(H), cache, { causal: true });
+ *   if (Math.abs(o.data[0] - (step + 2) / 2) > 0.5) throw new Error("unexpected output");
+ * }
+ * if (cache.length(0) !== 3) throw new Error("unexpected length");
+ * cache.free();
+ * ```
+ */
+export function createKvCache(config: KvCacheConfig): KvCache {
+  const kernels = loadKernels();
+  return new ResidentKvCache(
+    kernels.memory,
+    heapOf(kernels.memory, kernels.hbmPtr()),
+    readCacheConfig(config, HEAD_DIM_MAX),
+  );
+}
+
+/**
+ * Attention of q against a KV cache from {@linkcode createKvCache}, read where it lives: entry b
+ * attends to its first `cache.length(b)` positions (causal aligned to that length). Append the
+ * step's keys and values with `cache.append` first.
+ *
+ * @param q Queries, [B, Nq, H, d] (H a multiple of the cache's kvHeads).
+ * @param cache The cache.
+ * @param options See {@linkcode ResidentKvCacheOptions}.
+ * @returns The output [B, Nq, H, dv], with `lse` when asked for.
+ * @throws {ShapeError} If q does not match the cache (batch, head dim, heads).
+ * @throws {TypeError} For mistyped or unknown options, a freed cache, or a pool's cache.
+ * @throws {RangeError} As `flashAttention`.
+ */
+export function flashAttentionWithKvCache(q: Tensor, cache: KvCache, options?: ResidentKvCacheOptions): AttentionOutput;
 /**
  * Attention of q against a key/value cache, as `flash_attn_with_kvcache`: optionally writes `kNew`
  * and `vNew` into the caches in place at each entry's `cacheSeqLens`, then attends to the first
@@ -81,7 +143,14 @@ export function flashAttentionWithKvCache(
   q: Tensor,
   kCache: Tensor,
   vCache: Tensor,
-  options: KvCacheOptions = {},
+  options?: KvCacheOptions,
+): AttentionOutput;
+export function flashAttentionWithKvCache(
+  q: Tensor,
+  cache: Tensor | KvCache,
+  vCache?: Tensor | ResidentKvCacheOptions,
+  options?: KvCacheOptions,
 ): AttentionOutput {
-  return attend(prepare(validateKvCacheCall(q, kCache, vCache, options)));
+  if (cache instanceof ResidentKvCache) return attend(prepare(validateResidentCacheCall(q, cache, vCache)));
+  return attend(prepare(validateKvCacheCall(q, cache, vCache, options)));
 }

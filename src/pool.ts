@@ -7,16 +7,18 @@
  */
 import { ensureArena } from "./_blocks.ts";
 import { ensureMemory } from "./_forward.ts";
-import { MAX_MEMORY_BYTES, PAGE_BYTES } from "./_limits.ts";
+import { HEAD_DIM_MAX, MAX_MEMORY_BYTES, PAGE_BYTES } from "./_limits.ts";
 import { CHUNK_BYTES, forwardArgs, type ForwardPlan, mergeArgs, planForward, type Results } from "./_plan.ts";
 import type { AttentionCall } from "./_problem.ts";
 import { appendRows, attend, prepare } from "./_run.ts";
 import { chooseSplits } from "./_splits.ts";
 import { type Counters, readCounterBlock, resetCounterBlock, statsOf, sumCounters } from "./_stats.ts";
-import { validateForwardCall, validateKvCacheCall } from "./_validate.ts";
+import { validateForwardCall, validateKvCacheCall, validateResidentCacheCall } from "./_validate.ts";
+import { heapOf } from "./_heap.ts";
+import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } from "./_resident_cache.ts";
 import { spawnWorker, type WorkerHandle, type WorkerMessage } from "./_workers.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
-import type { KvCacheOptions } from "./kv_cache.ts";
+import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 import type { AttentionOutput } from "./result.ts";
 import type { Tensor } from "./tensor.ts";
 import { WASM_BASE64 as THREADS_WASM_BASE64 } from "./wasm/kernels_threads.generated.ts";
@@ -71,6 +73,28 @@ export interface AttentionPool {
     vCache: Tensor,
     options?: KvCacheOptions,
   ): Promise<AttentionOutput>;
+  /**
+   * `flashAttentionWithKvCache` on a KV cache this pool created ({@linkcode AttentionPool.createKvCache}):
+   * the Workers read its keys and values where they live. Same options as the synchronous call
+   * with a cache object, and the same bits with the same `numSplits`.
+   *
+   * @param q Queries, [B, Nq, H, d].
+   * @param cache A cache from this pool's `createKvCache`.
+   * @param options As `flashAttentionWithKvCache`'s with a cache object.
+   * @returns A promise of the output.
+   */
+  flashAttentionWithKvCache(q: Tensor, cache: KvCache, options?: ResidentKvCacheOptions): Promise<AttentionOutput>;
+  /**
+   * A KV cache in the pool's shared memory, for this pool's `flashAttentionWithKvCache`. Do not
+   * reset or free it while a call that reads it is pending (those throw); appending is fine.
+   *
+   * @param config The cache's sizes.
+   * @returns The cache, empty.
+   * @throws {TypeError} For a config that is not an object, has unknown keys or non-number sizes.
+   * @throws {RangeError} For sizes that are not positive integers, head dims above 256, or a cache
+   *   that does not fit in WebAssembly memory.
+   */
+  createKvCache(config: KvCacheConfig): KvCache;
   /**
    * Ends every Worker once the calls already made have finished; later calls reject. Resolves
    * when the Workers are gone.
@@ -307,11 +331,15 @@ class Pool implements AttentionPool {
 
   flashAttentionWithKvCache(
     q: Tensor,
-    kCache: Tensor,
-    vCache: Tensor,
+    cache: Tensor | KvCache,
+    vCache?: Tensor | ResidentKvCacheOptions,
     options?: KvCacheOptions,
   ): Promise<AttentionOutput> {
-    return this.#submit(() => validateKvCacheCall(q, kCache, vCache, options));
+    return this.#submit(() =>
+      cache instanceof ResidentKvCache
+        ? validateResidentCacheCall(q, cache, vCache)
+        : validateKvCacheCall(q, cache, vCache, options)
+    );
   }
 
   close(): Promise<void> {
@@ -322,17 +350,31 @@ class Pool implements AttentionPool {
     return done;
   }
 
-  /** Validates and plans now (so a bad call rejects at once), then queues the run. */
+  createKvCache(config: KvCacheConfig): KvCache {
+    if (this.#closed) throw new Error("Cannot create a KV cache as the pool is closed");
+    return new ResidentKvCache(
+      this.#memory!,
+      heapOf(this.#memory!, this.#hbmPtr),
+      readCacheConfig(config, HEAD_DIM_MAX),
+    );
+  }
+
+  /**
+   * Validates now (so a bad call rejects at once, with the synchronous call's error), then queues
+   * the run; the plan is made when the run starts, above any KV cache created meanwhile.
+   */
   #submit(validate: () => AttentionCall): Promise<AttentionOutput> {
     let run: () => Promise<AttentionOutput> | AttentionOutput;
+    let release = () => {};
     try {
       if (this.#closed) throw new Error("Cannot compute attention as the pool is closed");
       const call = validate();
       run = this.#schedule(call);
+      if (call.cache) release = call.cache.hold();
     } catch (error) {
       return Promise.reject(error);
     }
-    const result = this.#tail.then(run);
+    const result = this.#tail.then(run).finally(release);
     this.#tail = result.catch(() => {});
     return result;
   }
@@ -340,37 +382,53 @@ class Pool implements AttentionPool {
   /** Decides how a validated call runs: on the calling thread when small, else on the Workers. */
   #schedule(call: AttentionCall): () => Promise<AttentionOutput> | AttentionOutput {
     const { problem: p } = call;
+    if (p.resident && p.resident.memory !== this.#memory) {
+      throw new TypeError(
+        "Cannot compute attention as the KV cache lives in another memory: pass it to the functions of the pool " +
+          "that created it (or to the synchronous function, for a cache from createKvCache)",
+      );
+    }
     const kernels = loadKernels(); // the single-threaded build: the same block rule and the inline runs
-    const { Br, Bc } = ensureArena(kernels, call.sramBytes, p);
+    const blocks = { sramBytes: call.sramBytes, ...ensureArena(kernels, call.sramBytes, p) };
     let flops = 0;
     for (const s of p.sequences) flops += 4 * p.H * s.Nq * s.Nk * Math.max(p.d, p.dv);
-    if (flops < this.#tuning.inlineFlops) {
-      const prepared = prepare(call); // every check, memory included, before anything is written
-      return () => attend(prepared);
+    if (flops < this.#tuning.inlineFlops && !p.resident) {
+      // every check, memory included, before anything is written
+      return () => attend(prepare(call));
     }
+    return () => this.#run(call, this.#plan(call, blocks), blocks);
+  }
+
+  /** The plan of a call on the Workers, placed above the pool's SMs and KV caches. */
+  #plan(call: AttentionCall, blocks: { sramBytes: number; Br: number; Bc: number }): ForwardPlan {
+    const { problem: p } = call;
     const groups = p.sequences.filter((s) => s.Nq > 0).length * p.Hkv;
     const keys = Math.max(0, ...p.sequences.map((s) => s.Nk));
     const numSplits = call.numSplits || chooseSplits(keys, Math.ceil(this.threads / Math.max(1, groups)));
     const plan = planForward(p, {
-      sramBytes: call.sramBytes,
-      Br,
-      Bc,
+      ...blocks,
       numSplits,
-      hbmPtr: this.#hbmPtr,
+      hbmPtr: heapOf(this.#memory!, this.#hbmPtr).end,
       slabBudgetBytes: this.#tuning.slabBudgetBytes,
       chunkBytes: CHUNK_BYTES * this.threads,
       jobsPerGroup: Math.ceil((this.#tuning.jobsPerThread * this.threads) / Math.max(1, groups)),
     });
-    const tableEnd = this.#tablePtr(plan) + 8 * Math.max(
-          0,
-          ...plan.phases.map((phase) => Math.max(phase.jobs.length * FORWARD_ARITY, phase.merges.length * MERGE_ARITY)),
-        );
-    if (tableEnd > MAX_MEMORY_BYTES) {
+    if (this.#tableEnd(plan) > MAX_MEMORY_BYTES) {
       throw new RangeError(
-        `Cannot compute attention as this call needs ${tableEnd} bytes of WebAssembly memory with the pool's ${this.threads} arenas, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${p.shapes}`,
+        `Cannot compute attention as this call needs ${
+          this.#tableEnd(plan)
+        } bytes of WebAssembly memory with the pool's ${this.threads} arenas, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${p.shapes}`,
       );
     }
-    return () => this.#run(call, plan, tableEnd, { sramBytes: call.sramBytes, Br, Bc });
+    return plan;
+  }
+
+  /** One past the largest job table of a plan. */
+  #tableEnd(plan: ForwardPlan): number {
+    const rows = plan.phases.map((phase) =>
+      Math.max(phase.jobs.length * FORWARD_ARITY, phase.merges.length * MERGE_ARITY)
+    );
+    return this.#tablePtr(plan) + 8 * Math.max(0, ...rows);
   }
 
   /** Where a plan's job table goes: after everything the plan places, behind a 64-byte cursor line. */
@@ -381,12 +439,11 @@ class Pool implements AttentionPool {
   async #run(
     call: AttentionCall,
     plan: ForwardPlan,
-    tableEnd: number,
     blocks: { sramBytes: number; Br: number; Bc: number },
   ): Promise<AttentionOutput> {
     const { problem: p } = call;
     const memory = this.#memory!;
-    ensureMemory(memory, tableEnd, plan.streamed ? "one head of this call" : "this call", p.shapes);
+    ensureMemory(memory, this.#tableEnd(plan), plan.streamed ? "one head of this call" : "this call", p.shapes);
     await this.#replaceLostWorkers();
     if (call.append) appendRows(call.append);
     const results: Results = {

@@ -1,0 +1,50 @@
+// Resident tensors in HBM: KV caches that live in a linear memory across calls. Each memory has
+// one heap of them above its SMs; a call's plan places its own tensors above the heap's end, so
+// nothing a call stages ever overlaps a resident tensor.
+
+/** The resident blocks of one linear memory, first fit, 64-byte aligned. */
+export class HbmHeap {
+  /** First byte the heap may use. */
+  readonly start: number;
+  /** Live blocks [ptr, end), sorted by address. */
+  #blocks: { ptr: number; end: number }[] = [];
+
+  constructor(start: number) {
+    this.start = start;
+  }
+
+  /** One past the last live block: where a call's placements may begin. */
+  get end(): number {
+    return this.#blocks.length === 0 ? this.start : this.#blocks[this.#blocks.length - 1].end;
+  }
+
+  /** Reserves `bytes` and returns the address: the first gap that fits, else the end. */
+  allocate(bytes: number): number {
+    const size = Math.ceil(bytes / 64) * 64;
+    let at = this.start;
+    let index = 0;
+    for (; index < this.#blocks.length; index++) {
+      if (this.#blocks[index].ptr - at >= size) break;
+      at = this.#blocks[index].end;
+    }
+    this.#blocks.splice(index, 0, { ptr: at, end: at + size });
+    return at;
+  }
+
+  /** Releases the block at `ptr`. */
+  release(ptr: number): void {
+    this.#blocks = this.#blocks.filter((b) => b.ptr !== ptr);
+  }
+}
+
+const heaps = new WeakMap<WebAssembly.Memory, HbmHeap>();
+
+/** The heap of `memory`, made on first use with its resident blocks starting at `start`. */
+export function heapOf(memory: WebAssembly.Memory, start: number): HbmHeap {
+  let heap = heaps.get(memory);
+  if (heap === undefined) {
+    heap = new HbmHeap(start);
+    heaps.set(memory, heap);
+  }
+  return heap;
+}

@@ -1,0 +1,254 @@
+// A KV cache that lives in HBM (a kernels' linear memory) across calls: decode steps read its keys
+// and values where they are, with no copy into WebAssembly memory per step. Layout per tensor:
+// [B, Hkv, maxLen, D], so each head's keys are one contiguous run that the kernel streams through.
+
+import { ensureMemory } from "./_forward.ts";
+import type { HbmHeap } from "./_heap.ts";
+import { MAX_MEMORY_BYTES } from "./_limits.ts";
+import { describe, formatShape } from "./_messages.ts";
+import { checkTensor } from "./_shapes.ts";
+import { ShapeError } from "./errors.ts";
+import type { Tensor } from "./tensor.ts";
+
+/** The sizes of a KV cache. */
+export interface KvCacheConfig {
+  /** Batch entries (B), each with its own length. */
+  batch: number;
+  /** Positions each entry can hold. */
+  maxLen: number;
+  /** Key/value heads (Hkv). */
+  kvHeads: number;
+  /** Head dim of the keys (d), at most 256. */
+  headDim: number;
+  /** Head dim of the values (dv), at most 256; default headDim. */
+  valueDim?: number;
+}
+
+/**
+ * A key/value cache in the kernels' memory. Append each step's keys and values, then pass the
+ * cache to `flashAttentionWithKvCache(q, cache, options)` (or a pool's, for a pool's cache):
+ * entry b attends to its first `length(b)` positions.
+ */
+export interface KvCache {
+  /** Batch entries. */
+  readonly batch: number;
+  /** Positions each entry can hold. */
+  readonly maxLen: number;
+  /** Key/value heads. */
+  readonly kvHeads: number;
+  /** Head dim of the keys. */
+  readonly headDim: number;
+  /** Head dim of the values. */
+  readonly valueDim: number;
+  /**
+   * Writes `kNew` [B, Nnew, Hkv, d] and `vNew` [B, Nnew, Hkv, dv] after each entry's current
+   * positions, and advances every entry's length by Nnew.
+   *
+   * @param kNew New keys.
+   * @param vNew New values.
+   * @throws {ShapeError} If a shape does not match the cache.
+   * @throws {RangeError} If an entry would pass maxLen (nothing is written then).
+   * @throws {TypeError} For data that is not a Float32Array, or a freed cache.
+   */
+  append(kNew: Tensor, vNew: Tensor): void;
+  /**
+   * The number of positions entry b holds.
+   *
+   * @param b The batch entry.
+   * @returns Its length.
+   */
+  length(b: number): number;
+  /** Empties every entry (lengths 0). Throws if a pool call that reads the cache is pending. */
+  reset(): void;
+  /** Releases the cache's memory; the cache cannot be used afterwards. Throws like `reset`. */
+  free(): void;
+}
+
+const PREFIX = "Cannot use the KV cache as";
+const EMPTY = new Float32Array(0);
+
+/** Checks a KV cache's sizes: positive safe integers, head dims at most `headDimMax`. */
+export function readCacheConfig(config: unknown, headDimMax: number): Required<KvCacheConfig> {
+  const prefix = "Cannot create a KV cache as";
+  if (typeof config !== "object" || config === null || Array.isArray(config)) {
+    throw new TypeError(`${prefix} its options must be an object: options is ${describe(config)}`);
+  }
+  const c = config as Record<string, unknown>;
+  const known = ["batch", "maxLen", "kvHeads", "headDim", "valueDim"];
+  for (const key of Object.keys(c)) {
+    if (!known.includes(key)) {
+      throw new TypeError(`${prefix} options has an unknown key "${key}": the known keys are ${known.join(", ")}`);
+    }
+  }
+  const read = (name: string, fallback?: number): number => {
+    const value = c[name] === undefined ? fallback : c[name];
+    if (typeof value !== "number") {
+      throw new TypeError(`${prefix} ${name} must be a number: ${name} is ${describe(value)}`);
+    }
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new RangeError(`${prefix} ${name} must be a positive integer: ${name} is ${value}`);
+    }
+    return value;
+  };
+  const batch = read("batch");
+  const maxLen = read("maxLen");
+  const kvHeads = read("kvHeads");
+  const headDim = read("headDim");
+  const valueDim = read("valueDim", headDim);
+  if (headDim > headDimMax || valueDim > headDimMax) {
+    throw new RangeError(
+      `${prefix} the head dims must be at most ${headDimMax}: headDim is ${headDim}, valueDim is ${valueDim}`,
+    );
+  }
+  return { batch, maxLen, kvHeads, headDim, valueDim };
+}
+
+/** A KV cache placed in one memory's heap. */
+export class ResidentKvCache implements KvCache {
+  readonly batch: number;
+  readonly maxLen: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly valueDim: number;
+  /** The linear memory it lives in, and where its keys and values start. */
+  readonly memory: WebAssembly.Memory;
+  readonly kPtr: number;
+  readonly vPtr: number;
+  readonly #heap: HbmHeap;
+  readonly #lengths: Int32Array;
+  #pending = 0;
+  #freed = false;
+
+  constructor(memory: WebAssembly.Memory, heap: HbmHeap, config: Required<KvCacheConfig>) {
+    const { batch, maxLen, kvHeads, headDim, valueDim } = config;
+    const kBytes = 4 * batch * kvHeads * maxLen * headDim;
+    const vBytes = 4 * batch * kvHeads * maxLen * valueDim;
+    const wanted = heap.end + kBytes + vBytes + 128;
+    if (!(wanted <= MAX_MEMORY_BYTES)) {
+      throw new RangeError(
+        `Cannot create a KV cache as its ${
+          kBytes + vBytes
+        } bytes do not fit the 4 GiB a wasm32 memory addresses beside what it holds (${heap.end} bytes): batch ${batch}, maxLen ${maxLen}, kvHeads ${kvHeads}, headDim ${headDim}, valueDim ${valueDim}`,
+      );
+    }
+    const kPtr = heap.allocate(kBytes);
+    const vPtr = heap.allocate(vBytes);
+    try {
+      ensureMemory(memory, Math.max(kPtr + kBytes, vPtr + vBytes), "a KV cache", `${kBytes + vBytes} bytes`);
+    } catch (error) {
+      heap.release(kPtr);
+      heap.release(vPtr);
+      throw error;
+    }
+    this.batch = batch;
+    this.maxLen = maxLen;
+    this.kvHeads = kvHeads;
+    this.headDim = headDim;
+    this.valueDim = valueDim;
+    this.memory = memory;
+    this.kPtr = kPtr;
+    this.vPtr = vPtr;
+    this.#heap = heap;
+    this.#lengths = new Int32Array(batch);
+  }
+
+  /** The cache's shape as a caller-owned cache would have it, for messages. */
+  get shape(): string {
+    return formatShape([this.batch, this.maxLen, this.kvHeads, this.headDim]);
+  }
+
+  /** A copy of every entry's length (for a call, which must not see later appends). */
+  lengths(): Int32Array {
+    this.#check();
+    return this.#lengths.slice();
+  }
+
+  length(b: number): number {
+    this.#check();
+    if (!Number.isInteger(b) || b < 0 || b >= this.batch) {
+      throw new RangeError(`${PREFIX} b must be an integer in [0, ${this.batch}): b is ${b}`);
+    }
+    return this.#lengths[b];
+  }
+
+  append(kNew: Tensor, vNew: Tensor): void {
+    this.#check();
+    const { batch: B, kvHeads: Hkv, headDim: d, valueDim: dv, maxLen } = this;
+    const k = checkTensor("kNew", kNew, "[B, Nnew, Hkv, d]", 4);
+    const v = checkTensor("vNew", vNew, "[B, Nnew, Hkv, dv]", 4);
+    const Nnew = k.shape[1];
+    for (const [name, t, D] of [["kNew", k, d], ["vNew", v, dv]] as const) {
+      const wanted = [B, Nnew, Hkv, D];
+      if (t.shape.join() !== wanted.join()) {
+        throw new ShapeError(
+          `${PREFIX} ${name} must have shape ${
+            formatShape(wanted)
+          } (the cache's B, Hkv and head dim, kNew's Nnew): ${name}.shape is ${formatShape(t.shape)}`,
+          formatShape(wanted),
+          formatShape(t.shape),
+        );
+      }
+    }
+    for (let b = 0; b < B; b++) {
+      if (this.#lengths[b] + Nnew > maxLen) {
+        throw new RangeError(
+          `${PREFIX} appending ${Nnew} positions to entry ${b}, which holds ${
+            this.#lengths[b]
+          }, passes maxLen ${maxLen}`,
+        );
+      }
+    }
+    const hbm = new Float32Array(this.memory.buffer);
+    for (const [src, ptr, D] of [[k.data, this.kPtr, d], [v.data, this.vPtr, dv]] as const) {
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < Hkv; h++) {
+          // [B, Hkv, maxLen, D] in the cache, [B, Nnew, Hkv, D] in the new rows.
+          let at = ptr / 4 + ((b * Hkv + h) * maxLen + this.#lengths[b]) * D;
+          for (let n = 0; n < Nnew; n++, at += D) {
+            const from = ((b * Nnew + n) * Hkv + h) * D;
+            hbm.set(src.subarray(from, from + D), at);
+          }
+        }
+      }
+    }
+    for (let b = 0; b < B; b++) this.#lengths[b] += Nnew;
+  }
+
+  reset(): void {
+    this.#check();
+    this.#checkIdle("reset");
+    this.#lengths.fill(0);
+  }
+
+  free(): void {
+    if (this.#freed) return;
+    this.#checkIdle("free");
+    this.#freed = true;
+    this.#heap.release(this.kPtr);
+    this.#heap.release(this.vPtr);
+  }
+
+  /** Marks a pool call that reads the cache as pending until `done` runs. */
+  hold(): () => void {
+    this.#pending++;
+    return () => this.#pending--;
+  }
+
+  /** Describes the cache as the keys and values of a call (placeholders: the data stays in HBM). */
+  asTensors(): { k: Tensor; v: Tensor } {
+    return {
+      k: { data: EMPTY, shape: [this.batch, this.maxLen, this.kvHeads, this.headDim] },
+      v: { data: EMPTY, shape: [this.batch, this.maxLen, this.kvHeads, this.valueDim] },
+    };
+  }
+
+  #check(): void {
+    if (this.#freed) throw new TypeError(`${PREFIX} it was freed`);
+  }
+
+  #checkIdle(what: string): void {
+    if (this.#pending > 0) {
+      throw new TypeError(`${PREFIX} a pool call that reads it is still pending: await it before ${what}()`);
+    }
+  }
+}
