@@ -34,13 +34,17 @@ export const ASC_THREADS_FLAGS: readonly string[] = [
 export const ASC_VERSION: string = asc.version;
 
 /**
- * Compiles ENTRY under `baseDir` (default: the working directory) with `flags` (default: the
- * single-threaded build) and returns the module's bytes.
+ * Compiles `entry` (default: ENTRY) under `baseDir` (default: the working directory) with `flags`
+ * (default: the single-threaded build) and returns the module's bytes.
  */
-export async function compile(baseDir = ".", flags: readonly string[] = ASC_FLAGS): Promise<Uint8Array> {
+export async function compile(
+  baseDir = ".",
+  flags: readonly string[] = ASC_FLAGS,
+  entry: string = ENTRY,
+): Promise<Uint8Array> {
   let wasm: Uint8Array | undefined;
   const stderr = asc.createMemoryStream();
-  const { error } = await asc.main([ENTRY, ...flags, "--baseDir", baseDir, "--outFile", "kernels.wasm"], {
+  const { error } = await asc.main([entry, ...flags, "--baseDir", baseDir, "--outFile", "kernels.wasm"], {
     stderr,
     writeFile(name: string, contents: Uint8Array | string) {
       if (name.endsWith("kernels.wasm") && typeof contents !== "string") wasm = contents;

@@ -101,23 +101,34 @@ export interface PairedTimes {
 
 /**
  * Times `runA` and `runB` in `pairs` alternating pairs (AB, BA, AB, …) after `warmup` calls of
- * each, one call per side per pair. On a shared, noisy host the ratio of each pair's two calls,
- * made moments apart, is far steadier than the ratio of two medians taken minutes apart.
+ * each, one call per side per pair (awaited, so either may be async). On a shared, noisy host the
+ * ratio of each pair's two calls, made moments apart, is far steadier than the ratio of two
+ * medians taken minutes apart.
  */
-export function pairedTimes(runA: () => void, runB: () => void, pairs: number, warmup: number): PairedTimes {
+export async function pairedTimes(
+  runA: () => unknown,
+  runB: () => unknown,
+  pairs: number,
+  warmup: number,
+): Promise<PairedTimes> {
+  const time = async (fn: () => unknown) => {
+    const start = performance.now();
+    await fn();
+    return performance.now() - start;
+  };
   for (let i = 0; i < warmup; i++) {
-    runA();
-    runB();
+    await runA();
+    await runB();
   }
   const msA: number[] = [];
   const msB: number[] = [];
   for (let pair = 0; pair < pairs; pair++) {
     if (pair % 2 === 0) {
-      msA.push(timeOnce(runA));
-      msB.push(timeOnce(runB));
+      msA.push(await time(runA));
+      msB.push(await time(runB));
     } else {
-      msB.push(timeOnce(runB));
-      msA.push(timeOnce(runA));
+      msB.push(await time(runB));
+      msA.push(await time(runA));
     }
   }
   const ratios = msA.map((x, i) => x / msB[i]).sort((x, y) => x - y);

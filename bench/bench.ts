@@ -67,7 +67,7 @@ for (const N of sizes) {
   // The causal speedup from alternating pairs of calls, not from the two medians above.
   // Even counts: as many AB pairs as BA pairs, so a call's position in its pair cancels out.
   const pairs = quick ? 6 : N >= 4096 ? 10 : N >= 2048 ? 12 : 22;
-  const { ratios } = pairedTimes(
+  const { ratios } = await pairedTimes(
     () => void flashAttention(q, k, v, { causal: false }),
     () => void flashAttention(q, k, v, { causal: true }),
     pairs,

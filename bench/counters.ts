@@ -177,7 +177,7 @@ for (const shape of SHAPES) {
   if (counted(b.stats!) !== 0) throw new Error(`${shape.label}: the no-count module still counts`);
 
   const run = (library: Library) => () => void library.flashAttention(q, k, v, { causal });
-  const { msA, msB, ratios } = pairedTimes(run(counting), run(uncounted), shape.pairs, WARMUP_CALLS);
+  const { msA, msB, ratios } = await pairedTimes(run(counting), run(uncounted), shape.pairs, WARMUP_CALLS);
   const row = [
     shape.label,
     shape.pairs,

@@ -13,7 +13,7 @@ import { cpuName, runtimeKey, runtimeName, writeSection } from "./_report.ts";
 const N = Number(process.argv[2] ?? 65536);
 const d = 64;
 const MiB = 1024 * 1024;
-const run = runLongSequence(N, d);
+const run = await runLongSequence(N, d);
 if (run.peakExtraBytes === undefined) throw new Error("peak RSS is not measurable here (needs Linux /proc)");
 const lines = [
   `### ${runtimeName()}: N = ${N}, H = 1, d = ${d}, causal`,

@@ -5,10 +5,11 @@
  *
  *   npm start                   # N = 32768
  *   npm start -- 65536          # any N
+ *   npm start -- --pool         # on a pool of Workers, one per core
  */
 import process from "node:process";
 import { readFileSync, writeFileSync } from "node:fs";
-import { flashAttention, type Tensor } from "../mod.ts";
+import { type AttentionPool, createAttentionPool, flashAttention, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
 
 /** What a run measured. */
@@ -65,20 +66,25 @@ function randomTensor(shape: number[], seed: number): Tensor {
   return { data, shape };
 }
 
-/** Runs causal attention over N tokens and checks sampled rows against the f64 reference. */
-export function runLongSequence(N: number, d = 64): LongSequenceRun {
+/**
+ * Runs causal attention over N tokens (on `pool` if given, else on the calling thread) and checks
+ * sampled rows against the f64 reference.
+ */
+export async function runLongSequence(N: number, d = 64, pool?: AttentionPool): Promise<LongSequenceRun> {
   const q = randomTensor([1, N, 1, d], 1);
   const k = randomTensor([1, N, 1, d], 2);
   const v = randomTensor([1, N, 1, d], 3);
   // Touch the output's pages now, so that the measurement below counts only the call's own memory.
   const out = new Float32Array(N * d).fill(NaN);
-  const tiny = randomTensor([1, 64, 1, d], 4);
-  flashAttention(tiny, tiny, tiny, { causal: true }); // compile the module outside the measurement
+  const warm = randomTensor([1, 512, 1, d], 4);
+  flashAttention(warm, warm, warm, { causal: true }); // compile the module outside the measurement
+  if (pool) await pool.flashAttention(warm, warm, warm, { causal: true });
 
   const before = currentRss();
   const canReset = resetPeakRss();
   const start = performance.now();
-  flashAttention(q, k, v, { causal: true, out });
+  if (pool) await pool.flashAttention(q, k, v, { causal: true, out });
+  else flashAttention(q, k, v, { causal: true, out });
   const seconds = (performance.now() - start) / 1000;
   const peak = peakRss();
   const peakExtraBytes = canReset && before !== undefined && peak !== undefined ? peak - before : undefined;
@@ -102,11 +108,18 @@ export function runLongSequence(N: number, d = 64): LongSequenceRun {
 export const TOLERANCE = 1e-5;
 
 if (import.meta.main ?? process.argv[1]?.endsWith("long_sequence.ts")) {
-  const N = Number(process.argv[2] ?? 32768);
+  const usePool = process.argv.includes("--pool");
+  const N = Number(process.argv.slice(2).find((a) => !a.startsWith("--")) ?? 32768);
   const d = 64;
-  console.log(`causal attention, B = 1, H = 1, N = ${N}, d = ${d}, f32`);
+  const pool = usePool ? await createAttentionPool() : undefined;
+  console.log(
+    `causal attention, B = 1, H = 1, N = ${N}, d = ${d}, f32, ${
+      pool ? `a pool of ${pool.threads} Workers` : "one thread"
+    }`,
+  );
   console.log(`naive attention would materialise S: N²·4 bytes = ${(N * N * 4 / 2 ** 30).toFixed(2)} GiB`);
-  const run = runLongSequence(N, d);
+  const run = await runLongSequence(N, d, pool);
+  await pool?.close();
   console.log(`time: ${run.seconds.toFixed(2)} s, ${run.gflops.toFixed(1)} GFLOP/s`);
   const inputs = (3 * N * d + N * d) * 4;
   console.log(`inputs + output: ${(inputs / MiB).toFixed(1)} MiB`);
