@@ -10,9 +10,13 @@ const MAX_AUTO_SPLITS = 16;
 
 /**
  * The automatic split count: Flash-Decoding splits the keys when there are too few query rows to
- * occupy every worker. The kernels run on one thread today, where a split only adds its merge, so
- * this returns 1; with `workers` > 1 it makes one split per worker, each of at least
- * MIN_KEYS_PER_SPLIT keys.
+ * occupy every worker. On one thread (`workers` = 1, the synchronous functions) a split only adds
+ * its merge, so this returns 1; a pool passes the Workers each head group may use and gets one
+ * split per Worker, each of at least 1024 keys, at most 16.
+ *
+ * @param keys The longest sequence's keys.
+ * @param workers Workers per head group.
+ * @returns The number of splits, at least 1.
  */
 export function chooseSplits(keys: number, workers = 1): number {
   return Math.max(1, Math.min(workers, MAX_AUTO_SPLITS, Math.floor(keys / MIN_KEYS_PER_SPLIT)));

@@ -40,8 +40,20 @@ import {
   varlenSequences,
 } from "./_shapes.ts";
 import { readSplits } from "./_splits.ts";
+import type { FlashAttentionOptions } from "./flash_attention.ts";
+import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 
 export type { AttentionCall, AttentionProblem, Sequence, Strides } from "./_problem.ts";
+
+/** Every key of an options type that a key list lacks (never when the list is complete). */
+type Unlisted<Options, Keys extends readonly string[]> = Exclude<keyof Options, Keys[number]>;
+// Each list names every option of its type, and (satisfies, below) nothing else: an option cannot
+// exist in one and not the other.
+const _forwardKeysComplete: [Unlisted<FlashAttentionOptions, typeof FORWARD_OPTION_KEYS>] extends [never] ? true
+  : never = true;
+const _kvKeysComplete: [Unlisted<KvCacheOptions, typeof KV_CACHE_OPTION_KEYS>] extends [never] ? true : never = true;
+const _residentKeysComplete: [Unlisted<ResidentKvCacheOptions, typeof RESIDENT_KV_OPTION_KEYS>] extends [never] ? true
+  : never = true;
 
 interface ValidateConfig {
   /** Options this function accepts besides the common ones (already checked for unknown keys). */
@@ -140,7 +152,11 @@ export function validateCall(q: unknown, k: unknown, v: unknown, opts: Record<st
 }
 
 /** The options of `flashAttention`. */
-export const FORWARD_OPTION_KEYS = [...SEMANTIC_OPTION_KEYS, ...SEQUENCE_OPTION_KEYS, ...RUN_OPTION_KEYS] as const;
+export const FORWARD_OPTION_KEYS = [
+  ...SEMANTIC_OPTION_KEYS,
+  ...SEQUENCE_OPTION_KEYS,
+  ...RUN_OPTION_KEYS,
+] as const satisfies readonly (keyof FlashAttentionOptions)[];
 
 /** The run options every call shares, read in the order their errors surface. */
 function readRun(problem: AttentionProblem, opts: Record<string, unknown>, numSplits: number): AttentionCall {
@@ -173,7 +189,11 @@ export interface ResidentCache {
 }
 
 /** The options of `flashAttentionWithKvCache` with a cache that lives in HBM. */
-export const RESIDENT_KV_OPTION_KEYS = ["numSplits", ...SEMANTIC_OPTION_KEYS, ...RUN_OPTION_KEYS] as const;
+export const RESIDENT_KV_OPTION_KEYS = [
+  "numSplits",
+  ...SEMANTIC_OPTION_KEYS,
+  ...RUN_OPTION_KEYS,
+] as const satisfies readonly (keyof ResidentKvCacheOptions)[];
 
 /**
  * The whole validation of a `flashAttentionWithKvCache` call on a KV cache that lives in HBM: q
@@ -242,7 +262,7 @@ export const KV_CACHE_OPTION_KEYS = [
   "numSplits",
   ...SEMANTIC_OPTION_KEYS,
   ...RUN_OPTION_KEYS,
-] as const;
+] as const satisfies readonly (keyof KvCacheOptions)[];
 
 /**
  * The whole validation of a `flashAttentionWithKvCache` call with caller-owned caches: shapes with

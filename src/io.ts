@@ -94,10 +94,9 @@ export interface IoOptions extends StandardIoOptions {
    * range, reading Q again and writing each row's normalised O and lse as partial results, and
    * the merge reads those back and writes O (and lse).
    *
-   * Not modelled: the library runs a call unsplit when its partials would not fit a 16 MiB
-   * scratch, 4·s·rows·(dv + 1) + 128 > 2²⁴ bytes, where rows is Nq·H/Hkv for a sequence placed
-   * in memory whole and one chunk's rows when its queries are streamed (the stats show it:
-   * `written.partial` is 0).
+   * Not modelled: the library runs a sequence unsplit when the partials of one head group would
+   * not fit a 16 MiB scratch, 4·s·rows·(dv + 1) + 128 > 2²⁴ bytes with rows = Nq·H/Hkv, however
+   * the sequence is placed or cut into jobs (the stats show it: `written.partial` is 0).
    */
   numSplits?: number;
 }
