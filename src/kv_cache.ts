@@ -64,11 +64,13 @@ export type ResidentKvCacheOptions = Omit<KvCacheOptions, "cacheSeqLens" | "kNew
  *
  * const [B, H, Hkv, d] = [1, 4, 2, 8];
  * const cache = createKvCache({ batch: B, maxLen: 64, kvHeads: Hkv, headDim: d });
+ * const q = { data: new Float32Array(B * H * d), shape: [B, 1, H, d] }; // zero: equal scores
  * for (let step = 0; step < 3; step++) {
- *   const row = (heads: number) => ({ data: new Float32Array(B * heads * d).fill(step + 1), shape: [B, 1, heads, d] });
- *   cache.append(row(Hkv), row(Hkv));
- *   const o = flashAttentionWithKvCache(row(H), cache, { causal: true });
- *   if (Math.abs(o.data[0] - (step + 2) / 2) > 0.5) throw new Error("unexpected output");
+ *   const row = () => ({ data: new Float32Array(B * Hkv * d).fill(step + 1), shape: [B, 1, Hkv, d] });
+ *   cache.append(row(), row());
+ *   const o = flashAttentionWithKvCache(q, cache, { causal: true });
+ *   // equal scores: the mean of the values appended so far, 1 … step + 1
+ *   if (Math.abs(o.data[0] - (step + 2) / 2) > 1e-6) throw new Error("unexpected output");
  * }
  * if (cache.length(0) !== 3) throw new Error("unexpected length");
  * cache.free();
