@@ -379,32 +379,27 @@ const slopeBase = (p: AttentionProblem, s: Sequence) => p.alibiSlopes && p.alibi
  * One head group's query range as the kernel sees it: pointers and strides of Q, O, lse and the
  * mask rows for its first position, the keys it may see and its alignment offsets.
  */
-interface GroupCall {
-  qPtr: number;
-  qRowStride: number;
-  qHeadStride: number;
-  kPtr: number;
-  kRowStride: number;
-  vPtr: number;
-  vRowStride: number;
-  oPtr: number;
-  oRowStride: number;
-  oHeadStride: number;
-  lsePtr: number;
-  lseRowStride: number;
-  lseHeadStride: number;
-  Nq: number;
-  keyEnd: number;
-  visOffset: number;
-  alibiOffset: number;
-  slopesPtr: number;
-  maskPtr: number;
-  maskRowStride: number;
-  maskHeadStride: number;
-  maskColStride: number;
-  /** Byte size of one mask element (1 or 4) and its kind. */
-  maskBytes: number;
-}
+type GroupCall =
+  & Omit<
+    ForwardJob,
+    | "g"
+    | "keyBegin"
+    | "d"
+    | "dv"
+    | "scale"
+    | "softcap"
+    | "windowLeft"
+    | "windowRight"
+    | "maskKind"
+    | "sramBytes"
+    | "partial"
+  >
+  & {
+    /** All keys of the group: keyBegin is 0, split-KV cuts [0, keyEnd) into ranges. */
+    keyEnd: number;
+    /** Byte size of one mask element (1 or 4). */
+    maskBytes: number;
+  };
 
 /**
  * The jobs of one head group: its positions cut into whole query blocks (config.jobsPerGroup

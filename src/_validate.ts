@@ -40,6 +40,7 @@ import {
   varlenSequences,
 } from "./_shapes.ts";
 import { readSplits } from "./_splits.ts";
+import type { ResidentKvCache } from "./_resident_cache.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 
@@ -173,21 +174,6 @@ export function validateForwardCall(q: unknown, k: unknown, v: unknown, options:
   return readRun(validateCall(q, k, v, opts), opts, 1);
 }
 
-/** What validation needs of a KV cache that lives in HBM (_resident_cache.ts). */
-export interface ResidentCache {
-  readonly batch: number;
-  readonly maxLen: number;
-  readonly kvHeads: number;
-  readonly headDim: number;
-  readonly valueDim: number;
-  readonly memory: WebAssembly.Memory;
-  readonly kPtr: number;
-  readonly vPtr: number;
-  readonly shape: string;
-  lengths(): Int32Array;
-  hold(): () => void;
-}
-
 /** The options of `flashAttentionWithKvCache` with a cache that lives in HBM. */
 export const RESIDENT_KV_OPTION_KEYS = [
   "numSplits",
@@ -200,7 +186,7 @@ export const RESIDENT_KV_OPTION_KEYS = [
  * [B, Nq, H, d] against the cache's sizes; entry b attends to its current length. The cache's
  * keys and values stay where they are (layout [B, Hkv, maxLen, D]).
  */
-export function validateResidentCacheCall(q: unknown, cache: ResidentCache, options: unknown): AttentionCall {
+export function validateResidentCacheCall(q: unknown, cache: ResidentKvCache, options: unknown): AttentionCall {
   const opts = checkOptionKeys(options, RESIDENT_KV_OPTION_KEYS);
   const lengths = cache.lengths();
   const { batch: B, maxLen, kvHeads: Hkv, headDim: d, valueDim: dv } = cache;
