@@ -6,7 +6,7 @@ import { ensureMemory } from "./_forward.ts";
 import type { HbmHeap } from "./_heap.ts";
 import { MAX_MEMORY_BYTES } from "./_limits.ts";
 import { describe, formatShape } from "./_messages.ts";
-import { checkTensor } from "./_shapes.ts";
+import { checkInt32Array, checkTensor } from "./_shapes.ts";
 import { ShapeError } from "./errors.ts";
 import type { Tensor } from "./tensor.ts";
 
@@ -42,15 +42,19 @@ export interface KvCache {
   readonly valueDim: number;
   /**
    * Writes `kNew` [B, Nnew, Hkv, d] and `vNew` [B, Nnew, Hkv, dv] after each entry's current
-   * positions, and advances every entry's length by Nnew.
+   * positions, and advances every entry's length by Nnew — or, with `lengths`, entry b by
+   * lengths[b] ≤ Nnew, its first lengths[b] new rows (a ragged batch: prompts of different lengths).
    *
    * @param kNew New keys.
    * @param vNew New values.
-   * @throws {ShapeError} If a shape does not match the cache.
-   * @throws {RangeError} If an entry would pass maxLen (nothing is written then).
-   * @throws {TypeError} For data that is not a Float32Array, or a freed cache.
+   * @param lengths Rows to take of each entry (length B, each in [0, Nnew]); default all Nnew.
+   * @throws {ShapeError} If a shape or `lengths`' length does not match the cache.
+   * @throws {RangeError} If an entry would pass maxLen or `lengths` is out of range (nothing is
+   *   written then).
+   * @throws {TypeError} For data that is not a Float32Array, `lengths` that is not an Int32Array,
+   *   or a freed cache.
    */
-  append(kNew: Tensor, vNew: Tensor): void;
+  append(kNew: Tensor, vNew: Tensor, lengths?: Int32Array): void;
   /**
    * The number of positions entry b holds.
    *
@@ -171,7 +175,7 @@ export class ResidentKvCache implements KvCache {
     return this.#lengths[b];
   }
 
-  append(kNew: Tensor, vNew: Tensor): void {
+  append(kNew: Tensor, vNew: Tensor, lengths?: Int32Array): void {
     this.#check();
     const { batch: B, kvHeads: Hkv, headDim: d, valueDim: dv, maxLen } = this;
     const k = checkTensor("kNew", kNew, "[B, Nnew, Hkv, d]", 4);
@@ -189,10 +193,16 @@ export class ResidentKvCache implements KvCache {
         );
       }
     }
+    const taken = lengths === undefined ? new Int32Array(B).fill(Nnew) : checkInt32Array("lengths", lengths, B, "B");
     for (let b = 0; b < B; b++) {
-      if (this.#lengths[b] + Nnew > maxLen) {
+      if (!(taken[b] >= 0 && taken[b] <= Nnew)) {
         throw new RangeError(
-          `${PREFIX} appending ${Nnew} positions to entry ${b}, which holds ${
+          `${PREFIX} lengths must hold row counts in [0, Nnew = ${Nnew}]: lengths[${b}] is ${taken[b]}`,
+        );
+      }
+      if (this.#lengths[b] + taken[b] > maxLen) {
+        throw new RangeError(
+          `${PREFIX} appending ${taken[b]} positions to entry ${b}, which holds ${
             this.#lengths[b]
           }, passes maxLen ${maxLen}`,
         );
@@ -204,14 +214,14 @@ export class ResidentKvCache implements KvCache {
         for (let h = 0; h < Hkv; h++) {
           // [B, Hkv, maxLen, D] in the cache, [B, Nnew, Hkv, D] in the new rows.
           let at = ptr / 4 + ((b * Hkv + h) * maxLen + this.#lengths[b]) * D;
-          for (let n = 0; n < Nnew; n++, at += D) {
+          for (let n = 0; n < taken[b]; n++, at += D) {
             const from = ((b * Nnew + n) * Hkv + h) * D;
             hbm.set(src.subarray(from, from + D), at);
           }
         }
       }
     }
-    for (let b = 0; b < B; b++) this.#lengths[b] += Nnew;
+    for (let b = 0; b < B; b++) this.#lengths[b] += taken[b];
   }
 
   reset(): void {

@@ -230,3 +230,52 @@ test("a pool refuses to reset or free a cache while a call that reads it is pend
     await pool.close();
   }
 });
+
+test("append() with lengths takes each entry's first rows: a ragged prompt, then decode steps, as caller-owned caches", () => {
+  const random = rng(46);
+  const [B, maxLen, H, Hkv, d] = [3, 40, 4, 2, 12];
+  const cache = createKvCache({ batch: B, maxLen, kvHeads: Hkv, headDim: d });
+  const kOwned = { data: new Float32Array(B * maxLen * Hkv * d), shape: [B, maxLen, Hkv, d] };
+  const vOwned = { data: new Float32Array(B * maxLen * Hkv * d), shape: [B, maxLen, Hkv, d] };
+  try {
+    const prompt = new Int32Array([17, 0, 9]);
+    const kPrompt = randomTensor(random, [B, 17, Hkv, d]);
+    const vPrompt = randomTensor(random, [B, 17, Hkv, d]);
+    assertThrows(
+      () => cache.append(kPrompt, vPrompt, new Int32Array([17, 0])),
+      TypeError,
+      "lengths must have length B = 3",
+    );
+    assertThrows(() => cache.append(kPrompt, vPrompt, new Int32Array([18, 0, 9])), RangeError, "lengths[0] is 18");
+    assertThrows(() => cache.append(kPrompt, vPrompt, new Int32Array([17, -1, 9])), RangeError, "lengths[1] is -1");
+    cache.append(kPrompt, vPrompt, prompt);
+    // The caller-owned caches get the same rows, entry by entry.
+    for (let b = 0; b < B; b++) {
+      for (let n = 0; n < prompt[b]; n++) {
+        const at = (b * maxLen + n) * Hkv * d;
+        const from = (b * 17 + n) * Hkv * d;
+        kOwned.data.set(kPrompt.data.subarray(from, from + Hkv * d), at);
+        vOwned.data.set(vPrompt.data.subarray(from, from + Hkv * d), at);
+      }
+    }
+    const lengths = Int32Array.from(prompt);
+    for (let step = 0; step < 5; step++) {
+      const q = randomTensor(random, [B, 1, H, d]);
+      const kNew = randomTensor(random, [B, 1, Hkv, d]);
+      const vNew = randomTensor(random, [B, 1, Hkv, d]);
+      const owned = flashAttentionWithKvCache(q, kOwned, vOwned, {
+        cacheSeqLens: lengths,
+        kNew,
+        vNew,
+        causal: true,
+        returnLse: true,
+      });
+      cache.append(kNew, vNew);
+      for (let b = 0; b < B; b++) lengths[b]++;
+      assertSame(`step ${step}`, flashAttentionWithKvCache(q, cache, { causal: true, returnLse: true }), owned);
+      for (let b = 0; b < B; b++) if (cache.length(b) !== lengths[b]) throw new Error(`entry ${b}: ${cache.length(b)}`);
+    }
+  } finally {
+    cache.free();
+  }
+});
