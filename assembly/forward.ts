@@ -62,7 +62,7 @@ import {
   loadRowsTransposed,
   storeRows,
 } from "./hbm";
-import { accumulateValues, scoresStrip } from "./simd";
+import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
 
 // @ts-ignore: decorator
 @inline function imin(a: i32, b: i32): i32 { return a < b ? a : b; }
@@ -235,14 +235,17 @@ export function forward(
       loadRows(sm, Kj, d, cols4, d, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
       loadRows(sm, Vj, dvP, cols, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
 
-      // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see.
+      // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see (a last strip of
+      // at most 4 rows, such as a decode step's, computes only those 4).
       for (let r = 0; r < rowsHere; r += BR_STEP) {
         const last = imin(r + BR_STEP, rowsHere) - 1;
         const cBegin = imax(0, i32At(rowFirst, r) - j0) & ~3;
         const cEnd = imin(cols4, roundUp(imax(0, i32At(rowEnd, last) - j0), 4));
         if (cBegin < cEnd) {
-          scoresStrip(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
-          flops += <u64>(2 * BR_STEP * (cEnd - cBegin) * d);
+          const stripRows = last - r < 4 ? 4 : BR_STEP;
+          if (stripRows == 4) scoresStrip4(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
+          else scoresStrip(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
+          flops += <u64>(2 * stripRows * (cEnd - cBegin) * d);
         }
       }
 

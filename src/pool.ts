@@ -117,7 +117,7 @@ export interface PoolTuning {
 }
 
 /** The pool's tuning. */
-export const POOL_TUNING: PoolTuning = { inlineFlops: 4e6, slabBudgetBytes: 1 << 30, jobsPerThread: 4 };
+export const POOL_TUNING: PoolTuning = { inlineFlops: 3e7, slabBudgetBytes: 1 << 30, jobsPerThread: 4 };
 /** Arguments of one forward and one merge job (the kernels' parameters after the SM). */
 const FORWARD_ARITY = 33;
 const MERGE_ARITY = 13;

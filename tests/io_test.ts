@@ -25,6 +25,8 @@ import { assertFlashTolerance, assertThrows, naiveAttentionF32, randomTensor, rn
 
 const kernels = loadKernels();
 const roundUp = (x: number, step: number) => Math.ceil(x / step) * step;
+/** Rows the score GEMM computes for a block of n rows: strips of 8, a last strip of at most 4 rows as 4. */
+const scoreRows = (n: number) => 8 * Math.floor(n / 8) + (n % 8 === 0 ? 0 : n % 8 <= 4 ? 4 : 8);
 
 // ── The tiling as documented, recomputed here without the kernel or src/io.ts ──────────────────
 
@@ -225,8 +227,9 @@ function sees(c: IoCase, Nq: number, Nk: number, i: number, j: number): boolean 
  * pair in it is visible (row r is position ⌊r/g⌋ of a GQA group of g heads); a computed tile reads
  * its K, V (and mask) tile; each query block reads Q (and slopes) and writes O (and lse) once.
  * Also the flops' bounds: at least 2·(d + dv) per visible pair (one score and one value product),
- * at most the padded tile (score GEMM rows padded to 8 and keys to 4; value GEMM rows padded to 4
- * and dv to 8), which is exactly what a tile costs when every row sees every key.
+ * at most the padded tile (score GEMM rows in strips of 8, a last strip of at most 4 rows computed
+ * as 4, and keys padded to 4; value GEMM rows padded to 4 and dv to 8), which is exactly what a
+ * tile costs when every row sees every key.
  */
 function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
   const g = c.H / c.Hkv;
@@ -271,7 +274,7 @@ function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
             read.v += 4 * cols * c.dv;
             read.mask += maskBytes * rowsHere * cols;
             usefulFlops += 2 * pairs * (c.d + c.dv);
-            paddedFlops += 2 * roundUp(rowsHere, 8) * roundUp(cols, 4) * c.d +
+            paddedFlops += 2 * scoreRows(rowsHere) * roundUp(cols, 4) * c.d +
               2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
           }
         }
@@ -727,14 +730,15 @@ test("stats are exact counts, not estimates: Q is read once, O written once, flo
   if (stats.written.o !== 4 * B * Nq * H * dv) throw new Error(`O written ${stats.written.o}`);
   if (stats.written.lse !== 4 * B * H * Nq) throw new Error(`lse written ${stats.written.lse}`);
   // The default arena holds all 37 rows in one query block (Br ≥ 37), and the keys are tiles of
-  // Bc. Every row sees every key, so each tile costs its padded GEMMs exactly: scores over rows
-  // padded to 8 (strips of two f32x4) and keys to 4, values over rows padded to 4 and dv to 8.
+  // Bc. Every row sees every key, so each tile costs its padded GEMMs exactly: scores over strips
+  // of 8 rows (two f32x4; 37 rows: four strips of 8, then 5 rows as 8) and keys padded to 4, values
+  // over rows padded to 4 and dv to 8.
   const { Br, Bc } = documentedBlocks(128 * 1024, d, dv, false)!;
   if (Br < Nq) throw new Error(`Br ${Br} < Nq`);
   let perHead = 0;
   for (let j0 = 0; j0 < Nk; j0 += Bc) {
     const cols = Math.min(Bc, Nk - j0);
-    perHead += 2 * roundUp(Nq, 8) * roundUp(cols, 4) * d + 2 * roundUp(Nq, 4) * cols * roundUp(dv, 8);
+    perHead += 2 * scoreRows(Nq) * roundUp(cols, 4) * d + 2 * roundUp(Nq, 4) * cols * roundUp(dv, 8);
   }
   if (stats.flops !== B * H * perHead) throw new Error(`flops ${stats.flops}, padded tiles ${B * H * perHead}`);
   const without = flashAttention(q, k, v, {}) as { stats?: unknown };
