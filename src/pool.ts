@@ -216,6 +216,23 @@ async function hardwareConcurrency(): Promise<number> {
   return os.availableParallelism?.() ?? os.cpus().length;
 }
 
+/**
+ * A shared memory of `initial` pages that may grow to 4 GiB, or to less where the runtime cannot
+ * reserve that much address space up front (a shared memory never moves, so its maximum is
+ * reserved at once): 1 GiB, then 256 MiB. A call that would need more fails as a refused grow.
+ */
+function sharedMemory(initial: number): WebAssembly.Memory {
+  let failure: unknown;
+  for (const maximum of [MAX_MEMORY_BYTES / PAGE_BYTES, 16384, 4096]) {
+    try {
+      return new WebAssembly.Memory({ initial, maximum: Math.max(initial, maximum), shared: true });
+    } catch (error) {
+      failure = error;
+    }
+  }
+  throw failure;
+}
+
 function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
@@ -260,11 +277,7 @@ class Pool implements AttentionPool {
     this.#smPtr = raw.smPtr();
     this.#smBytes = raw.smBytes();
     this.#hbmPtr = this.#smPtr + this.threads * this.#smBytes;
-    this.#memory = new WebAssembly.Memory({
-      initial: Math.ceil(this.#hbmPtr / PAGE_BYTES),
-      maximum: MAX_MEMORY_BYTES / PAGE_BYTES,
-      shared: true,
-    });
+    this.#memory = sharedMemory(Math.ceil(this.#hbmPtr / PAGE_BYTES));
     try {
       await Promise.all(this.#slots.map((_, t) => this.#startWorker(t)));
     } catch (error) {

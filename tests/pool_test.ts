@@ -432,3 +432,26 @@ test("assertSameResult itself catches one flipped bit (the pool tests above can 
   new Uint32Array(b.data.buffer)[2] ^= 1;
   assertThrows(() => assertSameResult("flipped", a, b), Error, "element 2 differs");
 });
+
+test("without SharedArrayBuffer createAttentionPool() rejects with a NotSupportedError and the synchronous API works", async () => {
+  // deno-lint-ignore no-explicit-any
+  const global = globalThis as any;
+  const saved = Object.getOwnPropertyDescriptor(global, "SharedArrayBuffer")!;
+  Reflect.deleteProperty(global, "SharedArrayBuffer");
+  let error: unknown;
+  try {
+    if (typeof global.SharedArrayBuffer !== "undefined") throw new Error("this runtime keeps SharedArrayBuffer");
+    error = await createAttentionPool({ threads: 2 }).then(() => undefined, (e: unknown) => e);
+  } finally {
+    Object.defineProperty(global, "SharedArrayBuffer", saved);
+  }
+  if (
+    !(error instanceof DOMException) || error.name !== "NotSupportedError" ||
+    !error.message.includes("COOP") && !error.message.includes("Cross-Origin-Opener-Policy")
+  ) {
+    throw new Error(`expected a NotSupportedError naming cross-origin isolation, got ${String(error)}`);
+  }
+  const random = rng(37);
+  const q = randomTensor(random, [1, 8, 1, 4]);
+  if (!flashAttention(q, q, q).data.every(Number.isFinite)) throw new Error("the synchronous call failed");
+});
