@@ -15,7 +15,10 @@
  * console.log(o.shape, o.lse.shape); // [1, 1024, 8, 64] [1, 8, 1024]
  * ```
  *
- * The f64 reference implementation lives in `@flash/attention/reference`.
+ * Every core: `createAttentionPool()` runs the same calls on a pool of Workers that share one
+ * WebAssembly memory, with bitwise identical results. Decoding: `createKvCache()` keeps a KV cache
+ * in WebAssembly memory, so a step reads it where it lives. The f64 reference implementation lives
+ * in `@flash/attention/reference`, the IO model in `@flash/attention/io`.
  *
  * @module
  */

@@ -6,7 +6,7 @@
  *   npm run build:npm        deno task build:npm
  *
  * With --check it also imports the built package in a plain Node process (no TypeScript loader)
- * and runs one attention call, exiting 1 on failure.
+ * and runs one attention call, and the same on a pool of Workers, exiting 1 on failure.
  */
 import { execFileSync } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -52,7 +52,14 @@ if (process.argv.includes("--check")) {
     const r = referenceAttention(q, k, v, { causal: true });
     const err = Math.max(...o.data.map((x, i) => Math.abs(x - r.data[i])));
     if (!(err < 1e-5)) throw new Error("error " + err);
-    console.log("dist/ imports in plain Node and computes attention (max error " + err.toExponential(1) + ")");
+    const { createAttentionPool } = await import("./dist/mod.js");
+    const pool = await createAttentionPool({ threads: 2 });
+    const big = { data: Float32Array.from({ length: 512 * 4 * 32 }, (_, i) => Math.sin(i)), shape: [1, 512, 4, 32] };
+    const p = await pool.flashAttention(big, big, big, { causal: true });
+    await pool.close();
+    const s = flashAttention(big, big, big, { causal: true });
+    if (!p.data.every((x, i) => Object.is(x, s.data[i]))) throw new Error("the pool's bits differ");
+    console.log("dist/ imports in plain Node and computes attention (max error " + err.toExponential(1) + "), on a pool too");
   `;
   execFileSync(process.execPath, ["--input-type=module", "-e", script], { stdio: "inherit" });
 }
