@@ -18,14 +18,17 @@ export class HbmHeap {
     return this.#blocks.length === 0 ? this.start : this.#blocks[this.#blocks.length - 1].end;
   }
 
-  /** Reserves `bytes` and returns the address: the first gap that fits, else the end. */
-  allocate(bytes: number): number {
+  /**
+   * Reserves `bytes` at or above `from` (default: the heap's start) and returns the address: the
+   * first gap that fits, else the end.
+   */
+  allocate(bytes: number, from = this.start): number {
     const size = Math.ceil(bytes / 64) * 64;
-    let at = this.start;
+    let at = Math.max(this.start, Math.ceil(from / 64) * 64);
     let index = 0;
     for (; index < this.#blocks.length; index++) {
       if (this.#blocks[index].ptr - at >= size) break;
-      at = this.#blocks[index].end;
+      at = Math.max(at, this.#blocks[index].end);
     }
     this.#blocks.splice(index, 0, { ptr: at, end: at + size });
     return at;

@@ -123,11 +123,15 @@ export class ResidentKvCache implements KvCache {
   #pending = 0;
   #freed = false;
 
-  constructor(memory: WebAssembly.Memory, heap: HbmHeap, config: Required<KvCacheConfig>) {
+  /**
+   * Places a cache in `heap` at or above `from` (a pool passes the end of the call it is running,
+   * so the new cache never lands on that call's tensors).
+   */
+  constructor(memory: WebAssembly.Memory, heap: HbmHeap, config: Required<KvCacheConfig>, from = heap.start) {
     const { batch, maxLen, kvHeads, headDim, valueDim } = config;
     const kBytes = 4 * batch * kvHeads * maxLen * headDim;
     const vBytes = 4 * batch * kvHeads * maxLen * valueDim;
-    const wanted = heap.end + kBytes + vBytes + 128;
+    const wanted = Math.max(heap.end, from) + kBytes + vBytes + 128;
     if (!(wanted <= MAX_MEMORY_BYTES)) {
       throw new RangeError(
         `Cannot create a KV cache as its ${
@@ -135,8 +139,8 @@ export class ResidentKvCache implements KvCache {
         } bytes do not fit the 4 GiB a wasm32 memory addresses beside what it holds (${heap.end} bytes): batch ${batch}, maxLen ${maxLen}, kvHeads ${kvHeads}, headDim ${headDim}, valueDim ${valueDim}`,
       );
     }
-    const kPtr = heap.allocate(kBytes);
-    const vPtr = heap.allocate(vBytes);
+    const kPtr = heap.allocate(kBytes, from);
+    const vPtr = heap.allocate(vBytes, from);
     try {
       ensureMemory(memory, Math.max(kPtr + kBytes, vPtr + vBytes), "a KV cache", `${kBytes + vBytes} bytes`);
     } catch (error) {

@@ -261,6 +261,8 @@ class Pool implements AttentionPool {
   #tail: Promise<unknown> = Promise.resolve();
   #closed = false;
   #tuning: PoolTuning;
+  /** One past the last byte the call in progress uses (its plan and job table), or 0 when idle. */
+  #runningEnd = 0;
 
   constructor(threads: number, tuning: PoolTuning) {
     this.threads = threads;
@@ -365,11 +367,9 @@ class Pool implements AttentionPool {
 
   createKvCache(config: KvCacheConfig): KvCache {
     if (this.#closed) throw new Error("Cannot create a KV cache as the pool is closed");
-    return new ResidentKvCache(
-      this.#memory!,
-      heapOf(this.#memory!, this.#hbmPtr),
-      readCacheConfig(config, HEAD_DIM_MAX),
-    );
+    const heap = heapOf(this.#memory!, this.#hbmPtr);
+    // Above the tensors of a call in progress, which the plan placed above the heap's end.
+    return new ResidentKvCache(this.#memory!, heap, readCacheConfig(config, HEAD_DIM_MAX), this.#runningEnd);
   }
 
   /**
@@ -457,15 +457,16 @@ class Pool implements AttentionPool {
     const { problem: p } = call;
     const memory = this.#memory!;
     ensureMemory(memory, this.#tableEnd(plan), plan.streamed ? "one head of this call" : "this call", p.shapes);
-    await this.#replaceLostWorkers();
-    if (call.append) appendRows(call.append);
+    this.#runningEnd = this.#tableEnd(plan);
     const results: Results = {
       o: call.out ?? new Float32Array(p.oLength),
       lse: p.returnLse ? new Float32Array(p.lseLength) : undefined,
     };
-    for (let t = 0; t < this.threads; t++) resetCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes);
-    this.#busy();
     try {
+      await this.#replaceLostWorkers();
+      if (call.append) appendRows(call.append);
+      for (let t = 0; t < this.threads; t++) resetCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes);
+      this.#busy();
       for (const phase of plan.phases) {
         phase.stage(memory.buffer);
         await this.#dispatch(0, phase.jobs.map(forwardArgs), FORWARD_ARITY, plan);
@@ -474,6 +475,7 @@ class Pool implements AttentionPool {
       }
     } finally {
       this.#idle();
+      this.#runningEnd = 0;
     }
     const output: AttentionOutput = { data: results.o, shape: p.oShape };
     if (results.lse) output.lse = { data: results.lse, shape: p.lseShape };

@@ -279,3 +279,20 @@ test("append() with lengths takes each entry's first rows: a ragged prompt, then
     cache.free();
   }
 });
+
+test("a cache created and filled while a pool call runs never lands on that call's tensors", async () => {
+  const random = rng(47);
+  const pool = await startPool(2, { ...POOL_TUNING, inlineFlops: 0 });
+  try {
+    const q = randomTensor(random, [1, 1500, 4, 64]);
+    const expected = flashAttention(q, q, q, { returnLse: true });
+    const running = pool.flashAttention(q, q, q, { returnLse: true });
+    await new Promise((resolve) => setTimeout(resolve, 20)); // the call is on the Workers now
+    const cache = pool.createKvCache({ batch: 1, maxLen: 1500, kvHeads: 4, headDim: 64 });
+    cache.append(randomTensor(random, [1, 1500, 4, 64], 1e3), randomTensor(random, [1, 1500, 4, 64], 1e3));
+    assertSame("the call that was running", await running, expected);
+    cache.free();
+  } finally {
+    await pool.close();
+  }
+});
