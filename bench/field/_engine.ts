@@ -32,6 +32,31 @@ interface Runner {
 // small against calls of 10 ms and more.
 const NO_SPINNING = { session: { intra_op: { allow_spinning: "0" } } };
 
+/** The parts of an onnxruntime session and tensor class this script uses (the same in both packages). */
+interface OrtSession {
+  run(feeds: Record<string, unknown>): Promise<Record<string, { data: unknown }>>;
+  release(): Promise<void>;
+}
+type OrtTensor = new (type: "float32", data: Float32Array, dims: number[]) => unknown;
+
+/** A session on the inputs for N, fed as query, key and value [B, N, H·d]. */
+function sessionOn(Tensor: OrtTensor, session: OrtSession, N: number): Prepared {
+  const { q, k, v } = inputs(N);
+  const dims = [B, N, H * d];
+  return {
+    async run() {
+      const feeds = {
+        query: new Tensor("float32", q.data, dims),
+        key: new Tensor("float32", k.data, dims),
+        value: new Tensor("float32", v.data, dims),
+      };
+      const { output } = await session.run(feeds);
+      return output.data as Float32Array;
+    },
+    release: () => session.release(),
+  };
+}
+
 async function ortWeb(threads: number): Promise<Runner> {
   const ort = await import("onnxruntime-web");
   // Read when the first session starts the WebAssembly module, never again.
@@ -45,20 +70,7 @@ async function ortWeb(threads: number): Promise<Runner> {
         logSeverityLevel: 3,
         extra: NO_SPINNING,
       });
-      const { q, k, v } = inputs(N);
-      const dims = [B, N, H * d];
-      return {
-        async run() {
-          const feeds = {
-            query: new ort.Tensor("float32", q.data, dims),
-            key: new ort.Tensor("float32", k.data, dims),
-            value: new ort.Tensor("float32", v.data, dims),
-          };
-          const { output } = await session.run(feeds);
-          return output.data as Float32Array;
-        },
-        release: () => session.release(),
-      };
+      return sessionOn(ort.Tensor, session, N);
     },
   };
 }
@@ -76,20 +88,7 @@ async function ortNode(threads: number): Promise<Runner> {
         logSeverityLevel: 3,
         extra: NO_SPINNING,
       });
-      const { q, k, v } = inputs(N);
-      const dims = [B, N, H * d];
-      return {
-        async run() {
-          const feeds = {
-            query: new ort.Tensor("float32", q.data, dims),
-            key: new ort.Tensor("float32", k.data, dims),
-            value: new ort.Tensor("float32", v.data, dims),
-          };
-          const { output } = await session.run(feeds);
-          return output.data as Float32Array;
-        },
-        release: () => session.release(),
-      };
+      return sessionOn(ort.Tensor, session, N);
     },
   };
 }
