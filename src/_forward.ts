@@ -3,7 +3,17 @@
 
 import { PAGE_BYTES } from "./_limits.ts";
 import { message } from "./_messages.ts";
-import { CHUNK_BYTES, forwardArgs, type ForwardPlan, mergeArgs, planForward, SLAB_BUDGET_BYTES } from "./_plan.ts";
+import {
+  allocateResults,
+  CHUNK_BYTES,
+  forwardArgs,
+  type ForwardPlan,
+  mergeArgs,
+  planForward,
+  planScope,
+  type Results,
+  SLAB_BUDGET_BYTES,
+} from "./_plan.ts";
 import type { AttentionProblem } from "./_problem.ts";
 import { heapOf } from "./_heap.ts";
 import type { Kernels } from "./wasm/loader.ts";
@@ -21,10 +31,7 @@ export interface ForwardConfig {
 }
 
 /** Output and (when asked for) lse of a forward call. */
-export interface ForwardResult {
-  o: Float32Array;
-  lse: Float32Array | undefined;
-}
+export type ForwardResult = Results;
 
 /** The plan of a problem for this runner: HBM from the kernels' hbmPtr, one job per head group. */
 export function planSync(kernels: Kernels, p: AttentionProblem, config: ForwardConfig): ForwardPlan {
@@ -59,7 +66,7 @@ export function ensureMemory(memory: WebAssembly.Memory, endBytes: number, what:
 
 /** Grows the kernels' memory for a plan (before anything is copied or written). */
 export function reserve(kernels: Kernels, p: AttentionProblem, plan: ForwardPlan): void {
-  ensureMemory(kernels.memory, plan.endPtr, plan.streamed ? "one head of this call" : "this call", p.shapes);
+  ensureMemory(kernels.memory, plan.endPtr, planScope(plan), p.shapes);
 }
 
 /** Runs the forward pass of a validated problem (planned and reserved here unless a plan is given). */
@@ -73,10 +80,7 @@ export function runForward(
     plan = planSync(kernels, p, config);
     reserve(kernels, p, plan);
   }
-  const results = {
-    o: config.out ?? new Float32Array(p.oLength),
-    lse: p.returnLse ? new Float32Array(p.lseLength) : undefined,
-  };
+  const results = allocateResults(p, config.out);
   for (const phase of plan.phases) {
     phase.stage(kernels.memory.buffer);
     for (const job of phase.jobs) kernels.forward(...(forwardArgs(job) as Parameters<Kernels["forward"]>));

@@ -2,6 +2,8 @@
 // one heap of them above its SMs; a call's plan places its own tensors above the heap's end, so
 // nothing a call stages ever overlaps a resident tensor.
 
+import { align } from "./_plan.ts";
+
 /** The resident blocks of one linear memory, first fit, 64-byte aligned. */
 export class HbmHeap {
   /** First byte the heap may use. */
@@ -23,8 +25,8 @@ export class HbmHeap {
    * first gap that fits, else the end.
    */
   allocate(bytes: number, from = this.start): number {
-    const size = Math.ceil(bytes / 64) * 64;
-    let at = Math.max(this.start, Math.ceil(from / 64) * 64);
+    const size = align(bytes);
+    let at = Math.max(this.start, align(from));
     let index = 0;
     for (; index < this.#blocks.length; index++) {
       if (this.#blocks[index].ptr - at >= size) break;

@@ -15,15 +15,22 @@ export const SEQUENCE_OPTION_KEYS = ["seqLensK", "cuSeqlensQ", "cuSeqlensK", "la
 /** Options of how a call runs rather than what it computes. */
 export const RUN_OPTION_KEYS = ["returnLse", "out", "sramBytes", "stats"] as const;
 
-/** Rejects option keys the function does not know, so a misspelt option never goes unnoticed. */
-export function checkOptionKeys(options: unknown, known: readonly string[]): Record<string, unknown> {
+/**
+ * Rejects option keys the function does not know, so a misspelt option never goes unnoticed;
+ * `say` formats the messages (default: the attention functions' prefix).
+ */
+export function checkOptionKeys(
+  options: unknown,
+  known: readonly string[],
+  say: (text: string) => string = message,
+): Record<string, unknown> {
   if (options === undefined) return {};
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
-    throw new TypeError(message(`options must be an object: options is ${describe(options)}`));
+    throw new TypeError(say(`options must be an object: options is ${describe(options)}`));
   }
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) {
-      throw new TypeError(message(`options has an unknown key "${key}": the known keys are ${known.join(", ")}`));
+      throw new TypeError(say(`options has an unknown key "${key}": the known keys are ${known.join(", ")}`));
     }
   }
   return options as Record<string, unknown>;

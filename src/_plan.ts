@@ -171,11 +171,33 @@ export function mergeArgs(m: MergeJob): number[] {
   ];
 }
 
-/** Where a call's results go on the caller's side. */
+/** Where a call's results go on the caller's side: O, and lse when asked for. */
 export interface Results {
   o: Float32Array;
   lse: Float32Array | undefined;
 }
+
+/** The caller-side arrays a run of p fills: `out` or a fresh O, and lse when asked for. */
+export function allocateResults(p: AttentionProblem, out: Float32Array | undefined): Results {
+  return { o: out ?? new Float32Array(p.oLength), lse: p.returnLse ? new Float32Array(p.lseLength) : undefined };
+}
+
+/**
+ * Throws the RangeError for a call whose placements end past what wasm32 addresses; `what` names
+ * the part of the call that must fit at once.
+ */
+export function checkAddressable(endPtr: number, what: string, shapes: string): void {
+  if (endPtr > MAX_MEMORY_BYTES) {
+    throw new RangeError(
+      message(
+        `${what} needs ${endPtr} bytes of WebAssembly memory, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${shapes}`,
+      ),
+    );
+  }
+}
+
+/** What of a plan must fit in memory at once, for messages. */
+export const planScope = (plan: ForwardPlan): string => plan.streamed ? "one head of this call" : "this call";
 
 /**
  * A step of a plan: stage inputs into HBM, run the jobs (independent of each other, in any order
@@ -234,19 +256,13 @@ export function planForward(p: AttentionProblem, config: PlanConfig): ForwardPla
     batchBytes += bytes;
   }
   flush();
-  if (endPtr > MAX_MEMORY_BYTES) {
-    throw new RangeError(
-      message(
-        `${
-          streamed ? "one head of this call" : "this call"
-        } needs ${endPtr} bytes of WebAssembly memory, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${p.shapes}`,
-      ),
-    );
-  }
-  return { phases, endPtr, streamed };
+  const plan = { phases, endPtr, streamed };
+  checkAddressable(endPtr, planScope(plan), p.shapes);
+  return plan;
 }
 
-const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
+/** `bytes` rounded up to a 64-byte line. */
+export const align = (bytes: number): number => Math.ceil(bytes / 64) * 64;
 
 /** Consecutive 64-byte aligned regions of the given byte sizes from `base`: their addresses and the end. */
 function place<K extends string>(base: number, sizes: Record<K, number>): Record<K | "end", number> {

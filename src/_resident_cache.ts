@@ -6,6 +6,7 @@ import { ensureMemory } from "./_forward.ts";
 import type { HbmHeap } from "./_heap.ts";
 import { MAX_MEMORY_BYTES } from "./_limits.ts";
 import { describe, formatShape } from "./_messages.ts";
+import { checkOptionKeys } from "./_options.ts";
 import { checkInt32Array, checkTensor } from "./_shapes.ts";
 import { ShapeError } from "./errors.ts";
 import type { Tensor } from "./tensor.ts";
@@ -69,21 +70,15 @@ export interface KvCache {
 }
 
 const PREFIX = "Cannot use the KV cache as";
-const EMPTY = new Float32Array(0);
 
 /** Checks a KV cache's sizes: positive safe integers, head dims at most `headDimMax`. */
 export function readCacheConfig(config: unknown, headDimMax: number): Required<KvCacheConfig> {
   const prefix = "Cannot create a KV cache as";
-  if (typeof config !== "object" || config === null || Array.isArray(config)) {
-    throw new TypeError(`${prefix} its options must be an object: options is ${describe(config)}`);
-  }
-  const c = config as Record<string, unknown>;
-  const known = ["batch", "maxLen", "kvHeads", "headDim", "valueDim"];
-  for (const key of Object.keys(c)) {
-    if (!known.includes(key)) {
-      throw new TypeError(`${prefix} options has an unknown key "${key}": the known keys are ${known.join(", ")}`);
-    }
-  }
+  const c = checkOptionKeys(
+    config,
+    ["batch", "maxLen", "kvHeads", "headDim", "valueDim"],
+    (text) => `${prefix} ${text}`,
+  );
   const read = (name: string, fallback?: number): number => {
     const value = c[name] === undefined ? fallback : c[name];
     if (typeof value !== "number") {
@@ -246,14 +241,6 @@ export class ResidentKvCache implements KvCache {
   hold(): () => void {
     this.#pending++;
     return () => this.#pending--;
-  }
-
-  /** Describes the cache as the keys and values of a call (placeholders: the data stays in HBM). */
-  asTensors(): { k: Tensor; v: Tensor } {
-    return {
-      k: { data: EMPTY, shape: [this.batch, this.maxLen, this.kvHeads, this.headDim] },
-      v: { data: EMPTY, shape: [this.batch, this.maxLen, this.kvHeads, this.valueDim] },
-    };
   }
 
   #check(): void {

@@ -3,8 +3,8 @@
 
 import { ensureArena } from "./_blocks.ts";
 import { type ForwardConfig, planSync, reserve, runForward } from "./_forward.ts";
-import type { ForwardPlan } from "./_plan.ts";
-import type { AttentionCall, CacheAppend } from "./_problem.ts";
+import type { ForwardPlan, Results } from "./_plan.ts";
+import type { AttentionCall, AttentionProblem, CacheAppend } from "./_problem.ts";
 import { message } from "./_messages.ts";
 import { chooseSplits } from "./_splits.ts";
 import { readStats } from "./_stats.ts";
@@ -51,15 +51,20 @@ export function appendRows(a: CacheAppend): void {
   }
 }
 
+/** A run's O and lse as the caller gets them, shaped by the problem. */
+export function outputOf(p: AttentionProblem, { o, lse }: Results): AttentionOutput {
+  const output: AttentionOutput = { data: o, shape: p.oShape };
+  if (lse) output.lse = { data: lse, shape: p.lseShape };
+  return output;
+}
+
 /** Runs a prepared call and wraps the result, with the kernels' counters when `stats` is set. */
 export function attend(prepared: PreparedCall): AttentionOutput {
   const { call, kernels, config, plan } = prepared;
   const { problem, stats } = call;
   if (call.append) appendRows(call.append);
   if (stats) kernels.resetCounters();
-  const { o, lse } = runForward(kernels, problem, config, plan);
-  const result: AttentionOutput = { data: o, shape: problem.oShape };
-  if (lse) result.lse = { data: lse, shape: problem.lseShape };
+  const result = outputOf(problem, runForward(kernels, problem, config, plan));
   if (stats) result.stats = readStats(kernels, problem, config);
   return result;
 }

@@ -1,7 +1,7 @@
 // Reading the kernels' counters (assembly/hbm.ts) into AttentionStats.
 
 import type { AttentionProblem } from "./_problem.ts";
-import { type AttentionStats, sumBytes, type TensorBytes } from "./result.ts";
+import { type AttentionStats, sumBytes, type TensorBytes, zeroBytes } from "./result.ts";
 import type { Kernels } from "./wasm/loader.ts";
 
 /** Counter slots, as assembly/hbm.ts lays them out (u64 each). */
@@ -64,7 +64,14 @@ export function readStats(
 
 /** Adds counters of several SMs: bytes, tiles and flops sum; the arena peak is the largest. */
 export function sumCounters(all: Counters[]): Counters {
-  const total = readCounterBlock(new ArrayBuffer(8 * COUNTER_SLOTS), 0);
+  const total: Counters = {
+    read: zeroBytes(),
+    written: zeroBytes(),
+    tilesComputed: 0,
+    tilesSkippedByMask: 0,
+    flops: 0,
+    arenaPeakBytes: 0,
+  };
   for (const c of all) {
     for (const t of TENSORS) {
       total.read[t] += c.read[t];

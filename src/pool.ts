@@ -8,9 +8,20 @@
 import { ensureArena } from "./_blocks.ts";
 import { ensureMemory } from "./_forward.ts";
 import { HEAD_DIM_MAX, MAX_MEMORY_BYTES, PAGE_BYTES } from "./_limits.ts";
-import { CHUNK_BYTES, forwardArgs, type ForwardPlan, mergeArgs, planForward, type Results } from "./_plan.ts";
+import {
+  align,
+  allocateResults,
+  checkAddressable,
+  CHUNK_BYTES,
+  forwardArgs,
+  type ForwardPlan,
+  mergeArgs,
+  planForward,
+  planScope,
+} from "./_plan.ts";
+import { checkOptionKeys } from "./_options.ts";
 import type { AttentionCall } from "./_problem.ts";
-import { appendRows, attend, prepare } from "./_run.ts";
+import { appendRows, attend, outputOf, prepare } from "./_run.ts";
 import { chooseSplits } from "./_splits.ts";
 import { type Counters, readCounterBlock, resetCounterBlock, statsOf, sumCounters } from "./_stats.ts";
 import { validateForwardCall, validateKvCacheCall, validateResidentCacheCall } from "./_validate.ts";
@@ -22,7 +33,7 @@ import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 import type { AttentionOutput } from "./result.ts";
 import type { Tensor } from "./tensor.ts";
 import { WASM_BASE64 as THREADS_WASM_BASE64 } from "./wasm/kernels_threads.generated.ts";
-import { loadKernels, type RawKernels } from "./wasm/loader.ts";
+import { decodeBase64, init, loadKernels, type RawKernels } from "./wasm/loader.ts";
 
 /** Options of {@linkcode createAttentionPool}. */
 export interface AttentionPoolOptions {
@@ -185,15 +196,7 @@ export async function startPool(threads: number, tuning: PoolTuning): Promise<At
 
 async function readThreads(options: unknown): Promise<number> {
   const prefix = "Cannot create an attention pool as";
-  if (options !== undefined && (typeof options !== "object" || options === null || Array.isArray(options))) {
-    throw new TypeError(`${prefix} options must be an object: options is ${String(options)}`);
-  }
-  const opts = (options ?? {}) as Record<string, unknown>;
-  for (const key of Object.keys(opts)) {
-    if (key !== "threads") {
-      throw new TypeError(`${prefix} options has an unknown key "${key}": the known key is threads`);
-    }
-  }
+  const opts = checkOptionKeys(options, ["threads"], (text) => `${prefix} ${text}`);
   if (opts.threads === undefined) return Math.min(POOL_MAX_THREADS, await hardwareConcurrency());
   if (typeof opts.threads !== "number") {
     throw new TypeError(`${prefix} threads must be a number: threads is ${String(opts.threads)}`);
@@ -233,20 +236,11 @@ function sharedMemory(initial: number): WebAssembly.Memory {
   throw failure;
 }
 
-function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
-  const binary = atob(text);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
-}
-
 /** One Worker's slot: its handle and the reply it is waiting for. */
 interface Slot {
   worker: WorkerHandle | undefined;
   pending: { resolve: (message: WorkerMessage) => void; reject: (error: Error) => void } | undefined;
 }
-
-const align = (bytes: number) => Math.ceil(bytes / 64) * 64;
 
 class Pool implements AttentionPool {
   readonly threads: number;
@@ -272,10 +266,14 @@ class Pool implements AttentionPool {
 
   /** Creates the shared memory and starts every Worker on its SM. */
   async start(): Promise<void> {
-    // The memory map is the kernels' own: read it from a throwaway instance on a small memory.
-    const probe = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
-    const raw = new WebAssembly.Instance(new WebAssembly.Module(this.#wasm), { env: { memory: probe } })
-      .exports as unknown as RawKernels;
+    // The single-threaded kernels decide block sizes and run small calls inline; compiled
+    // asynchronously here, since browsers refuse to compile large modules synchronously on the
+    // main thread.
+    await init();
+    // The memory map is the kernels' own: read it from a throwaway instance on a one-page memory.
+    const probe = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const { instance } = await WebAssembly.instantiate(this.#wasm, { env: { memory: probe } });
+    const raw = instance.exports as unknown as RawKernels;
     this.#smPtr = raw.smPtr();
     this.#smBytes = raw.smBytes();
     this.#hbmPtr = this.#smPtr + this.threads * this.#smBytes;
@@ -426,13 +424,7 @@ class Pool implements AttentionPool {
       chunkBytes: CHUNK_BYTES * this.threads,
       jobsPerGroup: Math.ceil((this.#tuning.jobsPerThread * this.threads) / Math.max(1, groups)),
     });
-    if (this.#tableEnd(plan) > MAX_MEMORY_BYTES) {
-      throw new RangeError(
-        `Cannot compute attention as this call needs ${
-          this.#tableEnd(plan)
-        } bytes of WebAssembly memory with the pool's ${this.threads} arenas, more than the ${MAX_MEMORY_BYTES} bytes (4 GiB) a wasm32 module can address: ${p.shapes}`,
-      );
-    }
+    checkAddressable(this.#tableEnd(plan), `${planScope(plan)}, with its job table,`, p.shapes);
     return plan;
   }
 
@@ -456,12 +448,9 @@ class Pool implements AttentionPool {
   ): Promise<AttentionOutput> {
     const { problem: p } = call;
     const memory = this.#memory!;
-    ensureMemory(memory, this.#tableEnd(plan), plan.streamed ? "one head of this call" : "this call", p.shapes);
+    ensureMemory(memory, this.#tableEnd(plan), planScope(plan), p.shapes);
     this.#runningEnd = this.#tableEnd(plan);
-    const results: Results = {
-      o: call.out ?? new Float32Array(p.oLength),
-      lse: p.returnLse ? new Float32Array(p.lseLength) : undefined,
-    };
+    const results = allocateResults(p, call.out);
     try {
       await this.#replaceLostWorkers();
       if (call.append) appendRows(call.append);
@@ -477,8 +466,7 @@ class Pool implements AttentionPool {
       this.#idle();
       this.#runningEnd = 0;
     }
-    const output: AttentionOutput = { data: results.o, shape: p.oShape };
-    if (results.lse) output.lse = { data: results.lse, shape: p.lseShape };
+    const output = outputOf(p, results);
     if (call.stats) {
       const perWorker: Counters[] = this.#slots.map((_, t) =>
         readCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes)

@@ -1,7 +1,7 @@
 // Test helpers shared by every suite: a runtime-neutral `test`, a seeded PRNG, random tensors,
 // a naive f32 attention and the tolerance rule.
 
-import type { Mask, Tensor } from "../mod.ts";
+import type { AttentionOutput, Mask, Tensor } from "../mod.ts";
 import type { ReferenceOptions } from "../src/reference.ts";
 import { referenceForward } from "../src/_reference.ts";
 import { validateCall } from "../src/_validate.ts";
@@ -154,5 +154,31 @@ export function assertBitwiseEqual(what: string, a: Float32Array, b: Float32Arra
   if (x.length !== y.length) throw new Error(`${what}: length ${x.length} ≠ ${y.length}`);
   for (let i = 0; i < x.length; i++) {
     if (x[i] !== y[i]) throw new Error(`${what}: element ${i} differs: ${a[i]} vs ${b[i]}`);
+  }
+}
+
+/**
+ * Throws unless two attention outputs hold the same shape and bits (O, and lse on both or neither)
+ * and, when both have stats, the same stats. `actual` may come from a pool: its per-Worker arena
+ * peaks must then have `expected`'s peak as their largest and stay within M.
+ */
+export function assertSameOutput(what: string, actual: AttentionOutput, expected: AttentionOutput): void {
+  if (actual.shape.join() !== expected.shape.join()) {
+    throw new Error(`${what}: shape ${actual.shape} vs ${expected.shape}`);
+  }
+  assertBitwiseEqual(`${what}: O`, actual.data, expected.data);
+  if ((actual.lse === undefined) !== (expected.lse === undefined)) throw new Error(`${what}: lse present on one side`);
+  if (actual.lse) assertBitwiseEqual(`${what}: lse`, actual.lse.data, expected.lse!.data);
+  if (actual.stats && expected.stats) {
+    const { sramPeakBytesPerWorker, ...sums } = actual.stats;
+    const a = JSON.stringify(sums);
+    const b = JSON.stringify(expected.stats);
+    if (a !== b) throw new Error(`${what}: stats differ\n actual ${a}\n expected ${b}`);
+    if (sramPeakBytesPerWorker !== undefined) {
+      if (Math.max(...sramPeakBytesPerWorker) !== sums.sramPeakBytes) {
+        throw new Error(`${what}: per-Worker peaks ${sramPeakBytesPerWorker} vs ${sums.sramPeakBytes}`);
+      }
+      if (sramPeakBytesPerWorker.some((x) => x > sums.sramBytes)) throw new Error(`${what}: a peak exceeds M`);
+    }
   }
 }

@@ -24,7 +24,16 @@ import {
 } from "../mod.ts";
 import { flashAttentionIo } from "../src/io.ts";
 import { POOL_TUNING, startPool } from "../src/pool.ts";
-import { assertBitwiseEqual, assertThrows, makeMask, type MaskSpec, randomTensor, rng, test } from "./_util.ts";
+import {
+  assertBitwiseEqual,
+  assertSameOutput,
+  assertThrows,
+  makeMask,
+  type MaskSpec,
+  randomTensor,
+  rng,
+  test,
+} from "./_util.ts";
 
 type Causal = boolean | "bottom-right" | "top-left";
 
@@ -41,26 +50,6 @@ async function withPools(
     await fn(pools);
   } finally {
     await Promise.all(pools.map((p) => p.close()));
-  }
-}
-
-/** Throws unless two results hold the same bits (O, lse) and, when both have them, the same stats. */
-function assertSameResult(what: string, pooled: AttentionOutput, sync: AttentionOutput): void {
-  if (pooled.shape.join() !== sync.shape.join()) throw new Error(`${what}: shape ${pooled.shape} vs ${sync.shape}`);
-  assertBitwiseEqual(`${what}: O`, pooled.data, sync.data);
-  if ((pooled.lse === undefined) !== (sync.lse === undefined)) throw new Error(`${what}: lse present on one side`);
-  if (pooled.lse) assertBitwiseEqual(`${what}: lse`, pooled.lse.data, sync.lse!.data);
-  if (pooled.stats && sync.stats) {
-    const { sramPeakBytesPerWorker, ...sums } = pooled.stats;
-    const a = JSON.stringify(sums);
-    const b = JSON.stringify(sync.stats);
-    if (a !== b) throw new Error(`${what}: stats differ\n pool ${a}\n sync ${b}`);
-    if (sramPeakBytesPerWorker !== undefined) {
-      if (Math.max(...sramPeakBytesPerWorker) !== sums.sramPeakBytes) {
-        throw new Error(`${what}: per-Worker peaks ${sramPeakBytesPerWorker} vs ${sums.sramPeakBytes}`);
-      }
-      if (sramPeakBytesPerWorker.some((x) => x > sums.sramBytes)) throw new Error(`${what}: a peak exceeds M`);
-    }
   }
 }
 
@@ -124,7 +113,7 @@ test("pool.flashAttention() gives the synchronous bits, lse and counted bytes ov
         const { q, k, v, options } = build(s);
         const sync = flashAttention(q, k, v, options);
         for (const [i, pool] of pools.entries()) {
-          assertSameResult(`pool ${i}, ${JSON.stringify(s)}`, await pool.flashAttention(q, k, v, options), sync);
+          assertSameOutput(`pool ${i}, ${JSON.stringify(s)}`, await pool.flashAttention(q, k, v, options), sync);
         }
       }),
       { seed: 0x9001, numRuns: 70, includeErrorInReport: true },
@@ -160,7 +149,7 @@ test("pool.flashAttention() gives the synchronous bits with varlen packing, empt
           const options = { cuSeqlensQ, cuSeqlensK, causal, returnLse: true, stats: true, sramBytes: 16384 };
           const sync = flashAttention(q, k, v, options);
           for (const pool of pools) {
-            assertSameResult(JSON.stringify(ls), await pool.flashAttention(q, k, v, options), sync);
+            assertSameOutput(JSON.stringify(ls), await pool.flashAttention(q, k, v, options), sync);
           }
         },
       ),
@@ -202,7 +191,7 @@ test("pool.flashAttentionWithKvCache() appends and attends as the synchronous fu
         const [kSync, vSync, kPool, vPool] = [copy(kCache), copy(vCache), copy(kCache), copy(vCache)];
         const sync = flashAttentionWithKvCache(q, kSync, vSync, { ...options, stats: true });
         const pooled = await pool.flashAttentionWithKvCache(q, kPool, vPool, { ...options, stats: true });
-        assertSameResult(JSON.stringify(c), pooled, sync);
+        assertSameOutput(JSON.stringify(c), pooled, sync);
         assertBitwiseEqual("kCache after the append", kPool.data, kSync.data);
         assertBitwiseEqual("vCache after the append", vPool.data, vSync.data);
       }),
@@ -222,7 +211,7 @@ test("the pool's automatic split-KV choice is exact: a decode step matches the r
     const auto = await pool.flashAttentionWithKvCache(q, kCache, vCache, { stats: true });
     if (!(auto.stats!.written.partial > 0)) throw new Error("the pool did not split a single-group decode");
     const splits = 2; // chooseSplits(4096 keys, 2 Workers per group)
-    assertSameResult(
+    assertSameOutput(
       "auto = 2 splits",
       auto,
       flashAttentionWithKvCache(q, kCache, vCache, { numSplits: splits, stats: true }),
@@ -303,9 +292,9 @@ test("many overlapping calls from several async tasks all come back right, in or
     };
     const [a, b, c, steps2] = await Promise.all([task(0), task(1), task(2), Promise.all(decode)]);
     [a, b, c].forEach((results, offset) =>
-      results.forEach((o, j) => assertSameResult(`problem ${offset + 3 * j}`, o, problems[offset + 3 * j].expected))
+      results.forEach((o, j) => assertSameOutput(`problem ${offset + 3 * j}`, o, problems[offset + 3 * j].expected))
     );
-    steps2.forEach((o, i) => assertSameResult(`decode step ${i}`, o, expectedSteps[i]));
+    steps2.forEach((o, i) => assertSameOutput(`decode step ${i}`, o, expectedSteps[i]));
     assertBitwiseEqual("kCache", poolK.data, syncK.data);
   });
 });
@@ -353,7 +342,7 @@ test("a bad pool call rejects with the synchronous call's typed error and messag
     if (!(error instanceof RangeError) || !error.message.includes("overflows the cache")) {
       throw new Error(`an overflowing append: ${String(error)}`);
     }
-    assertSameResult("after the bad calls", await pool.flashAttention(q, q, q), flashAttention(q, q, q));
+    assertSameOutput("after the bad calls", await pool.flashAttention(q, q, q), flashAttention(q, q, q));
   });
 });
 
@@ -382,7 +371,7 @@ test("close() lets the calls already made finish, then rejects new ones; closing
   const pending = pool.flashAttention(q, q, q, { causal: true });
   const closing = pool.close();
   const late = pool.flashAttention(q, q, q).then(() => undefined, (e: unknown) => e);
-  assertSameResult("the call made before close()", await pending, flashAttention(q, q, q, { causal: true }));
+  assertSameOutput("the call made before close()", await pending, flashAttention(q, q, q, { causal: true }));
   await closing;
   await pool.close();
   const error = await late;
@@ -400,8 +389,8 @@ test("a pool of one Worker and a pool with the default thread count give the sam
   const many = await createAttentionPool();
   try {
     if (!(many.threads >= 1)) throw new Error(`default threads ${many.threads}`);
-    assertSameResult("1 Worker", await one.flashAttention(q, k, k, { causal: true, returnLse: true }), expected);
-    assertSameResult("default", await many.flashAttention(q, k, k, { causal: true, returnLse: true }), expected);
+    assertSameOutput("1 Worker", await one.flashAttention(q, k, k, { causal: true, returnLse: true }), expected);
+    assertSameOutput("default", await many.flashAttention(q, k, k, { causal: true, returnLse: true }), expected);
   } finally {
     await Promise.all([one.close(), many.close()]);
   }
@@ -426,11 +415,11 @@ test("a process that closes its pool exits on its own, with no Worker left alive
   }
 });
 
-test("assertSameResult itself catches one flipped bit (the pool tests above can fail)", () => {
+test("assertSameOutput itself catches one flipped bit (the pool tests above can fail)", () => {
   const a = { data: new Float32Array([1, 2, 3]), shape: [1, 1, 1, 3] };
   const b = { data: new Float32Array([1, 2, 3]), shape: [1, 1, 1, 3] };
   new Uint32Array(b.data.buffer)[2] ^= 1;
-  assertThrows(() => assertSameResult("flipped", a, b), Error, "element 2 differs");
+  assertThrows(() => assertSameOutput("flipped", a, b), Error, "element 2 differs");
 });
 
 test("without SharedArrayBuffer createAttentionPool() rejects with a NotSupportedError and the synchronous API works", async () => {

@@ -13,16 +13,7 @@ import {
 } from "../mod.ts";
 import { POOL_TUNING, startPool } from "../src/pool.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
-import { assertBitwiseEqual, assertThrows, randomTensor, rng, test } from "./_util.ts";
-
-/** Throws unless O, lse and the counted bytes agree bit for bit. */
-function assertSame(what: string, a: ReturnType<typeof flashAttention>, b: ReturnType<typeof flashAttention>): void {
-  assertBitwiseEqual(`${what}: O`, a.data, b.data);
-  if (a.lse || b.lse) assertBitwiseEqual(`${what}: lse`, a.lse!.data, b.lse!.data);
-  if (a.stats && b.stats && a.stats.totalBytes !== b.stats.totalBytes) {
-    throw new Error(`${what}: ${a.stats.totalBytes} vs ${b.stats.totalBytes} bytes`);
-  }
-}
+import { assertSameOutput, assertThrows, randomTensor, rng, test } from "./_util.ts";
 
 const decodeArb = fc.record({
   B: fc.integer({ min: 1, max: 3 }),
@@ -70,8 +61,8 @@ test("a decode loop on createKvCache and on a pool's cache gives the caller-owne
             pooled.append(kNew, vNew);
             length += n;
             const where = `${JSON.stringify(c)}, length ${length}`;
-            assertSame(`createKvCache, ${where}`, flashAttentionWithKvCache(q, cache, options), owned);
-            assertSame(`pool cache, ${where}`, await pool.flashAttentionWithKvCache(q, pooled, options), owned);
+            assertSameOutput(`createKvCache, ${where}`, flashAttentionWithKvCache(q, cache, options), owned);
+            assertSameOutput(`pool cache, ${where}`, await pool.flashAttentionWithKvCache(q, pooled, options), owned);
             if (cache.length(c.B - 1) !== length || pooled.length(0) !== length) throw new Error(`lengths at ${where}`);
           }
         } finally {
@@ -107,7 +98,7 @@ test("append() checks shapes and room before writing: a failed append changes no
     );
     if (cache.length(0) !== 3 || cache.length(1) !== 3) throw new Error("a failed append moved a length");
     const after = flashAttentionWithKvCache(q, cache, { returnLse: true });
-    assertSame("after the failed appends", after, before);
+    assertSameOutput("after the failed appends", after, before);
     cache.append(rows(2), rows(2));
     if (cache.length(1) !== 5) throw new Error(`length ${cache.length(1)} after filling`);
     assertThrows(() => cache.length(2), RangeError, "b must be an integer in [0, 2): b is 2");
@@ -191,7 +182,7 @@ test("calls never overwrite a cache that lives in memory, and freed caches' memo
     flashAttention(big, big, big, { causal: true });
     const long = randomTensor(random, [1, 20000, 1, 64]);
     flashAttention(long, long, long, { windowSize: [64, 0] });
-    assertSame("after large calls", flashAttentionWithKvCache(q, cache, { returnLse: true }), before);
+    assertSameOutput("after large calls", flashAttentionWithKvCache(q, cache, { returnLse: true }), before);
   } finally {
     cache.free();
   }
@@ -217,7 +208,7 @@ test("a pool refuses to reset or free a cache while a call that reads it is pend
     assertThrows(() => cache.reset(), TypeError, "still pending: await it before reset()");
     assertThrows(() => cache.free(), TypeError, "still pending: await it before free()");
     cache.append(randomTensor(random, [1, 1, 1, 64]), randomTensor(random, [1, 1, 1, 64])); // past what it reads
-    assertSame("the pending call", await pending, expected);
+    assertSameOutput("the pending call", await pending, expected);
     cache.reset();
     cache.free();
     const own = createKvCache({ batch: 1, maxLen: 8, kvHeads: 1, headDim: 64 });
@@ -272,7 +263,7 @@ test("append() with lengths takes each entry's first rows: a ragged prompt, then
       });
       cache.append(kNew, vNew);
       for (let b = 0; b < B; b++) lengths[b]++;
-      assertSame(`step ${step}`, flashAttentionWithKvCache(q, cache, { causal: true, returnLse: true }), owned);
+      assertSameOutput(`step ${step}`, flashAttentionWithKvCache(q, cache, { causal: true, returnLse: true }), owned);
       for (let b = 0; b < B; b++) if (cache.length(b) !== lengths[b]) throw new Error(`entry ${b}: ${cache.length(b)}`);
     }
   } finally {
@@ -290,7 +281,7 @@ test("a cache created and filled while a pool call runs never lands on that call
     await new Promise((resolve) => setTimeout(resolve, 20)); // the call is on the Workers now
     const cache = pool.createKvCache({ batch: 1, maxLen: 1500, kvHeads: 4, headDim: 64 });
     cache.append(randomTensor(random, [1, 1500, 4, 64], 1e3), randomTensor(random, [1, 1500, 4, 64], 1e3));
-    assertSame("the call that was running", await running, expected);
+    assertSameOutput("the call that was running", await running, expected);
     cache.free();
   } finally {
     await pool.close();

@@ -126,7 +126,8 @@ export function bindFirstSm(raw: RawKernels): Kernels {
 /** What `init` accepts: the module's bytes or an already compiled module. */
 export type WasmSource = BufferSource | WebAssembly.Module;
 
-function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
+/** The bytes of a base64 text (an embedded module). */
+export function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
