@@ -23,6 +23,7 @@
  * @module
  */
 export { DEFAULT_SRAM_BYTES, flashAttention, type FlashAttentionOptions } from "./src/flash_attention.ts";
+export { type AttentionGradients, flashAttentionBackward, type FlashAttentionBackwardOptions } from "./src/backward.ts";
 export { ShapeError } from "./src/errors.ts";
 export type { Layout, Tensor } from "./src/tensor.ts";
 export { init, type WasmSource } from "./src/wasm/loader.ts";
@@ -37,4 +38,13 @@ export {
 } from "./src/kv_cache.ts";
 export { type AttentionPool, type AttentionPoolOptions, createAttentionPool, POOL_MAX_THREADS } from "./src/pool.ts";
 export type { Mask } from "./src/tensor.ts";
-export type { AttentionOutput, AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./src/result.ts";
+export type {
+  AttentionOutput,
+  AttentionStats,
+  BackwardIoCounts,
+  BackwardStats,
+  BackwardTensorBytes,
+  FlashIoCounts,
+  IoCounts,
+  TensorBytes,
+} from "./src/result.ts";

@@ -42,6 +42,7 @@ import {
   roundUp,
 } from "./arena";
 import { expNonPositive } from "./exp";
+import { addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
 import {
   MASK_NONE,
   TENSOR_K,
@@ -63,58 +64,6 @@ import {
   storeRows,
 } from "./hbm";
 import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
-
-// @ts-ignore: decorator
-@inline function imin(a: i32, b: i32): i32 { return a < b ? a : b; }
-// @ts-ignore: decorator
-@inline function imax(a: i32, b: i32): i32 { return a > b ? a : b; }
-
-// @ts-ignore: decorator
-@inline function addr(base: usize, floats: i32): usize {
-  return base + (<usize>floats << 2);
-}
-
-// @ts-ignore: decorator
-@inline function i32At(base: usize, index: i32): i32 {
-  return load<i32>(base + (<usize>index << 2));
-}
-
-/** First key position i sees (the visible range is [firstKey(i), endKey(i)), non-decreasing in i). */
-// @ts-ignore: decorator
-@inline function firstKey(i: i32, offset: i32, left: i32, keyBegin: i32, keyEnd: i32): i32 {
-  return left < 0 ? keyBegin : imin(keyEnd, imax(keyBegin, i + offset - left));
-}
-
-/** One past the last key position i sees. */
-// @ts-ignore: decorator
-@inline function endKey(i: i32, offset: i32, right: i32, keyBegin: i32, keyEnd: i32): i32 {
-  return right < 0 ? keyEnd : imin(keyEnd, imax(keyBegin, i + offset + right + 1));
-}
-
-/** Below this |x| tanh uses its Taylor series: 1 − e^(−2|x|) would cancel. */
-const TANH_SERIES_MAX: f32 = 0.25;
-
-/**
- * tanh lane-wise. For |x| ≥ 0.25: sign(x)·(1 − t)/(1 + t) with t = e^(−2|x|) ≤ 0.61, so the
- * subtraction loses under one bit. Below: x·(1 − x²/3 + 2x⁴/15 − 17x⁶/315 + 62x⁸/2835), whose
- * truncation error is under 1e-8 relative there. Either way the relative error is a few ulp,
- * so softcap·tanh(S/softcap) stays as accurate as S itself for any softcap.
- */
-// @ts-ignore: decorator
-@inline function tanh(x: v128): v128 {
-  const ax = f32x4.abs(x);
-  const t = expNonPositive(f32x4.mul(ax, f32x4.splat(-2)));
-  const one = f32x4.splat(1);
-  const viaExp = f32x4.div(f32x4.sub(one, t), f32x4.add(one, t));
-  const x2 = f32x4.mul(ax, ax);
-  let p = f32x4.add(f32x4.mul(x2, f32x4.splat(62.0 / 2835.0)), f32x4.splat(-17.0 / 315.0));
-  p = f32x4.add(f32x4.mul(p, x2), f32x4.splat(2.0 / 15.0));
-  p = f32x4.add(f32x4.mul(p, x2), f32x4.splat(-1.0 / 3.0));
-  p = f32x4.add(f32x4.mul(p, x2), one);
-  const viaSeries = f32x4.mul(ax, p);
-  const magnitude = v128.bitselect(viaSeries, viaExp, f32x4.lt(ax, f32x4.splat(TANH_SERIES_MAX)));
-  return v128.bitselect(x, magnitude, i32x4.splat(0x80000000)); // sign from x, the rest from |tanh|
-}
 
 /**
  * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
@@ -223,7 +172,7 @@ export function forward(
       const cols = imin(Bc, keyEnd - j0);
       if (masked) {
         const open = loadMaskTile(
-          sm, maskTile, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
+          sm, maskTile, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols, true,
         );
         if (!open) {
           tilesSkipped++;

@@ -25,7 +25,13 @@ export const TENSOR_MASK: i32 = 5;
 export const TENSOR_PARTIAL: i32 = 6;
 /** ALiBi slopes. */
 export const TENSOR_SLOPES: i32 = 7;
-export const TENSOR_SLOTS: i32 = 8;
+/** The backward's inputs dO and D = rowsum(dO ∘ O), and its outputs dQ, dK, dV. */
+export const TENSOR_DOUT: i32 = 8;
+export const TENSOR_D: i32 = 9;
+export const TENSOR_DQ: i32 = 10;
+export const TENSOR_DK: i32 = 11;
+export const TENSOR_DV: i32 = 12;
+export const TENSOR_SLOTS: i32 = 13;
 /** Key/value tiles computed, and tiles skipped because the mask blanked them. */
 export const TILES_COMPUTED: i32 = 2 * TENSOR_SLOTS;
 export const TILES_SKIPPED_MASK: i32 = 2 * TENSOR_SLOTS + 1;
@@ -112,6 +118,37 @@ export function loadRows(
 }
 
 /**
+ * HBM → arena, by virtual row: row r0 + r of `src` (addressed as in the header) goes to row r of
+ * `dst` (row stride `dstStride`), `cols` floats zero-filled up to `dstCols`, then zero rows up to
+ * `dstRows`.
+ */
+export function loadVirtualRows(
+  counters: usize,
+  dst: usize,
+  dstStride: i32,
+  dstRows: i32,
+  dstCols: i32,
+  src: usize,
+  rowStride: i32,
+  headStride: i32,
+  g: i32,
+  r0: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const d = dst + (<usize>(r * dstStride) << 2);
+    copyRow(d, src + (rowOffset(r0 + r, g, rowStride, headStride) << 2), cols);
+    if (dstCols > cols) memory.fill(d + (<usize>cols << 2), 0, <usize>(dstCols - cols) << 2);
+  }
+  for (let r = rows; r < dstRows; r++) {
+    memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
+  }
+  countRead(counters, tensor, rows * cols * 4);
+}
+
+/**
  * HBM → arena, transposed: for virtual rows r0 ≤ r < r0 + rows, dst[c·dstStride + (r − r0)] =
  * src[rowOffset(r) + c] for c < cols, and zero for rows ≤ r − r0 < dstStride.
  */
@@ -171,8 +208,9 @@ export function storeRows(
 }
 
 /**
- * HBM → arena, one mask tile, transposed like Sᵀ: dst[c·dstStride + (r − r0)] = bias of virtual
- * row r and key j0 + c, for r0 ≤ r < r0 + rows and c < cols. The mask element of (row, key) is at
+ * HBM → arena, one mask tile: the bias of virtual row r0 + r and key j0 + c goes to
+ * dst[c·dstStride + r] when `transposed` (laid out like the forward's Sᵀ), else to dst[r·dstStride + c],
+ * for r < rows and c < cols. The mask element of (row, key) is at
  * rowOffset(r) + key·colStride (strides may be 0: broadcasting). Float masks are copied as they
  * are; byte masks become 0 (nonzero: attend) or −∞. Returns true if some entry is not −∞, i.e. the
  * mask leaves something of the tile visible.
@@ -191,18 +229,20 @@ export function loadMaskTile(
   rows: i32,
   j0: i32,
   cols: i32,
+  transposed: bool,
 ): bool {
   let open = false;
   const negInf: f32 = -Infinity;
   const elementBytes = kind == MASK_U8 ? 1 : 4;
   for (let r = 0; r < rows; r++) {
     const row = rowOffset(r0 + r, g, rowStride, headStride);
-    const d = dst + (<usize>r << 2);
+    const d = dst + (<usize>(transposed ? r : r * dstStride) << 2);
+    const step = transposed ? dstStride : 1;
     for (let c = 0; c < cols; c++) {
       const at = row + <usize>(j0 + c) * <usize>colStride;
       const x: f32 = kind == MASK_U8 ? (load<u8>(mask + at) != 0 ? 0 : negInf) : load<f32>(mask + (at << 2));
       open = open || x != negInf;
-      store<f32>(d + (<usize>(c * dstStride) << 2), x);
+      store<f32>(d + (<usize>(c * step) << 2), x);
     }
   }
   countRead(counters, TENSOR_MASK, rows * cols * elementBytes);

@@ -220,7 +220,8 @@ export function checkOut(out: unknown, p: AttentionProblem): Float32Array | unde
   return out;
 }
 
-function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
+/** Whether two views share bytes. */
+export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
   if (a.buffer !== b.buffer) return false;
   return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
 }

@@ -171,6 +171,26 @@ export function mergeArgs(m: MergeJob): number[] {
   ];
 }
 
+/** The kernels a plan calls, by their export names (assembly/kernels.ts). */
+export type KernelName = "forward" | "mergeSplits" | "backwardPrep" | "backwardDq" | "backwardDkDv";
+
+/**
+ * Kernel calls that may run in any order or in parallel (each writes only its own outputs), as
+ * rows of arguments after the SM; a runner finishes one step before it starts the next.
+ */
+export interface Step {
+  kernel: KernelName;
+  args: number[][];
+}
+
+/** A forward phase's steps: its jobs, then its merges. */
+export function forwardSteps(phase: Phase): Step[] {
+  return [
+    { kernel: "forward", args: phase.jobs.map(forwardArgs) },
+    { kernel: "mergeSplits", args: phase.merges.map(mergeArgs) },
+  ];
+}
+
 /** Where a call's results go on the caller's side: O, and lse when asked for. */
 export interface Results {
   o: Float32Array;
@@ -265,7 +285,7 @@ export function planForward(p: AttentionProblem, config: PlanConfig): ForwardPla
 export const align = (bytes: number): number => Math.ceil(bytes / 64) * 64;
 
 /** Consecutive 64-byte aligned regions of the given byte sizes from `base`: their addresses and the end. */
-function place<K extends string>(base: number, sizes: Record<K, number>): Record<K | "end", number> {
+export function place<K extends string>(base: number, sizes: Record<K, number>): Record<K | "end", number> {
   const ptrs: Record<string, number> = {};
   let at = base;
   for (const key of Object.keys(sizes) as K[]) {
@@ -311,16 +331,16 @@ function copyStrided<T extends Float32Array | Uint8Array>(
   else for (let i = 0; i < n; i++) dst[dstAt + i] = src[srcAt + i * stride];
 }
 
-const maskKind = (p: AttentionProblem) =>
+export const maskKind = (p: AttentionProblem): number =>
   p.mask === undefined ? MASK_NONE : p.mask.data instanceof Uint8Array ? MASK_U8 : MASK_F32;
 
-const maskElementBytes = (p: AttentionProblem) => maskKind(p) === MASK_U8 ? 1 : 4;
+export const maskElementBytes = (p: AttentionProblem): number => maskKind(p) === MASK_U8 ? 1 : 4;
 
 /** Element extent of a strided block: the span from its first to one past its last element. */
 const extent = (counts: number[], strides: number[]) => counts.reduce((a, n, i) => a + (n - 1) * strides[i], 0) + 1;
 
 /** Elements of each tensor a sequence's slab holds. */
-interface SlabExtents {
+export interface SlabExtents {
   q: number;
   k: number;
   v: number;
@@ -331,7 +351,7 @@ interface SlabExtents {
   maskBase: number;
 }
 
-function slabExtents(p: AttentionProblem, s: Sequence): SlabExtents {
+export function slabExtents(p: AttentionProblem, s: Sequence): SlabExtents {
   const { H, Hkv, d, dv } = p;
   const m = p.mask;
   return {
@@ -347,7 +367,7 @@ function slabExtents(p: AttentionProblem, s: Sequence): SlabExtents {
 }
 
 /** Positions per job: whole query blocks (Br virtual rows, g rows per position), `parts` jobs over n positions. */
-function positionsPerJob(config: PlanConfig, g: number, n: number, parts: number): number {
+export function positionsPerJob(config: { Br: number }, g: number, n: number, parts: number): number {
   const blockPositions = config.Br / gcd(config.Br, g);
   return blockPositions * Math.max(1, Math.ceil(Math.ceil(n / blockPositions) / Math.max(1, parts)));
 }
@@ -389,7 +409,8 @@ function slabBytes(p: AttentionProblem, s: Sequence): number {
 }
 
 /** The slopes of sequence s's heads start here in alibiSlopes. */
-const slopeBase = (p: AttentionProblem, s: Sequence) => p.alibiSlopes && p.alibiSlopes.length !== p.H ? s.b * p.H : 0;
+export const slopeBase = (p: AttentionProblem, s: Sequence): number =>
+  p.alibiSlopes && p.alibiSlopes.length !== p.H ? s.b * p.H : 0;
 
 /**
  * One head group's query range as the kernel sees it: pointers and strides of Q, O, lse and the

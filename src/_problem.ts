@@ -67,6 +67,10 @@ export interface AttentionProblem extends ScoreOptions {
   /** lse element strides: per query position and per head. */
   lseStrides: Strides;
   sequences: Sequence[];
+  /** The shapes of q, k and v as the caller passed them (the backward's gradients have them). */
+  qShape: number[];
+  kShape: number[];
+  vShape: number[];
   oShape: number[];
   oLength: number;
   lseShape: number[];
@@ -111,4 +115,17 @@ export interface AttentionCall {
   append?: CacheAppend;
   /** A resident KV cache the call reads, which must not be reset or freed while it runs. */
   cache?: { hold(): () => void };
+}
+
+/** A validated backward call: the forward's problem, the arrays the backward reads, and how to run it. */
+export interface BackwardCall {
+  problem: AttentionProblem;
+  /** The forward's output O and the output's gradient dO (O's shape and layout), and the forward's lse. */
+  o: Float32Array;
+  dOut: Float32Array;
+  lse: Float32Array;
+  /** Caller buffers for the gradients, checked for size and overlap. */
+  out: { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array };
+  sramBytes: number;
+  stats: boolean;
 }

@@ -6,13 +6,14 @@
 // plan's (_plan.ts), and also run before anything is written.
 
 import { ShapeError } from "./errors.ts";
-import { formatShape, message } from "./_messages.ts";
+import { describe, formatShape, message } from "./_messages.ts";
 import {
   checkHeadDims,
   checkOptionKeys,
   checkOut,
   checkStats,
   notWithVarlen,
+  overlaps,
   readBoolean,
   readCausal,
   readLayout,
@@ -26,7 +27,7 @@ import {
   SEMANTIC_OPTION_KEYS,
   SEQUENCE_OPTION_KEYS,
 } from "./_options.ts";
-import type { AttentionCall, AttentionProblem, ScoreOptions } from "./_problem.ts";
+import type { AttentionCall, AttentionProblem, BackwardCall, ScoreOptions } from "./_problem.ts";
 import {
   batchSequences,
   checkInt32Array,
@@ -41,6 +42,7 @@ import {
 } from "./_shapes.ts";
 import { readSplits } from "./_splits.ts";
 import type { ResidentKvCache } from "./_resident_cache.ts";
+import type { FlashAttentionBackwardOptions } from "./backward.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 
@@ -53,6 +55,9 @@ type Unlisted<Options, Keys extends readonly string[]> = Exclude<keyof Options, 
 const _forwardKeysComplete: [Unlisted<FlashAttentionOptions, typeof FORWARD_OPTION_KEYS>] extends [never] ? true
   : never = true;
 const _kvKeysComplete: [Unlisted<KvCacheOptions, typeof KV_CACHE_OPTION_KEYS>] extends [never] ? true : never = true;
+const _backwardKeysComplete: [Unlisted<FlashAttentionBackwardOptions, typeof BACKWARD_OPTION_KEYS>] extends [never]
+  ? true
+  : never = true;
 const _residentKeysComplete: [Unlisted<ResidentKvCacheOptions, typeof RESIDENT_KV_OPTION_KEYS>] extends [never] ? true
   : never = true;
 
@@ -127,6 +132,9 @@ function problemOf(
     oStrides: stridesOf(s.layout, s.H, s.Nq, s.dv),
     lseStrides: list.lseStrides,
     sequences: list.sequences,
+    qShape: [...s.q.shape],
+    kShape: [...s.k.shape],
+    vShape: [...s.v.shape],
     oShape,
     oLength: product(oShape),
     lseShape,
@@ -332,4 +340,115 @@ function checkNew(
     }
   }
   return { Nnew, k: k.data, v: v.data };
+}
+
+/** The options of `flashAttentionBackward`. */
+export const BACKWARD_OPTION_KEYS = [
+  ...SEMANTIC_OPTION_KEYS,
+  ...SEQUENCE_OPTION_KEYS,
+  "out",
+  "sramBytes",
+  "stats",
+] as const satisfies readonly (keyof FlashAttentionBackwardOptions)[];
+
+/**
+ * The whole validation of a `flashAttentionBackward` call: q, k, v and the forward's options as
+ * `flashAttention` checks them, then `out` (the forward's result, with its lse) and `dOut` against
+ * the output's shape, then the gradient buffers and the run options.
+ */
+export function validateBackwardCall(
+  q: unknown,
+  k: unknown,
+  v: unknown,
+  out: unknown,
+  dOut: unknown,
+  options: unknown,
+): BackwardCall {
+  const opts = checkOptionKeys(options, BACKWARD_OPTION_KEYS);
+  const problem = validateCall(q, k, v, { ...opts, out: undefined });
+  const dims = problem.layout === "thd"
+    ? "[totalQ, H, dv]"
+    : problem.layout === "bhsd"
+    ? "[B, H, Nq, dv]"
+    : "[B, Nq, H, dv]";
+  const O = checkTensor("out", out, `the forward's output, ${dims}`, problem.oShape.length);
+  const against = (name: string, shape: number[], wanted: number[], what: string) => {
+    if (shape.join() !== wanted.join()) {
+      throw new ShapeError(
+        message(
+          `${name} must have shape ${formatShape(wanted)} (${what}): ${name}.shape is ${
+            formatShape(shape)
+          }, ${problem.shapes}`,
+        ),
+        formatShape(wanted),
+        formatShape(shape),
+      );
+    }
+  };
+  against("out", O.shape, problem.oShape, "the forward's output for these q, k, v");
+  const dO = checkTensor("dOut", dOut, `the output's gradient, ${dims}`, problem.oShape.length);
+  if (dO.shape.join() !== O.shape.join()) {
+    throw new ShapeError(
+      message(
+        `dOut must have the shape of out: dOut.shape is ${formatShape(dO.shape)}, out.shape is ${formatShape(O.shape)}`,
+      ),
+      formatShape(O.shape),
+      formatShape(dO.shape),
+    );
+  }
+  const lseTensor = (out as { lse?: unknown }).lse;
+  if (lseTensor === undefined) {
+    throw new TypeError(
+      message(
+        "out.lse is missing: the backward needs the forward's log-sum-exp, so run flashAttention with returnLse: true and pass its result as out",
+      ),
+    );
+  }
+  const lse = checkTensor("out.lse", lseTensor, "the forward's lse", problem.lseShape.length);
+  against("out.lse", lse.shape, problem.lseShape, "the forward's lse for these q, k, v");
+  const stats = checkStats(opts.stats);
+  const grads = checkGradientBuffers(opts.out, problem, [O.data, dO.data, lse.data]);
+  checkHeadDims(problem);
+  const sramBytes = readSramBytes(opts.sramBytes);
+  return { problem, o: O.data, dOut: dO.data, lse: lse.data, out: grads, sramBytes, stats };
+}
+
+/** `out` of the backward: optional dq, dk, dv buffers of q's, k's and v's sizes that overlap nothing else. */
+function checkGradientBuffers(
+  value: unknown,
+  p: AttentionProblem,
+  others: Float32Array[],
+): { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array } {
+  if (value === undefined) return {};
+  const opts = checkOptionKeys(value, ["dq", "dk", "dv"], (text) => message(text.replaceAll("options", "out")));
+  const grads: { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array } = {};
+  const inputs: [string, Float32Array][] = [["q", p.q], ["k", p.k], ["v", p.v], ["out.data", others[0]], [
+    "dOut.data",
+    others[1],
+  ], ["out.lse.data", others[2]]];
+  for (const [name, like] of [["dq", p.q], ["dk", p.k], ["dv", p.v]] as const) {
+    const buffer = opts[name];
+    if (buffer === undefined) continue;
+    if (!(buffer instanceof Float32Array)) {
+      throw new TypeError(message(`out.${name} must be a Float32Array: out.${name} is ${describe(buffer)}`));
+    }
+    if (buffer.length !== like.length) {
+      throw new ShapeError(
+        message(
+          `out.${name} must hold ${like.length} elements (the size of ${
+            name.slice(1)
+          }): out.${name}.length is ${buffer.length}`,
+        ),
+        String(like.length),
+        String(buffer.length),
+      );
+    }
+    for (const [other, array] of [...inputs, ...Object.entries(grads)]) {
+      if (overlaps(buffer, array)) {
+        throw new TypeError(message(`out.${name} must not share memory with ${other}: pass a separate buffer`));
+      }
+    }
+    grads[name] = buffer;
+  }
+  return grads;
 }

@@ -2,8 +2,9 @@
 // threads build of the kernels on the pool's shared memory (the HBM), owns one SM of it (its
 // counters and SRAM arena, assembly/arena.ts) and runs kernel calls that the calling thread lists
 // in a job table in that memory, taking the next job index from an atomic cursor until none is
-// left. Jobs write disjoint rows of O and lse (or of split-KV partials), so the order in which the
-// Workers take them changes no bit of the result.
+// left. Jobs write disjoint rows of their outputs (O and lse, split-KV partials, D, or gradients),
+// each summing in its own fixed order, so the order in which the Workers take them changes no bit
+// of the result.
 //
 // This file is not imported: _tools/build_wasm.ts compiles it to JavaScript and embeds it in
 // src/wasm/worker.generated.ts, which the pool starts as a module Worker (a Blob URL in Deno, Bun
@@ -15,8 +16,8 @@ type Request =
   | { type: "init"; memory: WebAssembly.Memory; wasm: Uint8Array<ArrayBuffer>; sm: number }
   | {
     type: "run";
-    /** 0: forward, 1: mergeSplits. */
-    kernel: number;
+    /** The kernel's export name (assembly/kernels.ts). */
+    kernel: KernelName;
     /** Byte address of the job table: `count` rows of `arity` f64 arguments. */
     tablePtr: number;
     count: number;
@@ -25,11 +26,11 @@ type Request =
     cursorPtr: number;
   };
 
-/** The raw exports this Worker calls. */
-interface Exports {
-  forward(sm: number, ...args: number[]): void;
-  mergeSplits(sm: number, ...args: number[]): void;
-}
+/** The kernels a pool hands out (src/_plan.ts's KernelName; this file imports nothing). */
+type KernelName = "forward" | "mergeSplits" | "backwardPrep" | "backwardDq" | "backwardDkDv";
+
+/** The raw exports this Worker calls: each takes its SM, then the job's arguments. */
+type Exports = Record<KernelName, (sm: number, ...args: number[]) => void>;
 
 // deno-lint-ignore no-explicit-any
 const scope = globalThis as any;
@@ -64,7 +65,7 @@ async function start(): Promise<void> {
         return;
       }
       const { kernel, tablePtr, count, arity, cursorPtr } = request;
-      const run = kernel === 0 ? kernels!.forward : kernels!.mergeSplits;
+      const run = kernels![kernel];
       // Views made per request: the calling thread may have grown the memory since the last one.
       const cursor = new Int32Array(memory!.buffer, cursorPtr, 1);
       const table = new Float64Array(memory!.buffer, tablePtr, count * arity);

@@ -16,10 +16,26 @@ import { notWithVarlen } from "./_options.ts";
 import { checkCumulative, checkSeqLensK } from "./_shapes.ts";
 import { checkSplits, splitRanges } from "./_splits.ts";
 import { ShapeError } from "./errors.ts";
-import { type FlashIoCounts, type IoCounts, sumBytes, type TensorBytes, zeroBytes } from "./result.ts";
+import {
+  type BackwardIoCounts,
+  type BackwardTensorBytes,
+  type FlashIoCounts,
+  type IoCounts,
+  sumBytes,
+  type TensorBytes,
+  zeroBackwardBytes,
+  zeroBytes,
+} from "./result.ts";
 import { loadKernels } from "./wasm/loader.ts";
 
-export type { AttentionStats, FlashIoCounts, IoCounts, TensorBytes } from "./result.ts";
+export type {
+  AttentionStats,
+  BackwardIoCounts,
+  BackwardTensorBytes,
+  FlashIoCounts,
+  IoCounts,
+  TensorBytes,
+} from "./result.ts";
 
 /**
  * The sizes of an attention problem. With varlen packing (`cuSeqlensQ`, `cuSeqlensK` in the
@@ -293,6 +309,148 @@ function sequenceIo(
     if (options.returnLse) written.lse += 4 * rows;
   }
   return { read, written, Tr: Math.ceil(rows / Br), Tc: Math.ceil(Nk / Bc), tilesComputed };
+}
+
+/** Options that change the traffic of this library's backward ({@linkcode flashAttentionBackwardIo}). */
+export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
+
+/**
+ * HBM traffic of this library's backward (`flashAttentionBackward`), from formulas, for the
+ * square blocks B = Br = Bc it derives from the arena size. Per (sequence, K/V head) of Nq·g
+ * virtual rows:
+ * - D = rowsum(dO ∘ O): O and dO read once, D written once;
+ * - the dQ kernel: each query block reads its Q, dO, lse and D rows once and writes its dQ rows;
+ *   each key block it sees (the forward's rule: the blocks its keys [first of its first row, end
+ *   of its last row) touch) reads its K and V tiles (and mask tile);
+ * - the dK/dV kernel: each key block reads its K and V rows once and writes its dK and dV rows;
+ *   each query block that sees it by the same rule reads its Q, dO, lse and D rows (and mask tile).
+ * So Q and dO are read about Tc times and K and V about Tr times, as the paper's Theorem 5 says:
+ * Θ(N²·d²/M). Masks that blank whole tiles are not modelled (the kernels skip those), as for
+ * {@linkcode flashAttentionIo}. `tilesComputed` counts the tiles of both kernels.
+ *
+ * @param shape The problem's sizes.
+ * @param options Causal/window visibility, arena size, mask, ALiBi and sequence lengths.
+ * @returns Bytes per tensor (the gradients' and D's included), the tiling and the tile counts.
+ * @throws {RangeError} If the arena cannot hold the backward's 8 × 8 blocks for these head dims, or
+ *   as {@linkcode standardAttentionIo} for sequence lengths out of range.
+ * @throws {TypeError} As {@linkcode standardAttentionIo}.
+ * @throws {ShapeError} As {@linkcode standardAttentionIo}.
+ *
+ * @example Usage
+ * ```ts
+ * import { flashAttentionBackwardIo } from "@flash/attention/io";
+ * const io = flashAttentionBackwardIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 });
+ * // K and V are read once per query block by the dQ kernel, and once by the dK/dV kernel
+ * if (io.read.k !== (io.Tr + 1) * 1024 * 64 * 4) throw new Error("unexpected");
+ * ```
+ */
+export function flashAttentionBackwardIo(shape: AttentionShape, options: BackwardIoOptions = {}): BackwardIoCounts {
+  const { H, d } = shape;
+  const Hkv = shape.Hkv ?? H;
+  const dv = shape.dv ?? d;
+  const g = H / Hkv;
+  const sramBytes = options.sramBytes ?? DEFAULT_SRAM_BYTES;
+  const maskBytes = options.maskElementBytes ?? 0;
+  const kernels = loadKernels();
+  const B = kernels.backwardBlockSize(sramBytes, d, dv, maskBytes > 0);
+  if (B === 0) {
+    throw new RangeError(`sramBytes ${sramBytes} cannot hold the backward's smallest blocks for d = ${d}, dv = ${dv}`);
+  }
+  const read = zeroBackwardBytes();
+  const written = zeroBackwardBytes();
+  let [Tr, Tc, tiles, tilesComputed] = [0, 0, 0, 0];
+  for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
+    if (Nq === 0) continue;
+    const one = sequenceBackwardIo(Nq, Nk, g, B, d, dv, options);
+    const heads = count * Hkv;
+    for (const key of Object.keys(read) as (keyof BackwardTensorBytes)[]) {
+      read[key] += heads * one.read[key];
+      written[key] += heads * one.written[key];
+    }
+    Tr = Math.max(Tr, one.Tr);
+    Tc = Math.max(Tc, one.Tc);
+    tiles += 2 * heads * one.Tr * one.Tc;
+    tilesComputed += heads * one.tilesComputed;
+  }
+  return {
+    read,
+    written,
+    totalBytes: sumBytes(read) + sumBytes(written),
+    sramBytes,
+    sramPeakBytes: kernels.backwardArenaBytes(B, d, dv, maskBytes > 0),
+    Br: B,
+    Bc: B,
+    Tr,
+    Tc,
+    tilesComputed,
+    tilesSkipped: tiles - tilesComputed,
+  };
+}
+
+/** The backward traffic of one (sequence, K/V head), blocks B × B. */
+function sequenceBackwardIo(
+  Nq: number,
+  Nk: number,
+  g: number,
+  B: number,
+  d: number,
+  dv: number,
+  options: BackwardIoOptions,
+) {
+  const visible = visibleKeys(Nq, Nk, options);
+  const maskBytes = options.maskElementBytes ?? 0;
+  const rows = Nq * g;
+  const read = zeroBackwardBytes();
+  const written = zeroBackwardBytes();
+  // D = rowsum(dO ∘ O)
+  read.o += 4 * rows * dv;
+  read.dOut += 4 * rows * dv;
+  written.D += 4 * rows;
+  let tilesComputed = 0;
+  // A query block's rows read once per kernel call that needs them.
+  const readRows = (rowsHere: number) => {
+    read.q += 4 * rowsHere * d;
+    read.dOut += 4 * rowsHere * dv;
+    read.lse += 4 * rowsHere;
+    read.D += 4 * rowsHere;
+    if (options.alibi) read.slopes += 4 * rowsHere;
+  };
+  // The keys [first, end) a query block sees (empty when first ≥ end).
+  const keysOf = (i0: number, rowsHere: number): [number, number] => [
+    visible.first(Math.floor(i0 / g)),
+    visible.end(Math.floor((i0 + rowsHere - 1) / g)),
+  ];
+  // dQ kernel: query blocks outside.
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const rowsHere = Math.min(B, rows - i0);
+    readRows(rowsHere);
+    written.dq += 4 * rowsHere * d;
+    const [first, end] = keysOf(i0, rowsHere);
+    if (first >= end) continue;
+    const jBegin = Math.floor(first / B) * B;
+    const jEnd = Math.min(Nk, Math.ceil(end / B) * B);
+    tilesComputed += Math.ceil(end / B) - jBegin / B;
+    read.k += 4 * (jEnd - jBegin) * d;
+    read.v += 4 * (jEnd - jBegin) * dv;
+    read.mask += maskBytes * rowsHere * (jEnd - jBegin);
+  }
+  // dK/dV kernel: key blocks outside.
+  for (let j0 = 0; j0 < Nk; j0 += B) {
+    const cols = Math.min(B, Nk - j0);
+    read.k += 4 * cols * d;
+    read.v += 4 * cols * dv;
+    written.dk += 4 * cols * d;
+    written.dv += 4 * cols * dv;
+    for (let i0 = 0; i0 < rows; i0 += B) {
+      const rowsHere = Math.min(B, rows - i0);
+      const [first, end] = keysOf(i0, rowsHere);
+      if (first >= end || first >= j0 + cols || end <= j0) continue;
+      tilesComputed++;
+      readRows(rowsHere);
+      read.mask += maskBytes * rowsHere * cols;
+    }
+  }
+  return { read, written, Tr: Math.ceil(rows / B), Tc: Math.ceil(Nk / B), tilesComputed };
 }
 
 /**

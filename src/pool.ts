@@ -13,18 +13,27 @@ import {
   allocateResults,
   checkAddressable,
   CHUNK_BYTES,
-  forwardArgs,
   type ForwardPlan,
-  mergeArgs,
+  forwardSteps,
+  type KernelName,
   planForward,
   planScope,
+  type Step,
 } from "./_plan.ts";
+import { type BackwardPlan, planBackward } from "./_backward_plan.ts";
+import { allocateGradients, ensureBackwardArena, gradientsOf, runBackwardSync } from "./_backward_run.ts";
+import type { AttentionGradients, FlashAttentionBackwardOptions } from "./backward.ts";
 import { checkOptionKeys } from "./_options.ts";
-import type { AttentionCall } from "./_problem.ts";
+import type { AttentionCall, BackwardCall } from "./_problem.ts";
 import { appendRows, attend, outputOf, prepare } from "./_run.ts";
 import { chooseSplits } from "./_splits.ts";
-import { type Counters, readCounterBlock, resetCounterBlock, statsOf, sumCounters } from "./_stats.ts";
-import { validateForwardCall, validateKvCacheCall, validateResidentCacheCall } from "./_validate.ts";
+import { backwardStatsOf, type Counters, readCounterBlock, resetCounterBlock, statsOf, sumCounters } from "./_stats.ts";
+import {
+  validateBackwardCall,
+  validateForwardCall,
+  validateKvCacheCall,
+  validateResidentCacheCall,
+} from "./_validate.ts";
 import { heapOf } from "./_heap.ts";
 import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } from "./_resident_cache.ts";
 import { spawnWorker, type WorkerHandle, type WorkerMessage } from "./_workers.ts";
@@ -107,6 +116,26 @@ export interface AttentionPool {
    */
   createKvCache(config: KvCacheConfig): KvCache;
   /**
+   * `flashAttentionBackward` on the pool: same arguments, options and errors, and the same bits
+   * for any number of Workers (dQ jobs own whole query blocks, dK/dV jobs whole key blocks).
+   *
+   * @param q Queries.
+   * @param k Keys.
+   * @param v Values.
+   * @param out The forward's result with its `lse`.
+   * @param dOut ∂L/∂O.
+   * @param options As `flashAttentionBackward`'s.
+   * @returns A promise of the gradients.
+   */
+  flashAttentionBackward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: AttentionOutput,
+    dOut: Tensor,
+    options?: FlashAttentionBackwardOptions,
+  ): Promise<AttentionGradients>;
+  /**
    * Ends every Worker once the calls already made have finished; later calls reject. Resolves
    * when the Workers are gone.
    */
@@ -129,9 +158,6 @@ export interface PoolTuning {
 
 /** The pool's tuning. */
 export const POOL_TUNING: PoolTuning = { inlineFlops: 3e7, slabBudgetBytes: 1 << 30, jobsPerThread: 4 };
-/** Arguments of one forward and one merge job (the kernels' parameters after the SM). */
-const FORWARD_ARITY = 33;
-const MERGE_ARITY = 13;
 
 /**
  * Starts a pool of Workers that compute attention together on one shared WebAssembly memory.
@@ -234,6 +260,11 @@ function sharedMemory(initial: number): WebAssembly.Memory {
     }
   }
   throw failure;
+}
+
+/** A forward plan with each phase's jobs and merges as steps. */
+function stepped(plan: ForwardPlan) {
+  return { ...plan, phases: plan.phases.map((phase) => ({ ...phase, steps: forwardSteps(phase) })) };
 }
 
 /** One Worker's slot: its handle and the reply it is waiting for. */
@@ -375,13 +406,24 @@ class Pool implements AttentionPool {
    * the run; the plan is made when the run starts, above any KV cache created meanwhile.
    */
   #submit(validate: () => AttentionCall): Promise<AttentionOutput> {
-    let run: () => Promise<AttentionOutput> | AttentionOutput;
+    return this.#enqueue(() => {
+      const call = validate();
+      return { run: this.#schedule(call), cache: call.cache };
+    });
+  }
+
+  /**
+   * Runs `accept` now (validation and scheduling: a bad call rejects at once) and queues what it
+   * returns behind the calls already made.
+   */
+  #enqueue<T>(accept: () => { run: () => Promise<T> | T; cache?: { hold(): () => void } }): Promise<T> {
+    let run: () => Promise<T> | T;
     let release = () => {};
     try {
       if (this.#closed) throw new Error("Cannot compute attention as the pool is closed");
-      const call = validate();
-      run = this.#schedule(call);
-      if (call.cache) release = call.cache.hold();
+      const accepted = accept();
+      run = accepted.run;
+      if (accepted.cache) release = accepted.cache.hold();
     } catch (error) {
       return Promise.reject(error);
     }
@@ -424,21 +466,21 @@ class Pool implements AttentionPool {
       chunkBytes: CHUNK_BYTES * this.threads,
       jobsPerGroup: Math.ceil((this.#tuning.jobsPerThread * this.threads) / Math.max(1, groups)),
     });
-    checkAddressable(this.#tableEnd(plan), `${planScope(plan)}, with its job table,`, p.shapes);
+    checkAddressable(this.#tableEnd(stepped(plan)), `${planScope(plan)}, with its job table,`, p.shapes);
     return plan;
   }
 
-  /** One past the largest job table of a plan. */
-  #tableEnd(plan: ForwardPlan): number {
-    const rows = plan.phases.map((phase) =>
-      Math.max(phase.jobs.length * FORWARD_ARITY, phase.merges.length * MERGE_ARITY)
+  /** One past the largest job table of a plan's steps (8 bytes per argument). */
+  #tableEnd(plan: { endPtr: number; phases: { steps: Step[] }[] }): number {
+    const sizes = plan.phases.flatMap((phase) =>
+      phase.steps.map((step) => step.args.length * (step.args[0]?.length ?? 0))
     );
-    return this.#tablePtr(plan) + 8 * Math.max(0, ...rows);
+    return this.#tablePtr(plan.endPtr) + 8 * Math.max(0, ...sizes);
   }
 
   /** Where a plan's job table goes: after everything the plan places, behind a 64-byte cursor line. */
-  #tablePtr(plan: ForwardPlan): number {
-    return align(plan.endPtr) + 64;
+  #tablePtr(endPtr: number): number {
+    return align(endPtr) + 64;
   }
 
   async #run(
@@ -447,30 +489,12 @@ class Pool implements AttentionPool {
     blocks: { sramBytes: number; Br: number; Bc: number },
   ): Promise<AttentionOutput> {
     const { problem: p } = call;
-    const memory = this.#memory!;
-    ensureMemory(memory, this.#tableEnd(plan), planScope(plan), p.shapes);
-    this.#runningEnd = this.#tableEnd(plan);
     const results = allocateResults(p, call.out);
-    try {
-      await this.#replaceLostWorkers();
+    const perWorker = await this.#runPhases(stepped(plan), results, planScope(plan), p.shapes, () => {
       if (call.append) appendRows(call.append);
-      for (let t = 0; t < this.threads; t++) resetCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes);
-      this.#busy();
-      for (const phase of plan.phases) {
-        phase.stage(memory.buffer);
-        await this.#dispatch(0, phase.jobs.map(forwardArgs), FORWARD_ARITY, plan);
-        await this.#dispatch(1, phase.merges.map(mergeArgs), MERGE_ARITY, plan);
-        phase.unstage(memory.buffer, results);
-      }
-    } finally {
-      this.#idle();
-      this.#runningEnd = 0;
-    }
+    });
     const output = outputOf(p, results);
     if (call.stats) {
-      const perWorker: Counters[] = this.#slots.map((_, t) =>
-        readCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes)
-      );
       output.stats = {
         ...statsOf(sumCounters(perWorker), p, blocks),
         sramPeakBytesPerWorker: perWorker.map((c) => c.arenaPeakBytes),
@@ -479,12 +503,94 @@ class Pool implements AttentionPool {
     return output;
   }
 
-  /** Writes the job table and has every Worker take jobs from it until none is left. */
-  async #dispatch(kernel: number, jobs: number[][], arity: number, plan: ForwardPlan): Promise<void> {
-    if (jobs.length === 0) return;
+  flashAttentionBackward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: AttentionOutput,
+    dOut: Tensor,
+    options?: FlashAttentionBackwardOptions,
+  ): Promise<AttentionGradients> {
+    return this.#enqueue(() => {
+      const call = validateBackwardCall(q, k, v, out, dOut, options);
+      const { problem: p } = call;
+      const kernels = loadKernels();
+      const B = ensureBackwardArena(kernels, call.sramBytes, p);
+      let flops = 0;
+      for (const s of p.sequences) flops += 10 * p.H * s.Nq * s.Nk * Math.max(p.d, p.dv);
+      if (flops < this.#tuning.inlineFlops) return { run: () => runBackwardSync(call) };
+      return { run: () => this.#runBackward(call, B) };
+    });
+  }
+
+  async #runBackward(call: BackwardCall, B: number): Promise<AttentionGradients> {
+    const { problem: p } = call;
+    const groups = p.sequences.filter((s) => s.Nq > 0).length * p.Hkv;
+    const jobsPerGroup = Math.ceil((this.#tuning.jobsPerThread * this.threads) / Math.max(1, groups));
+    const plan: BackwardPlan = planBackward(p, call, {
+      sramBytes: call.sramBytes,
+      B,
+      hbmPtr: heapOf(this.#memory!, this.#hbmPtr).end,
+      slabBudgetBytes: this.#tuning.slabBudgetBytes,
+      queryJobsPerGroup: jobsPerGroup,
+      keyJobsPerGroup: jobsPerGroup,
+    });
+    const scope = "the backward of one sequence of this call";
+    checkAddressable(this.#tableEnd(plan), `${scope}, with its job table,`, p.shapes);
+    const grads = allocateGradients(call);
+    const perWorker = await this.#runPhases(plan, grads, scope, p.shapes, () => {});
+    const result = gradientsOf(call, grads);
+    if (call.stats) {
+      result.stats = {
+        ...backwardStatsOf(sumCounters(perWorker), p, { sramBytes: call.sramBytes, B }),
+        sramPeakBytesPerWorker: perWorker.map((c) => c.arenaPeakBytes),
+      };
+    }
+    return result;
+  }
+
+  /**
+   * Runs a plan's phases on the Workers: grows the memory, calls `before` (once nothing can fail
+   * for lack of memory), then stages, dispatches each step and unstages, phase by phase. Returns
+   * each Worker's counters.
+   */
+  async #runPhases<R>(
+    plan: {
+      endPtr: number;
+      phases: { stage(m: ArrayBufferLike): void; steps: Step[]; unstage(m: ArrayBufferLike, r: R): void }[];
+    },
+    results: R,
+    scope: string,
+    shapes: string,
+    before: () => void,
+  ): Promise<Counters[]> {
     const memory = this.#memory!;
-    const cursorPtr = align(plan.endPtr);
-    const tablePtr = this.#tablePtr(plan);
+    ensureMemory(memory, this.#tableEnd(plan), scope, shapes);
+    this.#runningEnd = this.#tableEnd(plan);
+    try {
+      await this.#replaceLostWorkers();
+      before();
+      for (let t = 0; t < this.threads; t++) resetCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes);
+      this.#busy();
+      for (const phase of plan.phases) {
+        phase.stage(memory.buffer);
+        for (const step of phase.steps) await this.#dispatch(step.kernel, step.args, plan.endPtr);
+        phase.unstage(memory.buffer, results);
+      }
+    } finally {
+      this.#idle();
+      this.#runningEnd = 0;
+    }
+    return this.#slots.map((_, t) => readCounterBlock(memory.buffer, this.#smPtr + t * this.#smBytes));
+  }
+
+  /** Writes the job table and has every Worker take jobs from it until none is left. */
+  async #dispatch(kernel: KernelName, jobs: number[][], endPtr: number): Promise<void> {
+    if (jobs.length === 0) return;
+    const arity = jobs[0].length;
+    const memory = this.#memory!;
+    const cursorPtr = align(endPtr);
+    const tablePtr = this.#tablePtr(endPtr);
     const table = new Float64Array(memory.buffer, tablePtr, jobs.length * arity);
     jobs.forEach((args, i) => table.set(args, i * arity));
     Atomics.store(new Int32Array(memory.buffer, cursorPtr, 1), 0, 0);

@@ -78,10 +78,61 @@ export interface AttentionStats extends FlashIoCounts {
   sramPeakBytesPerWorker?: number[];
 }
 
+/** HBM bytes moved per tensor by the backward: the forward's tensors and the gradients'. */
+export interface BackwardTensorBytes extends TensorBytes {
+  /** The output's gradient dO (read). */
+  dOut: number;
+  /** D = rowsum(dO ∘ O), one f32 per query row and head (written once, then read). */
+  D: number;
+  /** Gradients of q, k and v (written). */
+  dq: number;
+  dk: number;
+  dv: number;
+}
+
+/** The IO of a backward call, measured (`stats: true`) or in closed form. */
+export interface BackwardIoCounts {
+  /** HBM bytes read, per tensor. */
+  read: BackwardTensorBytes;
+  /** HBM bytes written, per tensor. */
+  written: BackwardTensorBytes;
+  /** Sum of `read` and `written`. */
+  totalBytes: number;
+  /** Arena size M in bytes. */
+  sramBytes: number;
+  /** Bytes of the arena the backward's layout uses: never more than M. */
+  sramPeakBytes: number;
+  /** Query block rows (virtual rows, as the forward's); the backward's blocks are square, Br = Bc. */
+  Br: number;
+  /** Key block size. */
+  Bc: number;
+  /** Query blocks per (sequence, K/V head). */
+  Tr: number;
+  /** Key blocks per (sequence, K/V head). */
+  Tc: number;
+  /** Tiles computed, by the dQ kernel and by the dK/dV kernel together (each tile is recomputed by both). */
+  tilesComputed: number;
+  /** Tiles the two kernels skipped (2·Tr·Tc per head group, less those computed). */
+  tilesSkipped: number;
+}
+
+/** What the backward's `stats: true` returns. */
+export interface BackwardStats extends BackwardIoCounts {
+  /** Floating-point operations of the tile products as the kernels executed them. */
+  flops: number;
+  /** On a pool: each Worker's arena peak (`sramPeakBytes` is the largest). */
+  sramPeakBytesPerWorker?: number[];
+}
+
 /** A TensorBytes of zeros. */
 export const zeroBytes = (): TensorBytes => ({ q: 0, k: 0, v: 0, o: 0, lse: 0, mask: 0, partial: 0, slopes: 0 });
 
+/** A BackwardTensorBytes of zeros. */
+export const zeroBackwardBytes = (): BackwardTensorBytes => ({ ...zeroBytes(), dOut: 0, D: 0, dq: 0, dk: 0, dv: 0 });
+
 /** Sum of the bytes of every tensor. */
 export function sumBytes(t: TensorBytes): number {
-  return t.q + t.k + t.v + t.o + t.lse + t.mask + t.partial + t.slopes;
+  let total = 0;
+  for (const bytes of Object.values(t)) total += bytes;
+  return total;
 }

@@ -27,7 +27,75 @@ export interface RawKernels {
   expInto(dstPtr: number, srcPtr: number, n: number): void;
   forward(sm: number, ...args: ForwardParameters): void;
   mergeSplits(sm: number, ...args: MergeParameters): void;
+  backwardBlockSize(sramBytes: number, d: number, dv: number, masked: boolean): number;
+  backwardArenaBytes(B: number, d: number, dv: number, masked: boolean): number;
+  backwardPrep(sm: number, ...args: PrepParameters): void;
+  backwardDq(sm: number, ...args: BackwardParameters): void;
+  backwardDkDv(sm: number, ...args: BackwardParameters): void;
 }
+
+/** backwardPrep's parameters after its SM (assembly/backward.ts). */
+export type PrepParameters = [
+  oPtr: number,
+  oRowStride: number,
+  oHeadStride: number,
+  dOPtr: number,
+  dORowStride: number,
+  dOHeadStride: number,
+  dPtr: number,
+  dRowStride: number,
+  dHeadStride: number,
+  rows: number,
+  g: number,
+  d: number,
+  dv: number,
+  masked: number | boolean,
+  sramBytes: number,
+];
+
+/** The parameters of backwardDq and backwardDkDv after their SM (assembly/backward.ts). */
+export type BackwardParameters = [
+  qPtr: number,
+  qRowStride: number,
+  qHeadStride: number,
+  kPtr: number,
+  kRowStride: number,
+  vPtr: number,
+  vRowStride: number,
+  dOPtr: number,
+  dORowStride: number,
+  dOHeadStride: number,
+  lsePtr: number,
+  dPtr: number,
+  lseRowStride: number,
+  lseHeadStride: number,
+  dqPtr: number,
+  dqRowStride: number,
+  dqHeadStride: number,
+  dkPtr: number,
+  dkRowStride: number,
+  dvPtr: number,
+  dvRowStride: number,
+  Nq: number,
+  g: number,
+  keyBegin: number,
+  keyEnd: number,
+  d: number,
+  dv: number,
+  scale: number,
+  softcap: number,
+  visOffset: number,
+  windowLeft: number,
+  windowRight: number,
+  slopesPtr: number,
+  alibiOffset: number,
+  maskPtr: number,
+  maskKind: number,
+  maskRowStride: number,
+  maskHeadStride: number,
+  maskColStride: number,
+  sramBytes: number,
+];
 
 /** The forward kernel's parameters after its SM (assembly/forward.ts). */
 export type ForwardParameters = [
@@ -102,6 +170,12 @@ export interface Kernels {
   expInto(dstPtr: number, srcPtr: number, n: number): void;
   forward(...args: ForwardParameters): void;
   mergeSplits(...args: MergeParameters): void;
+  /** Backward block size B (Br = Bc = B) for an arena, 0 if none fits. */
+  backwardBlockSize(sramBytes: number, d: number, dv: number, masked: boolean): number;
+  backwardArenaBytes(B: number, d: number, dv: number, masked: boolean): number;
+  backwardPrep(...args: PrepParameters): void;
+  backwardDq(...args: BackwardParameters): void;
+  backwardDkDv(...args: BackwardParameters): void;
 }
 
 /** Binds raw kernels to their first SM. */
@@ -120,6 +194,11 @@ export function bindFirstSm(raw: RawKernels): Kernels {
     expInto: (dstPtr, srcPtr, n) => raw.expInto(dstPtr, srcPtr, n),
     forward: (...args) => raw.forward(sm, ...args),
     mergeSplits: (...args) => raw.mergeSplits(sm, ...args),
+    backwardBlockSize: (sramBytes, d, dv, masked) => raw.backwardBlockSize(sramBytes, d, dv, masked),
+    backwardArenaBytes: (B, d, dv, masked) => raw.backwardArenaBytes(B, d, dv, masked),
+    backwardPrep: (...args) => raw.backwardPrep(sm, ...args),
+    backwardDq: (...args) => raw.backwardDq(sm, ...args),
+    backwardDkDv: (...args) => raw.backwardDkDv(sm, ...args),
   };
 }
 
@@ -215,6 +294,11 @@ export const REQUIRED_EXPORTS = [
   "expInto",
   "forward",
   "mergeSplits",
+  "backwardBlockSize",
+  "backwardArenaBytes",
+  "backwardPrep",
+  "backwardDq",
+  "backwardDkDv",
 ] as const;
 
 function checkExports(instance: WebAssembly.Instance): Kernels {

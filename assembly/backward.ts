@@ -1,0 +1,523 @@
+// Exact attention backward with recomputation (FlashAttention, Dao et al. 2022, Algorithm 4;
+// FlashAttention-2, Dao 2024, Algorithm 2), in an order that needs no atomics and gives the same
+// bits however the work is cut.
+//
+// Inputs per K/V head and its g query heads (virtual rows, as in forward.ts and hbm.ts): Q, K, V,
+// dO, lse (from the forward) and D = rowsum(dO ∘ O) (backwardPrep, run first). For every tile:
+//   S = scale·Qi·Kjᵀ, transformed as the forward does (softcap, ALiBi, mask, −∞ where not visible)
+//   P = exp(S − lse)                                (0 where not visible, and for rows with lse = −∞)
+//   dP = dOi·Vjᵀ;  dS = P ∘ (dP − D), times 1 − tanh²(S_raw/softcap) with a softcap
+//   dV += Pᵀ·dOi;  dK += dSᵀ·Qi;  dQ += dS·Kj;  finally dQ, dK ×= scale
+// No Nq × Nk matrix exists: S, P, dP and dS live one tile at a time in the arena.
+//
+// Determinism. FlashAttention-2 parallelises over key blocks and adds each tile's dQ into HBM with
+// atomics, whose order (and so whose rounding) changes from run to run. Here the work is two
+// kernels, each owning what it writes:
+//   backwardDkDv: key blocks outside, query blocks inside; dK and dV of a key block accumulate in
+//                 the arena over the query blocks in increasing order, then are stored once.
+//   backwardDq:   query blocks outside, key blocks inside (the forward's order); dQ of a query
+//                 block accumulates over the key blocks in increasing order, then is stored once.
+// Every output element is a sum in a fixed order, computed by one kernel call, so any split of the
+// key blocks or query blocks into jobs, on any number of Workers, gives the same bits. The price
+// is recomputing S and dP in both kernels: 7 tile products instead of 5 (bench/backward.ts
+// measures it).
+//
+// Tiles: square blocks, Br = Bc = B (backwardBlockSize). The dQ kernel lays tiles out like the
+// forward (Qiᵀ, dOiᵀ, and S, dP, dS with a column per query); the dK/dV kernel transposes the
+// other way (Kjᵀ, Vjᵀ, and S, P, dP, dS with a row per query), so each of its products reads the
+// query tiles row by row and the key tiles, loaded once per key block, carry the transposes.
+// Arena layout, in floats from arenaOf(sm), dP = roundUp(d, 8), dvP = roundUp(dv, 8):
+//   Q     B × dP    Qi (dK/dV kernel) or Qiᵀ (dQ kernel; rows past d zero)
+//   dO    B × dvP   dOi or dOiᵀ, likewise
+//   K     B × dP    Kj (dQ kernel) or Kjᵀ (dK/dV kernel)
+//   V     B × dvP   Vj or Vjᵀ
+//   S     B × B     scores, then P
+//   dP    B × B     dP, then dS
+//   Mask  B × B     the mask tile, laid out like S (only when the call has a mask)
+//   AccK  B × dP    dQ or dK accumulator
+//   AccV  B × dvP   dV accumulator (backwardPrep uses AccK and AccV for O rows)
+//   lse, D, slope  B each;  first, end, pos  B i32 each;  ones  4 (the unit rescale of accumulateValues)
+
+import { paddedDv, roundUp, arenaOf, ARENA_MAX_BYTES } from "./arena";
+import { expNonPositive } from "./exp";
+import {
+  ARENA_PEAK,
+  FLOPS,
+  MASK_NONE,
+  TENSOR_D,
+  TENSOR_DK,
+  TENSOR_DOUT,
+  TENSOR_DQ,
+  TENSOR_DV,
+  TENSOR_K,
+  TENSOR_LSE,
+  TENSOR_O,
+  TENSOR_Q,
+  TENSOR_SLOPES,
+  TENSOR_V,
+  TILES_COMPUTED,
+  TILES_SKIPPED_MASK,
+  countAdd,
+  countMax,
+  loadMaskTile,
+  loadRows,
+  loadRowsTransposed,
+  loadVirtualRows,
+  storeRows,
+} from "./hbm";
+import { addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
+import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
+
+/** B is a multiple of this (strips of 8 lanes in every product). */
+const B_STEP: i32 = 8;
+/** Largest B: past it the tiles stop fitting a core's caches and traffic barely falls. */
+const B_MAX: i32 = 128;
+
+const R_Q: i32 = 0;
+const R_DO: i32 = 1;
+const R_K: i32 = 2;
+const R_V: i32 = 3;
+const R_S: i32 = 4;
+const R_DP: i32 = 5;
+const R_MASK: i32 = 6;
+const R_ACC_K: i32 = 7;
+const R_ACC_V: i32 = 8;
+const R_LSE: i32 = 9;
+const R_D: i32 = 10;
+const R_SLOPE: i32 = 11;
+const R_FIRST: i32 = 12;
+const R_END: i32 = 13;
+const R_POS: i32 = 14;
+const R_ONES: i32 = 15;
+const R_END_OF_ARENA: i32 = 16;
+
+function regionFloats(region: i32, B: i32, d: i32, dv: i32, masked: bool): i32 {
+  const dP = roundUp(d, 8);
+  const dvP = paddedDv(dv);
+  switch (region) {
+    case R_Q: case R_K: case R_ACC_K: return B * dP;
+    case R_DO: case R_V: case R_ACC_V: return B * dvP;
+    case R_S: case R_DP: return B * B;
+    case R_MASK: return masked ? B * B : 0;
+    case R_ONES: return 4;
+    default: return B; // lse, D, slope, first, end, pos
+  }
+}
+
+function regionAt(region: i32, B: i32, d: i32, dv: i32, masked: bool): i32 {
+  let offset = 0;
+  for (let r = 0; r < region; r++) offset += regionFloats(r, B, d, dv, masked);
+  return offset;
+}
+
+/** Exact arena bytes the backward kernels use with blocks B × B and head dims d, dv. */
+export function backwardArenaBytes(B: i32, d: i32, dv: i32, masked: bool): i32 {
+  return regionAt(R_END_OF_ARENA, B, d, dv, masked) << 2;
+}
+
+/**
+ * Block size B (Br = Bc = B) of the backward for an arena of sramBytes: the largest multiple of 8
+ * up to 128 whose exact footprint fits, or 0 if not even 8 does.
+ */
+export function backwardBlockSize(sramBytes: i32, d: i32, dv: i32, masked: bool): i32 {
+  if (sramBytes > ARENA_MAX_BYTES) return 0;
+  for (let B = B_MAX; B >= B_STEP; B -= B_STEP) {
+    if (backwardArenaBytes(B, d, dv, masked) <= sramBytes) return B;
+  }
+  return 0;
+}
+
+// Region addresses of the current call (wasm globals: per instance, so per Worker; no allocation).
+let tQ: usize = 0;
+let tDO: usize = 0;
+let tK: usize = 0;
+let tV: usize = 0;
+let tS: usize = 0;
+let tDP: usize = 0;
+let tMask: usize = 0;
+let tAccK: usize = 0;
+let tAccV: usize = 0;
+let tLse: usize = 0;
+let tD: usize = 0;
+let tSlope: usize = 0;
+let tFirst: usize = 0;
+let tEnd: usize = 0;
+let tPos: usize = 0;
+let tOnes: usize = 0;
+
+function layOut(sm: usize, B: i32, d: i32, dv: i32, masked: bool): void {
+  const arena = arenaOf(sm);
+  tQ = addr(arena, regionAt(R_Q, B, d, dv, masked));
+  tDO = addr(arena, regionAt(R_DO, B, d, dv, masked));
+  tK = addr(arena, regionAt(R_K, B, d, dv, masked));
+  tV = addr(arena, regionAt(R_V, B, d, dv, masked));
+  tS = addr(arena, regionAt(R_S, B, d, dv, masked));
+  tDP = addr(arena, regionAt(R_DP, B, d, dv, masked));
+  tMask = addr(arena, regionAt(R_MASK, B, d, dv, masked));
+  tAccK = addr(arena, regionAt(R_ACC_K, B, d, dv, masked));
+  tAccV = addr(arena, regionAt(R_ACC_V, B, d, dv, masked));
+  tLse = addr(arena, regionAt(R_LSE, B, d, dv, masked));
+  tD = addr(arena, regionAt(R_D, B, d, dv, masked));
+  tSlope = addr(arena, regionAt(R_SLOPE, B, d, dv, masked));
+  tFirst = addr(arena, regionAt(R_FIRST, B, d, dv, masked));
+  tEnd = addr(arena, regionAt(R_END, B, d, dv, masked));
+  tPos = addr(arena, regionAt(R_POS, B, d, dv, masked));
+  tOnes = addr(arena, regionAt(R_ONES, B, d, dv, masked));
+  v128.store(tOnes, f32x4.splat(1));
+  countMax(sm, ARENA_PEAK, backwardArenaBytes(B, d, dv, masked));
+}
+
+/** B for a call, trapping on an arena the host should have rejected. */
+function blockOf(sramBytes: i32, d: i32, dv: i32, masked: bool): i32 {
+  const B = backwardBlockSize(sramBytes, d, dv, masked);
+  if (B == 0) unreachable();
+  return B;
+}
+
+/** lse with −∞ (a row that saw no key) replaced by +∞, so that exp(S − lse) is 0 there, not NaN. */
+// @ts-ignore: decorator
+@inline function lseForExp(lse: v128): v128 {
+  return v128.bitselect(f32x4.splat(Infinity), lse, f32x4.eq(lse, f32x4.splat(-Infinity)));
+}
+
+/**
+ * Each row's visible keys [first, end) and ALiBi position for virtual rows i0 .. i0 + rowsHere of
+ * a block, padded to a multiple of 4 by repeating the last row (as the forward does).
+ */
+function rowRanges(
+  i0: i32, rowsHere: i32, g: i32, visOffset: i32, windowLeft: i32, windowRight: i32, alibiOffset: i32,
+  keyBegin: i32, keyEnd: i32,
+): void {
+  for (let r = 0; r < roundUp(rowsHere, 4); r++) {
+    const i = (i0 + imin(r, rowsHere - 1)) / g;
+    store<i32>(addr(tFirst, r), firstKey(i, visOffset, windowLeft, keyBegin, keyEnd));
+    store<i32>(addr(tEnd, r), endKey(i, visOffset, windowRight, keyBegin, keyEnd));
+    store<i32>(addr(tPos, r), i + alibiOffset);
+  }
+}
+
+/**
+ * D = rowsum(dO ∘ O) for `rows` virtual rows (Nq·g), on the SM at `sm`: O and dO read by virtual
+ * row, D written with the lse's strides. Runs before either gradient kernel.
+ */
+export function backwardPrep(
+  sm: usize,
+  oPtr: usize, oRowStride: i32, oHeadStride: i32,
+  dOPtr: usize, dORowStride: i32, dOHeadStride: i32,
+  dPtr: usize, dRowStride: i32, dHeadStride: i32,
+  rows: i32, g: i32, d: i32, dv: i32, masked: bool, sramBytes: i32,
+): void {
+  const B = blockOf(sramBytes, d, dv, masked);
+  layOut(sm, B, d, dv, masked);
+  const dvP = paddedDv(dv);
+  const O = tAccK; // AccK and AccV together hold B × dvP (B·dP + B·dvP ≥ B·dvP)
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const rowsHere = imin(B, rows - i0);
+    loadVirtualRows(sm, O, dvP, rowsHere, dvP, oPtr, oRowStride, oHeadStride, g, i0, rowsHere, dv, TENSOR_O);
+    loadVirtualRows(sm, tDO, dvP, rowsHere, dvP, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT);
+    for (let r = 0; r < rowsHere; r++) {
+      let sum = f32x4.splat(0);
+      for (let c = 0; c < dvP; c += 4) {
+        sum = f32x4.add(sum, f32x4.mul(v128.load(addr(O, r * dvP + c)), v128.load(addr(tDO, r * dvP + c))));
+      }
+      const total = (f32x4.extract_lane(sum, 0) + f32x4.extract_lane(sum, 1)) +
+        (f32x4.extract_lane(sum, 2) + f32x4.extract_lane(sum, 3));
+      store<f32>(addr(tD, r), total);
+    }
+    storeRows(sm, dPtr, dRowStride, dHeadStride, g, i0, tD, 1, rowsHere, 1, TENSOR_D);
+  }
+}
+
+/**
+ * dQ of virtual rows 0 .. Nq·g of one K/V head's group (a job's query range), on the SM at `sm`:
+ * query blocks outside, the key blocks they see inside, in increasing order. Arguments as
+ * backwardDkDv's; the dK and dV pointers are not used.
+ */
+export function backwardDq(
+  sm: usize,
+  qPtr: usize, qRowStride: i32, qHeadStride: i32,
+  kPtr: usize, kRowStride: i32,
+  vPtr: usize, vRowStride: i32,
+  dOPtr: usize, dORowStride: i32, dOHeadStride: i32,
+  lsePtr: usize, dPtr: usize, lseRowStride: i32, lseHeadStride: i32,
+  dqPtr: usize, dqRowStride: i32, dqHeadStride: i32,
+  dkPtr: usize, dkRowStride: i32, dvPtr: usize, dvRowStride: i32,
+  Nq: i32, g: i32, keyBegin: i32, keyEnd: i32, d: i32, dv: i32,
+  scale: f32, softcap: f32, visOffset: i32, windowLeft: i32, windowRight: i32,
+  slopesPtr: usize, alibiOffset: i32,
+  maskPtr: usize, maskKind: i32, maskRowStride: i32, maskHeadStride: i32, maskColStride: i32,
+  sramBytes: i32,
+): void {
+  const masked = maskKind != MASK_NONE;
+  const B = blockOf(sramBytes, d, dv, masked);
+  layOut(sm, B, d, dv, masked);
+  const dP = roundUp(d, 8);
+  const dvP = paddedDv(dv);
+  const negInf = f32x4.splat(-Infinity);
+  const zero = f32x4.splat(0);
+  const one = f32x4.splat(1);
+  const softcapV = f32x4.splat(softcap);
+  const rows = Nq * g;
+  let tilesComputed: u64 = 0;
+  let tilesSkipped: u64 = 0;
+  let flops: u64 = 0;
+
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const rowsHere = imin(B, rows - i0);
+    const ldq = roundUp(rowsHere, 8); // row stride of Qiᵀ, dOiᵀ, S, dP and the mask tile
+    // Qiᵀ and dOiᵀ with zero rows past d and dv, so products over dP and dvP add only zeros.
+    loadRowsTransposed(sm, tQ, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
+    memory.fill(addr(tQ, d * ldq), 0, <usize>((dP - d) * ldq) << 2);
+    loadRowsTransposed(sm, tDO, ldq, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT);
+    memory.fill(addr(tDO, dv * ldq), 0, <usize>((dvP - dv) * ldq) << 2);
+    loadRowsTransposed(sm, tLse, ldq, lsePtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_LSE);
+    loadRowsTransposed(sm, tD, ldq, dPtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_D);
+    if (slopesPtr != 0) loadRowsTransposed(sm, tSlope, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
+    memory.fill(tAccK, 0, <usize>(roundUp(rowsHere, 4) * dP) << 2);
+    rowRanges(i0, rowsHere, g, visOffset, windowLeft, windowRight, alibiOffset, keyBegin, keyEnd);
+
+    const jFirst = i32At(tFirst, 0);
+    const jEnd = i32At(tEnd, rowsHere - 1);
+    const jStart = jFirst < jEnd ? keyBegin + (jFirst - keyBegin) / B * B : jEnd; // no visible key: no block
+    for (let j0 = jStart; j0 < jEnd; j0 += B) {
+      const cols = imin(B, keyEnd - j0);
+      if (masked) {
+        const open = loadMaskTile(
+          sm, tMask, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
+          true,
+        );
+        if (!open) {
+          tilesSkipped++;
+          continue;
+        }
+      }
+      tilesComputed++;
+      const cols4 = roundUp(cols, 4);
+      loadRows(sm, tK, dP, cols4, dP, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
+      loadRows(sm, tV, dvP, cols4, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
+
+      // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, per strip of rows over the columns the strip can see.
+      for (let r = 0; r < rowsHere; r += 8) {
+        const last = imin(r + 8, rowsHere) - 1;
+        const cBegin = imax(0, i32At(tFirst, r) - j0) & ~3;
+        const cEnd = imin(cols4, roundUp(imax(0, i32At(tEnd, last) - j0), 4));
+        if (cBegin < cEnd) {
+          if (last - r < 4) {
+            scoresStrip4(tS, tQ, ldq, tK, dP, r, cBegin, cEnd, scale);
+            scoresStrip4(tDP, tDO, ldq, tV, dvP, r, cBegin, cEnd, 1);
+            flops += <u64>(2 * 4 * (cEnd - cBegin) * (dP + dvP));
+          } else {
+            scoresStrip(tS, tQ, ldq, tK, dP, r, cBegin, cEnd, scale);
+            scoresStrip(tDP, tDO, ldq, tV, dvP, r, cBegin, cEnd, 1);
+            flops += <u64>(2 * 8 * (cEnd - cBegin) * (dP + dvP));
+          }
+        }
+      }
+
+      // dS = P ∘ (dP − D), then dQ += dS·Kj, per group of 4 rows (lanes along rows).
+      for (let r = 0; r < rowsHere; r += 4) {
+        const last = imin(r + 4, rowsHere) - 1;
+        const gBegin = imax(0, i32At(tFirst, r) - j0);
+        const gEnd = imin(cols, imax(0, i32At(tEnd, last) - j0));
+        if (gBegin >= gEnd) continue;
+        const allBegin = imax(0, i32At(tFirst, last) - j0);
+        const allEnd = imin(cols, imax(0, i32At(tEnd, r) - j0));
+        const laneFirst = v128.load(addr(tFirst, r));
+        const laneEnd = v128.load(addr(tEnd, r));
+        const alibiPos = v128.load(addr(tPos, r));
+        const slope = v128.load(addr(tSlope, r));
+        const lse = lseForExp(v128.load(addr(tLse, r)));
+        const D = v128.load(addr(tD, r));
+        for (let c = gBegin; c < gEnd; c++) {
+          const at = c * ldq + r;
+          let x = v128.load(addr(tS, at));
+          let capSlope = one;
+          if (softcap != 0) {
+            const t = tanh(f32x4.div(x, softcapV));
+            x = f32x4.mul(softcapV, t);
+            capSlope = f32x4.sub(one, f32x4.mul(t, t));
+          }
+          if (slopesPtr != 0) {
+            const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, i32x4.splat(j0 + c))));
+            x = f32x4.sub(x, f32x4.mul(slope, distance));
+          }
+          if (masked) {
+            const bias = v128.load(addr(tMask, at));
+            x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
+          }
+          if (c < allBegin || c >= allEnd) {
+            const key = i32x4.splat(j0 + c);
+            x = v128.bitselect(x, negInf, v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd)));
+          }
+          // P = exp(S − lse) (≤ 1: a score above an inconsistent lse is clamped, never overflows)
+          const p = expNonPositive(f32x4.pmin(f32x4.sub(x, lse), zero));
+          const dS = f32x4.mul(f32x4.mul(p, f32x4.sub(v128.load(addr(tDP, at)), D)), capSlope);
+          v128.store(addr(tDP, at), dS);
+        }
+        // dQ += dS·Kj
+        accumulateValues(tAccK, dP, tDP, ldq, tK, r, gBegin, gEnd, tOnes);
+        flops += <u64>(2 * 4 * (gEnd - gBegin) * dP);
+      }
+    }
+
+    // epilogue: dQ ×= scale
+    const scaleV = f32x4.splat(scale);
+    for (let at = 0; at < rowsHere * dP; at += 4) {
+      v128.store(addr(tAccK, at), f32x4.mul(v128.load(addr(tAccK, at)), scaleV));
+    }
+    storeRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tAccK, dP, rowsHere, d, TENSOR_DQ);
+  }
+  countAdd(sm, TILES_COMPUTED, tilesComputed);
+  countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
+  countAdd(sm, FLOPS, flops);
+}
+
+/**
+ * dK and dV of keys [keyBegin, keyEnd) (whole blocks of B from the sequence's first key, the last
+ * one possibly short) of one K/V head, over all Nq·g virtual rows of its query heads, on the SM at
+ * `sm`: key blocks outside, the query blocks that see them inside, in increasing order, so the GQA
+ * sum over the group's heads is part of that fixed order. Pointers are byte addresses in HBM,
+ * strides count elements; Q, dO, lse and D are addressed by virtual row (D with the lse's
+ * strides), K, V, dK and dV by absolute key. Visibility, ALiBi, softcap and the mask as
+ * forward.ts. The dQ pointers are not used (backwardDq writes dQ).
+ */
+export function backwardDkDv(
+  sm: usize,
+  qPtr: usize, qRowStride: i32, qHeadStride: i32,
+  kPtr: usize, kRowStride: i32,
+  vPtr: usize, vRowStride: i32,
+  dOPtr: usize, dORowStride: i32, dOHeadStride: i32,
+  lsePtr: usize, dPtr: usize, lseRowStride: i32, lseHeadStride: i32,
+  dqPtr: usize, dqRowStride: i32, dqHeadStride: i32,
+  dkPtr: usize, dkRowStride: i32, dvPtr: usize, dvRowStride: i32,
+  Nq: i32, g: i32, keyBegin: i32, keyEnd: i32, d: i32, dv: i32,
+  scale: f32, softcap: f32, visOffset: i32, windowLeft: i32, windowRight: i32,
+  slopesPtr: usize, alibiOffset: i32,
+  maskPtr: usize, maskKind: i32, maskRowStride: i32, maskHeadStride: i32, maskColStride: i32,
+  sramBytes: i32,
+): void {
+  const masked = maskKind != MASK_NONE;
+  const B = blockOf(sramBytes, d, dv, masked);
+  layOut(sm, B, d, dv, masked);
+  const dP = roundUp(d, 8);
+  const dvP = paddedDv(dv);
+  const negInf = f32x4.splat(-Infinity);
+  const zero = f32x4.splat(0);
+  const one = f32x4.splat(1);
+  const softcapV = f32x4.splat(softcap);
+  const lanes = i32x4(0, 1, 2, 3);
+  const rows = Nq * g;
+  let tilesComputed: u64 = 0;
+  let tilesSkipped: u64 = 0;
+  let flops: u64 = 0;
+
+  for (let j0 = keyBegin; j0 < keyEnd; j0 += B) {
+    const cols = imin(B, keyEnd - j0);
+    const ldk = roundUp(cols, 8); // row stride of Kjᵀ, Vjᵀ, S, dP and the mask tile
+    const cols4 = roundUp(cols, 4);
+    // Kjᵀ and Vjᵀ (columns past the block's keys zero, rows past d and dv zero), loaded once.
+    loadRowsTransposed(sm, tK, ldk, addr(kPtr, j0 * kRowStride), kRowStride, 0, 1, 0, cols, d, TENSOR_K);
+    memory.fill(addr(tK, d * ldk), 0, <usize>((dP - d) * ldk) << 2);
+    loadRowsTransposed(sm, tV, ldk, addr(vPtr, j0 * vRowStride), vRowStride, 0, 1, 0, cols, dv, TENSOR_V);
+    memory.fill(addr(tV, dv * ldk), 0, <usize>((dvP - dv) * ldk) << 2);
+    memory.fill(tAccK, 0, <usize>(cols4 * dP) << 2);
+    memory.fill(tAccV, 0, <usize>(cols4 * dvP) << 2);
+
+    for (let i0 = 0; i0 < rows; i0 += B) {
+      const rowsHere = imin(B, rows - i0);
+      const rows4 = roundUp(rowsHere, 4);
+      // The tile is computed iff the keys the block's rows see, [first of its first row, end of its
+      // last row), are not empty and meet this key block: the dQ kernel's rule for the same tile.
+      const iFirst = i0 / g;
+      const iLast = (i0 + rowsHere - 1) / g;
+      const jFirst = firstKey(iFirst, visOffset, windowLeft, keyBegin, keyEnd);
+      const jEnd = endKey(iLast, visOffset, windowRight, keyBegin, keyEnd);
+      if (jFirst >= j0 + cols) break; // later blocks see only later keys
+      if (jFirst >= jEnd || jEnd <= j0) continue;
+      if (masked) {
+        const open = loadMaskTile(
+          sm, tMask, ldk, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
+          false,
+        );
+        if (!open) {
+          tilesSkipped++;
+          continue;
+        }
+      }
+      tilesComputed++;
+      loadVirtualRows(sm, tQ, dP, rows4, dP, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
+      loadVirtualRows(sm, tDO, dvP, rows4, dvP, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT);
+      loadRowsTransposed(sm, tLse, B, lsePtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_LSE);
+      loadRowsTransposed(sm, tD, B, dPtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_D);
+      if (slopesPtr != 0) loadRowsTransposed(sm, tSlope, B, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
+      rowRanges(i0, rowsHere, g, visOffset, windowLeft, windowRight, alibiOffset, keyBegin, keyEnd);
+
+      // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, a row per query, per strip of 8 keys.
+      for (let c = 0; c < ldk; c += 8) {
+        scoresStrip(tS, tK, ldk, tQ, dP, c, 0, rows4, scale);
+        scoresStrip(tDP, tV, ldk, tDO, dvP, c, 0, rows4, 1);
+      }
+      flops += <u64>(2 * rows4 * ldk * (dP + dvP));
+
+      // P = exp(S − lse) and dS = P ∘ (dP − D), lanes along keys; padding rows get P = dS = 0.
+      for (let r = 0; r < rows4; r++) {
+        const rowAt = r * ldk;
+        if (r >= rowsHere) {
+          memory.fill(addr(tS, rowAt), 0, <usize>ldk << 2);
+          memory.fill(addr(tDP, rowAt), 0, <usize>ldk << 2);
+          continue;
+        }
+        const lse = lseForExp(v128.load32_splat(addr(tLse, r)));
+        const D = v128.load32_splat(addr(tD, r));
+        const first = i32x4.splat(i32At(tFirst, r));
+        const end = i32x4.splat(i32At(tEnd, r));
+        const alibiPos = i32x4.splat(i32At(tPos, r));
+        const slope = v128.load32_splat(addr(tSlope, r));
+        for (let c = 0; c < ldk; c += 4) {
+          const at = rowAt + c;
+          const key = i32x4.add(i32x4.splat(j0 + c), lanes);
+          let x = v128.load(addr(tS, at));
+          let capSlope = one;
+          if (softcap != 0) {
+            const t = tanh(f32x4.div(x, softcapV));
+            x = f32x4.mul(softcapV, t);
+            capSlope = f32x4.sub(one, f32x4.mul(t, t));
+          }
+          if (slopesPtr != 0) {
+            const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, key)));
+            x = f32x4.sub(x, f32x4.mul(slope, distance));
+          }
+          if (masked) {
+            // lanes past the block's keys hold no mask entry; they are not visible below
+            const bias = v128.load(addr(tMask, at));
+            x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
+          }
+          const visible = v128.and(i32x4.ge_s(key, first), i32x4.lt_s(key, end));
+          x = v128.bitselect(x, negInf, visible);
+          const p = expNonPositive(f32x4.pmin(f32x4.sub(x, lse), zero));
+          const dS = f32x4.mul(f32x4.mul(p, f32x4.sub(v128.load(addr(tDP, at)), D)), capSlope);
+          v128.store(addr(tS, at), p);
+          v128.store(addr(tDP, at), dS);
+        }
+      }
+
+      // dV += Pᵀ·dOi and dK += dSᵀ·Qi, per group of 4 keys, summing over the rows in order.
+      for (let c = 0; c < cols4; c += 4) {
+        accumulateValues(tAccV, dvP, tS, ldk, tDO, c, 0, rows4, tOnes);
+        accumulateValues(tAccK, dP, tDP, ldk, tQ, c, 0, rows4, tOnes);
+      }
+      flops += <u64>(2 * cols4 * rows4 * (dP + dvP));
+    }
+
+    // epilogue: dK ×= scale
+    const scaleV = f32x4.splat(scale);
+    for (let at = 0; at < cols * dP; at += 4) {
+      v128.store(addr(tAccK, at), f32x4.mul(v128.load(addr(tAccK, at)), scaleV));
+    }
+    storeRows(sm, addr(dkPtr, j0 * dkRowStride), dkRowStride, 0, 1, 0, tAccK, dP, cols, d, TENSOR_DK);
+    storeRows(sm, addr(dvPtr, j0 * dvRowStride), dvRowStride, 0, 1, 0, tAccV, dvP, cols, dv, TENSOR_DV);
+  }
+  countAdd(sm, TILES_COMPUTED, tilesComputed);
+  countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
+  countAdd(sm, FLOPS, flops);
+}
