@@ -16,8 +16,8 @@
  * bench/devices.json.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { flashAttention } from "../mod.ts";
-import { flashAttentionIo, standardAttentionIo } from "../src/io.ts";
+import { flashAttention, flashAttentionBackward } from "../mod.ts";
+import { flashAttentionBackwardIo, flashAttentionIo, standardAttentionIo } from "../src/io.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { cpuName, median, random, runtimeName, table } from "./_report.ts";
 import { standardAttention } from "./_standard.ts";
@@ -277,29 +277,34 @@ log();
   if (standardForward !== standardAttentionIo({ B, H, Nq: N, Nk: N, d }).totalBytes) {
     throw new Error("Algorithm 0's count differs from standardAttentionIo");
   }
-  // Backward (no backward kernel yet): FlashAttention-2's loop order in closed form — K, V read
-  // and dK, dV written once; per key block Q, dO, lse and D read and dQ read and written; D =
-  // rowsum(dO ∘ O) costs one read of O and dO. Same Br/Bc as the forward (roles swapped).
-  const Tc = Math.ceil(N / one.Br);
-  const flashBackward = 4 * heads * (2 * N * d + 2 * N * d + Tc * N * (d + d + 2 + 2 * d) + N * (2 * d + 1));
+  // Backward, counted by the kernels on one head (the dQ kernel and the dK/dV kernel, D first).
+  const dOut = random([1, N, 1, d], 4);
+  const withLse = flashAttention(q, k, v, { returnLse: true });
+  const oneBackward = flashAttentionBackward(q, k, v, withLse, dOut, { stats: true }).stats!;
+  const flashBackward = oneBackward.totalBytes * heads;
+  if (flashBackward !== flashAttentionBackwardIo({ B, H, Nq: N, Nk: N, d }).totalBytes) {
+    throw new Error("the backward's counters differ from flashAttentionBackwardIo");
+  }
   // Standard backward (the paper's Algorithm 3): read P, dO → dV; read dO, V → dP; read P, dP →
   // dS; read dS, K → dQ; read dS, Q → dK.
   const standardBackward = 4 * heads * (5 * N * N + 5 * N * d + 2 * N * N + 3 * N * d);
-  // Matmul flops, 2·N²·d each per head: standard does 2 forward and 4 backward (dV, dP, dQ, dK);
-  // flash recomputes S in the backward, one more. The flash forward's are as the kernel counted them.
+  // Matmul flops, 2·N²·d each per head: standard does 2 forward and 4 backward (dV, dP, dQ, dK).
+  // Flash's are as the kernels counted them: the backward recomputes S in both of its kernels and
+  // dP in both (7 products; a fused, atomic-adding backward makes 5).
   const matmul = 2 * heads * N * N * d;
   const standardFlops = 6 * matmul;
-  const flashFlops = one.flops * heads + 5 * matmul;
+  const flashFlops = (one.flops + oneBackward.flops) * heads;
   const standardTotal = standardForward + standardBackward;
   const flashTotal = flashForward + flashBackward;
   // On chip, in elements: every HBM element passes through once; flash also makes four trips per
-  // score element in the forward (S, P written and read) and eight in the backward (S, P, dP, dS).
+  // score element in the forward (S, P written and read) and fourteen in the backward (S, dP, dS
+  // written and read by the dQ kernel; S, P, dP, dS by the dK/dV kernel).
   const scoreElements = heads * N * N;
   const fp16 = (f32Bytes: number) => f32Bytes / 2;
   const standardWork = { hbmBytes: fp16(standardTotal), sramBytes: fp16(standardTotal), flops: standardFlops };
   const flashWork = {
     hbmBytes: fp16(flashTotal),
-    sramBytes: fp16(flashTotal) + 2 * 12 * scoreElements,
+    sramBytes: fp16(flashTotal) + 2 * 18 * scoreElements,
     flops: flashFlops,
   };
   const gb = (bytes: number) => (bytes / GB).toFixed(1);
@@ -310,12 +315,7 @@ log();
     ["standard total", gb(standardTotal), gb(fp16(standardTotal)), ""],
     ["standard, the paper's measurement (A100, fp16)", "", "40.3", ""],
     ["flash forward, counted by the kernel", gb(flashForward), gb(fp16(flashForward)), share(flashForward)],
-    [
-      "flash backward, FlashAttention-2 closed-form estimate (no backward kernel yet)",
-      gb(flashBackward),
-      gb(fp16(flashBackward)),
-      share(flashBackward),
-    ],
+    ["flash backward, counted by the kernels", gb(flashBackward), gb(fp16(flashBackward)), share(flashBackward)],
     ["flash total", gb(flashTotal), gb(fp16(flashTotal)), ""],
     ["flash, the paper's measurement (A100, fp16)", "", "4.4", ""],
   ];
@@ -350,13 +350,15 @@ log();
   log();
   log(
     `Matmul flops in these estimates: standard ${gb(standardFlops)} GFLOP, flash ${gb(flashFlops)} GFLOP (the ` +
-      "paper's table lists 66.6 and 75.2 GFLOPs). SRAM bytes are estimated as the HBM bytes plus, for flash, 4 " +
-      "forward and 8 backward on-chip trips per score element. H100 has no SRAM term (no published figure).",
+      "paper's table lists 66.6 and 75.2 GFLOPs; our backward recomputes S and dP in both of its kernels, which " +
+      "buys determinism without atomics). SRAM bytes are estimated as the HBM bytes plus, for flash, 4 " +
+      "forward and 14 backward on-chip trips per score element. H100 has no SRAM term (no published figure).",
   );
   log();
   log(
     `Flash forward: Br = ${one.Br}, Bc = ${one.Bc} from the default 128 KiB arena (Tr = ${one.Tr}), so K and V are ` +
-      `read ${one.Tr} times per head.`,
+      `read ${one.Tr} times per head. Flash backward: Br = Bc = ${oneBackward.Br} (Tr = Tc = ${oneBackward.Tc}): Q ` +
+      `and dO are read once per key block that sees them by the dK/dV kernel and once by the dQ kernel.`,
   );
   log();
   writeFileSync(
@@ -364,7 +366,7 @@ log();
     barChart(
       "GPT-2 medium attention, forward + backward: HBM traffic",
       "GB (10⁹ bytes)",
-      ["standard", "flash (backward: closed-form estimate)"],
+      ["standard", "flash (counted)"],
       [
         { name: "ours, f32", values: [standardTotal / GB, flashTotal / GB], color: "#1f77b4" },
         { name: "ours, in fp16 bytes", values: [fp16(standardTotal) / GB, fp16(flashTotal) / GB], color: "#aec7e8" },

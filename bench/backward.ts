@@ -1,0 +1,236 @@
+/**
+ * The backward's benchmark, every figure measured side by side in one run:
+ *
+ * 1. a training step (forward + backward) at N = 16,384, H = 1, d = 64 with its memory, beside
+ *    the 2·N²·4 bytes of S and P the naive step stores;
+ * 2. backward GFLOP/s (counting 2.5× the forward's flops, as the field does) against the forward on
+ *    one thread, the backward on a pool, and a naive TypeScript backward that stores P
+ *    (B = 1, H = 8, d = 64, N = 512 … 4096, causal and not);
+ * 3. what determinism costs: the time of each kernel of the backward, and the tile products it
+ *    executes against the five a fused, atomic-adding backward would.
+ *
+ *   npx tsx bench/backward.ts      deno task bench:backward      bun bench/backward.ts
+ *   --quick: small sizes, nothing written
+ */
+import process from "node:process";
+import { flashAttention, flashAttentionBackward, type Tensor } from "../mod.ts";
+import { planBackward } from "../src/_backward_plan.ts";
+import { ensureBackwardArena, runStep } from "../src/_backward_run.ts";
+import { DEFAULT_SRAM_BYTES } from "../src/_limits.ts";
+import { SLAB_BUDGET_BYTES } from "../src/_plan.ts";
+import { validateBackwardCall } from "../src/_validate.ts";
+import { POOL_TUNING, startPool } from "../src/pool.ts";
+import { loadKernels } from "../src/wasm/loader.ts";
+import { naiveAttentionBackward } from "./_naive.ts";
+import {
+  cpuName,
+  median,
+  pairedTimes,
+  quantile,
+  random,
+  runtimeKey,
+  runtimeName,
+  table,
+  timeOnce,
+  writeSection,
+} from "./_report.ts";
+
+const quick = process.argv.includes("--quick");
+const threads = 2;
+const sections: string[] = [
+  `### ${runtimeName()}`,
+  "",
+  `CPU: ${cpuName()}. f32, default arena (${DEFAULT_SRAM_BYTES / 1024} KiB: the backward's blocks are ${
+    loadKernels().backwardBlockSize(DEFAULT_SRAM_BYTES, 64, 64, false)
+  } × ${
+    loadKernels().backwardBlockSize(DEFAULT_SRAM_BYTES, 64, 64, false)
+  } at d = 64). Ratios are medians (and quartiles) of`,
+  "per-pair ratios of calls made moments apart, alternating which goes first; GFLOP/s from median times.",
+  "",
+];
+const log = (line = "") => {
+  console.log(line);
+  sections.push(line);
+};
+const x = (ratios: number[], p: number) => `${quantile(ratios, p).toFixed(2)}×`;
+const range = (ratios: number[]) => `${x(ratios, 0.25)}–${x(ratios, 0.75)}`;
+
+/** Forward flops of attention over an N × N problem (the 2 products), halved when causal. */
+const forwardFlops = (B: number, H: number, N: number, d: number, causal: boolean) =>
+  4 * B * H * N * N * d * (causal ? 0.5 : 1);
+
+const pool = await startPool(threads, POOL_TUNING);
+try {
+  // 1. A training step (first, so that the memory figure is its own) at N = 16,384.
+  {
+    const [B, H, d] = [1, 1, 64];
+    const N = quick ? 4096 : 16384;
+    const q = random([B, N, H, d], 9);
+    const k = random([B, N, H, d], 10);
+    const v = random([B, N, H, d], 11);
+    const dOut = random([B, N, H, d], 12);
+    const memory = loadKernels().memory;
+    const before = memory.buffer.byteLength;
+    let out: ReturnType<typeof flashAttention> | undefined;
+    let grads: { dq: Tensor } | undefined;
+    const fwdMs = timeOnce(() => (out = flashAttention(q, k, v, { causal: true, returnLse: true })));
+    const bwdMs = timeOnce(() => (grads = flashAttentionBackward(q, k, v, out!, dOut, { causal: true })));
+    const poolStart = performance.now();
+    const pooledOut = await pool.flashAttention(q, k, v, { causal: true, returnLse: true });
+    const pooled = await pool.flashAttentionBackward(q, k, v, pooledOut, dOut, { causal: true });
+    const poolMs = performance.now() - poolStart;
+    if (!pooled.dq.data.every((x, i) => Object.is(x, grads!.dq.data[i]))) throw new Error("pool bits differ");
+    const wasmBytes = memory.buffer.byteLength;
+    const arrays = 4 * N * H * d * 9 + 4 * N * H; // q, k, v, O, dO, dq, dk, dv and lse
+    const naiveBytes = 2 * N * N * 4;
+    const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+    log(`#### Training step: N = ${N}, H = ${H}, d = ${d}, causal`);
+    log();
+    log(
+      table(["what", "value"], [
+        ["forward, 1 thread", `${fwdMs.toFixed(0)} ms`],
+        ["backward, 1 thread", `${bwdMs.toFixed(0)} ms`],
+        [`forward + backward on the pool (${threads})`, `${poolMs.toFixed(0)} ms (same bits)`],
+        ["WebAssembly memory of the one-thread kernels after the step", `${mib(wasmBytes)} (was ${mib(before)})`],
+        ["JS arrays of the step (q, k, v, O, dO, dq, dk, dv, lse)", mib(arrays)],
+        ["S and P of a naive step (2·N²·4 bytes)", mib(naiveBytes)],
+      ]),
+    );
+    log();
+  }
+  // 2. Backward throughput.
+  {
+    const [B, H, d] = [1, 8, 64];
+    const rows: (string | number)[][] = [];
+    for (const N of quick ? [256, 512] : [512, 1024, 2048, 4096]) {
+      const q = random([B, N, H, d], 1);
+      const k = random([B, N, H, d], 2);
+      const v = random([B, N, H, d], 3);
+      const dOut = random([B, N, H, d], 4);
+      for (const causal of [false, true]) {
+        const out = flashAttention(q, k, v, { causal, returnLse: true });
+        const pairs = quick ? 3 : N >= 4096 ? 5 : N >= 2048 ? 7 : 11;
+        const fwd = await pairedTimes(
+          () => flashAttention(q, k, v, { causal }),
+          () => flashAttentionBackward(q, k, v, out, dOut, { causal }),
+          pairs,
+          1,
+        );
+        const pooled = await pairedTimes(
+          () => flashAttentionBackward(q, k, v, out, dOut, { causal }),
+          () => pool.flashAttentionBackward(q, k, v, out, dOut, { causal }),
+          pairs,
+          1,
+        );
+        const flops = forwardFlops(B, H, N, d, causal);
+        const gflops = (ms: number, factor = 2.5) => (factor * flops / ms / 1e6).toFixed(1);
+        // backward/forward in GFLOP/s = 2.5 · t_forward / t_backward, per pair
+        const share = fwd.ratios.map((r) => 2.5 * r);
+        let naive = "—";
+        let naiveRatio = "—";
+        if (N <= (quick ? 256 : 1024)) {
+          const naiveMs = timeOnce(() => naiveAttentionBackward(q, k, v, dOut, causal));
+          // The naive code computes every score, masked or not: its flops are the non-causal ones.
+          naive = (2.5 * forwardFlops(B, H, N, d, false) / naiveMs / 1e6).toFixed(2);
+          naiveRatio = `${(naiveMs / median(pooled.msA)).toFixed(0)}×`;
+        }
+        const row = [
+          N,
+          causal ? "yes" : "no",
+          gflops(median(fwd.msA), 1),
+          gflops(median(fwd.msB)),
+          `${(100 * quantile(share, 0.5)).toFixed(0)}% (${(100 * quantile(share, 0.25)).toFixed(0)}–${
+            (100 * quantile(share, 0.75)).toFixed(0)
+          }%)`,
+          gflops(median(pooled.msB)),
+          `${x(pooled.ratios, 0.5)} (${range(pooled.ratios)})`,
+          naive,
+          naiveRatio,
+        ];
+        rows.push(row);
+        console.log(row.join("\t"));
+      }
+    }
+    log(`#### Backward vs forward, one thread and the pool (B = 1, H = 8, d = 64), GFLOP/s`);
+    log();
+    log(
+      "The backward's GFLOP/s count 2.5× the forward's flops (the field's convention: the five tile products " +
+        "of the backward against the forward's two), causal halving both; target: backward ≥ 60% of the forward.",
+    );
+    log();
+    log(
+      table([
+        "N",
+        "causal",
+        "forward, 1 thread",
+        "backward, 1 thread",
+        "backward / forward",
+        `backward, pool (${threads})`,
+        "pool speedup",
+        "naive TS backward (stores P)",
+        "ours (1 thread) vs naive",
+      ], rows),
+    );
+    log();
+  }
+
+  // 3. What determinism costs: time per kernel, on the calling thread.
+  {
+    const [B, H, d, N] = quick ? [1, 4, 64, 512] : [1, 8, 64, 2048];
+    const q = random([B, N, H, d], 5);
+    const k = random([B, N, H, d], 6);
+    const v = random([B, N, H, d], 7);
+    const dOut = random([B, N, H, d], 8);
+    const rows: (string | number)[][] = [];
+    for (const causal of [false, true]) {
+      const out = flashAttention(q, k, v, { causal, returnLse: true });
+      const call = validateBackwardCall(q, k, v, out, dOut, { causal });
+      const kernels = loadKernels();
+      const Bs = ensureBackwardArena(kernels, call.sramBytes, call.problem);
+      const plan = planBackward(call.problem, call, {
+        sramBytes: call.sramBytes,
+        B: Bs,
+        hbmPtr: kernels.hbmPtr(),
+        slabBudgetBytes: SLAB_BUDGET_BYTES,
+        queryJobsPerGroup: 1,
+        keyJobsPerGroup: 1,
+      });
+      const phase = plan.phases[0];
+      const need = plan.endPtr - kernels.memory.buffer.byteLength;
+      if (need > 0) kernels.memory.grow(Math.ceil(need / 65536));
+      phase.stage(kernels.memory.buffer);
+      const ms: Record<string, number[]> = { backwardPrep: [], backwardDq: [], backwardDkDv: [] };
+      for (let rep = 0; rep < (quick ? 3 : 7); rep++) {
+        for (const step of phase.steps) ms[step.kernel].push(timeOnce(() => runStep(kernels, step)));
+      }
+      const total = Object.values(ms).reduce((a, t) => a + median(t), 0);
+      const stats = flashAttentionBackward(q, k, v, out, dOut, { causal, stats: true }).stats!;
+      const forwardStats = flashAttention(q, k, v, { causal, stats: true }).stats!;
+      rows.push([
+        causal ? "yes" : "no",
+        `${median(ms.backwardPrep).toFixed(1)} (${(100 * median(ms.backwardPrep) / total).toFixed(0)}%)`,
+        `${median(ms.backwardDq).toFixed(1)} (${(100 * median(ms.backwardDq) / total).toFixed(0)}%)`,
+        `${median(ms.backwardDkDv).toFixed(1)} (${(100 * median(ms.backwardDkDv) / total).toFixed(0)}%)`,
+        (stats.flops / (2.5 * forwardStats.flops)).toFixed(2),
+      ]);
+      console.log(rows.at(-1)!.join("\t"));
+    }
+    log(`#### What determinism costs (B = ${B}, H = ${H}, N = ${N}, d = ${d}, one thread)`);
+    log();
+    log(
+      "Time per kernel (median ms, share of the backward), and the tile-product flops the two kernels execute " +
+        "over the 2.5× forward flops a fused backward executes (that one recomputes S and dP once and adds dQ " +
+        "into HBM with atomics, in a different order each run).",
+    );
+    log();
+    log(table(["causal", "D = rowsum(dO∘O)", "dQ kernel", "dK/dV kernel", "executed / fused flops"], rows));
+    log();
+  }
+} finally {
+  await pool.close();
+}
+
+if (!quick) {
+  writeSection("BENCHMARKS.md", `backward-${runtimeKey()}`, sections.join("\n"));
+  console.log("\nwrote BENCHMARKS.md");
+}
