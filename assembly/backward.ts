@@ -65,7 +65,7 @@ import {
   loadVirtualRows,
   storeRows,
 } from "./hbm";
-import { addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
+import { addBiases, addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
 import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
 
 /** B is a multiple of this (strips of 8 lanes in every product). */
@@ -337,14 +337,7 @@ export function backwardDq(
             x = f32x4.mul(softcapV, t);
             capSlope = f32x4.sub(one, f32x4.mul(t, t));
           }
-          if (slopesPtr != 0) {
-            const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, i32x4.splat(j0 + c))));
-            x = f32x4.sub(x, f32x4.mul(slope, distance));
-          }
-          if (masked) {
-            const bias = v128.load(addr(tMask, at));
-            x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
-          }
+          x = addBiases(x, slopesPtr != 0, slope, alibiPos, i32x4.splat(j0 + c), masked ? addr(tMask, at) : 0);
           if (c < allBegin || c >= allEnd) {
             const key = i32x4.splat(j0 + c);
             x = v128.bitselect(x, negInf, v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd)));
@@ -483,15 +476,8 @@ export function backwardDkDv(
             x = f32x4.mul(softcapV, t);
             capSlope = f32x4.sub(one, f32x4.mul(t, t));
           }
-          if (slopesPtr != 0) {
-            const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, key)));
-            x = f32x4.sub(x, f32x4.mul(slope, distance));
-          }
-          if (masked) {
-            // lanes past the block's keys hold no mask entry; they are not visible below
-            const bias = v128.load(addr(tMask, at));
-            x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
-          }
+          // (lanes past the block's keys hold no mask entry; they are not visible below)
+          x = addBiases(x, slopesPtr != 0, slope, alibiPos, key, masked ? addr(tMask, at) : 0);
           const visible = v128.and(i32x4.ge_s(key, first), i32x4.lt_s(key, end));
           x = v128.bitselect(x, negInf, visible);
           const p = expNonPositive(f32x4.pmin(f32x4.sub(x, lse), zero));

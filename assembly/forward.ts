@@ -42,7 +42,7 @@ import {
   roundUp,
 } from "./arena";
 import { expNonPositive } from "./exp";
-import { addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
+import { addBiases, addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
 import {
   MASK_NONE,
   TENSOR_K,
@@ -227,16 +227,7 @@ export function forward(
           for (let s = sBegin; s < sEnd; s += rowBytes) {
             let x = v128.load(s);
             if (softcap != 0) x = f32x4.mul(softcapV, tanh(f32x4.div(x, softcapV)));
-            if (slopesPtr != 0) {
-              const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(alibiPos, i32x4.splat(j0 + c))));
-              x = f32x4.sub(x, f32x4.mul(slope, distance));
-            }
-            if (masked) {
-              // + mask; a blocked key (−∞, or a boolean 0) gets −∞ whatever its score, NaN included,
-              // exactly as if its tile had been skipped
-              const bias = v128.load(addr(maskTile, c * ldq + r));
-              x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
-            }
+            x = addBiases(x, slopesPtr != 0, slope, alibiPos, i32x4.splat(j0 + c), masked ? addr(maskTile, c * ldq + r) : 0);
             if (c < allBegin || c >= allEnd) {
               const key = i32x4.splat(j0 + c);
               const visible = v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd));

@@ -63,3 +63,23 @@ const TANH_SERIES_MAX: f32 = 0.25;
   const magnitude = v128.bitselect(viaSeries, viaExp, f32x4.lt(ax, f32x4.splat(TANH_SERIES_MAX)));
   return v128.bitselect(x, magnitude, i32x4.splat(0x80000000)); // sign from x, the rest from |tanh|
 }
+
+/**
+ * The biases of four scores (lanes): − slope·|pos − key| when `alibi`, then + the mask entry at
+ * `maskAt` when it is not 0, a blocked entry (−∞, as a boolean false loads) giving −∞ whatever the
+ * score, NaN included, exactly as if its tile had been skipped. Positions and keys are per lane,
+ * so the caller may run its lanes along queries or along keys.
+ */
+// @ts-ignore: decorator
+@inline export function addBiases(x: v128, alibi: bool, slope: v128, pos: v128, key: v128, maskAt: usize): v128 {
+  if (alibi) {
+    const distance = f32x4.convert_i32x4_s(i32x4.abs(i32x4.sub(pos, key)));
+    x = f32x4.sub(x, f32x4.mul(slope, distance));
+  }
+  if (maskAt != 0) {
+    const bias = v128.load(maskAt);
+    const negInf = f32x4.splat(-Infinity);
+    x = v128.bitselect(negInf, f32x4.add(x, bias), f32x4.eq(bias, negInf));
+  }
+  return x;
+}

@@ -84,9 +84,11 @@ export interface BackwardTensorBytes extends TensorBytes {
   dOut: number;
   /** D = rowsum(dO ∘ O), one f32 per query row and head (written once, then read). */
   D: number;
-  /** Gradients of q, k and v (written). */
+  /** The gradient of q (written). */
   dq: number;
+  /** The gradient of k (written). */
   dk: number;
+  /** The gradient of v (written). */
   dv: number;
 }
 
