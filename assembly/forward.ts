@@ -71,7 +71,7 @@ import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
  * count elements. Q, O and lse are addressed by virtual row (hbm.ts); K is Nk × d and V is
  * Nk × dv with the given row strides, indexed by absolute key. Optional parts are off when their
  * pointer is 0 (lse, slopes, mask) or softcap is 0. ALiBi adds −slope·|i + alibiOffset − j|. The
- * mask element of (row, key) is at maskPtr + rowOffset(row) + key·maskColStride, of type maskKind.
+ * mask element of (row, key) is at maskPtr + (offset of virtual row `row`, hbm.ts) + key·maskColStride, of type maskKind.
  * With `partial` (a split of split-KV) O and lse are counted as partial results, not outputs.
  * The caller guarantees 1 ≤ d, dv ≤ HEAD_DIM_MAX and blockSizes(sramBytes, d, dv, masked) ≠ 0.
  */

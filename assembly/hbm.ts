@@ -8,7 +8,8 @@
 // Query-side tensors (Q, O, lse, mask rows) are addressed by "virtual rows": with g query heads
 // sharing one K/V head (GQA), virtual row r is query position ⌊r/g⌋ of head r mod g, so a tile of
 // rows covers all heads of the group for consecutive positions. Its element offset is
-//   ⌊r/g⌋·rowStride + (r mod g)·headStride.
+//   ⌊r/g⌋·rowStride + (r mod g)·headStride,
+// which the copies below step from row to row (head, then position) instead of dividing per row.
 //
 // Each streaming multiprocessor (SM: one thread's counters and arena, see arena.ts) counts into its
 // own block, at the SM's first byte (little-endian u64): bytesRead[TENSOR_SLOTS],
@@ -76,11 +77,6 @@ export function resetCounters(counters: usize): void {
   countAdd(counters, TENSOR_SLOTS + tensor, <u64>bytes);
 }
 
-/** Element offset of virtual row r (see the header). */
-// @ts-ignore: decorator
-@inline export function rowOffset(r: i32, g: i32, rowStride: i32, headStride: i32): usize {
-  return <usize>(r / g) * <usize>rowStride + <usize>(r % g) * <usize>headStride;
-}
 
 // @ts-ignore: decorator
 @inline function copyRow(dst: usize, src: usize, n: i32): void {
@@ -137,9 +133,15 @@ export function loadVirtualRows(
   cols: i32,
   tensor: i32,
 ): void {
+  let pos = r0 / g; // virtual row r0 + r is position `pos` of head `head` (header)
+  let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
     const d = dst + (<usize>(r * dstStride) << 2);
-    copyRow(d, src + (rowOffset(r0 + r, g, rowStride, headStride) << 2), cols);
+    copyRow(d, src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2), cols);
+    if (++head == g) {
+      head = 0;
+      pos++;
+    }
     if (dstCols > cols) memory.fill(d + (<usize>cols << 2), 0, <usize>(dstCols - cols) << 2);
   }
   for (let r = rows; r < dstRows; r++) {
@@ -150,7 +152,7 @@ export function loadVirtualRows(
 
 /**
  * HBM → arena, transposed: for virtual rows r0 ≤ r < r0 + rows, dst[c·dstStride + (r − r0)] =
- * src[rowOffset(r) + c] for c < cols, and zero for rows ≤ r − r0 < dstStride.
+ * src[offset of virtual row r + c] for c < cols, and zero for rows ≤ r − r0 < dstStride.
  */
 export function loadRowsTransposed(
   counters: usize,
@@ -165,11 +167,17 @@ export function loadRowsTransposed(
   cols: i32,
   tensor: i32,
 ): void {
+  let pos = r0 / g;
+  let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
-    const s = src + (rowOffset(r0 + r, g, rowStride, headStride) << 2);
+    const s = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
     const d = dst + (<usize>r << 2);
     for (let c = 0; c < cols; c++) {
       store<f32>(d + (<usize>(c * dstStride) << 2), load<f32>(s + (<usize>c << 2)));
+    }
+    if (++head == g) {
+      head = 0;
+      pos++;
     }
   }
   if (dstStride > rows) {
@@ -197,12 +205,18 @@ export function storeRows(
   cols: i32,
   tensor: i32,
 ): void {
+  let pos = r0 / g;
+  let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
     copyRow(
-      dst + (rowOffset(r0 + r, g, rowStride, headStride) << 2),
+      dst + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2),
       src + (<usize>(r * srcStride) << 2),
       cols,
     );
+    if (++head == g) {
+      head = 0;
+      pos++;
+    }
   }
   countWritten(counters, tensor, rows * cols * 4);
 }
@@ -211,7 +225,7 @@ export function storeRows(
  * HBM → arena, one mask tile: the bias of virtual row r0 + r and key j0 + c goes to
  * dst[c·dstStride + r] when `transposed` (laid out like the forward's Sᵀ), else to dst[r·dstStride + c],
  * for r < rows and c < cols. The mask element of (row, key) is at
- * rowOffset(r) + key·colStride (strides may be 0: broadcasting). Float masks are copied as they
+ * (offset of virtual row r) + key·colStride (strides may be 0: broadcasting). Float masks are copied as they
  * are; byte masks become 0 (nonzero: attend) or −∞. Returns true if some entry is not −∞, i.e. the
  * mask leaves something of the tile visible.
  */
@@ -234,8 +248,14 @@ export function loadMaskTile(
   let open = false;
   const negInf: f32 = -Infinity;
   const elementBytes = kind == MASK_U8 ? 1 : 4;
+  let pos = r0 / g;
+  let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
-    const row = rowOffset(r0 + r, g, rowStride, headStride);
+    const row = <usize>pos * <usize>rowStride + <usize>head * <usize>headStride;
+    if (++head == g) {
+      head = 0;
+      pos++;
+    }
     const d = dst + (<usize>(transposed ? r : r * dstStride) << 2);
     const step = transposed ? dstStride : 1;
     for (let c = 0; c < cols; c++) {
