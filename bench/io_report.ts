@@ -357,8 +357,8 @@ log();
   log();
   log(
     `Flash forward: Br = ${one.Br}, Bc = ${one.Bc} from the default 128 KiB arena (Tr = ${one.Tr}), so K and V are ` +
-      `read ${one.Tr} times per head. Flash backward: Br = Bc = ${oneBackward.Br} (Tr = Tc = ${oneBackward.Tc}): Q ` +
-      `and dO are read once per key block that sees them by the dK/dV kernel and once by the dQ kernel.`,
+      `read ${one.Tr} times per head. Flash backward: Br = Bc = ${oneBackward.Br} (Tr = Tc = ${oneBackward.Tc}): the ` +
+      "dK/dV kernel reads Q and dO once per key block, the dQ kernel K and V once per query block.",
   );
   log();
   writeFileSync(
