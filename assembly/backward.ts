@@ -7,35 +7,36 @@
 //   S = scale·Qi·Kjᵀ, transformed as the forward does (softcap, ALiBi, mask, −∞ where not visible)
 //   P = exp(S − lse)                                (0 where not visible, and for rows with lse = −∞)
 //   dP = dOi·Vjᵀ;  dS = P ∘ (dP − D), times 1 − tanh²(S_raw/softcap) with a softcap
-//   dV += Pᵀ·dOi;  dK += dSᵀ·Qi;  dQ += dS·Kj;  finally dQ, dK ×= scale
+//   dV += Pᵀ·dOi;  dK += dSᵀ·Qi;  dQ += dS·Kj;  dK (and each tile's dQ) ×= scale
 // No Nq × Nk matrix exists: S, P, dP and dS live one tile at a time in the arena.
 //
-// Determinism. FlashAttention-2 parallelises over key blocks and adds each tile's dQ into HBM with
-// atomics, whose order (and so whose rounding) changes from run to run. Here the work is two
-// kernels, each owning what it writes:
-//   backwardDkDv: key blocks outside, query blocks inside; dK and dV of a key block accumulate in
-//                 the arena over the query blocks in increasing order, then are stored once.
-//   backwardDq:   query blocks outside, key blocks inside (the forward's order); dQ of a query
-//                 block accumulates over the key blocks in increasing order, then is stored once.
-// Every output element is a sum in a fixed order, computed by one kernel call, so any split of the
-// key blocks or query blocks into jobs, on any number of Workers, gives the same bits. The price
-// is recomputing S and dP in both kernels: 7 tile products instead of 5 (bench/backward.ts
-// measures it).
+// Loop order and determinism. FlashAttention-2 runs key blocks outside and query blocks inside,
+// keeps dK and dV in SRAM, and adds each tile's dQ into HBM with atomics, whose order (and so
+// whose rounding) changes from run to run. Here the keys of a head group are cut into at most
+// DQ_SEGMENTS segments of whole key blocks, a number that depends on the problem only (never on
+// the Workers), and backwardDkDv runs one segment: key blocks outside, in order, the query blocks
+// that see each inside, in order; dK and dV accumulate in the arena, and each tile's dQ is added
+// into the segment's own partial dQ in HBM (a read-modify-write no other call touches).
+// backwardDqMerge then sums a row's partials in segment order. Every output element is therefore
+// a sum in a fixed order made by one call, and any number of Workers gives the same bits, at the
+// cost of the partials' traffic and memory (DQ_SEGMENTS copies of dQ) instead of atomics.
 //
-// Tiles: square blocks, Br = Bc = B (backwardBlockSize). The dQ kernel lays tiles out like the
-// forward (Qiᵀ, dOiᵀ, and S, dP, dS with a column per query); the dK/dV kernel transposes the
-// other way (Kjᵀ, Vjᵀ, and S, P, dP, dS with a row per query), so each of its products reads the
-// query tiles row by row and the key tiles, loaded once per key block, carry the transposes.
+// Tiles: square blocks, Br = Bc = B (backwardBlockSize). Per key block the kernel loads Kj (for
+// dQ += dS·Kj) and Vjᵀ, and builds Kjᵀ from Kj in the arena; S, P, dP and dS have a row per query,
+// lanes along keys, so every product reads the query tiles row by row and all five reuse the
+// forward's register-blocked routines (simd.ts).
 // Arena layout, in floats from arenaOf(sm), dP = roundUp(d, 8), dvP = roundUp(dv, 8):
-//   Q     B × dP    Qi (dK/dV kernel) or Qiᵀ (dQ kernel; rows past d zero)
-//   dO    B × dvP   dOi or dOiᵀ, likewise
-//   K     B × dP    Kj (dQ kernel) or Kjᵀ (dK/dV kernel)
-//   V     B × dvP   Vj or Vjᵀ
+//   Q     B × dP    Qi
+//   dO    B × dvP   dOi
+//   K     B × dP    Kj (rows past the block's keys zero)
+//   KT    dP × B    Kjᵀ
+//   VT    dvP × B   Vjᵀ
 //   S     B × B     scores, then P
 //   dP    B × B     dP, then dS
 //   Mask  B × B     the mask tile, laid out like S (only when the call has a mask)
-//   AccK  B × dP    dQ or dK accumulator
-//   AccV  B × dvP   dV accumulator (backwardPrep uses AccK and AccV for O rows)
+//   AccK  B × dP    dK accumulator (backwardPrep: O rows, over AccK, AccV and dQ)
+//   AccV  B × dvP   dV accumulator
+//   dQ    B × dP    this tile's dQ rows (backwardDqMerge: one segment's rows)
 //   lse, D, slope  B each;  first, end, pos  B i32 each;  ones  4 (the unit rescale of accumulateValues)
 
 import { paddedDv, roundUp, arenaOf, ARENA_MAX_BYTES } from "./arena";
@@ -64,9 +65,11 @@ import {
   loadRowsTransposed,
   loadVirtualRows,
   storeRows,
+  addRows,
+  TENSOR_PARTIAL,
 } from "./hbm";
 import { addBiases, addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
-import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
+import { accumulateValues, scoresStrip } from "./simd";
 
 /** B is a multiple of this (strips of 8 lanes in every product). */
 const B_STEP: i32 = 8;
@@ -76,27 +79,32 @@ const B_MAX: i32 = 128;
 const R_Q: i32 = 0;
 const R_DO: i32 = 1;
 const R_K: i32 = 2;
-const R_V: i32 = 3;
-const R_S: i32 = 4;
-const R_DP: i32 = 5;
-const R_MASK: i32 = 6;
-const R_ACC_K: i32 = 7;
-const R_ACC_V: i32 = 8;
-const R_LSE: i32 = 9;
-const R_D: i32 = 10;
-const R_SLOPE: i32 = 11;
-const R_FIRST: i32 = 12;
-const R_END: i32 = 13;
-const R_POS: i32 = 14;
-const R_ONES: i32 = 15;
-const R_END_OF_ARENA: i32 = 16;
+const R_KT: i32 = 3;
+const R_VT: i32 = 4;
+const R_S: i32 = 5;
+const R_DP: i32 = 6;
+const R_MASK: i32 = 7;
+const R_ACC_K: i32 = 8;
+const R_ACC_V: i32 = 9;
+const R_DQ: i32 = 10;
+const R_LSE: i32 = 11;
+const R_D: i32 = 12;
+const R_SLOPE: i32 = 13;
+const R_FIRST: i32 = 14;
+const R_END: i32 = 15;
+const R_POS: i32 = 16;
+const R_ONES: i32 = 17;
+const R_END_OF_ARENA: i32 = 18;
+
+/** Most segments a head group's keys are cut into (backwardDkDv's partial dQ, summed by backwardDqMerge). */
+export const DQ_SEGMENTS: i32 = 8;
 
 function regionFloats(region: i32, B: i32, d: i32, dv: i32, masked: bool): i32 {
   const dP = roundUp(d, 8);
   const dvP = paddedDv(dv);
   switch (region) {
-    case R_Q: case R_K: case R_ACC_K: return B * dP;
-    case R_DO: case R_V: case R_ACC_V: return B * dvP;
+    case R_Q: case R_K: case R_KT: case R_ACC_K: case R_DQ: return B * dP;
+    case R_DO: case R_VT: case R_ACC_V: return B * dvP;
     case R_S: case R_DP: return B * B;
     case R_MASK: return masked ? B * B : 0;
     case R_ONES: return 4;
@@ -131,12 +139,14 @@ export function backwardBlockSize(sramBytes: i32, d: i32, dv: i32, masked: bool)
 let tQ: usize = 0;
 let tDO: usize = 0;
 let tK: usize = 0;
-let tV: usize = 0;
+let tKT: usize = 0;
+let tVT: usize = 0;
 let tS: usize = 0;
 let tDP: usize = 0;
 let tMask: usize = 0;
 let tAccK: usize = 0;
 let tAccV: usize = 0;
+let tDQ: usize = 0;
 let tLse: usize = 0;
 let tD: usize = 0;
 let tSlope: usize = 0;
@@ -150,12 +160,14 @@ function layOut(sm: usize, B: i32, d: i32, dv: i32, masked: bool): void {
   tQ = addr(arena, regionAt(R_Q, B, d, dv, masked));
   tDO = addr(arena, regionAt(R_DO, B, d, dv, masked));
   tK = addr(arena, regionAt(R_K, B, d, dv, masked));
-  tV = addr(arena, regionAt(R_V, B, d, dv, masked));
+  tKT = addr(arena, regionAt(R_KT, B, d, dv, masked));
+  tVT = addr(arena, regionAt(R_VT, B, d, dv, masked));
   tS = addr(arena, regionAt(R_S, B, d, dv, masked));
   tDP = addr(arena, regionAt(R_DP, B, d, dv, masked));
   tMask = addr(arena, regionAt(R_MASK, B, d, dv, masked));
   tAccK = addr(arena, regionAt(R_ACC_K, B, d, dv, masked));
   tAccV = addr(arena, regionAt(R_ACC_V, B, d, dv, masked));
+  tDQ = addr(arena, regionAt(R_DQ, B, d, dv, masked));
   tLse = addr(arena, regionAt(R_LSE, B, d, dv, masked));
   tD = addr(arena, regionAt(R_D, B, d, dv, masked));
   tSlope = addr(arena, regionAt(R_SLOPE, B, d, dv, masked));
@@ -198,7 +210,7 @@ function rowRanges(
 
 /**
  * D = rowsum(dO ∘ O) for `rows` virtual rows (Nq·g), on the SM at `sm`: O and dO read by virtual
- * row, D written with the lse's strides. Runs before either gradient kernel.
+ * row, D written with the lse's strides. Runs before backwardDkDv.
  */
 export function backwardPrep(
   sm: usize,
@@ -210,7 +222,7 @@ export function backwardPrep(
   const B = blockOf(sramBytes, d, dv, masked);
   layOut(sm, B, d, dv, masked);
   const dvP = paddedDv(dv);
-  const O = tAccK; // AccK and AccV together hold B × dvP (B·dP + B·dvP ≥ B·dvP)
+  const O = tAccK; // AccK, AccV and dQ together hold B × dvP (B·dP + B·dvP + B·dP ≥ B·dvP)
   for (let i0 = 0; i0 < rows; i0 += B) {
     const rowsHere = imin(B, rows - i0);
     loadVirtualRows(sm, O, dvP, rowsHere, dvP, oPtr, oRowStride, oHeadStride, g, i0, rowsHere, dv, TENSOR_O);
@@ -229,150 +241,15 @@ export function backwardPrep(
 }
 
 /**
- * dQ of virtual rows 0 .. Nq·g of one K/V head's group (a job's query range), on the SM at `sm`:
- * query blocks outside, the key blocks they see inside, in increasing order. Arguments as
- * backwardDkDv's; the dK and dV pointers are not used.
- */
-export function backwardDq(
-  sm: usize,
-  qPtr: usize, qRowStride: i32, qHeadStride: i32,
-  kPtr: usize, kRowStride: i32,
-  vPtr: usize, vRowStride: i32,
-  dOPtr: usize, dORowStride: i32, dOHeadStride: i32,
-  lsePtr: usize, dPtr: usize, lseRowStride: i32, lseHeadStride: i32,
-  dqPtr: usize, dqRowStride: i32, dqHeadStride: i32,
-  dkPtr: usize, dkRowStride: i32, dvPtr: usize, dvRowStride: i32,
-  Nq: i32, g: i32, keyBegin: i32, keyEnd: i32, d: i32, dv: i32,
-  scale: f32, softcap: f32, visOffset: i32, windowLeft: i32, windowRight: i32,
-  slopesPtr: usize, alibiOffset: i32,
-  maskPtr: usize, maskKind: i32, maskRowStride: i32, maskHeadStride: i32, maskColStride: i32,
-  sramBytes: i32,
-): void {
-  const masked = maskKind != MASK_NONE;
-  const B = blockOf(sramBytes, d, dv, masked);
-  layOut(sm, B, d, dv, masked);
-  const dP = roundUp(d, 8);
-  const dvP = paddedDv(dv);
-  const negInf = f32x4.splat(-Infinity);
-  const zero = f32x4.splat(0);
-  const one = f32x4.splat(1);
-  const softcapV = f32x4.splat(softcap);
-  const rows = Nq * g;
-  let tilesComputed: u64 = 0;
-  let tilesSkipped: u64 = 0;
-  let flops: u64 = 0;
-
-  for (let i0 = 0; i0 < rows; i0 += B) {
-    const rowsHere = imin(B, rows - i0);
-    const ldq = roundUp(rowsHere, 8); // row stride of Qiᵀ, dOiᵀ, S, dP and the mask tile
-    // Qiᵀ and dOiᵀ with zero rows past d and dv, so products over dP and dvP add only zeros.
-    loadRowsTransposed(sm, tQ, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
-    memory.fill(addr(tQ, d * ldq), 0, <usize>((dP - d) * ldq) << 2);
-    loadRowsTransposed(sm, tDO, ldq, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT);
-    memory.fill(addr(tDO, dv * ldq), 0, <usize>((dvP - dv) * ldq) << 2);
-    loadRowsTransposed(sm, tLse, ldq, lsePtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_LSE);
-    loadRowsTransposed(sm, tD, ldq, dPtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_D);
-    if (slopesPtr != 0) loadRowsTransposed(sm, tSlope, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
-    memory.fill(tAccK, 0, <usize>(roundUp(rowsHere, 4) * dP) << 2);
-    rowRanges(i0, rowsHere, g, visOffset, windowLeft, windowRight, alibiOffset, keyBegin, keyEnd);
-
-    const jFirst = i32At(tFirst, 0);
-    const jEnd = i32At(tEnd, rowsHere - 1);
-    const jStart = jFirst < jEnd ? keyBegin + (jFirst - keyBegin) / B * B : jEnd; // no visible key: no block
-    for (let j0 = jStart; j0 < jEnd; j0 += B) {
-      const cols = imin(B, keyEnd - j0);
-      if (masked) {
-        const open = loadMaskTile(
-          sm, tMask, ldq, maskPtr, maskKind, maskRowStride, maskHeadStride, maskColStride, g, i0, rowsHere, j0, cols,
-          true,
-        );
-        if (!open) {
-          tilesSkipped++;
-          continue;
-        }
-      }
-      tilesComputed++;
-      const cols4 = roundUp(cols, 4);
-      loadRows(sm, tK, dP, cols4, dP, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
-      loadRows(sm, tV, dvP, cols4, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
-
-      // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, per strip of rows over the columns the strip can see.
-      for (let r = 0; r < rowsHere; r += 8) {
-        const last = imin(r + 8, rowsHere) - 1;
-        const cBegin = imax(0, i32At(tFirst, r) - j0) & ~3;
-        const cEnd = imin(cols4, roundUp(imax(0, i32At(tEnd, last) - j0), 4));
-        if (cBegin < cEnd) {
-          if (last - r < 4) {
-            scoresStrip4(tS, tQ, ldq, tK, dP, r, cBegin, cEnd, scale);
-            scoresStrip4(tDP, tDO, ldq, tV, dvP, r, cBegin, cEnd, 1);
-            flops += <u64>(2 * 4 * (cEnd - cBegin) * (dP + dvP));
-          } else {
-            scoresStrip(tS, tQ, ldq, tK, dP, r, cBegin, cEnd, scale);
-            scoresStrip(tDP, tDO, ldq, tV, dvP, r, cBegin, cEnd, 1);
-            flops += <u64>(2 * 8 * (cEnd - cBegin) * (dP + dvP));
-          }
-        }
-      }
-
-      // dS = P ∘ (dP − D), then dQ += dS·Kj, per group of 4 rows (lanes along rows).
-      for (let r = 0; r < rowsHere; r += 4) {
-        const last = imin(r + 4, rowsHere) - 1;
-        const gBegin = imax(0, i32At(tFirst, r) - j0);
-        const gEnd = imin(cols, imax(0, i32At(tEnd, last) - j0));
-        if (gBegin >= gEnd) continue;
-        const allBegin = imax(0, i32At(tFirst, last) - j0);
-        const allEnd = imin(cols, imax(0, i32At(tEnd, r) - j0));
-        const laneFirst = v128.load(addr(tFirst, r));
-        const laneEnd = v128.load(addr(tEnd, r));
-        const alibiPos = v128.load(addr(tPos, r));
-        const slope = v128.load(addr(tSlope, r));
-        const lse = lseForExp(v128.load(addr(tLse, r)));
-        const D = v128.load(addr(tD, r));
-        for (let c = gBegin; c < gEnd; c++) {
-          const at = c * ldq + r;
-          let x = v128.load(addr(tS, at));
-          let capSlope = one;
-          if (softcap != 0) {
-            const t = tanh(f32x4.div(x, softcapV));
-            x = f32x4.mul(softcapV, t);
-            capSlope = f32x4.sub(one, f32x4.mul(t, t));
-          }
-          x = addBiases(x, slopesPtr != 0, slope, alibiPos, i32x4.splat(j0 + c), masked ? addr(tMask, at) : 0);
-          if (c < allBegin || c >= allEnd) {
-            const key = i32x4.splat(j0 + c);
-            x = v128.bitselect(x, negInf, v128.and(i32x4.ge_s(key, laneFirst), i32x4.lt_s(key, laneEnd)));
-          }
-          // P = exp(S − lse) (≤ 1: a score above an inconsistent lse is clamped, never overflows)
-          const p = expNonPositive(f32x4.pmin(f32x4.sub(x, lse), zero));
-          const dS = f32x4.mul(f32x4.mul(p, f32x4.sub(v128.load(addr(tDP, at)), D)), capSlope);
-          v128.store(addr(tDP, at), dS);
-        }
-        // dQ += dS·Kj
-        accumulateValues(tAccK, dP, tDP, ldq, tK, r, gBegin, gEnd, tOnes);
-        flops += <u64>(2 * 4 * (gEnd - gBegin) * dP);
-      }
-    }
-
-    // epilogue: dQ ×= scale
-    const scaleV = f32x4.splat(scale);
-    for (let at = 0; at < rowsHere * dP; at += 4) {
-      v128.store(addr(tAccK, at), f32x4.mul(v128.load(addr(tAccK, at)), scaleV));
-    }
-    storeRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tAccK, dP, rowsHere, d, TENSOR_DQ);
-  }
-  countAdd(sm, TILES_COMPUTED, tilesComputed);
-  countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
-  countAdd(sm, FLOPS, flops);
-}
-
-/**
- * dK and dV of keys [keyBegin, keyEnd) (whole blocks of B from the sequence's first key, the last
- * one possibly short) of one K/V head, over all Nq·g virtual rows of its query heads, on the SM at
- * `sm`: key blocks outside, the query blocks that see them inside, in increasing order, so the GQA
- * sum over the group's heads is part of that fixed order. Pointers are byte addresses in HBM,
- * strides count elements; Q, dO, lse and D are addressed by virtual row (D with the lse's
- * strides), K, V, dK and dV by absolute key. Visibility, ALiBi, softcap and the mask as
- * forward.ts. The dQ pointers are not used (backwardDq writes dQ).
+ * One segment of a head group's backward: dK and dV of keys [keyBegin, keyEnd) (whole blocks of B
+ * from the sequence's first key, the last one possibly short) of one K/V head, and their share of
+ * dQ, over all Nq·g virtual rows of its query heads, on the SM at `sm`: key blocks outside, the
+ * query blocks that see them inside, in increasing order, so the GQA sum over the group's heads is
+ * part of that fixed order. Each tile's dQ rows are added to the segment's partial dQ at dqPtr
+ * (virtual rows, zero before the first call; no other call writes it). Pointers are byte
+ * addresses in HBM, strides count elements; Q, dO, lse, D and the partial dQ are addressed by
+ * virtual row (D with the lse's strides), K, V, dK and dV by absolute key. Visibility, ALiBi,
+ * softcap and the mask as forward.ts.
  */
 export function backwardDkDv(
   sm: usize,
@@ -408,11 +285,14 @@ export function backwardDkDv(
     const cols = imin(B, keyEnd - j0);
     const ldk = roundUp(cols, 8); // row stride of Kjᵀ, Vjᵀ, S, dP and the mask tile
     const cols4 = roundUp(cols, 4);
-    // Kjᵀ and Vjᵀ (columns past the block's keys zero, rows past d and dv zero), loaded once.
-    loadRowsTransposed(sm, tK, ldk, addr(kPtr, j0 * kRowStride), kRowStride, 0, 1, 0, cols, d, TENSOR_K);
-    memory.fill(addr(tK, d * ldk), 0, <usize>((dP - d) * ldk) << 2);
-    loadRowsTransposed(sm, tV, ldk, addr(vPtr, j0 * vRowStride), vRowStride, 0, 1, 0, cols, dv, TENSOR_V);
-    memory.fill(addr(tV, dv * ldk), 0, <usize>((dvP - dv) * ldk) << 2);
+    // Kj (rows past the block's keys zero up to ldk, columns past d zero), Kjᵀ built from it in the
+    // arena, and Vjᵀ (columns past the block's keys zero, rows past dv zero): once per key block.
+    loadRows(sm, tK, dP, ldk, dP, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
+    for (let c = 0; c < ldk; c++) {
+      for (let k = 0; k < dP; k++) store<f32>(addr(tKT, k * ldk + c), load<f32>(addr(tK, c * dP + k)));
+    }
+    loadRowsTransposed(sm, tVT, ldk, addr(vPtr, j0 * vRowStride), vRowStride, 0, 1, 0, cols, dv, TENSOR_V);
+    memory.fill(addr(tVT, dv * ldk), 0, <usize>((dvP - dv) * ldk) << 2);
     memory.fill(tAccK, 0, <usize>(cols4 * dP) << 2);
     memory.fill(tAccV, 0, <usize>(cols4 * dvP) << 2);
 
@@ -420,7 +300,7 @@ export function backwardDkDv(
       const rowsHere = imin(B, rows - i0);
       const rows4 = roundUp(rowsHere, 4);
       // The tile is computed iff the keys the block's rows see, [first of its first row, end of its
-      // last row), are not empty and meet this key block: the dQ kernel's rule for the same tile.
+      // last row), are not empty and meet this key block (the forward's rule for the same tile).
       const iFirst = i0 / g;
       const iLast = (i0 + rowsHere - 1) / g;
       const jFirst = firstKey(iFirst, visOffset, windowLeft, keyBegin, keyEnd);
@@ -447,8 +327,8 @@ export function backwardDkDv(
 
       // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, a row per query, per strip of 8 keys.
       for (let c = 0; c < ldk; c += 8) {
-        scoresStrip(tS, tK, ldk, tQ, dP, c, 0, rows4, scale);
-        scoresStrip(tDP, tV, ldk, tDO, dvP, c, 0, rows4, 1);
+        scoresStrip(tS, tKT, ldk, tQ, dP, c, 0, rows4, scale);
+        scoresStrip(tDP, tVT, ldk, tDO, dvP, c, 0, rows4, 1);
       }
       flops += <u64>(2 * rows4 * ldk * (dP + dvP));
 
@@ -493,6 +373,12 @@ export function backwardDkDv(
         accumulateValues(tAccK, dP, tDP, ldk, tQ, c, 0, rows4, tOnes);
       }
       flops += <u64>(2 * cols4 * rows4 * (dP + dvP));
+
+      // dQ = scale·dS·Kj for this tile, a row per query, per strip of 8 columns; then added to the
+      // segment's partial dQ in HBM.
+      for (let x = 0; x < dP; x += 8) scoresStrip(tDQ, tK, dP, tDP, ldk, x, 0, rows4, scale);
+      flops += <u64>(2 * rows4 * ldk * dP);
+      addRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tDQ, dP, rowsHere, d, TENSOR_PARTIAL);
     }
 
     // epilogue: dK ×= scale
@@ -506,4 +392,33 @@ export function backwardDkDv(
   countAdd(sm, TILES_COMPUTED, tilesComputed);
   countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
   countAdd(sm, FLOPS, flops);
+}
+
+/**
+ * dQ of `rows` virtual rows of a head group from its `segments` partials (backwardDkDv's), summed
+ * in segment order: segment s's row r is at partPtr + (s·segmentStride + r·d) floats. Writes dQ
+ * rows by virtual row.
+ */
+export function backwardDqMerge(
+  sm: usize,
+  partPtr: usize, segments: i32, segmentStride: i32, rows: i32,
+  dqPtr: usize, dqRowStride: i32, dqHeadStride: i32,
+  g: i32, d: i32, dv: i32, masked: bool, sramBytes: i32,
+): void {
+  const B = blockOf(sramBytes, d, dv, masked);
+  layOut(sm, B, d, dv, masked);
+  const dP = roundUp(d, 8);
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const rowsHere = imin(B, rows - i0);
+    // (no segment: a sequence without keys, whose dQ is 0)
+    if (segments == 0) memory.fill(tAccK, 0, <usize>(rowsHere * dP) << 2);
+    else loadRows(sm, tAccK, dP, rowsHere, dP, addr(partPtr, i0 * d), d, rowsHere, d, TENSOR_PARTIAL);
+    for (let s = 1; s < segments; s++) {
+      loadRows(sm, tDQ, dP, rowsHere, dP, addr(partPtr, s * segmentStride + i0 * d), d, rowsHere, d, TENSOR_PARTIAL);
+      for (let at = 0; at < rowsHere * dP; at += 4) {
+        v128.store(addr(tAccK, at), f32x4.add(v128.load(addr(tAccK, at)), v128.load(addr(tDQ, at))));
+      }
+    }
+    storeRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tAccK, dP, rowsHere, d, TENSOR_DQ);
+  }
 }

@@ -222,6 +222,46 @@ export function storeRows(
 }
 
 /**
+ * Arena → HBM, adding: virtual row r0 + r of `dst` += row r of `src` (row stride `srcStride`,
+ * `cols` floats), for r < rows. Reads and writes the HBM rows, and counts both.
+ */
+export function addRows(
+  counters: usize,
+  dst: usize,
+  rowStride: i32,
+  headStride: i32,
+  g: i32,
+  r0: i32,
+  src: usize,
+  srcStride: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
+): void {
+  let pos = r0 / g;
+  let head = r0 - pos * g;
+  for (let r = 0; r < rows; r++) {
+    const d = dst + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
+    const s = src + (<usize>(r * srcStride) << 2);
+    let c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      const at = <usize>c << 2;
+      v128.store(d + at, f32x4.add(v128.load(d + at), v128.load(s + at)));
+    }
+    for (; c < cols; c++) {
+      const at = <usize>c << 2;
+      store<f32>(d + at, load<f32>(d + at) + load<f32>(s + at));
+    }
+    if (++head == g) {
+      head = 0;
+      pos++;
+    }
+  }
+  countRead(counters, tensor, rows * cols * 4);
+  countWritten(counters, tensor, rows * cols * 4);
+}
+
+/**
  * HBM → arena, one mask tile: the bias of virtual row r0 + r and key j0 + c goes to
  * dst[c·dstStride + r] when `transposed` (laid out like the forward's Sᵀ), else to dst[r·dstStride + c],
  * for r < rows and c < cols. The mask element of (row, key) is at

@@ -2,7 +2,7 @@
 // Pointers are byte addresses in linear memory, sizes count f32 elements.
 
 export { arenaBytes, arenaMaxBytes, arenaPtr, blockSizes, headDimMax, hbmPtr, smBytes, smPtr } from "./arena";
-export { backwardArenaBytes, backwardBlockSize, backwardDkDv, backwardDq, backwardPrep } from "./backward";
+export { backwardArenaBytes, backwardBlockSize, backwardDkDv, backwardDqMerge, backwardPrep } from "./backward";
 export { expInto } from "./exp";
 export { forward } from "./forward";
 export { resetCounters } from "./hbm";

@@ -6,8 +6,8 @@
  * 2. backward GFLOP/s (counting 2.5× the forward's flops, as the field does) against the forward on
  *    one thread, the backward on a pool, and a naive TypeScript backward that stores P
  *    (B = 1, H = 8, d = 64, N = 512 … 4096, causal and not);
- * 3. what determinism costs: the time of each kernel of the backward, and the tile products it
- *    executes against the five a fused, atomic-adding backward would.
+ * 3. what determinism costs: the time of each kernel of the backward, the partial dQ's traffic,
+ *    and the tile products it executes against a fused backward's five.
  *
  *   npx tsx bench/backward.ts      deno task bench:backward      bun bench/backward.ts
  *   --quick: small sizes, nothing written
@@ -205,24 +205,27 @@ try {
         hbmPtr: kernels.hbmPtr(),
         slabBudgetBytes: SLAB_BUDGET_BYTES,
         queryJobsPerGroup: 1,
-        keyJobsPerGroup: 1,
       });
       const phase = plan.phases[0];
       const need = plan.endPtr - kernels.memory.buffer.byteLength;
       if (need > 0) kernels.memory.grow(Math.ceil(need / 65536));
       phase.stage(kernels.memory.buffer);
-      const ms: Record<string, number[]> = { backwardPrep: [], backwardDq: [], backwardDkDv: [] };
+      const ms: Record<string, number[]> = { backwardPrep: [], backwardDkDv: [], backwardDqMerge: [] };
       for (let rep = 0; rep < (quick ? 3 : 7); rep++) {
         for (const step of phase.steps) ms[step.kernel].push(timeOnce(() => runStep(kernels, step)));
       }
       const total = Object.values(ms).reduce((a, t) => a + median(t), 0);
       const stats = flashAttentionBackward(q, k, v, out, dOut, { causal, stats: true }).stats!;
       const forwardStats = flashAttention(q, k, v, { causal, stats: true }).stats!;
+      const share = (kernel: string) =>
+        `${median(ms[kernel]).toFixed(1)} (${(100 * median(ms[kernel]) / total).toFixed(1)}%)`;
+      const partialBytes = stats.read.partial + stats.written.partial;
       rows.push([
         causal ? "yes" : "no",
-        `${median(ms.backwardPrep).toFixed(1)} (${(100 * median(ms.backwardPrep) / total).toFixed(0)}%)`,
-        `${median(ms.backwardDq).toFixed(1)} (${(100 * median(ms.backwardDq) / total).toFixed(0)}%)`,
-        `${median(ms.backwardDkDv).toFixed(1)} (${(100 * median(ms.backwardDkDv) / total).toFixed(0)}%)`,
+        share("backwardPrep"),
+        share("backwardDkDv"),
+        share("backwardDqMerge"),
+        `${(partialBytes / 2 ** 20).toFixed(0)} MiB (${(100 * partialBytes / stats.totalBytes).toFixed(0)}%)`,
         (stats.flops / (2.5 * forwardStats.flops)).toFixed(2),
       ]);
       console.log(rows.at(-1)!.join("\t"));
@@ -230,12 +233,27 @@ try {
     log(`#### What determinism costs (B = ${B}, H = ${H}, N = ${N}, d = ${d}, one thread)`);
     log();
     log(
-      "Time per kernel (median ms, share of the backward), and the tile-product flops the two kernels execute " +
-        "over the 2.5× forward flops a fused backward executes (that one recomputes S and dP once and adds dQ " +
-        "into HBM with atomics, in a different order each run).",
+      "Time per kernel (median ms, share of the backward). The keys of each head are cut into at most 8 segments; " +
+        "each segment adds its tiles' dQ into its own partial dQ in HBM, and the merge sums a row's partials in " +
+        "segment order. Against FlashAttention-2's atomic adds (the same per-tile dQ traffic, in a different order " +
+        "each run) determinism costs the merge and the partials' memory (8 copies of dQ at most). Also: the " +
+        "partial-dQ traffic (per-tile read-modify-write and the merge's reads) and its share of the backward's " +
+        "bytes, and the tile-product flops executed over the 2.5× forward flops of a fused backward.",
     );
     log();
-    log(table(["causal", "D = rowsum(dO∘O)", "dQ kernel", "dK/dV kernel", "executed / fused flops"], rows));
+    log(
+      table(
+        [
+          "causal",
+          "D = rowsum(dO∘O)",
+          "dK, dV, partial dQ",
+          "dQ merge",
+          "partial dQ traffic",
+          "executed / fused flops",
+        ],
+        rows,
+      ),
+    );
     log();
   }
 } finally {

@@ -1,14 +1,15 @@
 // The plan of a backward call: where every tensor goes in HBM and which kernel calls to make, as
 // steps that any runner (the calling thread, the pool) executes in order. Per phase:
-//   1. backwardPrep: D = rowsum(dO ∘ O), one job per head group;
-//   2. backwardDq:   dQ, jobs over whole query blocks of each head group;
-//   3. backwardDkDv: dK and dV, jobs over whole key blocks of each K/V head.
-// Every output element is written by exactly one kernel call, summing in a fixed order, and jobs
-// are cut only at block edges (blocks of B from the sequence's first row and first key), so every
-// cut, on any number of Workers, gives the bits of the one-call-per-group run (assembly/backward.ts).
+//   1. backwardPrep:    D = rowsum(dO ∘ O), one job per head group;
+//   2. backwardDkDv:    dK, dV and partial dQ, one job per segment of a head group's keys;
+//   3. backwardDqMerge: dQ = the sum of a row's partials in segment order, jobs over whole rows.
+// The segments (at most DQ_SEGMENTS, whole key blocks each) depend on the problem only, every
+// output element is written by exactly one kernel call summing in a fixed order, and the merge's
+// rows are independent, so every cut, on any number of Workers, gives the bits of the synchronous
+// run (assembly/backward.ts).
 //
-// Placement: each sequence is staged whole (every head of q, k, v, O, dO, lse, and room for D, dQ,
-// dK, dV): the dK/dV kernel reads every query of a head group for each key block, so the backward's
+// Placement: each sequence is staged whole (every head of q, k, v, O, dO, lse, and room for D, the
+// partial dQ, dQ, dK, dV): every segment reads every query of its head group, so the backward's
 // working set is the sequence itself, O(N·d). Consecutive sequences share a phase while their slabs
 // total at most slabBudgetBytes; a larger sequence gets a phase of its own.
 
@@ -26,7 +27,7 @@ import {
 import type { AttentionProblem, Sequence } from "./_problem.ts";
 import { splitRanges } from "./_splits.ts";
 
-/** One call of backwardDq or backwardDkDv (assembly/backward.ts), argument for argument. */
+/** One call of backwardDkDv (assembly/backward.ts), argument for argument; dq* address its partial dQ. */
 export interface BackwardJob {
   qPtr: number;
   qRowStride: number;
@@ -70,7 +71,7 @@ export interface BackwardJob {
   sramBytes: number;
 }
 
-/** The arguments of backwardDq and backwardDkDv in their parameter order. */
+/** backwardDkDv's arguments in its parameter order. */
 export function backwardArgs(j: BackwardJob): number[] {
   return [
     j.qPtr,
@@ -151,15 +152,24 @@ export interface BackwardPlanConfig {
   B: number;
   hbmPtr: number;
   slabBudgetBytes: number;
-  /** dQ jobs per head group (whole query blocks each). */
+  /** dQ merge jobs per head group (whole query blocks each); the dK/dV jobs are the segments. */
   queryJobsPerGroup: number;
-  /** dK/dV jobs per K/V head (whole key blocks each). */
-  keyJobsPerGroup: number;
 }
 
-/** Bytes of one sequence's slab: its inputs and its gradients. */
-function slabBytes(p: AttentionProblem, e: SlabExtents): number {
-  return 4 * (2 * e.q + 2 * e.k + 2 * e.v + 2 * e.o + 2 * e.lse) + maskElementBytes(p) * e.mask;
+/** Most segments a head group's keys are cut into: assembly/backward.ts's DQ_SEGMENTS. */
+export const DQ_SEGMENTS = 8;
+
+/** The key ranges of a sequence's segments: whole blocks of B, at most DQ_SEGMENTS of them (none without keys). */
+export const segmentsOf = (Nk: number, B: number): [number, number][] =>
+  Nk === 0 ? [] : splitRanges(Nk, DQ_SEGMENTS, B);
+
+/** Floats of a sequence's partial dQ: every segment's rows of every head. */
+const partialFloats = (p: AttentionProblem, s: Sequence, B: number) => segmentsOf(s.Nk, B).length * s.Nq * p.H * p.d;
+
+/** Bytes of one sequence's slab: its inputs, its gradients and the partial dQ. */
+function slabBytes(p: AttentionProblem, s: Sequence, e: SlabExtents, B: number): number {
+  return 4 * (2 * e.q + 2 * e.k + 2 * e.v + 2 * e.o + 2 * e.lse + partialFloats(p, s, B)) +
+    maskElementBytes(p) * e.mask;
 }
 
 /** Extents of a sequence's tensors; lse and D are staged as [H][Nq] whatever the caller's layout. */
@@ -186,7 +196,7 @@ export function planBackward(p: AttentionProblem, inputs: BackwardInputs, config
   };
   for (const s of p.sequences) {
     if (s.Nq === 0) continue; // no query: its keys get no gradient (the arrays start at zero)
-    const bytes = slabBytes(p, extentsOf(p, s));
+    const bytes = slabBytes(p, s, extentsOf(p, s), config.B);
     if (batchBytes + bytes > config.slabBudgetBytes) flush();
     batch.push(s);
     batchBytes += bytes;
@@ -203,8 +213,8 @@ function planSlabs(
   sequences: Sequence[],
 ): BackwardPhase & { endPtr: number } {
   const prep: number[][] = [];
-  const dq: number[][] = [];
   const dkdv: number[][] = [];
+  const merge: number[][] = [];
   const slabs: { s: Sequence; e: SlabExtents; ptrs: Record<string, number> }[] = [];
   const elementBytes = maskElementBytes(p);
   const m = p.mask?.strides ?? [0, 0, 0, 0];
@@ -212,7 +222,10 @@ function planSlabs(
   let at = config.hbmPtr;
   for (const s of sequences) {
     const e = extentsOf(p, s);
+    const segments = segmentsOf(s.Nk, config.B);
+    const rows = s.Nq * g; // virtual rows of a head group
     const ptrs = place(at, {
+      partPtr: 4 * partialFloats(p, s, config.B),
       qPtr: 4 * e.q,
       kPtr: 4 * e.k,
       vPtr: 4 * e.v,
@@ -287,25 +300,35 @@ function planSlabs(
         maskColStride: m[3],
         sramBytes: config.sramBytes,
       };
-      // dQ: whole query blocks of the group's Nq·g virtual rows per job.
+      // dK, dV and partial dQ: one job per segment, its partial at partial + s·rows·d (virtual rows).
+      const partPtr = ptrs.partPtr + 4 * kvh * segments.length * rows * p.d;
+      segments.forEach(([keyBegin, keyEnd], t) =>
+        dkdv.push(backwardArgs({
+          ...group,
+          dqPtr: partPtr + 4 * t * rows * p.d,
+          dqRowStride: g * p.d,
+          dqHeadStride: p.d,
+          keyBegin,
+          keyEnd,
+        }))
+      );
+      // dQ: the partials summed, jobs over whole query blocks of the group's rows.
       const step = positionsPerJob({ Br: config.B }, g, s.Nq, config.queryJobsPerGroup);
       for (let i0 = 0; i0 < s.Nq; i0 += step) {
-        dq.push(backwardArgs({
-          ...group,
-          qPtr: group.qPtr + 4 * i0 * group.qRowStride,
-          dOPtr: group.dOPtr + 4 * i0 * group.dORowStride,
-          lsePtr: group.lsePtr + 4 * i0,
-          dPtr: group.dPtr + 4 * i0,
-          dqPtr: group.dqPtr + 4 * i0 * group.dqRowStride,
-          Nq: Math.min(step, s.Nq - i0),
-          visOffset: group.visOffset + i0,
-          alibiOffset: group.alibiOffset + i0,
-          maskPtr: group.maskPtr === 0 ? 0 : group.maskPtr + elementBytes * i0 * group.maskRowStride,
-        }));
-      }
-      // dK, dV: whole key blocks per job, every query of the group.
-      for (const [keyBegin, keyEnd] of splitRanges(s.Nk, config.keyJobsPerGroup, config.B)) {
-        dkdv.push(backwardArgs({ ...group, keyBegin, keyEnd }));
+        merge.push([
+          partPtr + 4 * i0 * g * p.d,
+          segments.length,
+          rows * p.d,
+          Math.min(step, s.Nq - i0) * g,
+          group.dqPtr + 4 * i0 * group.dqRowStride,
+          group.dqRowStride,
+          group.dqHeadStride,
+          g,
+          p.d,
+          p.dv,
+          p.mask === undefined ? 0 : 1,
+          config.sramBytes,
+        ]);
       }
     }
     slabs.push({ s, e, ptrs });
@@ -314,8 +337,8 @@ function planSlabs(
   return {
     steps: [
       { kernel: "backwardPrep", args: prep },
-      { kernel: "backwardDq", args: dq },
       { kernel: "backwardDkDv", args: dkdv },
+      { kernel: "backwardDqMerge", args: merge },
     ],
     endPtr: at,
     stage(memory) {
@@ -330,7 +353,9 @@ function planSlabs(
           const from = s.lseBase + h * p.lseStrides.head;
           hbm.set(inputs.lse.subarray(from, from + s.Nq), ptrs.lsePtr / 4 + h * s.Nq);
         }
-        // Gradient rows no kernel writes (keys past a sequence's length between heads) read back as 0.
+        // The partial dQ starts at zero; gradient rows no kernel writes (keys past a sequence's length
+        // between heads) read back as 0.
+        hbm.fill(0, ptrs.partPtr / 4, ptrs.partPtr / 4 + partialFloats(p, s, config.B));
         hbm.fill(0, ptrs.dqPtr / 4, ptrs.dqPtr / 4 + e.q);
         hbm.fill(0, ptrs.dkPtr / 4, ptrs.dkPtr / 4 + e.k);
         hbm.fill(0, ptrs.dvPtr / 4, ptrs.dvPtr / 4 + e.v);

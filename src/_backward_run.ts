@@ -62,7 +62,6 @@ export function runBackwardSync(call: BackwardCall): AttentionGradients {
     hbmPtr: heapOf(kernels.memory, kernels.hbmPtr()).end,
     slabBudgetBytes: SLAB_BUDGET_BYTES,
     queryJobsPerGroup: 1,
-    keyJobsPerGroup: 1,
   });
   ensureMemory(kernels.memory, plan.endPtr, "the backward of one sequence of this call", p.shapes);
   const grads = allocateGradients(call);

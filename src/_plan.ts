@@ -172,7 +172,7 @@ export function mergeArgs(m: MergeJob): number[] {
 }
 
 /** The kernels a plan calls, by their export names (assembly/kernels.ts). */
-export type KernelName = "forward" | "mergeSplits" | "backwardPrep" | "backwardDq" | "backwardDkDv";
+export type KernelName = "forward" | "mergeSplits" | "backwardPrep" | "backwardDkDv" | "backwardDqMerge";
 
 /**
  * Kernel calls that may run in any order or in parallel (each writes only its own outputs), as

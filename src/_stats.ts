@@ -151,7 +151,7 @@ export function backwardStatsOf(
     if (s.Nq === 0) continue;
     const tr = Math.ceil((s.Nq * p.group) / B);
     const tc = Math.ceil(s.Nk / B);
-    tiles += 2 * p.Hkv * tr * tc;
+    tiles += p.Hkv * tr * tc;
     Tr = Math.max(Tr, tr);
     Tc = Math.max(Tc, tc);
   }

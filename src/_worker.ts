@@ -27,7 +27,7 @@ type Request =
   };
 
 /** The kernels a pool hands out (src/_plan.ts's KernelName; this file imports nothing). */
-type KernelName = "forward" | "mergeSplits" | "backwardPrep" | "backwardDq" | "backwardDkDv";
+type KernelName = "forward" | "mergeSplits" | "backwardPrep" | "backwardDkDv" | "backwardDqMerge";
 
 /** The raw exports this Worker calls: each takes its SM, then the job's arguments. */
 type Exports = Record<KernelName, (sm: number, ...args: number[]) => void>;

@@ -15,6 +15,7 @@ import { message } from "./_messages.ts";
 import { notWithVarlen } from "./_options.ts";
 import { checkCumulative, checkSeqLensK } from "./_shapes.ts";
 import { checkSplits, splitRanges } from "./_splits.ts";
+import { segmentsOf } from "./_backward_plan.ts";
 import { ShapeError } from "./errors.ts";
 import {
   type BackwardIoCounts,
@@ -317,16 +318,17 @@ export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
 /**
  * HBM traffic of this library's backward (`flashAttentionBackward`), from formulas, for the
  * square blocks B = Br = Bc it derives from the arena size. Per (sequence, K/V head) of Nq·g
- * virtual rows:
+ * virtual rows, whose keys are cut into s = min(8, ⌈Nk/B⌉) segments of whole key blocks
+ * (⌈Nk/(s·B)⌉ blocks each, as `numSplits` cuts them):
  * - D = rowsum(dO ∘ O): O and dO read once, D written once;
- * - the dQ kernel: each query block reads its Q, dO, lse and D rows once and writes its dQ rows;
- *   each key block it sees (the forward's rule: the blocks its keys [first of its first row, end
- *   of its last row) touch) reads its K and V tiles (and mask tile);
- * - the dK/dV kernel: each key block reads its K and V rows once and writes its dK and dV rows;
- *   each query block that sees it by the same rule reads its Q, dO, lse and D rows (and mask tile).
- * So Q and dO are read about Tc times and K and V about Tr times, as the paper's Theorem 5 says:
- * Θ(N²·d²/M). Masks that blank whole tiles are not modelled (the kernels skip those), as for
- * {@linkcode flashAttentionIo}. `tilesComputed` counts the tiles of both kernels.
+ * - per key block: its K and V rows read once, its dK and dV rows written once;
+ * - per tile computed (a query block whose keys [first of its first row, end of its last row) are
+ *   not empty and meet the key block: the forward's rule): the query block's Q, dO, lse and D rows
+ *   (and slopes, and the mask tile) read, and its rows of the segment's partial dQ read and written
+ *   (partial);
+ * - the merge: every segment's partial rows read (partial), dQ written once.
+ * So Q and dO are read about Tc times, as the paper's Theorem 5 says: Θ(N²·d²/M). Masks that blank
+ * whole tiles are not modelled (the kernel skips those), as for {@linkcode flashAttentionIo}.
  *
  * @param shape The problem's sizes.
  * @param options Causal/window visibility, arena size, mask, ALiBi and sequence lengths.
@@ -340,8 +342,8 @@ export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
  * ```ts
  * import { flashAttentionBackwardIo } from "@flash/attention/io";
  * const io = flashAttentionBackwardIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 });
- * // K and V are read once per query block by the dQ kernel, and once by the dK/dV kernel
- * if (io.read.k !== (io.Tr + 1) * 1024 * 64 * 4) throw new Error("unexpected");
+ * // K and V are read once; Q once per key block (every query sees every key)
+ * if (io.read.k !== 1024 * 64 * 4 || io.read.q !== io.Tc * 1024 * 64 * 4) throw new Error("unexpected");
  * ```
  */
 export function flashAttentionBackwardIo(shape: AttentionShape, options: BackwardIoOptions = {}): BackwardIoCounts {
@@ -369,7 +371,7 @@ export function flashAttentionBackwardIo(shape: AttentionShape, options: Backwar
     }
     Tr = Math.max(Tr, one.Tr);
     Tc = Math.max(Tc, one.Tc);
-    tiles += 2 * heads * one.Tr * one.Tc;
+    tiles += heads * one.Tr * one.Tc;
     tilesComputed += heads * one.tilesComputed;
   }
   return {
@@ -407,34 +409,6 @@ function sequenceBackwardIo(
   read.dOut += 4 * rows * dv;
   written.D += 4 * rows;
   let tilesComputed = 0;
-  // A query block's rows read once per kernel call that needs them.
-  const readRows = (rowsHere: number) => {
-    read.q += 4 * rowsHere * d;
-    read.dOut += 4 * rowsHere * dv;
-    read.lse += 4 * rowsHere;
-    read.D += 4 * rowsHere;
-    if (options.alibi) read.slopes += 4 * rowsHere;
-  };
-  // The keys [first, end) a query block sees (empty when first ≥ end).
-  const keysOf = (i0: number, rowsHere: number): [number, number] => [
-    visible.first(Math.floor(i0 / g)),
-    visible.end(Math.floor((i0 + rowsHere - 1) / g)),
-  ];
-  // dQ kernel: query blocks outside.
-  for (let i0 = 0; i0 < rows; i0 += B) {
-    const rowsHere = Math.min(B, rows - i0);
-    readRows(rowsHere);
-    written.dq += 4 * rowsHere * d;
-    const [first, end] = keysOf(i0, rowsHere);
-    if (first >= end) continue;
-    const jBegin = Math.floor(first / B) * B;
-    const jEnd = Math.min(Nk, Math.ceil(end / B) * B);
-    tilesComputed += Math.ceil(end / B) - jBegin / B;
-    read.k += 4 * (jEnd - jBegin) * d;
-    read.v += 4 * (jEnd - jBegin) * dv;
-    read.mask += maskBytes * rowsHere * (jEnd - jBegin);
-  }
-  // dK/dV kernel: key blocks outside.
   for (let j0 = 0; j0 < Nk; j0 += B) {
     const cols = Math.min(B, Nk - j0);
     read.k += 4 * cols * d;
@@ -443,13 +417,24 @@ function sequenceBackwardIo(
     written.dv += 4 * cols * dv;
     for (let i0 = 0; i0 < rows; i0 += B) {
       const rowsHere = Math.min(B, rows - i0);
-      const [first, end] = keysOf(i0, rowsHere);
+      const first = visible.first(Math.floor(i0 / g));
+      const end = visible.end(Math.floor((i0 + rowsHere - 1) / g));
       if (first >= end || first >= j0 + cols || end <= j0) continue;
       tilesComputed++;
-      readRows(rowsHere);
+      read.q += 4 * rowsHere * d;
+      read.dOut += 4 * rowsHere * dv;
+      read.lse += 4 * rowsHere;
+      read.D += 4 * rowsHere;
+      if (options.alibi) read.slopes += 4 * rowsHere;
       read.mask += maskBytes * rowsHere * cols;
+      read.partial += 4 * rowsHere * d; // the segment's partial dQ rows, read and written back
+      written.partial += 4 * rowsHere * d;
     }
   }
+  // The merge: every segment's partial dQ read, dQ written once.
+  const segments = segmentsOf(Nk, B).length;
+  read.partial += 4 * segments * rows * d;
+  written.dq += 4 * rows * d;
   return { read, written, Tr: Math.ceil(rows / B), Tc: Math.ceil(Nk / B), tilesComputed };
 }
 

@@ -533,7 +533,6 @@ class Pool implements AttentionPool {
       hbmPtr: heapOf(this.#memory!, this.#hbmPtr).end,
       slabBudgetBytes: this.#tuning.slabBudgetBytes,
       queryJobsPerGroup: jobsPerGroup,
-      keyJobsPerGroup: jobsPerGroup,
     });
     const scope = "the backward of one sequence of this call";
     checkAddressable(this.#tableEnd(plan), `${scope}, with its job table,`, p.shapes);

@@ -84,7 +84,7 @@ export interface BackwardTensorBytes extends TensorBytes {
   dOut: number;
   /** D = rowsum(dO ∘ O), one f32 per query row and head (written once, then read). */
   D: number;
-  /** The gradient of q (written). */
+  /** The gradient of q (written once; its per-segment partial sums are counted under `partial`). */
   dq: number;
   /** The gradient of k (written). */
   dk: number;
@@ -112,9 +112,9 @@ export interface BackwardIoCounts {
   Tr: number;
   /** Key blocks per (sequence, K/V head). */
   Tc: number;
-  /** Tiles computed, by the dQ kernel and by the dK/dV kernel together (each tile is recomputed by both). */
+  /** Tiles computed (each once: S, P, dP, dS and the three gradient products). */
   tilesComputed: number;
-  /** Tiles the two kernels skipped (2·Tr·Tc per head group, less those computed). */
+  /** Tiles skipped (Tr·Tc per head group, less those computed). */
   tilesSkipped: number;
 }
 

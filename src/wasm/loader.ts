@@ -30,9 +30,25 @@ export interface RawKernels {
   backwardBlockSize(sramBytes: number, d: number, dv: number, masked: boolean): number;
   backwardArenaBytes(B: number, d: number, dv: number, masked: boolean): number;
   backwardPrep(sm: number, ...args: PrepParameters): void;
-  backwardDq(sm: number, ...args: BackwardParameters): void;
   backwardDkDv(sm: number, ...args: BackwardParameters): void;
+  backwardDqMerge(sm: number, ...args: DqMergeParameters): void;
 }
+
+/** backwardDqMerge's parameters after its SM (assembly/backward.ts). */
+export type DqMergeParameters = [
+  partPtr: number,
+  segments: number,
+  segmentStride: number,
+  rows: number,
+  dqPtr: number,
+  dqRowStride: number,
+  dqHeadStride: number,
+  g: number,
+  d: number,
+  dv: number,
+  masked: number | boolean,
+  sramBytes: number,
+];
 
 /** backwardPrep's parameters after its SM (assembly/backward.ts). */
 export type PrepParameters = [
@@ -53,7 +69,7 @@ export type PrepParameters = [
   sramBytes: number,
 ];
 
-/** The parameters of backwardDq and backwardDkDv after their SM (assembly/backward.ts). */
+/** backwardDkDv's parameters after its SM (assembly/backward.ts). */
 export type BackwardParameters = [
   qPtr: number,
   qRowStride: number,
@@ -174,8 +190,8 @@ export interface Kernels {
   backwardBlockSize(sramBytes: number, d: number, dv: number, masked: boolean): number;
   backwardArenaBytes(B: number, d: number, dv: number, masked: boolean): number;
   backwardPrep(...args: PrepParameters): void;
-  backwardDq(...args: BackwardParameters): void;
   backwardDkDv(...args: BackwardParameters): void;
+  backwardDqMerge(...args: DqMergeParameters): void;
 }
 
 /** Binds raw kernels to their first SM. */
@@ -197,8 +213,8 @@ export function bindFirstSm(raw: RawKernels): Kernels {
     backwardBlockSize: (sramBytes, d, dv, masked) => raw.backwardBlockSize(sramBytes, d, dv, masked),
     backwardArenaBytes: (B, d, dv, masked) => raw.backwardArenaBytes(B, d, dv, masked),
     backwardPrep: (...args) => raw.backwardPrep(sm, ...args),
-    backwardDq: (...args) => raw.backwardDq(sm, ...args),
     backwardDkDv: (...args) => raw.backwardDkDv(sm, ...args),
+    backwardDqMerge: (...args) => raw.backwardDqMerge(sm, ...args),
   };
 }
 
@@ -297,8 +313,8 @@ export const REQUIRED_EXPORTS = [
   "backwardBlockSize",
   "backwardArenaBytes",
   "backwardPrep",
-  "backwardDq",
   "backwardDkDv",
+  "backwardDqMerge",
 ] as const;
 
 function checkExports(instance: WebAssembly.Instance): Kernels {
