@@ -277,7 +277,7 @@ log();
   if (standardForward !== standardAttentionIo({ B, H, Nq: N, Nk: N, d }).totalBytes) {
     throw new Error("Algorithm 0's count differs from standardAttentionIo");
   }
-  // Backward, counted by the kernels on one head (the dQ kernel and the dK/dV kernel, D first).
+  // Backward, counted by the kernels on one head (D, then dK, dV and the segments' partial dQ, then their merge).
   const dOut = random([1, N, 1, d], 4);
   const withLse = flashAttention(q, k, v, { returnLse: true });
   const oneBackward = flashAttentionBackward(q, k, v, withLse, dOut, { stats: true }).stats!;
@@ -289,22 +289,21 @@ log();
   // dS; read dS, K → dQ; read dS, Q → dK.
   const standardBackward = 4 * heads * (5 * N * N + 5 * N * d + 2 * N * N + 3 * N * d);
   // Matmul flops, 2·N²·d each per head: standard does 2 forward and 4 backward (dV, dP, dQ, dK).
-  // Flash's are as the kernels counted them: the backward recomputes S in both of its kernels and
-  // dP in both (7 products; a fused, atomic-adding backward makes 5).
+  // Flash's are as the kernels counted them: the backward recomputes S (5 products).
   const matmul = 2 * heads * N * N * d;
   const standardFlops = 6 * matmul;
   const flashFlops = (one.flops + oneBackward.flops) * heads;
   const standardTotal = standardForward + standardBackward;
   const flashTotal = flashForward + flashBackward;
   // On chip, in elements: every HBM element passes through once; flash also makes four trips per
-  // score element in the forward (S, P written and read) and fourteen in the backward (S, dP, dS
-  // written and read by the dQ kernel; S, P, dP, dS by the dK/dV kernel).
+  // score element in the forward (S, P written and read) and ten in the backward (S, P, dP written
+  // and read; dS written and read twice, for dK and for dQ).
   const scoreElements = heads * N * N;
   const fp16 = (f32Bytes: number) => f32Bytes / 2;
   const standardWork = { hbmBytes: fp16(standardTotal), sramBytes: fp16(standardTotal), flops: standardFlops };
   const flashWork = {
     hbmBytes: fp16(flashTotal),
-    sramBytes: fp16(flashTotal) + 2 * 18 * scoreElements,
+    sramBytes: fp16(flashTotal) + 2 * 14 * scoreElements,
     flops: flashFlops,
   };
   const gb = (bytes: number) => (bytes / GB).toFixed(1);
@@ -350,15 +349,15 @@ log();
   log();
   log(
     `Matmul flops in these estimates: standard ${gb(standardFlops)} GFLOP, flash ${gb(flashFlops)} GFLOP (the ` +
-      "paper's table lists 66.6 and 75.2 GFLOPs; our backward recomputes S and dP in both of its kernels, which " +
-      "buys determinism without atomics). SRAM bytes are estimated as the HBM bytes plus, for flash, 4 " +
-      "forward and 14 backward on-chip trips per score element. H100 has no SRAM term (no published figure).",
+      "paper's table lists 66.6 and 75.2 GFLOPs). SRAM bytes are estimated as the HBM bytes plus, for flash, 4 " +
+      "forward and 10 backward on-chip trips per score element. H100 has no SRAM term (no published figure).",
   );
   log();
   log(
     `Flash forward: Br = ${one.Br}, Bc = ${one.Bc} from the default 128 KiB arena (Tr = ${one.Tr}), so K and V are ` +
-      `read ${one.Tr} times per head. Flash backward: Br = Bc = ${oneBackward.Br} (Tr = Tc = ${oneBackward.Tc}): the ` +
-      "dK/dV kernel reads Q and dO once per key block, the dQ kernel K and V once per query block.",
+      `read ${one.Tr} times per head. Flash backward: Br = Bc = ${oneBackward.Br} (Tr = Tc = ${oneBackward.Tc}): K ` +
+      "and V are read once, Q and dO once per key block, and each tile's dQ rows are added into its key segment's " +
+      "partial dQ (read and written back; `partial`), which a merge sums.",
   );
   log();
   writeFileSync(

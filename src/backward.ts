@@ -40,8 +40,8 @@ export interface FlashAttentionBackwardOptions {
   out?: { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array };
   /**
    * Size in bytes of the scratch arena that plays SRAM. The backward's blocks are square,
-   * Br = Bc = the largest multiple of 8 up to 128 whose exact footprint fits. Default
-   * `DEFAULT_SRAM_BYTES`; at most 8 MiB.
+   * Br = Bc = the largest multiple of 8 up to 128 whose exact footprint fits (48 at d = 64 in the
+   * default). Default `DEFAULT_SRAM_BYTES`; at most 8 MiB.
    */
   sramBytes?: number;
   /** Also return `stats`: HBM bytes per tensor counted by the tile copies, the tiling, tiles and flops. */
@@ -64,7 +64,8 @@ export interface AttentionGradients {
  * The backward pass of {@linkcode flashAttention}: given the forward's inputs, its output (with
  * `lse`) and the gradient dO of a loss L with respect to that output, returns ∂L/∂q, ∂L/∂k and
  * ∂L/∂v. Like FlashAttention it never stores the Nq × Nk attention matrix: each tile of scores is
- * recomputed from Q, K and the saved lse, so the extra memory is O(N·d). f32 throughout.
+ * recomputed from Q, K and the saved lse, so the extra memory is O(N·d) (with at most 8 partial
+ * sums of dQ, one per key segment). f32 throughout.
  *
  * The gradients are deterministic: the same bits on every call, and on a pool of any size
  * (`pool.flashAttentionBackward`). Keys that no query sees, and queries that see no key, get zero
