@@ -19,7 +19,6 @@ import { segmentsOf } from "./_backward_plan.ts";
 import { ShapeError } from "./errors.ts";
 import {
   type BackwardIoCounts,
-  type BackwardTensorBytes,
   type FlashIoCounts,
   type IoCounts,
   sumBytes,
@@ -223,30 +222,54 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
     throw notWithVarlen("numSplits (split-KV of the KV-cache function)");
   }
   const numSplits = checkSplits(options.numSplits, Math.max(0, ...sequences.map((s) => s.Nk)));
-  const read = zeroBytes();
-  const written = zeroBytes();
+  const total = sumSequences(
+    sequences,
+    Hkv,
+    zeroBytes,
+    (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits),
+  );
+  return { ...total, sramBytes, sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0), Br, Bc };
+}
+
+/** The IO of one (sequence, K/V head), as the closed forms compute it. */
+interface SequenceIo<T extends TensorBytes> {
+  read: T;
+  written: T;
+  Tr: number;
+  Tc: number;
+  tilesComputed: number;
+}
+
+/**
+ * Sums a per-(sequence, K/V head) closed form over the sequences that have queries (each distinct
+ * (Nq, Nk) counted `count` times, Hkv heads each); Tr and Tc are the largest.
+ */
+function sumSequences<T extends TensorBytes>(
+  sequences: { Nq: number; Nk: number; count: number }[],
+  Hkv: number,
+  zero: () => T,
+  one: (Nq: number, Nk: number) => SequenceIo<T>,
+) {
+  const read = zero();
+  const written = zero();
   let [Tr, Tc, tiles, tilesComputed] = [0, 0, 0, 0];
   for (const { Nq, Nk, count } of sequences) {
     if (Nq === 0) continue;
-    const one = sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits);
+    const io = one(Nq, Nk);
     const heads = count * Hkv;
-    for (const key of Object.keys(read) as (keyof TensorBytes)[]) {
-      read[key] += heads * one.read[key];
-      written[key] += heads * one.written[key];
+    for (const key of Object.keys(read) as (keyof T)[]) {
+      (read[key] as number) += heads * (io.read[key] as number);
+      (written[key] as number) += heads * (io.written[key] as number);
     }
-    Tr = Math.max(Tr, one.Tr);
-    Tc = Math.max(Tc, one.Tc);
-    tiles += heads * one.Tr * one.Tc;
-    tilesComputed += heads * one.tilesComputed;
+    Tr = Math.max(Tr, io.Tr);
+    Tc = Math.max(Tc, io.Tc);
+    tiles += heads * io.Tr * io.Tc;
+    tilesComputed += heads * io.tilesComputed;
   }
   return {
     read,
     written,
     totalBytes: sumBytes(read) + sumBytes(written),
-    sramBytes,
-    sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0),
-    Br,
-    Bc,
     Tr,
     Tc,
     tilesComputed,
@@ -358,35 +381,13 @@ export function flashAttentionBackwardIo(shape: AttentionShape, options: Backwar
   if (B === 0) {
     throw new RangeError(`sramBytes ${sramBytes} cannot hold the backward's smallest blocks for d = ${d}, dv = ${dv}`);
   }
-  const read = zeroBackwardBytes();
-  const written = zeroBackwardBytes();
-  let [Tr, Tc, tiles, tilesComputed] = [0, 0, 0, 0];
-  for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
-    if (Nq === 0) continue;
-    const one = sequenceBackwardIo(Nq, Nk, g, B, d, dv, options);
-    const heads = count * Hkv;
-    for (const key of Object.keys(read) as (keyof BackwardTensorBytes)[]) {
-      read[key] += heads * one.read[key];
-      written[key] += heads * one.written[key];
-    }
-    Tr = Math.max(Tr, one.Tr);
-    Tc = Math.max(Tc, one.Tc);
-    tiles += heads * one.Tr * one.Tc;
-    tilesComputed += heads * one.tilesComputed;
-  }
-  return {
-    read,
-    written,
-    totalBytes: sumBytes(read) + sumBytes(written),
-    sramBytes,
-    sramPeakBytes: kernels.backwardArenaBytes(B, d, dv, maskBytes > 0),
-    Br: B,
-    Bc: B,
-    Tr,
-    Tc,
-    tilesComputed,
-    tilesSkipped: tiles - tilesComputed,
-  };
+  const total = sumSequences(
+    sequenceLengths(shape, options),
+    Hkv,
+    zeroBackwardBytes,
+    (Nq, Nk) => sequenceBackwardIo(Nq, Nk, g, B, d, dv, options),
+  );
+  return { ...total, sramBytes, sramPeakBytes: kernels.backwardArenaBytes(B, d, dv, maskBytes > 0), Br: B, Bc: B };
 }
 
 /** The backward traffic of one (sequence, K/V head), blocks B × B. */

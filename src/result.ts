@@ -92,30 +92,16 @@ export interface BackwardTensorBytes extends TensorBytes {
   dv: number;
 }
 
-/** The IO of a backward call, measured (`stats: true`) or in closed form. */
-export interface BackwardIoCounts {
+/**
+ * The IO of a backward call, measured (`stats: true`) or in closed form: the forward's fields, with
+ * the backward's tensors. Its blocks are square (Br = Bc); `tilesComputed` counts each tile once
+ * (S, P, dP, dS and the three gradient products), `tilesSkipped` is Tr·Tc per head group less those.
+ */
+export interface BackwardIoCounts extends FlashIoCounts {
   /** HBM bytes read, per tensor. */
   read: BackwardTensorBytes;
   /** HBM bytes written, per tensor. */
   written: BackwardTensorBytes;
-  /** Sum of `read` and `written`. */
-  totalBytes: number;
-  /** Arena size M in bytes. */
-  sramBytes: number;
-  /** Bytes of the arena the backward's layout uses: never more than M. */
-  sramPeakBytes: number;
-  /** Query block rows (virtual rows, as the forward's); the backward's blocks are square, Br = Bc. */
-  Br: number;
-  /** Key block size. */
-  Bc: number;
-  /** Query blocks per (sequence, K/V head). */
-  Tr: number;
-  /** Key blocks per (sequence, K/V head). */
-  Tc: number;
-  /** Tiles computed (each once: S, P, dP, dS and the three gradient products). */
-  tilesComputed: number;
-  /** Tiles skipped (Tr·Tc per head group, less those computed). */
-  tilesSkipped: number;
 }
 
 /** What the backward's `stats: true` returns. */

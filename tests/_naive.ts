@@ -25,10 +25,10 @@ export interface NaiveOptions {
 }
 
 /** Where element (n, h, c) of one sequence lives in a q, k, v or output array. */
-type Locate = (n: number, h: number, c: number) => number;
+export type Locate = (n: number, h: number, c: number) => number;
 
 /** One sequence: a batch entry, or one packed sequence of a varlen call. */
-interface Entry {
+export interface Entry {
   /** Index for per-entry ALiBi slopes and the mask's batch axis. */
   b: number;
   Nq: number;
@@ -44,33 +44,26 @@ interface Entry {
   lse: (i: number, h: number) => number;
 }
 
-/**
- * softmax(S)·V per (sequence, head) in f64 with S built in the documented order:
- * S = scale·q·k; softcap·tanh(S/softcap); + ALiBi bias −slope·|i + Nk − Nq − j|; + mask; then keys
- * outside the causal window or past the entry's valid length are dropped. Causal and windows are
- * aligned bottom-right to each entry's own Nk (top-left with causal "top-left"); ALiBi distances
- * are always bottom-right. Nk is the entry's valid length wherever it appears (the README says so
- * for causal and windows; for ALiBi this follows FlashAttention, which the README does not spell
- * out). A mask value of −∞ or a boolean zero makes the score −∞ (it does not add −∞ to it, so a
- * NaN score of a blocked key is gone). A row with no key left (or only −∞ scores) gets O = 0 and lse = −∞.
- *
- * Layouts: "bshd" q [B, Nq, H, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv], O [B, Nq, H, dv], lse
- * [B, H, Nq]; "bhsd" swaps the sequence and head axes of q, k, v and O; varlen (cuSeqlensQ/K) has
- * q [totalQ, H, d], k [totalK, Hkv, d], v [totalK, Hkv, dv], O [totalQ, H, dv], lse [H, totalQ].
- */
-export function naiveAttention(
-  q: NaiveTensor,
-  k: NaiveTensor,
-  v: NaiveTensor,
-  options: NaiveOptions = {},
-): { data: Float64Array; lse: Float64Array } {
+/** The sequences of a call, with where their elements live, and the call's sizes. */
+export interface NaiveLayout {
+  entries: Entry[];
+  B: number;
+  H: number;
+  Hkv: number;
+  d: number;
+  dv: number;
+  outLength: number;
+  lseLength: number;
+}
+
+/** Lays out q, k, v and the output as the README documents the layouts and varlen packing. */
+export function naiveLayout(q: NaiveTensor, k: NaiveTensor, v: NaiveTensor, options: NaiveOptions): NaiveLayout {
   const varlen = options.cuSeqlensQ !== undefined;
   const d = q.shape[q.shape.length - 1];
   const dv = v.shape[v.shape.length - 1];
   const entries: Entry[] = [];
   let H: number, Hkv: number, B: number;
   let outLength: number, lseLength: number;
-
   if (varlen) {
     const cuQ = options.cuSeqlensQ!;
     const cuK = options.cuSeqlensK!;
@@ -124,6 +117,30 @@ export function naiveAttention(
     }
   }
 
+  return { entries, B, H, Hkv, d, dv, outLength, lseLength };
+}
+
+/**
+ * softmax(S)·V per (sequence, head) in f64 with S built in the documented order:
+ * S = scale·q·k; softcap·tanh(S/softcap); + ALiBi bias −slope·|i + Nk − Nq − j|; + mask; then keys
+ * outside the causal window or past the entry's valid length are dropped. Causal and windows are
+ * aligned bottom-right to each entry's own Nk (top-left with causal "top-left"); ALiBi distances
+ * are always bottom-right. Nk is the entry's valid length wherever it appears (the README says so
+ * for causal and windows; for ALiBi this follows FlashAttention, which the README does not spell
+ * out). A mask value of −∞ or a boolean zero makes the score −∞ (it does not add −∞ to it, so a
+ * NaN score of a blocked key is gone). A row with no key left (or only −∞ scores) gets O = 0 and lse = −∞.
+ *
+ * Layouts: "bshd" q [B, Nq, H, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv], O [B, Nq, H, dv], lse
+ * [B, H, Nq]; "bhsd" swaps the sequence and head axes of q, k, v and O; varlen (cuSeqlensQ/K) has
+ * q [totalQ, H, d], k [totalK, Hkv, d], v [totalK, Hkv, dv], O [totalQ, H, dv], lse [H, totalQ].
+ */
+export function naiveAttention(
+  q: NaiveTensor,
+  k: NaiveTensor,
+  v: NaiveTensor,
+  options: NaiveOptions = {},
+): { data: Float64Array; lse: Float64Array } {
+  const { entries, B, H, Hkv, d, dv, outLength, lseLength } = naiveLayout(q, k, v, options);
   const scale = options.scale ?? 1 / Math.sqrt(d);
   const softcap = options.softcap ?? 0;
   const causal = options.causal ?? false;
@@ -194,7 +211,7 @@ export function naiveAttention(
 }
 
 /** The mask element for index [b, h, i, j] of `full`, numpy-broadcast from the right. */
-function maskAt(
+export function maskAt(
   mask: { data: ArrayLike<number>; shape: readonly number[] },
   index: number[],
   full: number[],

@@ -5,32 +5,13 @@
 // each step of the forward in reverse order. tests/naive_backward_test.ts checks it against central
 // finite differences of naiveAttention.
 
-import type { NaiveOptions, NaiveTensor } from "./_naive.ts";
+import { maskAt, naiveLayout, type NaiveOptions, type NaiveTensor } from "./_naive.ts";
 
 /** The gradients of Σ dOut ∘ O, each with the shape and layout of q, k and v respectively. */
 export interface NaiveGradients {
   dq: Float64Array;
   dk: Float64Array;
   dv: Float64Array;
-}
-
-/** Where element (n, h, c) of one sequence lives in a q, k, v or output array. */
-type Locate = (n: number, h: number, c: number) => number;
-
-/** One sequence: a batch entry, or one packed sequence of a varlen call. */
-interface Entry {
-  /** Index for per-entry ALiBi slopes and the mask's batch axis. */
-  b: number;
-  Nq: number;
-  /** Valid keys: keys j ≥ Nk do not exist. */
-  Nk: number;
-  /** Keys present in k and v for this entry (≥ Nk; the mask's last axis spans all of them). */
-  NkStored: number;
-  q: Locate;
-  k: Locate;
-  v: Locate;
-  /** Also where dOut lives: dOut has O's shape. */
-  o: Locate;
 }
 
 /**
@@ -59,57 +40,8 @@ export function naiveAttentionBackward(
   precision: "f64" | "f32" = "f64",
 ): NaiveGradients {
   const r: (x: number) => number = precision === "f32" ? Math.fround : (x) => x;
-  const varlen = options.cuSeqlensQ !== undefined;
-  const d = q.shape[q.shape.length - 1];
-  const dv = v.shape[v.shape.length - 1];
-  const entries: Entry[] = [];
-  let H: number, Hkv: number, B: number;
-
-  if (varlen) {
-    const cuQ = options.cuSeqlensQ!;
-    const cuK = options.cuSeqlensK!;
-    H = q.shape[1];
-    Hkv = k.shape[1];
-    B = cuQ.length - 1;
-    for (let b = 0; b < B; b++) {
-      const [q0, k0] = [cuQ[b], cuK[b]];
-      const Nk = cuK[b + 1] - k0;
-      entries.push({
-        b,
-        Nq: cuQ[b + 1] - q0,
-        Nk,
-        NkStored: Nk,
-        q: (n, h, c) => ((q0 + n) * H + h) * d + c,
-        k: (n, h, c) => ((k0 + n) * Hkv + h) * d + c,
-        v: (n, h, c) => ((k0 + n) * Hkv + h) * dv + c,
-        o: (n, h, c) => ((q0 + n) * H + h) * dv + c,
-      });
-    }
-  } else {
-    const bhsd = options.layout === "bhsd";
-    // [B, N, heads, D] or [B, heads, N, D]
-    const [seqAxis, headAxis] = bhsd ? [2, 1] : [1, 2];
-    B = q.shape[0];
-    H = q.shape[headAxis];
-    Hkv = k.shape[headAxis];
-    const Nq = q.shape[seqAxis];
-    const NkStored = k.shape[seqAxis];
-    const at = (N: number, heads: number, D: number) => (b: number, n: number, h: number, c: number) =>
-      bhsd ? ((b * heads + h) * N + n) * D + c : ((b * N + n) * heads + h) * D + c;
-    const [qAt, kAt, vAt, oAt] = [at(Nq, H, d), at(NkStored, Hkv, d), at(NkStored, Hkv, dv), at(Nq, H, dv)];
-    for (let b = 0; b < B; b++) {
-      entries.push({
-        b,
-        Nq,
-        Nk: options.seqLensK ? options.seqLensK[b] : NkStored,
-        NkStored,
-        q: (n, h, c) => qAt(b, n, h, c),
-        k: (n, h, c) => kAt(b, n, h, c),
-        v: (n, h, c) => vAt(b, n, h, c),
-        o: (n, h, c) => oAt(b, n, h, c),
-      });
-    }
-  }
+  // The sequences and where their elements live, as the forward oracle lays them out (dOut has O's).
+  const { entries, B, H, Hkv, d, dv } = naiveLayout(q, k, v, options);
 
   // Inputs as this precision sees them (an f32 implementation reads f32 values).
   const [Q, K, V, dO] = [q, k, v, dOut].map((t) => Float64Array.from(t.data, r));
@@ -216,19 +148,4 @@ export function naiveAttentionBackward(
     }
   }
   return { dq, dk, dv: dvOut };
-}
-
-/** The mask element for index [b, h, i, j] of `full`, numpy-broadcast from the right. */
-function maskAt(
-  mask: { data: ArrayLike<number>; shape: readonly number[] },
-  index: number[],
-  full: number[],
-): number {
-  const shape = [...Array(4 - mask.shape.length).fill(1), ...mask.shape];
-  let at = 0;
-  for (let axis = 0; axis < 4; axis++) {
-    if (shape[axis] !== 1 && shape[axis] !== full[axis]) throw new Error(`mask ${mask.shape} vs ${full}`);
-    at = at * shape[axis] + (shape[axis] === 1 ? 0 : index[axis]);
-  }
-  return mask.data[at];
 }
