@@ -25,7 +25,6 @@ import {
   type Step,
 } from "./_plan.ts";
 import type { AttentionProblem, Sequence } from "./_problem.ts";
-import { splitRanges } from "./_splits.ts";
 
 /** One call of backwardDkDv (assembly/backward.ts), argument for argument; dq* address its partial dQ. */
 export interface BackwardJob {
@@ -159,12 +158,75 @@ export interface BackwardPlanConfig {
 /** Most segments a head group's keys are cut into: assembly/backward.ts's DQ_SEGMENTS. */
 export const DQ_SEGMENTS = 8;
 
-/** The key ranges of a sequence's segments: whole blocks of B, at most DQ_SEGMENTS of them (none without keys). */
-export const segmentsOf = (Nk: number, B: number): [number, number][] =>
-  Nk === 0 ? [] : splitRanges(Nk, DQ_SEGMENTS, B);
+/** What decides a sequence's segments: its sizes and the visibility rule (assembly/scores.ts). */
+export interface SegmentShape {
+  Nq: number;
+  Nk: number;
+  /** Query heads per K/V head (virtual rows per position). */
+  g: number;
+  /** Block size. */
+  B: number;
+  /** Causal/window alignment offset (Nk − Nq bottom-right, 0 top-left) and window bounds (−1: unbounded). */
+  visOffset: number;
+  windowLeft: number;
+  windowRight: number;
+}
+
+/**
+ * The key ranges of a sequence's segments: at most DQ_SEGMENTS runs of whole key blocks of B (none
+ * without keys), cut so that each holds about the same number of tiles to compute — with causal
+ * masking the first key blocks are seen by many more query blocks than the last — by the kernel's
+ * own rule (a query block computes a key block iff its visible keys, from the first key of its
+ * first row to the end of its last row, are not empty and meet the block). It depends on the
+ * problem alone, so every runner cuts the same segments and sums dQ in the same order.
+ */
+export function segmentsOf(shape: SegmentShape): [number, number][] {
+  const { Nq, Nk, g, B, visOffset, windowLeft: left, windowRight: right } = shape;
+  if (Nk === 0) return [];
+  const clamp = (j: number) => Math.min(Nk, Math.max(0, j));
+  const first = (i: number) => left < 0 ? 0 : clamp(i + visOffset - left);
+  const end = (i: number) => right < 0 ? Nk : clamp(i + visOffset + right + 1);
+  const rows = Nq * g;
+  const blocks = Math.ceil(Nk / B);
+  // Tiles per key block (at least 1, so that blocks no query sees still spread out).
+  const work = new Array<number>(blocks).fill(1);
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const lo = first(Math.floor(i0 / g));
+    const hi = end(Math.floor((Math.min(i0 + B, rows) - 1) / g));
+    if (lo >= hi) continue;
+    for (let j = Math.floor(lo / B); j < Math.ceil(hi / B); j++) work[j]++;
+  }
+  const total = work.reduce((a, w) => a + w, 0);
+  const count = Math.min(DQ_SEGMENTS, blocks);
+  const ranges: [number, number][] = [];
+  let begin = 0;
+  let done = 0;
+  for (let j = 0; j < blocks; j++) {
+    done += work[j];
+    // Close a segment once it reaches its share of the work (the last one takes the rest).
+    if (ranges.length < count - 1 && done >= (total * (ranges.length + 1)) / count) {
+      ranges.push([begin * B, Math.min(Nk, (j + 1) * B)]);
+      begin = j + 1;
+    }
+  }
+  if (begin < blocks) ranges.push([begin * B, Nk]);
+  return ranges;
+}
+
+/** A sequence's segments in a validated problem. */
+const segmentsFor = (p: AttentionProblem, s: Sequence, B: number) =>
+  segmentsOf({
+    Nq: s.Nq,
+    Nk: s.Nk,
+    g: p.group,
+    B,
+    visOffset: p.topLeft ? 0 : s.Nk - s.Nq,
+    windowLeft: p.windowLeft,
+    windowRight: p.windowRight,
+  });
 
 /** Floats of a sequence's partial dQ: every segment's rows of every head. */
-const partialFloats = (p: AttentionProblem, s: Sequence, B: number) => segmentsOf(s.Nk, B).length * s.Nq * p.H * p.d;
+const partialFloats = (p: AttentionProblem, s: Sequence, B: number) => segmentsFor(p, s, B).length * s.Nq * p.H * p.d;
 
 /** Bytes of one sequence's slab: its inputs, its gradients and the partial dQ. */
 function slabBytes(p: AttentionProblem, s: Sequence, e: SlabExtents, B: number): number {
@@ -222,7 +284,7 @@ function planSlabs(
   let at = config.hbmPtr;
   for (const s of sequences) {
     const e = extentsOf(p, s);
-    const segments = segmentsOf(s.Nk, config.B);
+    const segments = segmentsFor(p, s, config.B);
     const rows = s.Nq * g; // virtual rows of a head group
     const ptrs = place(at, {
       partPtr: 4 * partialFloats(p, s, config.B),

@@ -341,8 +341,8 @@ export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
 /**
  * HBM traffic of this library's backward (`flashAttentionBackward`), from formulas, for the
  * square blocks B = Br = Bc it derives from the arena size. Per (sequence, K/V head) of Nq·g
- * virtual rows, whose keys are cut into s = min(8, ⌈Nk/B⌉) segments of whole key blocks
- * (⌈Nk/(s·B)⌉ blocks each, as `numSplits` cuts them):
+ * virtual rows, whose keys are cut into at most min(8, ⌈Nk/B⌉) segments of whole key blocks with
+ * about the same number of tiles each (the library's own rule, shared with this model):
  * - D = rowsum(dO ∘ O): O and dO read once, D written once;
  * - per key block: its K and V rows read once, its dK and dV rows written once;
  * - per tile computed (a query block whose keys [first of its first row, end of its last row) are
@@ -433,7 +433,16 @@ function sequenceBackwardIo(
     }
   }
   // The merge: every segment's partial dQ read, dQ written once.
-  const segments = segmentsOf(Nk, B).length;
+  const [windowLeft, windowRight] = options.windowSize ?? [-1, -1];
+  const segments = segmentsOf({
+    Nq,
+    Nk,
+    g,
+    B,
+    visOffset: options.causal === "top-left" ? 0 : Nk - Nq,
+    windowLeft,
+    windowRight: options.causal ? 0 : windowRight,
+  }).length;
   read.partial += 4 * segments * rows * d;
   written.dq += 4 * rows * d;
   return { read, written, Tr: Math.ceil(rows / B), Tc: Math.ceil(Nk / B), tilesComputed };
