@@ -228,7 +228,19 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
     zeroBytes,
     (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits),
   );
-  return { ...total, sramBytes, sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0), Br, Bc };
+  return withTiling(total, sramBytes, kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0), Br, Bc);
+}
+
+/** A summed closed form with the arena and its blocks, fields in the order the kernels' stats list them. */
+function withTiling<T extends TensorBytes>(
+  total: ReturnType<typeof sumSequences<T>>,
+  sramBytes: number,
+  sramPeakBytes: number,
+  Br: number,
+  Bc: number,
+) {
+  const { read, written, totalBytes, Tr, Tc, tilesComputed, tilesSkipped } = total;
+  return { read, written, totalBytes, sramBytes, sramPeakBytes, Br, Bc, Tr, Tc, tilesComputed, tilesSkipped };
 }
 
 /** The IO of one (sequence, K/V head), as the closed forms compute it. */
@@ -387,7 +399,7 @@ export function flashAttentionBackwardIo(shape: AttentionShape, options: Backwar
     zeroBackwardBytes,
     (Nq, Nk) => sequenceBackwardIo(Nq, Nk, g, B, d, dv, options),
   );
-  return { ...total, sramBytes, sramPeakBytes: kernels.backwardArenaBytes(B, d, dv, maskBytes > 0), Br: B, Bc: B };
+  return withTiling(total, sramBytes, kernels.backwardArenaBytes(B, d, dv, maskBytes > 0), B, B);
 }
 
 /** The backward traffic of one (sequence, K/V head), blocks B × B. */
