@@ -7,32 +7,18 @@
 import { runBackwardSync } from "./_backward_run.ts";
 import { validateBackwardCall } from "./_validate.ts";
 import type { AttentionOutput, BackwardStats } from "./result.ts";
-import type { Layout, Mask, Tensor } from "./tensor.ts";
+import type { FlashAttentionOptions } from "./flash_attention.ts";
+import type { Tensor } from "./tensor.ts";
 
 export type { BackwardStats, BackwardTensorBytes } from "./result.ts";
 
-/** Options of {@linkcode flashAttentionBackward}: the forward call's options, and where the gradients go. */
-export interface FlashAttentionBackwardOptions {
-  /** As `flashAttention`'s: the forward's scale (default `1 / sqrt(d)`). */
-  scale?: number;
-  /** As `flashAttention`'s. */
-  causal?: boolean | "bottom-right" | "top-left";
-  /** As `flashAttention`'s. */
-  windowSize?: readonly [number, number];
-  /** As `flashAttention`'s; the gradient goes through the tanh (its derivative 1 − tanh²). */
-  softcap?: number;
-  /** As `flashAttention`'s (the slopes get no gradient). */
-  alibiSlopes?: Float32Array;
-  /** As `flashAttention`'s (the mask gets no gradient). */
-  mask?: Mask;
-  /** As `flashAttention`'s: keys past a batch entry's length get zero gradients. */
-  seqLensK?: Int32Array;
-  /** As `flashAttention`'s varlen packing. */
-  cuSeqlensQ?: Int32Array;
-  /** As `flashAttention`'s varlen packing. */
-  cuSeqlensK?: Int32Array;
-  /** As `flashAttention`'s; the gradients have the layout of q, k and v. */
-  layout?: Layout;
+/**
+ * Options of {@linkcode flashAttentionBackward}: the forward call's options (scale, causal, windowSize,
+ * softcap, alibiSlopes, mask, seqLensK, cuSeqlensQ/K, layout — pass what the forward was given; the
+ * mask and the slopes get no gradient, softcap's goes through its tanh), and where the gradients go.
+ */
+export interface FlashAttentionBackwardOptions
+  extends Omit<FlashAttentionOptions, "returnLse" | "out" | "sramBytes" | "stats"> {
   /**
    * Buffers to write the gradients into instead of new arrays (any of the three): each must have
    * the length of q, k or v and share no memory with any input or with each other.
