@@ -102,6 +102,7 @@ outcomes.push(
     "--allow-read",
     "--allow-run",
     "--allow-env",
+    "--allow-write=.scratch",
     "--doc",
     "mod.ts",
     "src/",

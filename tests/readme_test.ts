@@ -1,0 +1,59 @@
+// The README's usage example, run verbatim: the code blocks of its "Use" section are written, as
+// they are, to a module inside the repository (so that "@flash/attention" resolves to this package
+// by its own name: package.json's and deno.json's exports) and run in a child process of the
+// runtime running this test. `npm test` runs the suite on Node, Deno and Bun, so the example runs
+// on all three. The output must be what the README's comment says it prints.
+
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { test } from "./_util.ts";
+
+const root = fileURLToPath(new URL("../", import.meta.url));
+
+/** The ```ts blocks of the README section whose heading is `heading`, up to the next heading of any level. */
+function codeBlocks(heading: string): string[] {
+  const readme = readFileSync(`${root}README.md`, "utf8");
+  const start = readme.indexOf(`\n${heading}\n`);
+  if (start < 0) throw new Error(`README has no section "${heading}"`);
+  const end = readme.indexOf("\n#", start + heading.length + 2);
+  const section = readme.slice(start, end < 0 ? undefined : end);
+  return [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+}
+
+/** Runs a module of this repository in the current runtime; returns its stdout. */
+function runHere(path: string): string {
+  // deno-lint-ignore no-explicit-any
+  const runtime = globalThis as any;
+  const [cmd, args] = runtime.Deno
+    ? [runtime.Deno.execPath(), ["run", "--no-prompt", path]] // no permissions at all
+    : runtime.Bun
+    ? [process.execPath, [path]]
+    : [process.execPath, ["--import", "tsx", path]];
+  const child = spawnSync(cmd, args, { cwd: root, encoding: "utf8", timeout: 120_000 });
+  if (child.error) throw child.error;
+  if (child.status !== 0) {
+    throw new Error(`the README example failed (status ${child.status}):\n${child.stdout}\n${child.stderr}`);
+  }
+  return child.stdout;
+}
+
+test("the README's usage example runs verbatim, importing the package by its name, and prints what it says", () => {
+  const blocks = codeBlocks("## Use");
+  if (blocks.length < 2) throw new Error(`expected the usage example and the reference import, got ${blocks.length}`);
+  const source = blocks.join("\n");
+  if (!source.includes('from "@flash/attention"')) throw new Error("the example does not import the package by name");
+  // What the example says it prints: the comment on its console.log line.
+  const promise = /console\.log\([^\n]*\/\/ (.*)$/m.exec(source);
+  if (!promise) throw new Error("the example has no console.log with a comment saying what it prints");
+  const dir = `${root}.scratch/readme`;
+  mkdirSync(dir, { recursive: true });
+  const path = `${dir}/use.ts`;
+  writeFileSync(path, source);
+  const printed = runHere(path);
+  const normalise = (text: string) => text.replace(/\s+/g, "");
+  if (normalise(printed) !== normalise(promise[1])) {
+    throw new Error(`the example printed ${JSON.stringify(printed)}, the README says ${JSON.stringify(promise[1])}`);
+  }
+});
