@@ -68,7 +68,7 @@ import {
   addRows,
   TENSOR_PARTIAL,
 } from "./hbm";
-import { addBiases, addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
+import { addBiases, addr, endKey, firstKey, i32At, imax, imin, rowRanges, tanh } from "./scores";
 import { accumulateValues, scoresStrip } from "./simd";
 
 /** B is a multiple of this (strips of 8 lanes in every product). */
@@ -193,22 +193,6 @@ function blockOf(sramBytes: i32, d: i32, dv: i32, masked: bool): i32 {
 }
 
 /**
- * Each row's visible keys [first, end) and ALiBi position for virtual rows i0 .. i0 + rowsHere of
- * a block, padded to a multiple of 4 by repeating the last row (as the forward does).
- */
-function rowRanges(
-  i0: i32, rowsHere: i32, g: i32, visOffset: i32, windowLeft: i32, windowRight: i32, alibiOffset: i32,
-  keyBegin: i32, keyEnd: i32,
-): void {
-  for (let r = 0; r < roundUp(rowsHere, 4); r++) {
-    const i = (i0 + imin(r, rowsHere - 1)) / g;
-    store<i32>(addr(tFirst, r), firstKey(i, visOffset, windowLeft, keyBegin, keyEnd));
-    store<i32>(addr(tEnd, r), endKey(i, visOffset, windowRight, keyBegin, keyEnd));
-    store<i32>(addr(tPos, r), i + alibiOffset);
-  }
-}
-
-/**
  * D = rowsum(dO ∘ O) for `rows` virtual rows (Nq·g), on the SM at `sm`: O and dO read by virtual
  * row, D written with the lse's strides. Runs before backwardDkDv.
  */
@@ -323,7 +307,7 @@ export function backwardDkDv(
       loadRowsTransposed(sm, tLse, B, lsePtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_LSE);
       loadRowsTransposed(sm, tD, B, dPtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_D);
       if (slopesPtr != 0) loadRowsTransposed(sm, tSlope, B, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
-      rowRanges(i0, rowsHere, g, visOffset, windowLeft, windowRight, alibiOffset, keyBegin, keyEnd);
+      rowRanges(tFirst, tEnd, tPos, i0, rowsHere, g, visOffset, windowLeft, windowRight, alibiOffset, keyBegin, keyEnd);
 
       // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, a row per query, per strip of 8 keys.
       for (let c = 0; c < ldk; c += 8) {

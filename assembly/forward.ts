@@ -42,7 +42,7 @@ import {
   roundUp,
 } from "./arena";
 import { expNonPositive } from "./exp";
-import { addBiases, addr, endKey, firstKey, i32At, imax, imin, tanh } from "./scores";
+import { addBiases, addr, i32At, imax, imin, rowRanges, tanh } from "./scores";
 import {
   MASK_NONE,
   TENSOR_K,
@@ -155,14 +155,9 @@ export function forward(
       v128.store(addr(m, r), negInf);
       v128.store(addr(l, r), zero);
     }
-    // Each row's position, visible keys [first, end) and ALiBi position, once per query block
-    // (padding rows up to a multiple of 4 repeat the last row; roundUp(rowsHere, 4) ≤ Br, a multiple of 8).
-    for (let r = 0; r < roundUp(rowsHere, 4); r++) {
-      const i = (i0 + imin(r, rowsHere - 1)) / g;
-      store<i32>(addr(rowFirst, r), firstKey(i, visOffset, windowLeft, keyBegin, keyEnd));
-      store<i32>(addr(rowEnd, r), endKey(i, visOffset, windowRight, keyBegin, keyEnd));
-      store<i32>(addr(rowPos, r), i + alibiOffset);
-    }
+    // Each row's visible keys [first, end) and ALiBi position, once per query block
+    // (roundUp(rowsHere, 4) ≤ Br, a multiple of 8: inside the three regions).
+    rowRanges(rowFirst, rowEnd, rowPos, i0, rowsHere, g, visOffset, windowLeft, windowRight, alibiOffset, keyBegin, keyEnd);
 
     // Key blocks that some row of this block can see; the block grid starts at keyBegin.
     const jFirst = i32At(rowFirst, 0);

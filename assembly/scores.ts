@@ -83,3 +83,22 @@ const TANH_SERIES_MAX: f32 = 0.25;
   }
   return x;
 }
+
+/**
+ * For virtual rows i0 .. i0 + rowsHere of a block (row r is position ⌊r/g⌋), each row's visible keys
+ * [first, end) and its ALiBi position i + alibiOffset, as i32 arrays at firstPtr, endPtr and posPtr;
+ * padding rows up to a multiple of 4 repeat the last row, so 4-lane loads see valid ranges.
+ */
+export function rowRanges(
+  firstPtr: usize, endPtr: usize, posPtr: usize,
+  i0: i32, rowsHere: i32, g: i32, visOffset: i32, windowLeft: i32, windowRight: i32, alibiOffset: i32,
+  keyBegin: i32, keyEnd: i32,
+): void {
+  const padded = (rowsHere + 3) & ~3;
+  for (let r = 0; r < padded; r++) {
+    const i = (i0 + imin(r, rowsHere - 1)) / g;
+    store<i32>(addr(firstPtr, r), firstKey(i, visOffset, windowLeft, keyBegin, keyEnd));
+    store<i32>(addr(endPtr, r), endKey(i, visOffset, windowRight, keyBegin, keyEnd));
+    store<i32>(addr(posPtr, r), i + alibiOffset);
+  }
+}
