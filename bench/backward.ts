@@ -15,7 +15,8 @@
 import process from "node:process";
 import { flashAttention, flashAttentionBackward, type Tensor } from "../mod.ts";
 import { planBackward } from "../src/_backward_plan.ts";
-import { ensureBackwardArena, runStep } from "../src/_backward_run.ts";
+import { ensureBackwardArena } from "../src/_backward_run.ts";
+import { runStep } from "../src/_forward.ts";
 import { DEFAULT_SRAM_BYTES } from "../src/_limits.ts";
 import { SLAB_BUDGET_BYTES } from "../src/_plan.ts";
 import { validateBackwardCall } from "../src/_validate.ts";

@@ -2,10 +2,10 @@
 // backward's blocks, the memory limit), then the run of its steps on the calling thread.
 
 import { type BackwardPlan, type Gradients, planBackward } from "./_backward_plan.ts";
-import { ensureMemory } from "./_forward.ts";
+import { ensureMemory, runStep } from "./_forward.ts";
 import { heapOf } from "./_heap.ts";
 import { message } from "./_messages.ts";
-import { SLAB_BUDGET_BYTES, type Step } from "./_plan.ts";
+import { SLAB_BUDGET_BYTES } from "./_plan.ts";
 import type { AttentionProblem, BackwardCall } from "./_problem.ts";
 import { backwardStatsOf, readCounters } from "./_stats.ts";
 import type { AttentionGradients } from "./backward.ts";
@@ -42,13 +42,6 @@ export function gradientsOf(call: BackwardCall, grads: Gradients): AttentionGrad
     dk: { data: grads.dk, shape: p.kShape },
     dv: { data: grads.dv, shape: p.vShape },
   };
-}
-
-/** Runs one step's kernel calls in order on the calling thread's kernels. */
-export function runStep(kernels: Kernels, step: Step): void {
-  // deno-lint-ignore no-explicit-any
-  const kernel = kernels[step.kernel] as (...args: any[]) => void;
-  for (const args of step.args) kernel(...args);
 }
 
 /** Validated, planned and reserved: computes the gradients of a backward call on the calling thread. */

@@ -6,13 +6,13 @@ import { message } from "./_messages.ts";
 import {
   allocateResults,
   CHUNK_BYTES,
-  forwardArgs,
   type ForwardPlan,
-  mergeArgs,
+  forwardSteps,
   planForward,
   planScope,
   type Results,
   SLAB_BUDGET_BYTES,
+  type Step,
 } from "./_plan.ts";
 import type { AttentionProblem } from "./_problem.ts";
 import { heapOf } from "./_heap.ts";
@@ -83,9 +83,15 @@ export function runForward(
   const results = allocateResults(p, config.out);
   for (const phase of plan.phases) {
     phase.stage(kernels.memory.buffer);
-    for (const job of phase.jobs) kernels.forward(...(forwardArgs(job) as Parameters<Kernels["forward"]>));
-    for (const merge of phase.merges) kernels.mergeSplits(...(mergeArgs(merge) as Parameters<Kernels["mergeSplits"]>));
+    for (const step of forwardSteps(phase)) runStep(kernels, step);
     phase.unstage(kernels.memory.buffer, results);
   }
   return results;
+}
+
+/** Runs one step's kernel calls in order on the calling thread's kernels (any plan's steps). */
+export function runStep(kernels: Kernels, step: Step): void {
+  // deno-lint-ignore no-explicit-any
+  const kernel = kernels[step.kernel] as (...args: any[]) => void;
+  for (const args of step.args) kernel(...args);
 }
