@@ -25,6 +25,7 @@ import {
   type Step,
 } from "./_plan.ts";
 import type { AttentionProblem, Sequence } from "./_problem.ts";
+import { blockKeys, type KeyVisibility, keyVisibility } from "./_visibility.ts";
 
 /** One call of backwardDkDv (assembly/backward.ts), argument for argument; dq* address its partial dQ. */
 export interface BackwardJob {
@@ -158,41 +159,21 @@ export interface BackwardPlanConfig {
 /** Most segments a head group's keys are cut into: assembly/backward.ts's DQ_SEGMENTS. */
 export const DQ_SEGMENTS = 8;
 
-/** What decides a sequence's segments: its sizes and the visibility rule (assembly/scores.ts). */
-export interface SegmentShape {
-  Nq: number;
-  Nk: number;
-  /** Query heads per K/V head (virtual rows per position). */
-  g: number;
-  /** Block size. */
-  B: number;
-  /** Causal/window alignment offset (Nk − Nq bottom-right, 0 top-left) and window bounds (−1: unbounded). */
-  visOffset: number;
-  windowLeft: number;
-  windowRight: number;
-}
-
 /**
  * The key ranges of a sequence's segments: at most DQ_SEGMENTS runs of whole key blocks of B (none
  * without keys), cut so that each holds about the same number of tiles to compute — with causal
  * masking the first key blocks are seen by many more query blocks than the last — by the kernel's
- * own rule (a query block computes a key block iff its visible keys, from the first key of its
- * first row to the end of its last row, are not empty and meet the block). It depends on the
- * problem alone, so every runner cuts the same segments and sums dQ in the same order.
+ * own rule (blockKeys). It depends on the problem alone, so every runner cuts the same segments and
+ * sums dQ in the same order.
  */
-export function segmentsOf(shape: SegmentShape): [number, number][] {
-  const { Nq, Nk, g, B, visOffset, windowLeft: left, windowRight: right } = shape;
+export function segmentsOf(Nq: number, Nk: number, g: number, B: number, visible: KeyVisibility): [number, number][] {
   if (Nk === 0) return [];
-  const clamp = (j: number) => Math.min(Nk, Math.max(0, j));
-  const first = (i: number) => left < 0 ? 0 : clamp(i + visOffset - left);
-  const end = (i: number) => right < 0 ? Nk : clamp(i + visOffset + right + 1);
   const rows = Nq * g;
   const blocks = Math.ceil(Nk / B);
   // Tiles per key block (at least 1, so that blocks no query sees still spread out).
   const work = new Array<number>(blocks).fill(1);
   for (let i0 = 0; i0 < rows; i0 += B) {
-    const lo = first(Math.floor(i0 / g));
-    const hi = end(Math.floor((Math.min(i0 + B, rows) - 1) / g));
+    const [lo, hi] = blockKeys(visible, i0, Math.min(B, rows - i0), g);
     if (lo >= hi) continue;
     for (let j = Math.floor(lo / B); j < Math.ceil(hi / B); j++) work[j]++;
   }
@@ -215,15 +196,13 @@ export function segmentsOf(shape: SegmentShape): [number, number][] {
 
 /** A sequence's segments in a validated problem. */
 const segmentsFor = (p: AttentionProblem, s: Sequence, B: number) =>
-  segmentsOf({
-    Nq: s.Nq,
-    Nk: s.Nk,
-    g: p.group,
+  segmentsOf(
+    s.Nq,
+    s.Nk,
+    p.group,
     B,
-    visOffset: p.topLeft ? 0 : s.Nk - s.Nq,
-    windowLeft: p.windowLeft,
-    windowRight: p.windowRight,
-  });
+    keyVisibility(s.Nk, p.topLeft ? 0 : s.Nk - s.Nq, p.windowLeft, p.windowRight),
+  );
 
 /** Floats of a sequence's partial dQ: every segment's rows of every head. */
 const partialFloats = (p: AttentionProblem, s: Sequence, B: number) => segmentsFor(p, s, B).length * s.Nq * p.H * p.d;

@@ -16,6 +16,7 @@ import { notWithVarlen } from "./_options.ts";
 import { checkCumulative, checkSeqLensK } from "./_shapes.ts";
 import { checkSplits, splitRanges } from "./_splits.ts";
 import { segmentsOf } from "./_backward_plan.ts";
+import { blockKeys, type KeyVisibility, keyVisibility } from "./_visibility.ts";
 import { ShapeError } from "./errors.ts";
 import {
   type BackwardIoCounts,
@@ -327,8 +328,9 @@ function sequenceIo(
       }
       // Keys [first, end) of the range are visible to some row; key blocks ⌊first/Bc⌋ …
       // ⌈end/Bc⌉ − 1 are read, the last one only up to the range's end (begin is a block edge).
-      const first = Math.max(begin, visible.first(Math.floor(i0 / g)));
-      const end = Math.min(stop, visible.end(Math.floor((i0 + rowsHere - 1) / g)));
+      const [blockFirst, blockEnd] = blockKeys(visible, i0, rowsHere, g);
+      const first = Math.max(begin, blockFirst);
+      const end = Math.min(stop, blockEnd);
       if (first >= end) continue;
       const jBegin = Math.floor(first / Bc) * Bc;
       const jEnd = Math.min(stop, Math.ceil(end / Bc) * Bc);
@@ -430,8 +432,7 @@ function sequenceBackwardIo(
     written.dv += 4 * cols * dv;
     for (let i0 = 0; i0 < rows; i0 += B) {
       const rowsHere = Math.min(B, rows - i0);
-      const first = visible.first(Math.floor(i0 / g));
-      const end = visible.end(Math.floor((i0 + rowsHere - 1) / g));
+      const [first, end] = blockKeys(visible, i0, rowsHere, g);
       if (first >= end || first >= j0 + cols || end <= j0) continue;
       tilesComputed++;
       read.q += 4 * rowsHere * d;
@@ -445,16 +446,7 @@ function sequenceBackwardIo(
     }
   }
   // The merge: every segment's partial dQ read, dQ written once.
-  const [windowLeft, windowRight] = options.windowSize ?? [-1, -1];
-  const segments = segmentsOf({
-    Nq,
-    Nk,
-    g,
-    B,
-    visOffset: options.causal === "top-left" ? 0 : Nk - Nq,
-    windowLeft,
-    windowRight: options.causal ? 0 : windowRight,
-  }).length;
+  const segments = segmentsOf(Nq, Nk, g, B, visible).length;
   read.partial += 4 * segments * rows * d;
   written.dq += 4 * rows * d;
   return { read, written, Tr: Math.ceil(rows / B), Tc: Math.ceil(Nk / B), tilesComputed };
@@ -501,18 +493,8 @@ function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {
   return [...counts.values()];
 }
 
-/**
- * The keys query position i sees, [first(i), end(i)), from the documented rule: i sees j iff
- * i + offset − left ≤ j ≤ i + offset + right (a bound of −1 unbounded; causal sets right = 0;
- * offset = Nk − Nq bottom-right, 0 top-left). Both ends are non-decreasing in i.
- */
-function visibleKeys(Nq: number, Nk: number, options: IoOptions) {
+/** The keys each position sees, by the documented rule, from the options (see _visibility.ts). */
+function visibleKeys(Nq: number, Nk: number, options: IoOptions): KeyVisibility {
   const [left, windowRight] = options.windowSize ?? [-1, -1];
-  const right = options.causal ? 0 : windowRight;
-  const offset = options.causal === "top-left" ? 0 : Nk - Nq;
-  const clamp = (j: number) => Math.min(Nk, Math.max(0, j));
-  return {
-    first: (i: number) => left < 0 ? 0 : clamp(i + offset - left),
-    end: (i: number) => right < 0 ? Nk : clamp(i + offset + right + 1),
-  };
+  return keyVisibility(Nk, options.causal === "top-left" ? 0 : Nk - Nq, left, options.causal ? 0 : windowRight);
 }
