@@ -1,26 +1,65 @@
 /**
- * Builds the npm package into dist/: the TypeScript sources compiled to ES2022 JavaScript with
- * declarations (relative ".ts" imports rewritten to ".js"), and a package.json whose exports
- * mirror deno.json's. Publish with `npm publish dist/`.
+ * Builds the npm package into dist/ from the TypeScript sources, with the pinned compiler:
+ *
+ *   dist/*.js, dist/src/**        ES modules (ES2022) with declarations
+ *   dist/cjs/**                   the same as CommonJS, for `require` without require(esm)
+ *   dist/npm/workerd.js           the entry workerd loads (the `workerd` condition)
+ *   dist/src/wasm/*.wasm          the raw kernels (both builds), exported as ./kernels.wasm and
+ *                                 ./kernels_threads.wasm for runtimes that refuse to compile bytes
+ *   dist/src/cli.js               the command-line tool (`bin`)
+ *   dist/package.json             exports mirroring deno.json's, with import/require/workerd
+ *
+ * Relative ".ts" imports are rewritten to ".js" by the compiler. Publish with `npm publish dist/`.
  *
  *   npm run build:npm        deno task build:npm
  *
- * With --check it also imports the built package in a plain Node process (no TypeScript loader)
- * and runs one attention call, and the same on a pool of Workers, exiting 1 on failure.
+ * _tools/check_package.ts packs the result and tries it as a user would.
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
 
 const deno = JSON.parse(readFileSync("deno.json", "utf8"));
-const exports: Record<string, { types: string; default: string }> = {};
-for (const [key, path] of Object.entries(deno.exports as Record<string, string>)) {
-  const js = path.replace(/^\.\//, "./").replace(/\.ts$/, ".js");
-  exports[key] = { types: js.replace(/\.js$/, ".d.ts"), default: js };
+const tsc = (...args: string[]) =>
+  execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.npm.json", ...args], {
+    stdio: "inherit",
+  });
+
+/** The conditions of one entry point: ESM and CommonJS, each with its own declarations. */
+function entry(path: string): Record<string, unknown> {
+  const js = path.replace(/\.ts$/, ".js");
+  const cjs = js.replace(/^\.\//, "./cjs/");
+  return {
+    import: { types: js.replace(/\.js$/, ".d.ts"), default: js },
+    require: { types: cjs.replace(/\.js$/, ".d.ts"), default: cjs },
+  };
 }
 
+const exports: Record<string, unknown> = {};
+for (const [key, path] of Object.entries(deno.exports as Record<string, string>)) {
+  if (key === "./cli") {
+    // An executable, not a library: ESM only (the `bin` runs it).
+    exports[key] = { import: path.replace(/\.ts$/, ".js") };
+    continue;
+  }
+  exports[key] = entry(path);
+}
+// workerd refuses to compile bytes at run time: its entry imports the raw module instead.
+exports["."] = { workerd: { types: "./mod.d.ts", default: "./npm/workerd.js" }, ...(exports["."] as object) };
+exports["./kernels.wasm"] = "./src/wasm/kernels.wasm";
+exports["./kernels_threads.wasm"] = "./src/wasm/kernels_threads.wasm";
+exports["./package.json"] = "./package.json";
+
 rmSync("dist", { recursive: true, force: true });
-execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.npm.json"], { stdio: "inherit" });
+tsc();
+tsc("--module", "commonjs", "--moduleResolution", "node10", "--outDir", "dist/cjs");
+rmSync("dist/cjs/npm", { recursive: true, force: true });
+rmSync("dist/cjs/src/cli.js", { force: true });
+rmSync("dist/cjs/src/cli.d.ts", { force: true });
+writeFileSync("dist/cjs/package.json", JSON.stringify({ type: "commonjs" }, null, 2) + "\n");
+for (const wasm of ["kernels.wasm", "kernels_threads.wasm"]) copyFileSync(`src/wasm/${wasm}`, `dist/src/wasm/${wasm}`);
+
+const bin = existsSync("dist/src/cli.js") ? { "flash-attention": "./src/cli.js" } : undefined;
 writeFileSync(
   "dist/package.json",
   JSON.stringify(
@@ -28,38 +67,18 @@ writeFileSync(
       name: deno.name,
       version: deno.version,
       description: "FlashAttention for JavaScript runtimes: exact tiled attention in WebAssembly SIMD",
+      keywords: ["attention", "flash-attention", "transformer", "webassembly", "simd", "wasm"],
       license: deno.license,
       type: "module",
       engines: { node: ">=20" },
+      bin,
       exports,
-      sideEffects: false,
+      // Only the workerd entry does something on import (it hands the loader its module).
+      sideEffects: ["./npm/workerd.js"],
     },
     null,
     2,
   ) + "\n",
 );
-for (const file of ["README.md", "LICENSE"]) writeFileSync(`dist/${file}`, readFileSync(file));
+for (const file of ["README.md", "LICENSE", "CHANGELOG.md"]) writeFileSync(`dist/${file}`, readFileSync(file));
 console.log("wrote dist/ (npm package)");
-
-if (process.argv.includes("--check")) {
-  const script = `
-    const { flashAttention, init } = await import("./dist/mod.js");
-    const { referenceAttention } = await import("./dist/src/reference.js");
-    await init();
-    const t = (n, s) => ({ data: Float32Array.from({ length: n }, (_, i) => Math.sin(i * s)), shape: [1, n / 8, 1, 8] });
-    const q = t(64, 0.3), k = t(96, 0.7), v = t(96, 1.1);
-    const o = flashAttention(q, k, v, { causal: true });
-    const r = referenceAttention(q, k, v, { causal: true });
-    const err = Math.max(...o.data.map((x, i) => Math.abs(x - r.data[i])));
-    if (!(err < 1e-5)) throw new Error("error " + err);
-    const { createAttentionPool } = await import("./dist/mod.js");
-    const pool = await createAttentionPool({ threads: 2 });
-    const big = { data: Float32Array.from({ length: 512 * 4 * 32 }, (_, i) => Math.sin(i)), shape: [1, 512, 4, 32] };
-    const p = await pool.flashAttention(big, big, big, { causal: true });
-    await pool.close();
-    const s = flashAttention(big, big, big, { causal: true });
-    if (!p.data.every((x, i) => Object.is(x, s.data[i]))) throw new Error("the pool's bits differ");
-    console.log("dist/ imports in plain Node and computes attention (max error " + err.toExponential(1) + "), on a pool too");
-  `;
-  execFileSync(process.execPath, ["--input-type=module", "-e", script], { stdio: "inherit" });
-}

@@ -1,9 +1,10 @@
 /**
  * Compiles assembly/ with the pinned AssemblyScript compiler, twice (the single-threaded build and
  * the threads build for the pool's Workers), and the pool's Worker (src/_worker.ts) with the pinned
- * TypeScript compiler, and writes each into a generated module under src/wasm/ (the wasm bytes as
+ * TypeScript compiler. Each build is written as a generated module under src/wasm/ (the bytes as
  * base64 with their SHA-256 and the compiler version in the header; the Worker as a string), so
- * the package imports with no file reads or fetch in any runtime.
+ * the package imports with no file reads or fetch in any runtime, and as a raw `.wasm` file beside
+ * it for runtimes that refuse to compile bytes (workerd imports it as a precompiled module).
  *
  *   npm run build        (Node)
  *   deno task build      (Deno)
@@ -55,35 +56,45 @@ function renderWorker(): string {
   ].join("\n");
 }
 
-const outputs: { file: string; render: () => Promise<string> | string }[] = [
+// Each build is compiled once and written twice: as a base64 module that every runtime imports
+// with no file reads, and as raw bytes for runtimes that refuse to compile bytes (workerd) and for
+// bundlers that import a `.wasm` file as a precompiled module.
+const single = await compile(".", ASC_FLAGS);
+const threads = await compile(".", ASC_THREADS_FLAGS);
+
+const outputs: { file: string; render: () => string | Uint8Array }[] = [
   {
     file: "src/wasm/kernels.generated.ts",
-    render: async () =>
-      renderWasm(await compile(".", ASC_FLAGS), ASC_FLAGS, "The WebAssembly module compiled from assembly/"),
+    render: () => renderWasm(single, ASC_FLAGS, "The WebAssembly module compiled from assembly/"),
   },
+  { file: "src/wasm/kernels.wasm", render: () => single },
   {
     file: "src/wasm/kernels_threads.generated.ts",
-    render: async () =>
+    render: () =>
       renderWasm(
-        await compile(".", ASC_THREADS_FLAGS),
+        threads,
         ASC_THREADS_FLAGS,
         "The threads build of assembly/ (imports a shared memory), for the pool's Workers",
       ),
   },
+  { file: "src/wasm/kernels_threads.wasm", render: () => threads },
   { file: "src/wasm/worker.generated.ts", render: renderWorker },
 ];
 
+const same = (a: string | Uint8Array, b: Uint8Array): boolean =>
+  typeof a === "string" ? a === new TextDecoder().decode(b) : Buffer.from(a).equals(b);
+
 let stale = 0;
 for (const { file, render } of outputs) {
-  const source = await render();
+  const source = render();
   if (process.argv.includes("--check")) {
-    let committed = "";
+    let committed = new Uint8Array();
     try {
-      committed = readFileSync(file, "utf8");
+      committed = readFileSync(file);
     } catch {
       // missing counts as different
     }
-    if (committed !== source) {
+    if (!same(source, committed)) {
       console.error(`${file} does not match a fresh build: run \`npm run build\` and commit it.`);
       stale++;
     } else {

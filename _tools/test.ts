@@ -3,8 +3,9 @@
  *
  * 1. the committed wasm module matches a fresh build of assembly/;
  * 2. `deno doc --lint`, `deno lint` and `deno fmt --check` are clean;
- *    the npm package (dist/) builds and computes attention in a plain Node process;
- * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun.
+ *    the packed npm package installs into a fresh project and works there (_tools/check_package.ts);
+ * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun, and each
+ *    example's own test in the runtime it is for (the browser page in headless Chromium).
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
  */
@@ -77,15 +78,21 @@ outcomes.push(
   await check("wasm module matches assembly/", process.execPath, [bin("tsx"), "_tools/build_wasm.ts", "--check"]),
 );
 outcomes.push(
-  await check("deno doc --lint", bin("deno"), ["doc", "--lint", "mod.ts", "src/reference.ts", "src/io.ts"]),
+  await check("deno doc --lint", bin("deno"), [
+    "doc",
+    "--lint",
+    "mod.ts",
+    "src/reference.ts",
+    "src/io.ts",
+    "src/pool.ts",
+  ]),
 );
 outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
 outcomes.push(await check("deno fmt --check", bin("deno"), ["fmt", "--check"]));
 outcomes.push(
-  await check("npm package builds and runs in plain Node", process.execPath, [
+  await check("npm package: the packed tarball installs, runs and type-checks", process.execPath, [
     bin("tsx"),
-    "_tools/build_npm.ts",
-    "--check",
+    "_tools/check_package.ts",
   ]),
 );
 outcomes.push(
@@ -93,6 +100,14 @@ outcomes.push(
     "node",
     process.execPath,
     ["--import", "tsx", "--test", "--test-reporter=tap", ...testFiles],
+    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+  ),
+);
+outcomes.push(
+  await suite(
+    "browser example (headless Chromium)",
+    process.execPath,
+    ["--import", "tsx", "--test", "--test-reporter=tap", "examples/browser/browser_test.ts"],
     (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
   ),
 );

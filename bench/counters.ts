@@ -146,7 +146,7 @@ try {
   countingSha = sha256(countingWasm);
   uncountedSha = sha256(uncountedWasm);
   if (countingSha === uncountedSha) throw new Error("the patched build is identical to the unpatched one");
-  isCommitted = countingSha === sha256(embeddedWasm());
+  isCommitted = countingSha === sha256(new Uint8Array(embeddedWasm()));
   counting = await loadLibrary(mkdtempSync(join(work, "counting-")), countingWasm);
   uncounted = await loadLibrary(mkdtempSync(join(work, "uncounted-")), uncountedWasm);
 } finally {

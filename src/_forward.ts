@@ -16,7 +16,7 @@ import {
 } from "./_plan.ts";
 import type { AttentionProblem } from "./_problem.ts";
 import { heapOf } from "./_heap.ts";
-import type { Kernels } from "./wasm/loader.ts";
+import type { Kernels, WasmMemory } from "./wasm/loader.ts";
 
 /** What the synchronous runner needs beyond the validated problem. */
 export interface ForwardConfig {
@@ -51,7 +51,7 @@ export function planSync(kernels: Kernels, p: AttentionProblem, config: ForwardC
  * Grows `memory` to at least `endBytes` (at most 4 GiB: planForward checks), or throws a RangeError
  * naming the size when the runtime refuses; `what` and `shapes` describe the call for the message.
  */
-export function ensureMemory(memory: WebAssembly.Memory, endBytes: number, what: string, shapes: string): void {
+export function ensureMemory(memory: WasmMemory, endBytes: number, what: string, shapes: string): void {
   const missing = endBytes - memory.buffer.byteLength;
   if (missing <= 0) return;
   try {

@@ -3,6 +3,7 @@
 // nothing a call stages ever overlaps a resident tensor.
 
 import { align } from "./_plan.ts";
+import type { WasmMemory } from "./wasm/loader.ts";
 
 /** The resident blocks of one linear memory, first fit, 64-byte aligned. */
 export class HbmHeap {
@@ -42,10 +43,10 @@ export class HbmHeap {
   }
 }
 
-const heaps = new WeakMap<WebAssembly.Memory, HbmHeap>();
+const heaps = new WeakMap<WasmMemory, HbmHeap>();
 
 /** The heap of `memory`, made on first use with its resident blocks starting at `start`. */
-export function heapOf(memory: WebAssembly.Memory, start: number): HbmHeap {
+export function heapOf(memory: WasmMemory, start: number): HbmHeap {
   let heap = heaps.get(memory);
   if (heap === undefined) {
     heap = new HbmHeap(start);

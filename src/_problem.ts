@@ -2,6 +2,7 @@
 // sequences with element offsets and strides into the caller's arrays. Types only (a leaf).
 
 import type { Layout } from "./tensor.ts";
+import type { WasmMemory } from "./wasm/loader.ts";
 
 /** Element strides of a q/k/v/o tensor: per sequence position (row) and per head. */
 export interface Strides {
@@ -81,7 +82,7 @@ export interface AttentionProblem extends ScoreOptions {
    * K and V already in HBM (a KV cache that lives there): `k` and `v` are then empty and the
    * sequences' kBase, vBase and the strides address `memory` from kPtr and vPtr (bytes).
    */
-  resident?: { memory: WebAssembly.Memory; kPtr: number; vPtr: number };
+  resident?: { memory: WasmMemory; kPtr: number; vPtr: number };
 }
 
 /** Rows to write into caller-owned KV caches once every check has passed. */

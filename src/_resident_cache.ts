@@ -10,6 +10,7 @@ import { checkOptionKeys } from "./_options.ts";
 import { checkInt32Array, checkTensor } from "./_shapes.ts";
 import { ShapeError } from "./errors.ts";
 import type { Tensor } from "./tensor.ts";
+import type { WasmMemory } from "./wasm/loader.ts";
 
 /** The sizes of a KV cache. */
 export interface KvCacheConfig {
@@ -110,7 +111,7 @@ export class ResidentKvCache implements KvCache {
   readonly headDim: number;
   readonly valueDim: number;
   /** The linear memory it lives in, and where its keys and values start. */
-  readonly memory: WebAssembly.Memory;
+  readonly memory: WasmMemory;
   readonly kPtr: number;
   readonly vPtr: number;
   readonly #heap: HbmHeap;
@@ -122,7 +123,7 @@ export class ResidentKvCache implements KvCache {
    * Places a cache in `heap` at or above `from` (a pool passes the end of the call it is running,
    * so the new cache never lands on that call's tensors).
    */
-  constructor(memory: WebAssembly.Memory, heap: HbmHeap, config: Required<KvCacheConfig>, from = heap.start) {
+  constructor(memory: WasmMemory, heap: HbmHeap, config: Required<KvCacheConfig>, from = heap.start) {
     const { batch, maxLen, kvHeads, headDim, valueDim } = config;
     const kBytes = 4 * batch * kvHeads * maxLen * headDim;
     const vBytes = 4 * batch * kvHeads * maxLen * valueDim;

@@ -13,7 +13,7 @@
 
 /** The messages a pool sends to its Workers. */
 type Request =
-  | { type: "init"; memory: WebAssembly.Memory; wasm: Uint8Array<ArrayBuffer>; sm: number }
+  | { type: "init"; memory: WebAssembly.Memory; wasm: ArrayBuffer; sm: number }
   | {
     type: "run";
     /** The kernel's export name (assembly/kernels.ts). */

@@ -59,7 +59,10 @@ function webWorker(name: string): WorkerHandle {
   };
   worker.onerror = (event: ErrorEvent) => {
     event.preventDefault?.();
-    handle.onFailure(new Error(`a pool Worker failed: ${event.message ?? "unknown error"}`));
+    // A Worker the page's Content-Security-Policy blocks fails with a bare Event: say what to check.
+    const why = event.message ??
+      "no reason given (in a browser: a Content-Security-Policy needs `worker-src blob:` for the pool's Workers)";
+    handle.onFailure(new Error(`a pool Worker failed: ${why}`));
   };
   worker.onmessageerror = () => handle.onFailure(new Error("a pool Worker sent a message that cannot be read"));
   return handle;

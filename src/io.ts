@@ -11,8 +11,8 @@
  * @module
  */
 import { DEFAULT_SRAM_BYTES } from "./_limits.ts";
-import { message } from "./_messages.ts";
-import { notWithVarlen } from "./_options.ts";
+import { describe, message } from "./_messages.ts";
+import { checkOptionKeys, notWithVarlen, readBoolean, readCausal, readSramBytes, readWindow } from "./_options.ts";
 import { checkCumulative, checkSeqLensK } from "./_shapes.ts";
 import { checkSplits, splitRanges } from "./_splits.ts";
 import { segmentsOf } from "./_backward_plan.ts";
@@ -130,11 +130,13 @@ export interface IoOptions extends StandardIoOptions {
  *   sequence runs Algorithm 0 at its Nq × Nk); an {@linkcode IoOptions} may be passed as it is (its
  *   other fields do not change Algorithm 0's traffic).
  * @returns Bytes read and written per tensor (S and P are counted under `partial`).
- * @throws {TypeError} If seqLensK or a cuSeqlens is not an Int32Array, only one cuSeqlens is
+ * @throws {TypeError} If a size of `shape` is missing or not a number, `shape` or `options` has an
+ *   unknown key, an option has the wrong type, seqLensK or a cuSeqlens is not an Int32Array, only one cuSeqlens is
  *   given, or seqLensK or a mask (maskElementBytes) is combined with varlen packing.
  * @throws {ShapeError} If seqLensK's length is not shape.B, or a cuSeqlens' length is not
  *   shape.B + 1 (or below 2).
- * @throws {RangeError} If seqLensK holds a length outside [0, Nk], or the cuSeqlens do not start
+ * @throws {RangeError} If a size is not an integer in range (H, d ≥ 1; B, Nq, Nk ≥ 0), H is not a multiple of
+ *   Hkv, maskElementBytes is not 0, 1 or 4, seqLensK holds a length outside [0, Nk], or the cuSeqlens do not start
  *   at 0, decrease, or do not end at shape.Nq and shape.Nk.
  *
  * @example Usage
@@ -148,6 +150,7 @@ export interface IoOptions extends StandardIoOptions {
  * ```
  */
 export function standardAttentionIo(shape: AttentionShape, options: StandardIoOptions = {}): IoCounts {
+  checkIoArguments(shape, options, FLASH_KEYS);
   const { H, d } = shape;
   const dv = shape.dv ?? d;
   const read = zeroBytes();
@@ -205,6 +208,7 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * ```
  */
 export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {}): FlashIoCounts {
+  checkIoArguments(shape, options, FLASH_KEYS);
   const { H, d } = shape;
   const Hkv = shape.Hkv ?? H;
   const dv = shape.dv ?? d;
@@ -384,6 +388,7 @@ export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
  * ```
  */
 export function flashAttentionBackwardIo(shape: AttentionShape, options: BackwardIoOptions = {}): BackwardIoCounts {
+  checkIoArguments(shape, options, BACKWARD_KEYS);
   const { H, d } = shape;
   const Hkv = shape.Hkv ?? H;
   const dv = shape.dv ?? d;
@@ -456,6 +461,68 @@ function sequenceBackwardIo(
  * The (Nq, Nk) of every sequence, each distinct pair once with how many sequences have it: B
  * entries of the shape's Nq and Nk, of Nq and seqLensK[b], or the varlen sequences.
  */
+// standardAttentionIo takes an IoOptions as it is, so it knows the same keys.
+const FLASH_KEYS = [
+  "returnLse",
+  "maskElementBytes",
+  "seqLensK",
+  "cuSeqlensQ",
+  "cuSeqlensK",
+  "causal",
+  "windowSize",
+  "sramBytes",
+  "alibi",
+  "numSplits",
+] as const;
+const BACKWARD_KEYS = FLASH_KEYS.filter((key) => key !== "numSplits" && key !== "returnLse");
+const SHAPE_KEYS = ["B", "H", "Hkv", "Nq", "Nk", "d", "dv"] as const;
+
+/**
+ * The IO functions' one validation stage: the shape's sizes are integers in range with H a
+ * multiple of Hkv, and the options have known keys and values of the right kind (the sequence
+ * lengths and numSplits are checked where they are read). Throws TypeError or RangeError.
+ */
+function checkIoArguments(shape: AttentionShape, options: unknown, known: readonly string[]): void {
+  if (typeof shape !== "object" || shape === null) {
+    throw new TypeError(message(`shape must be an object { B, H, Nq, Nk, d }: shape is ${describe(shape)}`));
+  }
+  for (const key of Object.keys(shape)) {
+    if (!(SHAPE_KEYS as readonly string[]).includes(key)) {
+      throw new TypeError(message(`shape has an unknown key "${key}": the known keys are ${SHAPE_KEYS.join(", ")}`));
+    }
+  }
+  const size = (name: (typeof SHAPE_KEYS)[number], min: number, optional = false) => {
+    const value = shape[name];
+    if (optional && value === undefined) return;
+    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min) {
+      const what = value === undefined ? "missing" : describe(value);
+      throw new (typeof value === "number" ? RangeError : TypeError)(
+        message(`shape.${name} must be an integer ≥ ${min}: shape.${name} is ${what}`),
+      );
+    }
+  };
+  size("B", 0);
+  size("H", 1);
+  size("Hkv", 1, true);
+  size("Nq", 0);
+  size("Nk", 0);
+  size("d", 1);
+  size("dv", 1, true);
+  if (shape.H % (shape.Hkv ?? shape.H) !== 0) {
+    throw new RangeError(message(`shape.H must be a multiple of shape.Hkv: H is ${shape.H}, Hkv is ${shape.Hkv}`));
+  }
+  const o = checkOptionKeys(options, known);
+  readBoolean("returnLse", o.returnLse);
+  readBoolean("alibi", o.alibi);
+  if (o.maskElementBytes !== undefined && ![0, 1, 4].includes(o.maskElementBytes as number)) {
+    throw new RangeError(
+      message(`maskElementBytes must be 0, 1 or 4: maskElementBytes is ${describe(o.maskElementBytes)}`),
+    );
+  }
+  readWindow(o.windowSize, readCausal(o.causal), Number.MAX_SAFE_INTEGER);
+  if (o.sramBytes !== undefined) readSramBytes(o.sramBytes);
+}
+
 function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {
   const { B, Nq, Nk } = shape;
   const { seqLensK, cuSeqlensQ, cuSeqlensK } = options;

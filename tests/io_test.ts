@@ -14,7 +14,14 @@ import {
   type Mask,
   ShapeError,
 } from "../mod.ts";
-import { flashAttentionIo, standardAttentionIo, type TensorBytes } from "../src/io.ts";
+import {
+  type AttentionShape,
+  flashAttentionBackwardIo,
+  flashAttentionIo,
+  type IoOptions,
+  standardAttentionIo,
+  type TensorBytes,
+} from "../src/io.ts";
 import { zeroBytes } from "../src/result.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
@@ -743,4 +750,37 @@ test("stats are exact counts, not estimates: Q is read once, O written once, flo
   if (stats.flops !== B * H * perHead) throw new Error(`flops ${stats.flops}, padded tiles ${B * H * perHead}`);
   const without = flashAttention(q, k, v, {}) as { stats?: unknown };
   if (without.stats !== undefined) throw new Error("stats appear without being asked for");
+});
+
+test("the IO functions reject a malformed shape or options with a typed error naming it, before any counting", () => {
+  const good = { B: 1, H: 2, Nq: 16, Nk: 16, d: 8 };
+  const cases: [unknown, unknown, ErrorConstructor, string][] = [
+    [undefined, {}, TypeError, "shape must be an object"],
+    [{ batch: 1, heads: 1, seqLenQ: 8, seqLenK: 8, headDim: 8 }, {}, TypeError, 'shape has an unknown key "batch"'],
+    [{ H: 1, Nq: 8, Nk: 8, d: 8 }, {}, TypeError, "shape.B must be an integer ≥ 0: shape.B is missing"],
+    [{ ...good, d: "64" }, {}, TypeError, "shape.d must be an integer ≥ 1"],
+    [{ ...good, Nq: 1.5 }, {}, RangeError, "shape.Nq must be an integer ≥ 0: shape.Nq is 1.5"],
+    [{ ...good, H: 0 }, {}, RangeError, "shape.H must be an integer ≥ 1"],
+    [{ ...good, Nk: NaN }, {}, RangeError, "shape.Nk must be an integer"],
+    [{ ...good, Hkv: 3 }, {}, RangeError, "shape.H must be a multiple of shape.Hkv"],
+    [good, { casual: true }, TypeError, 'options has an unknown key "casual"'],
+    [good, { causal: "yes" }, TypeError, "causal must be"],
+    [good, { windowSize: [-2, 0] }, RangeError, "windowSize must be"],
+    [good, { sramBytes: 0 }, RangeError, "sramBytes must be an integer"],
+    [good, { maskElementBytes: 2 }, RangeError, "maskElementBytes must be 0, 1 or 4"],
+    [good, { alibi: 1 }, TypeError, "alibi must be a boolean"],
+    [good, null, TypeError, "options must be an object"],
+  ];
+  for (const [shape, options, kind, text] of cases) {
+    for (const fn of [flashAttentionIo, flashAttentionBackwardIo]) {
+      assertThrows(() => fn(shape as AttentionShape, options as IoOptions), kind, text);
+    }
+  }
+  // The standard model takes an IoOptions as it is, and checks it the same way.
+  assertThrows(() => standardAttentionIo(good, { casual: true } as IoOptions), TypeError, 'unknown key "casual"');
+  assertThrows(() => standardAttentionIo({ ...good, d: 0 }), RangeError, "shape.d must be");
+  // The backward has no split-KV and no lse output.
+  assertThrows(() => flashAttentionBackwardIo(good, { numSplits: 2 } as IoOptions), TypeError, '"numSplits"');
+  // A good call still counts afterwards.
+  if (!(flashAttentionIo(good).totalBytes > 0)) throw new Error("no traffic for a good call");
 });

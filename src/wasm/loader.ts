@@ -9,12 +9,22 @@
 import { WASM_BASE64 } from "./kernels.generated.ts";
 
 /**
+ * The part of a `WebAssembly.Memory` the package touches. It is declared here, structurally, so
+ * that the package's declarations type-check without the DOM lib: TypeScript's `lib: ["es2022"]`
+ * with `@types/node` has no `WebAssembly` namespace.
+ */
+export interface WasmMemory {
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
+  grow(delta: number): number;
+}
+
+/**
  * The functions exported by assembly/kernels.ts (pointers are byte addresses, sizes count floats).
  * The attention kernels run on an explicit SM (streaming multiprocessor: counters and arena, see
  * assembly/arena.ts), so several Workers can share one memory.
  */
 export interface RawKernels {
-  readonly memory: WebAssembly.Memory;
+  readonly memory: WasmMemory;
   smPtr(): number;
   smBytes(): number;
   arenaPtr(sm: number): number;
@@ -172,7 +182,7 @@ export type MergeParameters = [
  * hbmPtr(). What the synchronous runner and the tests use.
  */
 export interface Kernels {
-  readonly memory: WebAssembly.Memory;
+  readonly memory: WasmMemory;
   /** The SM's arena. */
   arenaPtr(): number;
   arenaMaxBytes(): number;
@@ -218,48 +228,66 @@ export function bindFirstSm(raw: RawKernels): Kernels {
   };
 }
 
-/** What `init` accepts: the module's bytes or an already compiled module. */
-export type WasmSource = BufferSource | WebAssembly.Module;
+/**
+ * What `init` accepts: the module's bytes (an `ArrayBuffer` or a view of one) or an already
+ * compiled `WebAssembly.Module`. The module is typed `object`: TypeScript's own declaration of
+ * `WebAssembly.Module` has no members, so `object` accepts exactly what it accepts, and the
+ * declarations need no DOM lib.
+ */
+export type WasmSource = ArrayBuffer | ArrayBufferView | object;
 
 /** The bytes of a base64 text (an embedded module). */
-export function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
+export function decodeBase64(text: string): ArrayBuffer {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
+  return bytes.buffer;
 }
 
 /** The embedded module's bytes (decoded on each call; callers keep what they need). */
-export function embeddedWasm(): Uint8Array<ArrayBuffer> {
+export function embeddedWasm(): ArrayBuffer {
   return decodeBase64(WASM_BASE64);
 }
 
-/** One set of kernels and the two ways to make it ready. */
+/** One set of kernels and the ways to make it ready. */
 export interface KernelLoader {
-  /** Compiles and instantiates `source` (default: the embedded module) unless already ready. */
+  /**
+   * Compiles and instantiates `source` (default: the module given to `useModule`, else the
+   * embedded bytes) unless already ready.
+   */
   init(source?: WasmSource): Promise<void>;
-  /** The ready kernels, compiling the embedded module synchronously on first use. */
+  /** The ready kernels, instantiating the default module synchronously on first use. */
   loadKernels(): Kernels;
+  /**
+   * Makes a precompiled module the default, so that neither `init` nor the first call compiles
+   * bytes (what runtimes that forbid compiling, such as workerd, need).
+   */
+  useModule(module: object): void;
 }
 
 /** A loader with its own kernels: the package keeps one; tests make fresh ones. */
 export function createLoader(): KernelLoader {
   let kernels: Kernels | undefined;
+  let preset: object | undefined;
   return {
     async init(source?: WasmSource): Promise<void> {
       if (kernels !== undefined) return;
+      source ??= preset;
       const module = source instanceof WebAssembly.Module
         ? source
-        : await WebAssembly.compile(source ?? embeddedWasm());
+        : await WebAssembly.compile((source ?? embeddedWasm()) as BufferSource);
       const instance = await WebAssembly.instantiate(module, {});
       kernels ??= checkExports(instance);
     },
     loadKernels(): Kernels {
       if (kernels === undefined) {
-        const instance = new WebAssembly.Instance(new WebAssembly.Module(embeddedWasm()), {});
+        const instance = new WebAssembly.Instance(preset ?? new WebAssembly.Module(embeddedWasm()), {});
         kernels = checkExports(instance);
       }
       return kernels;
+    },
+    useModule(module: object): void {
+      preset = module;
     },
   };
 }
@@ -290,6 +318,14 @@ export function init(source?: WasmSource): Promise<void> {
   return packageLoader.init(source);
 }
 
+/**
+ * Makes `module` (a precompiled build of the kernels) the package's default, for runtimes that
+ * forbid compiling bytes; the npm package's `workerd` entry calls it with the raw `.wasm`.
+ */
+export function useModule(module: object): void {
+  packageLoader.useModule(module);
+}
+
 /** The package's kernels, compiling the embedded module synchronously on first use. */
 export function loadKernels(): Kernels {
   return packageLoader.loadKernels();
@@ -318,12 +354,13 @@ export const REQUIRED_EXPORTS = [
 ] as const;
 
 function checkExports(instance: WebAssembly.Instance): Kernels {
-  const exports = instance.exports;
-  const missing = REQUIRED_EXPORTS.filter((name) => !(name in exports));
+  // Not named `exports`: the CommonJS build would read its own module's exports through it.
+  const provided = instance.exports;
+  const missing = REQUIRED_EXPORTS.filter((name) => !(name in provided));
   if (missing.length > 0) {
     throw new TypeError(
       `Cannot initialise @flash/attention as the WebAssembly module does not export ${missing.join(", ")}`,
     );
   }
-  return bindFirstSm(exports as unknown as RawKernels);
+  return bindFirstSm(provided as unknown as RawKernels);
 }
