@@ -2,7 +2,7 @@
  * `npm test`: everything CI checks, in one command, with one total.
  *
  * 1. the committed wasm module matches a fresh build of assembly/;
- * 2. `deno doc --lint`, `deno lint` and `deno fmt --check` are clean;
+ * 2. `deno doc --lint`, `deno lint`, `deno publish --dry-run` and `deno fmt --check` are clean;
  *    the packed npm package installs into a fresh project and works there (_tools/check_package.ts);
  * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun, and each
  *    example's own test in the runtime it is for (the browser page in headless Chromium).
@@ -88,6 +88,9 @@ outcomes.push(
   ]),
 );
 outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
+// The JSR package: it builds, its public API has no slow types, and it holds what publish.include
+// lists (the README's links are checked against that list by tests/readme_test.ts).
+outcomes.push(await check("deno publish --dry-run", bin("deno"), ["publish", "--dry-run", "--allow-dirty"]));
 outcomes.push(await check("deno fmt --check", bin("deno"), ["fmt", "--check"]));
 outcomes.push(
   await check("npm package: the packed tarball installs, runs and type-checks", process.execPath, [

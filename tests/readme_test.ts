@@ -5,7 +5,7 @@
 // on all three. The output must be what the README's comment says it prints.
 
 import { spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { test } from "./_util.ts";
@@ -60,4 +60,40 @@ test("the README's usage example runs verbatim, importing the package by its nam
   if (normalise(printed) !== normalise(promise[1])) {
     throw new Error(`the example printed ${JSON.stringify(printed)}, the README says ${JSON.stringify(promise[1])}`);
   }
+});
+
+test("every relative link and image of the README and the examples' READMEs names a file that exists and JSR publishes", () => {
+  const deno = JSON.parse(readFileSync(`${root}deno.json`, "utf8"));
+  const include: string[] = deno.publish.include;
+  const exclude: string[] = deno.publish.exclude ?? [];
+  // publish.include entries are files or folders ("dir/"); excludes here are "dir/**/*_suffix" globs.
+  const published = (path: string) =>
+    include.some((entry) => entry.endsWith("/") ? path.startsWith(entry) : path === entry) &&
+    !exclude.some((glob) => {
+      const [dir, suffix] = glob.split("/**/*");
+      return path.startsWith(`${dir}/`) && path.endsWith(suffix);
+    });
+  const readmes = [
+    "README.md",
+    ...readdirSync(`${root}examples`, { recursive: true }).map(String)
+      .filter((f) => f.endsWith("README.md")).map((f) => `examples/${f}`),
+  ];
+  let checked = 0;
+  for (const readme of readmes) {
+    const text = readFileSync(`${root}${readme}`, "utf8");
+    const base = readme.includes("/") ? readme.slice(0, readme.lastIndexOf("/") + 1) : "";
+    const targets = [...text.matchAll(/\]\(([^)\s]+)\)|src="([^"]+)"/g)].map((m) => m[1] ?? m[2]);
+    for (const target of targets) {
+      if (/^[a-z]+:/.test(target) || target.startsWith("#")) continue;
+      const path = new URL(target.split("#")[0], `file:///${base}`).pathname.slice(1);
+      if (!existsSync(`${root}${path}`)) throw new Error(`${readme} links to ${target}, which does not exist`);
+      if (!published(path.endsWith("/") ? path : statSync(`${root}${path}`).isDirectory() ? `${path}/` : path)) {
+        throw new Error(
+          `${readme} links to ${target}, which deno.json's publish.include leaves out of the JSR package`,
+        );
+      }
+      checked++;
+    }
+  }
+  if (checked < 10) throw new Error(`only ${checked} relative links found: is the pattern still right?`);
 });
