@@ -2,7 +2,7 @@
  * Builds the npm package into dist/ from the TypeScript sources, with the pinned compiler:
  *
  *   dist/*.js, dist/src/**        ES modules (ES2022) with declarations
- *   dist/cjs/**                   the same as CommonJS, for `require` without require(esm)
+ *   dist/cjs/**                   the library entries as CommonJS, for `require` without require(esm)
  *   dist/npm/workerd.js           the entry workerd loads (the `workerd` condition)
  *   dist/src/wasm/*.wasm          the raw kernels (both builds), exported as ./kernels.wasm and
  *                                 ./kernels_threads.wasm for runtimes that refuse to compile bytes
@@ -20,10 +20,8 @@ import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "n
 import process from "node:process";
 
 const deno = JSON.parse(readFileSync("deno.json", "utf8"));
-const tsc = (...args: string[]) =>
-  execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.npm.json", ...args], {
-    stdio: "inherit",
-  });
+const tsc = (config: string) =>
+  execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", config], { stdio: "inherit" });
 
 /** The conditions of one entry point: ESM and CommonJS, each with its own declarations. */
 function entry(path: string): Record<string, unknown> {
@@ -51,11 +49,9 @@ exports["./kernels_threads.wasm"] = "./src/wasm/kernels_threads.wasm";
 exports["./package.json"] = "./package.json";
 
 rmSync("dist", { recursive: true, force: true });
-tsc();
-tsc("--module", "commonjs", "--moduleResolution", "node10", "--outDir", "dist/cjs");
-rmSync("dist/cjs/npm", { recursive: true, force: true });
-rmSync("dist/cjs/src/cli.js", { force: true });
-rmSync("dist/cjs/src/cli.d.ts", { force: true });
+tsc("tsconfig.npm.json");
+// The library entries only: the command-line tool (top-level await) and the workerd entry are ESM.
+tsc("tsconfig.npm.cjs.json");
 writeFileSync("dist/cjs/package.json", JSON.stringify({ type: "commonjs" }, null, 2) + "\n");
 for (const wasm of ["kernels.wasm", "kernels_threads.wasm"]) copyFileSync(`src/wasm/${wasm}`, `dist/src/wasm/${wasm}`);
 

@@ -18,17 +18,20 @@
  * Stops at the first failure, printing what failed, and exits 1.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import process from "node:process";
 
 const root = resolve(".");
 const bin = (name: string) => join(root, "node_modules", ".bin", name);
+// The older compilers live in their own small project (with its own lockfile), so that the root's
+// node_modules/.bin/tsc stays the pinned current one.
+const OLD_TYPESCRIPTS = join(root, "_tools", "typescripts");
 const TYPESCRIPTS = [
-  { version: "5.0", tsc: "node_modules/typescript-5.0/bin/tsc" },
-  { version: "5.4", tsc: "node_modules/typescript-5.4/bin/tsc" },
-  { version: "current", tsc: "node_modules/typescript/bin/tsc" },
+  { version: "5.0", tsc: join(OLD_TYPESCRIPTS, "node_modules/typescript-5.0/bin/tsc") },
+  { version: "5.4", tsc: join(OLD_TYPESCRIPTS, "node_modules/typescript-5.4/bin/tsc") },
+  { version: "current", tsc: join(root, "node_modules/typescript/bin/tsc") },
 ];
 
 function step(what: string, cmd: string, args: string[], cwd: string): string {
@@ -45,6 +48,14 @@ function step(what: string, cmd: string, args: string[], cwd: string): string {
 const project = mkdtempSync(join(tmpdir(), "flash-attention-consumer-"));
 try {
   step("build dist/", process.execPath, [bin("tsx"), "_tools/build_npm.ts"], root);
+  if (!existsSync(join(OLD_TYPESCRIPTS, "node_modules"))) {
+    step(
+      "install TypeScript 5.0 and 5.4 (_tools/typescripts)",
+      "npm",
+      ["ci", "--no-audit", "--no-fund"],
+      OLD_TYPESCRIPTS,
+    );
+  }
   const packed = step("npm pack", "npm", ["pack", "--silent", "--pack-destination", project], join(root, "dist"));
   const tarball = join(project, packed.trim().split("\n").at(-1)!);
   writeFileSync(
@@ -83,7 +94,7 @@ try {
   }
   for (const { version, tsc } of TYPESCRIPTS) {
     for (const config of ["tsconfig.node.json", "tsconfig.dom.json", "tsconfig.bundler.json"]) {
-      step(`TypeScript ${version}: ${config}`, process.execPath, [join(root, tsc), "-p", config], project);
+      step(`TypeScript ${version}: ${config}`, process.execPath, [tsc, "-p", config], project);
     }
   }
   console.log("the packed package installs, runs and type-checks as above");

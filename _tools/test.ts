@@ -5,7 +5,8 @@
  * 2. `deno doc --lint`, `deno lint`, `deno publish --dry-run` and `deno fmt --check` are clean;
  *    the packed npm package installs into a fresh project and works there (_tools/check_package.ts);
  * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun, and each
- *    example's own test in the runtime it is for (the browser page in headless Chromium).
+ *    example's own test in the runtime it is for (the browser page in headless Chromium, the
+ *    Cloudflare worker in workerd, the edge handler in Deno).
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
  */
@@ -73,6 +74,12 @@ const lastInt = (out: string, pattern: RegExp): number | undefined => {
 const both = (passed: number | undefined, failed: number | undefined): Outcome | undefined =>
   passed === undefined || failed === undefined ? undefined : { passed, failed };
 
+/** deno test's summary line: "ok | N passed (M steps) | N failed". */
+function denoCounts(out: string): Outcome | undefined {
+  const m = [...out.matchAll(/\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
+  return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
+}
+
 const outcomes: Outcome[] = [];
 outcomes.push(
   await check("wasm module matches assembly/", process.execPath, [bin("tsx"), "_tools/build_wasm.ts", "--check"]),
@@ -85,6 +92,7 @@ outcomes.push(
     "src/reference.ts",
     "src/io.ts",
     "src/pool.ts",
+    "src/cli.ts",
   ]),
 );
 outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
@@ -115,6 +123,22 @@ outcomes.push(
   ),
 );
 outcomes.push(
+  await suite(
+    "workerd example (the real workerd)",
+    process.execPath,
+    ["--import", "tsx", "--test", "--test-reporter=tap", "examples/workerd/workerd_test.ts"],
+    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+  ),
+);
+outcomes.push(
+  await suite(
+    "Deno edge example (a server with --allow-net=127.0.0.1 only)",
+    bin("deno"),
+    ["test", "--allow-net=127.0.0.1", "--allow-run", "examples/edge/edge_test.ts"],
+    denoCounts,
+  ),
+);
+outcomes.push(
   await suite("deno", bin("deno"), [
     "test",
     "--allow-read",
@@ -125,10 +149,7 @@ outcomes.push(
     "mod.ts",
     "src/",
     "tests/",
-  ], (out) => {
-    const m = [...out.matchAll(/\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
-    return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
-  }),
+  ], denoCounts),
 );
 outcomes.push(
   await suite(

@@ -26,19 +26,28 @@ function codeBlocks(heading: string): string[] {
 function runHere(path: string): string {
   // deno-lint-ignore no-explicit-any
   const runtime = globalThis as any;
-  const [cmd, args] = runtime.Deno
-    ? [runtime.Deno.execPath(), ["run", "--no-prompt", path]] // no permissions at all
-    : runtime.Bun
-    ? [process.execPath, [path]]
-    : [process.execPath, ["--import", "tsx", path]];
   // Plain text: no colours, whatever the parent's environment asks for.
   const env = { ...process.env, NO_COLOR: "1", FORCE_COLOR: "0" };
-  const child = spawnSync(cmd, args, { cwd: root, encoding: "utf8", timeout: 120_000, env });
-  if (child.error) throw child.error;
-  if (child.status !== 0) {
-    throw new Error(`the README example failed (status ${child.status}):\n${child.stdout}\n${child.stderr}`);
+  let status: number | null, stdout: string, stderr: string;
+  if (runtime.Deno) {
+    // Deno.Command, not node:child_process: Deno gives a child started through the latter every
+    // permission, and the example must run with none.
+    const child = new runtime.Deno.Command(runtime.Deno.execPath(), {
+      args: ["run", "--no-prompt", path],
+      cwd: root,
+      env,
+      stdin: "null",
+    }).outputSync();
+    const text = new TextDecoder();
+    [status, stdout, stderr] = [child.code, text.decode(child.stdout), text.decode(child.stderr)];
+  } else {
+    const args = runtime.Bun ? [path] : ["--import", "tsx", path];
+    const child = spawnSync(process.execPath, args, { cwd: root, encoding: "utf8", timeout: 120_000, env });
+    if (child.error) throw child.error;
+    [status, stdout, stderr] = [child.status, child.stdout, child.stderr];
   }
-  return child.stdout;
+  if (status !== 0) throw new Error(`the README example failed (status ${status}):\n${stdout}\n${stderr}`);
+  return stdout;
 }
 
 test("the README's usage example runs verbatim, importing the package by its name, and prints what it says", () => {
