@@ -3,18 +3,11 @@
 import { Bench } from "tinybench";
 import { cpus } from "node:os";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import process from "node:process";
 import type { Tensor } from "../mod.ts";
 
-// deno-lint-ignore no-explicit-any
-const runtime = globalThis as any;
+import { runtimeName } from "../src/_cli/platform.ts";
 
-/** "node 20.20.2", "deno 2.9.6" or "bun 1.4.5". */
-export function runtimeName(): string {
-  if (runtime.Deno?.version) return `deno ${runtime.Deno.version.deno}`;
-  if (runtime.Bun?.version) return `bun ${runtime.Bun.version}`;
-  return `node ${process.versions.node}`;
-}
+export { runtimeName };
 
 /** "deno", "bun" or "node". */
 export function runtimeKey(): string {

@@ -22,7 +22,7 @@ import { SLAB_BUDGET_BYTES } from "../src/_plan.ts";
 import { validateBackwardCall } from "../src/_validate.ts";
 import { POOL_TUNING, startPool } from "../src/pool.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
-import { naiveAttentionBackward } from "./_naive.ts";
+import { naiveAttentionBackward } from "../src/_cli/naive.ts";
 import {
   cpuName,
   median,

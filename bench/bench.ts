@@ -11,7 +11,7 @@
  */
 import process from "node:process";
 import { flashAttention } from "../mod.ts";
-import { naiveAttention } from "./_naive.ts";
+import { naiveAttention } from "../src/_cli/naive.ts";
 import {
   cpuName,
   measure,

@@ -23,24 +23,9 @@ async function pickRegister(): Promise<Register> {
 /** Registers a test with the runtime's own runner (Deno.test, bun:test or node:test). */
 export const test: Register = await pickRegister();
 
-/** mulberry32: a small seeded PRNG with a full 2^32 period; returns floats in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** A tensor of the given shape with entries uniform in (−amplitude, amplitude). */
-export function randomTensor(random: () => number, shape: number[], amplitude = 1): Tensor {
-  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  for (let i = 0; i < data.length; i++) data[i] = (2 * random() - 1) * amplitude;
-  return { data, shape };
-}
+// The seeded PRNG and random tensors are the CLI's (src/_cli/random.ts), so `flash-attention check
+// --seed S` and the tests draw the same inputs from the same seed.
+export { randomTensor, rng } from "../src/_cli/random.ts";
 
 /** How to draw a random mask (see makeMask). */
 export interface MaskSpec {

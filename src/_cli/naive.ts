@@ -1,4 +1,4 @@
-// The baseline of `flash-attention bench`: attention as JS code usually writes it. Per head it
+// The baseline of `flash-attention bench` and of bench/: attention as JS code usually writes it. Per head it
 // materialises S = scale·QKᵀ (Nq × Nk) in a Float32Array, masks with −Infinity, softmaxes each row
 // with Math.exp and multiplies by V; the causal mask is applied to the whole matrix, so no work is
 // skipped. O(Nq·Nk) memory per head. Layout [B, N, H, d]; GQA reads K/V head ⌊h / (H/Hkv)⌋.
