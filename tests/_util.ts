@@ -105,6 +105,11 @@ export function assertFlashTolerance(
   const ref = finite(reference);
   const error = maxAbsError(finite(actual), ref);
   const baseline = maxAbsError(finite(naive), ref);
+  // A naive result that is NaN or infinite where the reference is not would make the bound
+  // infinite, and the check vacuous: such a case needs another baseline, so say so.
+  if (!Number.isFinite(baseline)) {
+    throw new Error(`${what}: the naive f32 baseline is not finite where the reference is; the tolerance is undefined`);
+  }
   const bound = 2 * baseline + 1e-6;
   if (!(error <= bound)) {
     throw new Error(`${what}: error ${error} exceeds 2 × naive f32 error ${baseline} + 1e-6 = ${bound}`);
