@@ -26,7 +26,7 @@ export { DEFAULT_SRAM_BYTES, flashAttention, type FlashAttentionOptions } from "
 export { type AttentionGradients, flashAttentionBackward, type FlashAttentionBackwardOptions } from "./src/backward.ts";
 export { ShapeError } from "./src/errors.ts";
 export type { Layout, Tensor } from "./src/tensor.ts";
-export { init, type WasmSource } from "./src/wasm/loader.ts";
+export { init, type InitOptions, type KernelInfo, type SimdBuild, type WasmSource } from "./src/wasm/loader.ts";
 export {
   chooseSplits,
   createKvCache,

@@ -30,6 +30,14 @@ export const ASC_THREADS_FLAGS: readonly string[] = [
   "--maximumMemory",
   "65536",
 ];
+/**
+ * The relaxed-SIMD builds: the same sources with `f32x4.relaxed_madd` where simd.ts's `madd` is
+ * used (fused multiply-add on CPUs with FMA). Deterministic within a build, not bit-identical to
+ * the baseline; `init()` picks them where the runtime validates them.
+ */
+export const ASC_RELAXED_FLAGS: readonly string[] = [...ASC_FLAGS, "--enable", "relaxed-simd"];
+/** The threads build, relaxed. */
+export const ASC_THREADS_RELAXED_FLAGS: readonly string[] = [...ASC_THREADS_FLAGS, "--enable", "relaxed-simd"];
 /** The installed compiler's version (package.json pins it). */
 export const ASC_VERSION: string = asc.version;
 

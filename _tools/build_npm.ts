@@ -4,8 +4,8 @@
  *   dist/*.js, dist/src/**        ES modules (ES2022) with declarations
  *   dist/cjs/**                   the library entries as CommonJS, for `require` without require(esm)
  *   dist/npm/workerd.js           the entry workerd loads (the `workerd` condition)
- *   dist/src/wasm/*.wasm          the raw kernels (both builds), exported as ./kernels.wasm and
- *                                 ./kernels_threads.wasm for runtimes that refuse to compile bytes
+ *   dist/src/wasm/*.wasm          the raw kernels (all four builds), exported as ./kernels.wasm,
+ *                                 ./kernels_relaxed.wasm, ... for runtimes that refuse to compile bytes
  *   dist/src/cli.js               the command-line tool (`bin`)
  *   dist/package.json             exports mirroring deno.json's, with import/require/workerd
  *
@@ -20,6 +20,8 @@ import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "n
 import process from "node:process";
 
 const deno = JSON.parse(readFileSync("deno.json", "utf8"));
+/** The raw modules _tools/build_wasm.ts writes: baseline and relaxed SIMD, single-threaded and threads. */
+const WASM_BUILDS = ["kernels", "kernels_relaxed", "kernels_threads", "kernels_threads_relaxed"];
 const tsc = (config: string) =>
   execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", config], { stdio: "inherit" });
 
@@ -44,8 +46,7 @@ for (const [key, path] of Object.entries(deno.exports as Record<string, string>)
 }
 // workerd refuses to compile bytes at run time: its entry imports the raw module instead.
 exports["."] = { workerd: { types: "./mod.d.ts", default: "./npm/workerd.js" }, ...(exports["."] as object) };
-exports["./kernels.wasm"] = "./src/wasm/kernels.wasm";
-exports["./kernels_threads.wasm"] = "./src/wasm/kernels_threads.wasm";
+for (const build of WASM_BUILDS) exports[`./${build}.wasm`] = `./src/wasm/${build}.wasm`;
 exports["./package.json"] = "./package.json";
 
 rmSync("dist", { recursive: true, force: true });
@@ -53,7 +54,7 @@ tsc("tsconfig.npm.json");
 // The library entries only: the command-line tool (top-level await) and the workerd entry are ESM.
 tsc("tsconfig.npm.cjs.json");
 writeFileSync("dist/cjs/package.json", JSON.stringify({ type: "commonjs" }, null, 2) + "\n");
-for (const wasm of ["kernels.wasm", "kernels_threads.wasm"]) copyFileSync(`src/wasm/${wasm}`, `dist/src/wasm/${wasm}`);
+for (const build of WASM_BUILDS) copyFileSync(`src/wasm/${build}.wasm`, `dist/src/wasm/${build}.wasm`);
 
 const bin = existsSync("dist/src/cli.js") ? { "flash-attention": "./src/cli.js" } : undefined;
 writeFileSync(

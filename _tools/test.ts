@@ -114,6 +114,26 @@ outcomes.push(
     (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
   ),
 );
+// Node 20 runs the baseline build unless told to validate relaxed SIMD; Deno runs the whole suite
+// on the relaxed build (it fuses), Bun on the baseline (it validates relaxed SIMD without fusing).
+// So Node runs the relaxed build's own tests, the pool's and the backward's once more with the flag.
+outcomes.push(
+  await suite(
+    "node, relaxed SIMD (--experimental-wasm-relaxed-simd)",
+    process.execPath,
+    [
+      "--experimental-wasm-relaxed-simd",
+      "--import",
+      "tsx",
+      "--test",
+      "--test-reporter=tap",
+      "tests/loader_test.ts",
+      "tests/pool_test.ts",
+      "tests/backward_test.ts",
+    ],
+    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+  ),
+);
 outcomes.push(
   await suite(
     "browser example (headless Chromium)",

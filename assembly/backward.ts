@@ -69,7 +69,7 @@ import {
   TENSOR_PARTIAL,
 } from "./hbm";
 import { addBiases, addr, endKey, firstKey, i32At, imax, imin, rowRanges, tanh } from "./scores";
-import { accumulateValues, scoresStrip } from "./simd";
+import { accumulateValues, madd, scoresStrip } from "./simd";
 
 /** B is a multiple of this (strips of 8 lanes in every product). */
 const B_STEP: i32 = 8;
@@ -214,7 +214,7 @@ export function backwardPrep(
     for (let r = 0; r < rowsHere; r++) {
       let sum = f32x4.splat(0);
       for (let c = 0; c < dvP; c += 4) {
-        sum = f32x4.add(sum, f32x4.mul(v128.load(addr(O, r * dvP + c)), v128.load(addr(tDO, r * dvP + c))));
+        sum = madd(v128.load(addr(O, r * dvP + c)), v128.load(addr(tDO, r * dvP + c)), sum);
       }
       const total = (f32x4.extract_lane(sum, 0) + f32x4.extract_lane(sum, 1)) +
         (f32x4.extract_lane(sum, 2) + f32x4.extract_lane(sum, 3));

@@ -13,6 +13,8 @@
 // value is < 1.2e-38 and the result is 0 (an absolute error under 1.2e-38).
 // Inputs x > 0 are outside the contract (the kernel never produces them).
 
+import { madd } from "./simd";
+
 const LOG2E: f32 = 1.44269504;
 // 1.5·2^23: adding it rounds an f32 of magnitude < 2^22 to the nearest integer.
 const ROUND_MAGIC: f32 = 12582912.0;
@@ -40,12 +42,13 @@ const C6: f32 = 0.001384362;
   let r = f32x4.sub(xc, f32x4.mul(n, f32x4.splat(LN2_HI)));
   r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(LN2_LO)));
   // e^r = 1 + r·(1 + r·(C2 + r·(C3 + r·(C4 + r·(C5 + r·C6)))))
-  let p = f32x4.add(f32x4.mul(r, f32x4.splat(C6)), f32x4.splat(C5));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(C4));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(C3));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(C2));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0));
+  // (Horner with madd: fused in the relaxed build.)
+  let p = madd(r, f32x4.splat(C6), f32x4.splat(C5));
+  p = madd(p, r, f32x4.splat(C4));
+  p = madd(p, r, f32x4.splat(C3));
+  p = madd(p, r, f32x4.splat(C2));
+  p = madd(p, r, f32x4.splat(1.0));
+  p = madd(p, r, f32x4.splat(1.0));
   // 2^n: the low mantissa bits of t hold n (two's complement); shifting by 23 discards the rest.
   const twoN = i32x4.shl(i32x4.add(t, i32x4.splat(127)), 23);
   const e = f32x4.mul(p, twoN);

@@ -63,7 +63,7 @@ import {
   loadRowsTransposed,
   storeRows,
 } from "./hbm";
-import { accumulateValues, scoresStrip, scoresStrip4 } from "./simd";
+import { accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
 
 /**
  * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
@@ -247,7 +247,7 @@ export function forward(
 
         // alpha = exp(m − mNew); l = alpha·l + rowsum(P); m = mNew
         const alpha = expNonPositive(f32x4.sub(mOld, mUse));
-        v128.store(addr(l, r), f32x4.add(f32x4.mul(alpha, v128.load(addr(l, r))), rowSum));
+        v128.store(addr(l, r), madd(alpha, v128.load(addr(l, r)), rowSum));
         v128.store(addr(m, r), mNew);
         v128.store(addr(alphas, r), alpha);
 

@@ -1,9 +1,22 @@
 // The two matrix products of attention as f32x4 register-blocked loops over arena tiles.
 //
 // Both use a 4 × 8 register block (8 accumulators, two loaded vectors and one broadcast value:
-// 11 live v128, under the ~12 where V8 starts spilling) with separate mul and add (baseline SIMD,
-// identical bits in every runtime). Operands are arena addresses; dimensions are validated by the
-// host and the loop bounds stay inside the tiles laid out in arena.ts.
+// 11 live v128, under the ~12 where V8 starts spilling). Each step is `madd`: a separate mul and
+// add in the baseline build (identical bits in every runtime), f32x4.relaxed_madd in the relaxed
+// build (a fused multiply-add where the CPU has one: fewer instructions, one rounding instead of
+// two, so bits that differ from the baseline's but are the same on every call). Operands are arena
+// addresses; dimensions are validated by the host and the loop bounds stay inside the tiles laid
+// out in arena.ts.
+
+/**
+ * a·b + c, lane-wise: relaxed_madd in the relaxed-SIMD build, mul then add otherwise. The choice
+ * is made at compile time (ASC_FEATURE_RELAXED_SIMD is a constant), so each build has one path.
+ */
+// @ts-ignore: decorator
+@inline export function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
 
 /**
  * Sᵀ = scale · Kj · QiT for one strip of 8 queries:
@@ -30,17 +43,17 @@ export function scoresStrip(
       const q0 = v128.load(q);
       const q1 = v128.load(q, 16);
       let x = v128.load32_splat(k);
-      a00 = f32x4.add(a00, f32x4.mul(x, q0));
-      a01 = f32x4.add(a01, f32x4.mul(x, q1));
+      a00 = madd(x, q0, a00);
+      a01 = madd(x, q1, a01);
       x = v128.load32_splat(k + kRowBytes);
-      a10 = f32x4.add(a10, f32x4.mul(x, q0));
-      a11 = f32x4.add(a11, f32x4.mul(x, q1));
+      a10 = madd(x, q0, a10);
+      a11 = madd(x, q1, a11);
       x = v128.load32_splat(k + 2 * kRowBytes);
-      a20 = f32x4.add(a20, f32x4.mul(x, q0));
-      a21 = f32x4.add(a21, f32x4.mul(x, q1));
+      a20 = madd(x, q0, a20);
+      a21 = madd(x, q1, a21);
       x = v128.load32_splat(k + 3 * kRowBytes);
-      a30 = f32x4.add(a30, f32x4.mul(x, q0));
-      a31 = f32x4.add(a31, f32x4.mul(x, q1));
+      a30 = madd(x, q0, a30);
+      a31 = madd(x, q1, a31);
       q += qRowBytes;
     }
     const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
@@ -78,14 +91,14 @@ export function scoresStrip4(
     const kEnd = k + kRowBytes;
     for (; k < kEnd; k += 4) {
       const q0 = v128.load(q);
-      a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(k), q0));
-      a1 = f32x4.add(a1, f32x4.mul(v128.load32_splat(k + kRowBytes), q0));
-      a2 = f32x4.add(a2, f32x4.mul(v128.load32_splat(k + 2 * kRowBytes), q0));
-      a3 = f32x4.add(a3, f32x4.mul(v128.load32_splat(k + 3 * kRowBytes), q0));
-      a4 = f32x4.add(a4, f32x4.mul(v128.load32_splat(k + 4 * kRowBytes), q0));
-      a5 = f32x4.add(a5, f32x4.mul(v128.load32_splat(k + 5 * kRowBytes), q0));
-      a6 = f32x4.add(a6, f32x4.mul(v128.load32_splat(k + 6 * kRowBytes), q0));
-      a7 = f32x4.add(a7, f32x4.mul(v128.load32_splat(k + 7 * kRowBytes), q0));
+      a0 = madd(v128.load32_splat(k), q0, a0);
+      a1 = madd(v128.load32_splat(k + kRowBytes), q0, a1);
+      a2 = madd(v128.load32_splat(k + 2 * kRowBytes), q0, a2);
+      a3 = madd(v128.load32_splat(k + 3 * kRowBytes), q0, a3);
+      a4 = madd(v128.load32_splat(k + 4 * kRowBytes), q0, a4);
+      a5 = madd(v128.load32_splat(k + 5 * kRowBytes), q0, a5);
+      a6 = madd(v128.load32_splat(k + 6 * kRowBytes), q0, a6);
+      a7 = madd(v128.load32_splat(k + 7 * kRowBytes), q0, a7);
       q += qRowBytes;
     }
     const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
@@ -105,10 +118,10 @@ export function scoresStrip4(
     const kEnd = k + kRowBytes;
     for (; k < kEnd; k += 4) {
       const q0 = v128.load(q);
-      a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(k), q0));
-      a1 = f32x4.add(a1, f32x4.mul(v128.load32_splat(k + kRowBytes), q0));
-      a2 = f32x4.add(a2, f32x4.mul(v128.load32_splat(k + 2 * kRowBytes), q0));
-      a3 = f32x4.add(a3, f32x4.mul(v128.load32_splat(k + 3 * kRowBytes), q0));
+      a0 = madd(v128.load32_splat(k), q0, a0);
+      a1 = madd(v128.load32_splat(k + kRowBytes), q0, a1);
+      a2 = madd(v128.load32_splat(k + 2 * kRowBytes), q0, a2);
+      a3 = madd(v128.load32_splat(k + 3 * kRowBytes), q0, a3);
       q += qRowBytes;
     }
     const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
@@ -153,17 +166,17 @@ export function accumulateValues(
       const v0 = v128.load(v);
       const v1 = v128.load(v, 16);
       let x = v128.load32_splat(p);
-      a00 = f32x4.add(a00, f32x4.mul(x, v0));
-      a01 = f32x4.add(a01, f32x4.mul(x, v1));
+      a00 = madd(x, v0, a00);
+      a01 = madd(x, v1, a01);
       x = v128.load32_splat(p, 4);
-      a10 = f32x4.add(a10, f32x4.mul(x, v0));
-      a11 = f32x4.add(a11, f32x4.mul(x, v1));
+      a10 = madd(x, v0, a10);
+      a11 = madd(x, v1, a11);
       x = v128.load32_splat(p, 8);
-      a20 = f32x4.add(a20, f32x4.mul(x, v0));
-      a21 = f32x4.add(a21, f32x4.mul(x, v1));
+      a20 = madd(x, v0, a20);
+      a21 = madd(x, v1, a21);
       x = v128.load32_splat(p, 12);
-      a30 = f32x4.add(a30, f32x4.mul(x, v0));
-      a31 = f32x4.add(a31, f32x4.mul(x, v1));
+      a30 = madd(x, v0, a30);
+      a31 = madd(x, v1, a31);
       v += oRowBytes;
     }
     v128.store(o, a00);

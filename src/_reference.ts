@@ -7,11 +7,18 @@ import type { AttentionProblem } from "./_problem.ts";
  * passed through `round` (the identity gives f64; Math.fround gives f32 arithmetic, which the tests
  * use to size their tolerance). Scores follow the documented order: scale·q·k, softcap, + ALiBi
  * bias, + mask, then keys outside the causal window or past the sequence's length are dropped.
+ * With `fused`, the dot products' multiply-adds round once (as the relaxed build's fused
+ * multiply-add does: a product of two f32 values is exact in f64), not after the product and again
+ * after the sum.
  */
 export function referenceForward(
   p: AttentionProblem,
   round: (x: number) => number,
+  fused = false,
 ): { o: Float64Array; lse: Float64Array } {
+  const madd = fused
+    ? (a: number, b: number, c: number) => round(a * b + c)
+    : (a: number, b: number, c: number) => round(round(a * b) + c);
   const o = new Float64Array(p.oLength);
   const lse = new Float64Array(p.lseLength).fill(-Infinity);
   const scale = round(p.scale);
@@ -33,7 +40,7 @@ export function referenceForward(
         for (let j = lo; j < hi; j++) {
           const kj = s.kBase + j * p.kStrides.row + kvh * p.kStrides.head;
           let dot = 0;
-          for (let c = 0; c < p.d; c++) dot = round(dot + round(p.q[qi + c] * p.k[kj + c]));
+          for (let c = 0; c < p.d; c++) dot = madd(p.q[qi + c], p.k[kj + c], dot);
           let x = round(scale * dot);
           if (softcap !== 0) x = round(softcap * round(Math.tanh(round(x / softcap))));
           if (p.alibiSlopes) x = round(x - round(slope * Math.abs(i + s.Nk - s.Nq - j)));
@@ -61,7 +68,7 @@ export function referenceForward(
         for (let c = 0; c < p.dv; c++) {
           let acc = 0;
           for (let j = lo; j < hi; j++) {
-            acc = round(acc + round(scores[j] * p.v[s.vBase + j * p.vStrides.row + kvh * p.vStrides.head + c]));
+            acc = madd(scores[j], p.v[s.vBase + j * p.vStrides.row + kvh * p.vStrides.head + c], acc);
           }
           o[oi + c] = round(acc / sum);
         }

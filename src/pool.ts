@@ -42,6 +42,7 @@ import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 import type { AttentionOutput } from "./result.ts";
 import type { Tensor } from "./tensor.ts";
 import { WASM_BASE64 as THREADS_WASM_BASE64 } from "./wasm/kernels_threads.generated.ts";
+import { WASM_BASE64 as THREADS_RELAXED_WASM_BASE64 } from "./wasm/kernels_threads_relaxed.generated.ts";
 import { decodeBase64, init, loadKernels, type RawKernels } from "./wasm/loader.ts";
 
 /** Options of {@linkcode createAttentionPool}. */
@@ -276,7 +277,8 @@ interface Slot {
 class Pool implements AttentionPool {
   readonly threads: number;
   #memory: WebAssembly.Memory | undefined;
-  #wasm = decodeBase64(THREADS_WASM_BASE64);
+  /** The threads build of the same SIMD family as the single-threaded kernels (set by start). */
+  #wasm = new ArrayBuffer(0);
   #slots: Slot[];
   /** Byte addresses from the threads build's memory map (assembly/arena.ts). */
   #smPtr = 0;
@@ -300,7 +302,10 @@ class Pool implements AttentionPool {
     // The single-threaded kernels decide block sizes and run small calls inline; compiled
     // asynchronously here, since browsers refuse to compile large modules synchronously on the
     // main thread.
-    await init();
+    // The Workers run the threads build of the same family (baseline or relaxed), so that the pool
+    // gives the synchronous functions' bits.
+    const { simd } = await init();
+    this.#wasm = decodeBase64(simd === "relaxed" ? THREADS_RELAXED_WASM_BASE64 : THREADS_WASM_BASE64);
     // The memory map is the kernels' own: read it from a throwaway instance on a one-page memory.
     const probe = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
     const { instance } = await WebAssembly.instantiate(this.#wasm, { env: { memory: probe } });

@@ -5,6 +5,7 @@ import type { AttentionOutput, Mask, Tensor } from "../mod.ts";
 import type { ReferenceOptions } from "../src/reference.ts";
 import { referenceForward } from "../src/_reference.ts";
 import { validateCall } from "../src/_validate.ts";
+import { loadKernels } from "../src/wasm/loader.ts";
 
 type TestFn = () => void | Promise<void>;
 type Register = (name: string, fn: TestFn) => void;
@@ -56,8 +57,9 @@ export function makeMask(random: () => number, m: MaskSpec, full: number[]): Mas
 
 /**
  * Standard attention in f32 arithmetic: the f64 reference's loop with every operation rounded by
- * Math.fround (exp and tanh are Math's, rounded). This is the "same precision, other order"
- * baseline of the tolerance rule, not an oracle; it shares the reference's semantics on purpose.
+ * Math.fround (exp and tanh are Math's, rounded), its multiply-adds fused where the running kernels
+ * fuse theirs. This is the "same arithmetic, other order" baseline of the tolerance rule,
+ * not an oracle; it shares the reference's semantics on purpose.
  */
 export function naiveAttentionF32(
   q: Tensor,
@@ -66,7 +68,9 @@ export function naiveAttentionF32(
   options: ReferenceOptions = {},
 ): { data: Float32Array; lse: Float32Array } {
   const p = validateCall(q, k, v, { ...options });
-  const { o, lse } = referenceForward(p, Math.fround);
+  // Where the kernels fuse their multiply-adds (the relaxed build on an engine that fuses), so
+  // does this baseline: the same arithmetic.
+  const { o, lse } = referenceForward(p, Math.fround, loadKernels().fusedMultiplyAdd);
   return { data: Float32Array.from(o), lse: Float32Array.from(lse) };
 }
 

@@ -7,6 +7,7 @@
  * @module
  */
 import { WASM_BASE64 } from "./kernels.generated.ts";
+import { WASM_BASE64 as RELAXED_WASM_BASE64 } from "./kernels_relaxed.generated.ts";
 
 /**
  * The part of a `WebAssembly.Memory` the package touches. It is declared here, structurally, so
@@ -42,6 +43,10 @@ export interface RawKernels {
   backwardPrep(sm: number, ...args: PrepParameters): void;
   backwardDkDv(sm: number, ...args: BackwardParameters): void;
   backwardDqMerge(sm: number, ...args: DqMergeParameters): void;
+  /** 1 in the relaxed-SIMD build, 0 in the baseline. */
+  relaxedSimd(): number;
+  /** The products' multiply-add on one lane: a·b + c, fused or not (see assembly/kernels.ts). */
+  maddProbe(a: number, b: number, c: number): number;
 }
 
 /** backwardDqMerge's parameters after its SM (assembly/backward.ts). */
@@ -202,6 +207,10 @@ export interface Kernels {
   backwardPrep(...args: PrepParameters): void;
   backwardDkDv(...args: BackwardParameters): void;
   backwardDqMerge(...args: DqMergeParameters): void;
+  /** Which build these kernels are. */
+  readonly simd: SimdBuild;
+  /** Whether their multiply-adds round once (the relaxed build on an engine that fuses them). */
+  readonly fusedMultiplyAdd: boolean;
 }
 
 /** Binds raw kernels to their first SM. */
@@ -225,6 +234,9 @@ export function bindFirstSm(raw: RawKernels): Kernels {
     backwardPrep: (...args) => raw.backwardPrep(sm, ...args),
     backwardDkDv: (...args) => raw.backwardDkDv(sm, ...args),
     backwardDqMerge: (...args) => raw.backwardDqMerge(sm, ...args),
+    simd: raw.relaxedSimd() === 1 ? "relaxed" : "baseline",
+    // (1 + 2⁻¹²)² − (1 + 2⁻¹¹) is 2⁻²⁴ when fused; the separately rounded product gives 0.
+    fusedMultiplyAdd: raw.maddProbe(1 + 2 ** -12, 1 + 2 ** -12, -(1 + 2 ** -11)) !== 0,
   };
 }
 
@@ -244,19 +256,107 @@ export function decodeBase64(text: string): ArrayBuffer {
   return bytes.buffer;
 }
 
-/** The embedded module's bytes (decoded on each call; callers keep what they need). */
-export function embeddedWasm(): ArrayBuffer {
-  return decodeBase64(WASM_BASE64);
+/**
+ * Which build of the kernels runs: `"baseline"` (WebAssembly SIMD, separate multiply and add: the
+ * same bits on every runtime) or `"relaxed"` (relaxed SIMD's fused multiply-add in the products
+ * and the exp polynomial: faster where the CPU has FMA, deterministic within the build, but not
+ * bit-identical to the baseline).
+ */
+export type SimdBuild = "baseline" | "relaxed";
+
+/** What `init` accepts besides a module: which build to use. */
+export interface InitOptions {
+  /**
+   * `"auto"` (default): the relaxed build where the runtime validates relaxed SIMD and fuses its
+   * multiply-adds (Deno, Chromium; Node 20 only with `--experimental-wasm-relaxed-simd`), else
+   * the baseline (Bun validates relaxed SIMD but multiplies and adds separately, so the relaxed
+   * build would only repeat the baseline's bits). `"baseline"` or `"relaxed"` ask for one build
+   * (`"relaxed"` fails where relaxed SIMD does not validate).
+   */
+  simd?: "auto" | SimdBuild;
+}
+
+/** What `init` resolves to: the build that runs. */
+export interface KernelInfo {
+  simd: SimdBuild;
+}
+
+/** An embedded build's bytes (decoded on each call; callers keep what they need). */
+export function embeddedWasm(build: SimdBuild = "baseline"): ArrayBuffer {
+  return decodeBase64(build === "relaxed" ? RELAXED_WASM_BASE64 : WASM_BASE64);
+}
+
+let relaxedValidates: boolean | undefined;
+
+/** Whether this runtime accepts the relaxed-SIMD build (asked once). */
+export function relaxedSimdValidates(): boolean {
+  relaxedValidates ??= WebAssembly.validate(embeddedWasm("relaxed"));
+  return relaxedValidates;
+}
+
+/** `simd` checked: the build asked for, or "auto". */
+function readSimd(simd: unknown = "auto"): "auto" | SimdBuild {
+  if (simd !== "auto" && simd !== "baseline" && simd !== "relaxed") {
+    throw new TypeError(
+      `Cannot initialise @flash/attention as simd must be "auto", "baseline" or "relaxed": simd is ${
+        typeof simd === "string" ? JSON.stringify(simd) : String(simd)
+      }`,
+    );
+  }
+  if (simd === "relaxed" && !relaxedSimdValidates()) {
+    throw new Error(
+      'Cannot initialise @flash/attention with simd: "relaxed" as this runtime does not validate relaxed SIMD ' +
+        "(Node 20 needs --experimental-wasm-relaxed-simd)",
+    );
+  }
+  return simd;
+}
+
+/**
+ * Whether `auto` settles on relaxed kernels just made: only where the engine fuses its
+ * multiply-adds. Relaxed SIMD lets an engine compute relaxed_madd as a multiply then an add
+ * (JavaScriptCore, Bun's engine, does on the machines measured): that build would then give the
+ * baseline's bits at the baseline's speed, and the baseline is the one identical everywhere.
+ */
+function keepRelaxed(simd: "auto" | SimdBuild, kernels: Kernels): boolean {
+  return simd === "relaxed" || kernels.fusedMultiplyAdd;
+}
+
+/** The embedded build `simd` picks, compiled and instantiated asynchronously. */
+async function instantiateEmbedded(simd: "auto" | SimdBuild): Promise<Kernels> {
+  const make = async (build: SimdBuild) =>
+    checkExports(await WebAssembly.instantiate(await WebAssembly.compile(embeddedWasm(build)), {}));
+  if (simd !== "baseline" && relaxedSimdValidates()) {
+    const relaxed = await make("relaxed");
+    if (keepRelaxed(simd, relaxed)) return relaxed;
+  }
+  return await make("baseline");
+}
+
+/** The same, synchronously (Deno, Bun, Node; browsers refuse to compile large modules so). */
+function instantiateEmbeddedSync(simd: "auto" | SimdBuild): Kernels {
+  const make = (build: SimdBuild) =>
+    checkExports(new WebAssembly.Instance(new WebAssembly.Module(embeddedWasm(build)), {}));
+  if (simd !== "baseline" && relaxedSimdValidates()) {
+    const relaxed = make("relaxed");
+    if (keepRelaxed(simd, relaxed)) return relaxed;
+  }
+  return make("baseline");
+}
+
+/** Whether init's argument is its options rather than a module or bytes. */
+function isOptions(value: unknown): value is InitOptions {
+  return typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype;
 }
 
 /** One set of kernels and the ways to make it ready. */
 export interface KernelLoader {
   /**
    * Compiles and instantiates `source` (default: the module given to `useModule`, else the
-   * embedded bytes) unless already ready.
+   * embedded build the options choose) unless already ready.
    */
-  init(source?: WasmSource): Promise<void>;
-  /** The ready kernels, instantiating the default module synchronously on first use. */
+  init(source?: WasmSource | InitOptions): Promise<KernelInfo>;
+  /** The ready kernels, instantiating the default module (auto build) synchronously on first use. */
   loadKernels(): Kernels;
   /**
    * Makes a precompiled module the default, so that neither `init` nor the first call compiles
@@ -270,20 +370,44 @@ export function createLoader(): KernelLoader {
   let kernels: Kernels | undefined;
   let preset: object | undefined;
   return {
-    async init(source?: WasmSource): Promise<void> {
-      if (kernels !== undefined) return;
-      source ??= preset;
-      const module = source instanceof WebAssembly.Module
-        ? source
-        : await WebAssembly.compile((source ?? embeddedWasm()) as BufferSource);
-      const instance = await WebAssembly.instantiate(module, {});
-      kernels ??= checkExports(instance);
+    async init(source?: WasmSource | InitOptions): Promise<KernelInfo> {
+      const options = isOptions(source) ? source : undefined;
+      if (options !== undefined) {
+        for (const key of Object.keys(options)) {
+          if (key !== "simd") {
+            throw new TypeError(
+              `Cannot initialise @flash/attention as its options have an unknown key "${key}": the known key is simd`,
+            );
+          }
+        }
+      }
+      const simd = readSimd(options?.simd);
+      if (kernels !== undefined) {
+        if (simd !== "auto" && simd !== kernels.simd) {
+          throw new Error(
+            `Cannot initialise @flash/attention with simd: "${simd}" as the ${kernels.simd} build already runs ` +
+              "(the first call or init() chose it; call init with the option before anything else)",
+          );
+        }
+        return { simd: kernels.simd };
+      }
+      const given = options === undefined ? source : undefined;
+      let ready: Kernels;
+      if (given !== undefined || (preset !== undefined && simd === "auto")) {
+        const module = given instanceof WebAssembly.Module || given === undefined
+          ? (given ?? preset) as WebAssembly.Module
+          : await WebAssembly.compile(given as BufferSource);
+        ready = checkExports(await WebAssembly.instantiate(module, {}));
+      } else {
+        ready = await instantiateEmbedded(simd);
+      }
+      kernels ??= ready;
+      return { simd: kernels.simd };
     },
     loadKernels(): Kernels {
-      if (kernels === undefined) {
-        const instance = new WebAssembly.Instance(preset ?? new WebAssembly.Module(embeddedWasm()), {});
-        kernels = checkExports(instance);
-      }
+      kernels ??= preset !== undefined
+        ? checkExports(new WebAssembly.Instance(preset as WebAssembly.Module, {}))
+        : instantiateEmbeddedSync("auto");
       return kernels;
     },
     useModule(module: object): void {
@@ -300,21 +424,29 @@ const packageLoader = createLoader();
  * thread refuses to compile large modules synchronously) and on edge runtimes that forbid
  * compiling from bytes (pass the precompiled `WebAssembly.Module` there).
  *
- * Calling it again once the kernels are ready does nothing.
+ * Two builds are embedded: the relaxed-SIMD build (fused multiply-adds) runs where the runtime
+ * validates it and fuses them, the baseline elsewhere; `init({ simd: "baseline" })` asks for the baseline, whose
+ * results are bit-identical on every runtime. The choice is made once, by this call or by the
+ * first computation; calling init again afterwards returns the build that runs (and throws if it
+ * asks for the other one).
  *
- * @param source The module's bytes or a compiled `WebAssembly.Module`; defaults to the bytes
- *   embedded in the package.
- * @returns A promise that resolves when the kernels are ready.
+ * @param source The module's bytes or a compiled `WebAssembly.Module` (of either build), or
+ *   options choosing an embedded build; by default the embedded build `simd: "auto"` picks.
+ * @returns A promise of the build that runs.
  * @throws {WebAssembly.CompileError} If `source` is not a valid module for this runtime.
- * @throws {TypeError} If `source` is a module that does not export the kernels.
+ * @throws {TypeError} If `source` is a module that does not export the kernels, or the options
+ *   are malformed.
+ * @throws {Error} If `simd: "relaxed"` is asked where relaxed SIMD does not validate, or a build
+ *   other than the one already running is asked.
  *
  * @example Usage
  * ```ts
  * import { init } from "@flash/attention";
- * await init();
+ * const { simd } = await init(); // "relaxed" where the runtime fuses relaxed SIMD's madd, else "baseline"
+ * if (simd !== "relaxed" && simd !== "baseline") throw new Error("unexpected");
  * ```
  */
-export function init(source?: WasmSource): Promise<void> {
+export function init(source?: WasmSource | InitOptions): Promise<KernelInfo> {
   return packageLoader.init(source);
 }
 
@@ -351,6 +483,8 @@ export const REQUIRED_EXPORTS = [
   "backwardPrep",
   "backwardDkDv",
   "backwardDqMerge",
+  "relaxedSimd",
+  "maddProbe",
 ] as const;
 
 function checkExports(instance: WebAssembly.Instance): Kernels {
