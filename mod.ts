@@ -17,7 +17,9 @@
  *
  * Every core: `createAttentionPool()` runs the same calls on a pool of Workers that share one
  * WebAssembly memory, with bitwise identical results. Decoding: `createKvCache()` keeps a KV cache
- * in WebAssembly memory, so a step reads it where it lives. The f64 reference implementation lives
+ * in WebAssembly memory, so a step reads it where it lives. Half precision: q, k, v, KV caches and
+ * the output may be stored as f16 or bf16 (`dtype`, `outDtype`), widened to f32 in the kernels' tile
+ * copies, so they take half the memory and half the bytes. The f64 reference implementation lives
  * in `@flash/attention/reference`, the IO model in `@flash/attention/io`.
  *
  * @module
@@ -25,7 +27,7 @@
 export { DEFAULT_SRAM_BYTES, flashAttention, type FlashAttentionOptions } from "./src/flash_attention.ts";
 export { type AttentionGradients, flashAttentionBackward, type FlashAttentionBackwardOptions } from "./src/backward.ts";
 export { ShapeError } from "./src/errors.ts";
-export type { Layout, Tensor } from "./src/tensor.ts";
+export type { Dtype, Float16ArrayLike, HalfDtype, HalfTensor, InputTensor, Layout, Tensor } from "./src/tensor.ts";
 export { init, type InitOptions, type KernelInfo, type SimdBuild, type WasmSource } from "./src/wasm/loader.ts";
 export {
   chooseSplits,
@@ -45,6 +47,7 @@ export type {
   BackwardStats,
   BackwardTensorBytes,
   FlashIoCounts,
+  HalfAttentionOutput,
   IoCounts,
   TensorBytes,
 } from "./src/result.ts";

@@ -68,6 +68,7 @@ import {
   addRows,
   TENSOR_PARTIAL,
 } from "./hbm";
+import { elementShift } from "./half";
 import { addBiases, addr, endKey, firstKey, i32At, imax, imin, rowRanges, tanh } from "./scores";
 import { accumulateValues, madd, scoresStrip } from "./simd";
 
@@ -193,8 +194,9 @@ function blockOf(sramBytes: i32, d: i32, dv: i32, masked: bool): i32 {
 }
 
 /**
- * D = rowsum(dO ∘ O) for `rows` virtual rows (Nq·g), on the SM at `sm`: O and dO read by virtual
- * row, D written with the lse's strides. Runs before backwardDkDv.
+ * D = rowsum(dO ∘ O) for `rows` virtual rows (Nq·g), on the SM at `sm`: O and dO (elements of
+ * oKind and dOKind, half.ts) read by virtual row, D (f32) written with the lse's strides. Runs
+ * before backwardDkDv.
  */
 export function backwardPrep(
   sm: usize,
@@ -202,6 +204,7 @@ export function backwardPrep(
   dOPtr: usize, dORowStride: i32, dOHeadStride: i32,
   dPtr: usize, dRowStride: i32, dHeadStride: i32,
   rows: i32, g: i32, d: i32, dv: i32, masked: bool, sramBytes: i32,
+  oKind: i32, dOKind: i32,
 ): void {
   const B = blockOf(sramBytes, d, dv, masked);
   layOut(sm, B, d, dv, masked);
@@ -209,8 +212,10 @@ export function backwardPrep(
   const O = tAccK; // AccK, AccV and dQ together hold B × dvP (B·dP + B·dvP + B·dP ≥ B·dvP)
   for (let i0 = 0; i0 < rows; i0 += B) {
     const rowsHere = imin(B, rows - i0);
-    loadVirtualRows(sm, O, dvP, rowsHere, dvP, oPtr, oRowStride, oHeadStride, g, i0, rowsHere, dv, TENSOR_O);
-    loadVirtualRows(sm, tDO, dvP, rowsHere, dvP, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT);
+    loadVirtualRows(sm, O, dvP, rowsHere, dvP, oPtr, oRowStride, oHeadStride, g, i0, rowsHere, dv, TENSOR_O, oKind);
+    loadVirtualRows(
+      sm, tDO, dvP, rowsHere, dvP, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT, dOKind,
+    );
     for (let r = 0; r < rowsHere; r++) {
       let sum = f32x4.splat(0);
       for (let c = 0; c < dvP; c += 4) {
@@ -232,8 +237,9 @@ export function backwardPrep(
  * part of that fixed order. Each tile's dQ rows are added to the segment's partial dQ at dqPtr
  * (virtual rows, zero before the first call; no other call writes it). Pointers are byte
  * addresses in HBM, strides count elements; Q, dO, lse, D and the partial dQ are addressed by
- * virtual row (D with the lse's strides), K, V, dK and dV by absolute key. Visibility, ALiBi,
- * softcap and the mask as forward.ts.
+ * virtual row (D with the lse's strides), K, V, dK and dV by absolute key. Q, K, V and dO hold
+ * elements of qKind, kKind, vKind and dOKind, dK and dV are written as dkKind and dvKind (half.ts);
+ * lse, D and the partial dQ are f32. Visibility, ALiBi, softcap and the mask as forward.ts.
  */
 export function backwardDkDv(
   sm: usize,
@@ -249,6 +255,7 @@ export function backwardDkDv(
   slopesPtr: usize, alibiOffset: i32,
   maskPtr: usize, maskKind: i32, maskRowStride: i32, maskHeadStride: i32, maskColStride: i32,
   sramBytes: i32,
+  qKind: i32, kKind: i32, vKind: i32, dOKind: i32, dkKind: i32, dvKind: i32,
 ): void {
   const masked = maskKind != MASK_NONE;
   const B = blockOf(sramBytes, d, dv, masked);
@@ -271,11 +278,13 @@ export function backwardDkDv(
     const cols4 = roundUp(cols, 4);
     // Kj (rows past the block's keys zero up to ldk, columns past d zero), Kjᵀ built from it in the
     // arena, and Vjᵀ (columns past the block's keys zero, rows past dv zero): once per key block.
-    loadRows(sm, tK, dP, ldk, dP, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
+    loadRows(sm, tK, dP, ldk, dP, kPtr + (<usize>(j0 * kRowStride) << elementShift(kKind)), kRowStride, cols, d, TENSOR_K, kKind);
     for (let c = 0; c < ldk; c++) {
       for (let k = 0; k < dP; k++) store<f32>(addr(tKT, k * ldk + c), load<f32>(addr(tK, c * dP + k)));
     }
-    loadRowsTransposed(sm, tVT, ldk, addr(vPtr, j0 * vRowStride), vRowStride, 0, 1, 0, cols, dv, TENSOR_V);
+    loadRowsTransposed(
+      sm, tVT, ldk, vPtr + (<usize>(j0 * vRowStride) << elementShift(vKind)), vRowStride, 0, 1, 0, cols, dv, TENSOR_V, vKind,
+    );
     memory.fill(addr(tVT, dv * ldk), 0, <usize>((dvP - dv) * ldk) << 2);
     memory.fill(tAccK, 0, <usize>(cols4 * dP) << 2);
     memory.fill(tAccV, 0, <usize>(cols4 * dvP) << 2);
@@ -302,8 +311,10 @@ export function backwardDkDv(
         }
       }
       tilesComputed++;
-      loadVirtualRows(sm, tQ, dP, rows4, dP, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
-      loadVirtualRows(sm, tDO, dvP, rows4, dvP, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT);
+      loadVirtualRows(sm, tQ, dP, rows4, dP, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
+      loadVirtualRows(
+        sm, tDO, dvP, rows4, dvP, dOPtr, dORowStride, dOHeadStride, g, i0, rowsHere, dv, TENSOR_DOUT, dOKind,
+      );
       loadRowsTransposed(sm, tLse, B, lsePtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_LSE);
       loadRowsTransposed(sm, tD, B, dPtr, lseRowStride, lseHeadStride, g, i0, rowsHere, 1, TENSOR_D);
       if (slopesPtr != 0) loadRowsTransposed(sm, tSlope, B, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
@@ -370,8 +381,14 @@ export function backwardDkDv(
     for (let at = 0; at < cols * dP; at += 4) {
       v128.store(addr(tAccK, at), f32x4.mul(v128.load(addr(tAccK, at)), scaleV));
     }
-    storeRows(sm, addr(dkPtr, j0 * dkRowStride), dkRowStride, 0, 1, 0, tAccK, dP, cols, d, TENSOR_DK);
-    storeRows(sm, addr(dvPtr, j0 * dvRowStride), dvRowStride, 0, 1, 0, tAccV, dvP, cols, dv, TENSOR_DV);
+    storeRows(
+      sm, dkPtr + (<usize>(j0 * dkRowStride) << elementShift(dkKind)), dkRowStride, 0, 1, 0, tAccK, dP, cols, d, TENSOR_DK,
+      dkKind,
+    );
+    storeRows(
+      sm, dvPtr + (<usize>(j0 * dvRowStride) << elementShift(dvKind)), dvRowStride, 0, 1, 0, tAccV, dvP, cols, dv, TENSOR_DV,
+      dvKind,
+    );
   }
   countAdd(sm, TILES_COMPUTED, tilesComputed);
   countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
@@ -381,13 +398,14 @@ export function backwardDkDv(
 /**
  * dQ of `rows` virtual rows of a head group from its `segments` partials (backwardDkDv's), summed
  * in segment order: segment s's row r is at partPtr + (s·segmentStride + r·d) floats. Writes dQ
- * rows by virtual row.
+ * rows by virtual row, as elements of dqKind (half.ts).
  */
 export function backwardDqMerge(
   sm: usize,
   partPtr: usize, segments: i32, segmentStride: i32, rows: i32,
   dqPtr: usize, dqRowStride: i32, dqHeadStride: i32,
   g: i32, d: i32, dv: i32, masked: bool, sramBytes: i32,
+  dqKind: i32,
 ): void {
   const B = blockOf(sramBytes, d, dv, masked);
   layOut(sm, B, d, dv, masked);
@@ -403,6 +421,6 @@ export function backwardDqMerge(
         v128.store(addr(tAccK, at), f32x4.add(v128.load(addr(tAccK, at)), v128.load(addr(tDQ, at))));
       }
     }
-    storeRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tAccK, dP, rowsHere, d, TENSOR_DQ);
+    storeRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tAccK, dP, rowsHere, d, TENSOR_DQ, dqKind);
   }
 }

@@ -63,6 +63,7 @@ import {
   loadRowsTransposed,
   storeRows,
 } from "./hbm";
+import { ELEMENT_F32, elementShift } from "./half";
 import { accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
 
 /**
@@ -73,6 +74,9 @@ import { accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
  * pointer is 0 (lse, slopes, mask) or softcap is 0. ALiBi adds −slope·|i + alibiOffset − j|. The
  * mask element of (row, key) is at maskPtr + (offset of virtual row `row`, hbm.ts) + key·maskColStride, of type maskKind.
  * With `partial` (a split of split-KV) O and lse are counted as partial results, not outputs.
+ * Q, K, V and O hold elements of qKind, kKind, vKind and oKind (half.ts: f32, f16 or bf16), widened
+ * into the arena's f32 by the tile copies and O rounded on its way out; partial results and lse
+ * are always f32 (a split's O ignores oKind).
  * The caller guarantees 1 ≤ d, dv ≤ HEAD_DIM_MAX and blockSizes(sramBytes, d, dv, masked) ≠ 0.
  */
 export function forward(
@@ -110,6 +114,10 @@ export function forward(
   maskColStride: i32,
   sramBytes: i32,
   partial: bool,
+  qKind: i32,
+  kKind: i32,
+  vKind: i32,
+  oKind: i32,
 ): void {
   const masked = maskKind != MASK_NONE;
   const blocks = blockSizes(sramBytes, d, dv, masked);
@@ -148,7 +156,7 @@ export function forward(
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = imin(Br, rows - i0);
     const ldq = roundUp(rowsHere, BR_STEP); // row stride of QiT, S and the mask tile for this block
-    loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q);
+    loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
     if (slopesPtr != 0) loadRowsTransposed(sm, slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
     memory.fill(O, 0, <usize>(roundUp(rowsHere, 4) * dvP) << 2);
     for (let r = 0; r < rowsHere; r += 4) {
@@ -176,8 +184,8 @@ export function forward(
       }
       tilesComputed++;
       const cols4 = roundUp(cols, 4);
-      loadRows(sm, Kj, d, cols4, d, addr(kPtr, j0 * kRowStride), kRowStride, cols, d, TENSOR_K);
-      loadRows(sm, Vj, dvP, cols, dvP, addr(vPtr, j0 * vRowStride), vRowStride, cols, dv, TENSOR_V);
+      loadRows(sm, Kj, d, cols4, d, kPtr + (<usize>(j0 * kRowStride) << elementShift(kKind)), kRowStride, cols, d, TENSOR_K, kKind);
+      loadRows(sm, Vj, dvP, cols, dvP, vPtr + (<usize>(j0 * vRowStride) << elementShift(vKind)), vRowStride, cols, dv, TENSOR_V, vKind);
 
       // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see (a last strip of
       // at most 4 rows, such as a decode step's, computes only those 4).
@@ -271,7 +279,10 @@ export function forward(
         store<f32>(addr(alphas, r), load<f32>(addr(m, r)) + Mathf.log(lr));
       }
     }
-    storeRows(sm, oPtr, oRowStride, oHeadStride, g, i0, O, dvP, rowsHere, dv, partial ? TENSOR_PARTIAL : TENSOR_O);
+    storeRows(
+      sm, oPtr, oRowStride, oHeadStride, g, i0, O, dvP, rowsHere, dv, partial ? TENSOR_PARTIAL : TENSOR_O,
+      partial ? ELEMENT_F32 : oKind,
+    );
     if (lsePtr != 0) {
       storeRows(sm, lsePtr, lseRowStride, lseHeadStride, g, i0, alphas, 1, rowsHere, 1, partial ? TENSOR_PARTIAL : TENSOR_LSE);
     }

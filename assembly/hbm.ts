@@ -15,6 +15,14 @@
 // own block, at the SM's first byte (little-endian u64): bytesRead[TENSOR_SLOTS],
 // bytesWritten[TENSOR_SLOTS], then the tile counters (TILES_*). The copy routines take that
 // block's address, `counters`, so SMs running in parallel never share a counter.
+//
+// Element kinds (half.ts): a tensor in HBM holds f32, f16 or bf16 elements; the arena always holds
+// f32. The copies that read or write q, k, v, O and dO take the tensor's `kind` (f32 when left
+// out), address its rows in elements of that size, widen 16-bit elements into f32 on the way in
+// (widenRow, widenOne) and round f32 results to 16 bits on the way out (narrowRow), and count the
+// bytes the tensor really occupies: 2 per element for f16 and bf16, 4 for f32.
+
+import { ELEMENT_F32, elementBytes, elementShift, narrowRow, widenOne, widenRow } from "./half";
 
 export const TENSOR_Q: i32 = 0;
 export const TENSOR_K: i32 = 1;
@@ -77,18 +85,11 @@ export function resetCounters(counters: usize): void {
   countAdd(counters, TENSOR_SLOTS + tensor, <u64>bytes);
 }
 
-
-// @ts-ignore: decorator
-@inline function copyRow(dst: usize, src: usize, n: i32): void {
-  let i = 0;
-  for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), v128.load(src + (<usize>i << 2)));
-  for (; i < n; i++) store<f32>(dst + (<usize>i << 2), load<f32>(src + (<usize>i << 2)));
-}
-
 /**
- * HBM → arena: copies `rows` rows of `cols` floats (source row stride `srcStride` elements) to
- * `dst` with row stride `dstStride`, then zero-fills each row up to `dstCols` and adds zero rows
- * up to `dstRows`, so tiles never carry stale arena contents into the arithmetic.
+ * HBM → arena: copies `rows` rows of `cols` elements of `kind` (source row stride `srcStride`
+ * elements) to `dst` as floats with row stride `dstStride`, then zero-fills each row up to
+ * `dstCols` and adds zero rows up to `dstRows`, so tiles never carry stale arena contents into the
+ * arithmetic.
  */
 export function loadRows(
   counters: usize,
@@ -101,22 +102,24 @@ export function loadRows(
   rows: i32,
   cols: i32,
   tensor: i32,
+  kind: i32 = ELEMENT_F32,
 ): void {
+  const shift = elementShift(kind);
   for (let r = 0; r < rows; r++) {
     const d = dst + (<usize>(r * dstStride) << 2);
-    copyRow(d, src + ((<usize>r * <usize>srcStride) << 2), cols);
+    widenRow(d, src + ((<usize>r * <usize>srcStride) << shift), cols, kind);
     if (dstCols > cols) memory.fill(d + (<usize>cols << 2), 0, <usize>(dstCols - cols) << 2);
   }
   for (let r = rows; r < dstRows; r++) {
     memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
   }
-  countRead(counters, tensor, rows * cols * 4);
+  countRead(counters, tensor, rows * cols * elementBytes(kind));
 }
 
 /**
- * HBM → arena, by virtual row: row r0 + r of `src` (addressed as in the header) goes to row r of
- * `dst` (row stride `dstStride`), `cols` floats zero-filled up to `dstCols`, then zero rows up to
- * `dstRows`.
+ * HBM → arena, by virtual row: row r0 + r of `src` (elements of `kind`, addressed as in the header)
+ * goes to row r of `dst` (row stride `dstStride`), `cols` floats zero-filled up to `dstCols`, then
+ * zero rows up to `dstRows`.
  */
 export function loadVirtualRows(
   counters: usize,
@@ -132,12 +135,14 @@ export function loadVirtualRows(
   rows: i32,
   cols: i32,
   tensor: i32,
+  kind: i32 = ELEMENT_F32,
 ): void {
+  const shift = elementShift(kind);
   let pos = r0 / g; // virtual row r0 + r is position `pos` of head `head` (header)
   let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
     const d = dst + (<usize>(r * dstStride) << 2);
-    copyRow(d, src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2), cols);
+    widenRow(d, src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << shift), cols, kind);
     if (++head == g) {
       head = 0;
       pos++;
@@ -147,12 +152,13 @@ export function loadVirtualRows(
   for (let r = rows; r < dstRows; r++) {
     memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
   }
-  countRead(counters, tensor, rows * cols * 4);
+  countRead(counters, tensor, rows * cols * elementBytes(kind));
 }
 
 /**
  * HBM → arena, transposed: for virtual rows r0 ≤ r < r0 + rows, dst[c·dstStride + (r − r0)] =
- * src[offset of virtual row r + c] for c < cols, and zero for rows ≤ r − r0 < dstStride.
+ * src[offset of virtual row r + c] (an element of `kind`, as an f32) for c < cols, and zero for
+ * rows ≤ r − r0 < dstStride.
  */
 export function loadRowsTransposed(
   counters: usize,
@@ -166,14 +172,22 @@ export function loadRowsTransposed(
   rows: i32,
   cols: i32,
   tensor: i32,
+  kind: i32 = ELEMENT_F32,
 ): void {
+  const shift = elementShift(kind);
   let pos = r0 / g;
   let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
-    const s = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
+    const s = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << shift);
     const d = dst + (<usize>r << 2);
-    for (let c = 0; c < cols; c++) {
-      store<f32>(d + (<usize>(c * dstStride) << 2), load<f32>(s + (<usize>c << 2)));
+    if (kind == ELEMENT_F32) {
+      for (let c = 0; c < cols; c++) {
+        store<f32>(d + (<usize>(c * dstStride) << 2), load<f32>(s + (<usize>c << 2)));
+      }
+    } else {
+      for (let c = 0; c < cols; c++) {
+        store<f32>(d + (<usize>(c * dstStride) << 2), widenOne(<u32>load<u16>(s + (<usize>c << 1)), kind));
+      }
     }
     if (++head == g) {
       head = 0;
@@ -185,12 +199,12 @@ export function loadRowsTransposed(
       memory.fill(dst + (<usize>(c * dstStride + rows) << 2), 0, <usize>(dstStride - rows) << 2);
     }
   }
-  countRead(counters, tensor, rows * cols * 4);
+  countRead(counters, tensor, rows * cols * elementBytes(kind));
 }
 
 /**
  * Arena → HBM: row r of `src` (row stride `srcStride`, `cols` floats) goes to virtual row r0 + r
- * of `dst`, for r < rows.
+ * of `dst` as elements of `kind` (rounded to nearest even when 16-bit), for r < rows.
  */
 export function storeRows(
   counters: usize,
@@ -204,21 +218,24 @@ export function storeRows(
   rows: i32,
   cols: i32,
   tensor: i32,
+  kind: i32 = ELEMENT_F32,
 ): void {
+  const shift = elementShift(kind);
   let pos = r0 / g;
   let head = r0 - pos * g;
   for (let r = 0; r < rows; r++) {
-    copyRow(
-      dst + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2),
+    narrowRow(
+      dst + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << shift),
       src + (<usize>(r * srcStride) << 2),
       cols,
+      kind,
     );
     if (++head == g) {
       head = 0;
       pos++;
     }
   }
-  countWritten(counters, tensor, rows * cols * 4);
+  countWritten(counters, tensor, rows * cols * elementBytes(kind));
 }
 
 /**

@@ -1,10 +1,12 @@
 // Entry point of the WebAssembly module: the functions the host calls.
-// Pointers are byte addresses in linear memory, sizes count f32 elements.
+// Pointers are byte addresses in linear memory; sizes and strides count elements (f32, or the
+// 16-bit kinds of half.ts where a kernel takes a tensor's kind).
 
 export { arenaBytes, arenaMaxBytes, arenaPtr, blockSizes, headDimMax, hbmPtr, smBytes, smPtr } from "./arena";
 export { backwardArenaBytes, backwardBlockSize, backwardDkDv, backwardDqMerge, backwardPrep } from "./backward";
 export { expInto } from "./exp";
 export { forward } from "./forward";
+export { narrowInto, widenInto } from "./half";
 export { resetCounters } from "./hbm";
 export { mergeSplits } from "./merge";
 

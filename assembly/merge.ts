@@ -19,7 +19,8 @@ function mergeRowFloats(dv: i32): i32 {
 /**
  * Merges `splits` partial results of `rows` virtual rows, on the SM at `sm` (arena.ts). Partial O of split s, row r is the dv
  * floats at partPtr + (s·rows + r)·dv; its lse at partLsePtr + (s·rows + r). Results go to
- * virtual rows 0..rows−1 of O and lse (addressed as in hbm.ts, lse skipped when lsePtr = 0).
+ * virtual rows 0..rows−1 of O (elements of oKind, half.ts) and lse (f32), addressed as in hbm.ts,
+ * lse skipped when lsePtr = 0.
  * Uses the arena for mergeRowFloats(dv) floats per row of a block, whatever the split count.
  */
 export function mergeSplits(
@@ -37,6 +38,7 @@ export function mergeSplits(
   lseHeadStride: i32,
   g: i32,
   sramBytes: i32,
+  oKind: i32,
 ): void {
   const dvP = paddedDv(dv);
   // The validated arena holds at least one forward tile, which is larger than one merged row.
@@ -94,7 +96,7 @@ export function mergeSplits(
         store<f32>(mPtr + (<usize>r << 2), load<f32>(mPtr + (<usize>r << 2)) + Mathf.log(l));
       }
     }
-    storeRows(sm, oPtr, oRowStride, oHeadStride, g, r0, OPtr, dvP, n, dv, TENSOR_O);
+    storeRows(sm, oPtr, oRowStride, oHeadStride, g, r0, OPtr, dvP, n, dv, TENSOR_O, oKind);
     if (lsePtr != 0) storeRows(sm, lsePtr, lseRowStride, lseHeadStride, g, r0, mPtr, 1, n, 1, TENSOR_LSE);
   }
 }

@@ -13,13 +13,16 @@
 // output once — the most favourable case for standard attention, and what the paper counts. A
 // sequence without queries or keys has an empty S and reads nothing; it writes its O (zeros) and lse.
 // Masks, when given, are read in phase 2; causal and windows are applied there from indices
-// (no traffic). lse, when asked for, is written in phase 2.
+// (no traffic). lse, when asked for, is written in phase 2. With `elementBytes: 2` the HBM tensors
+// (Q, K, V, S, P, O) are stored in fp16, as in the paper's runs: each element that crosses counts
+// 2 bytes, and what is written to S, P and O is rounded to f16 on its way (lse stays f32).
 //
 // It lives in bench/ because the IO report is what it exists for (its counts stand beside the
 // kernel's there); tests/io_test.ts imports it to check that its output is attention (against the
 // f64 reference) and that its counts equal standardAttentionIo, so the report's baseline is tested.
 
 import type { Mask, Tensor } from "../mod.ts";
+import { convertInto } from "../src/_half.ts";
 import { type IoCounts, sumBytes, type TensorBytes, zeroBytes } from "../src/result.ts";
 
 /** Options of {@linkcode standardAttention}: `flashAttention`'s semantics, BSHD layout only. */
@@ -34,6 +37,11 @@ export interface StandardOptions {
   mask?: Mask;
   /** Also compute lse = log Σ_j exp(S_ij), shape [B, H, Nq]. */
   returnLse?: boolean;
+  /**
+   * Bytes per element of Q, K, V, S, P and O in HBM: 4 (f32, default) or 2 (fp16 storage: q, k, v
+   * should then hold f16 values, and S, P and O are rounded to f16 as they are written).
+   */
+  elementBytes?: 2 | 4;
 }
 
 /** O [B, Nq, H, dv], lse [B, H, Nq] when asked for, and the counted HBM traffic. */
@@ -52,11 +60,14 @@ export function standardAttention(q: Tensor, k: Tensor, v: Tensor, options: Stan
   const scale = options.scale ?? 1 / Math.sqrt(d);
   const read = zeroBytes();
   const written = zeroBytes();
+  const elementBytes = options.elementBytes ?? 4;
+  const bits = new Uint16Array(Math.max(Nk, dv));
 
   /**
    * The one place HBM is touched: copies n elements from `src` (at srcAt, stride srcStride) to
    * `dst` (at dstAt, stride 1), counting their bytes as read (HBM → chip) or written (chip → HBM)
-   * for `tensor`.
+   * for `tensor`: `elementBytes` each, except the mask's own size and lse's 4. With fp16 storage
+   * what is written to S, P and O is rounded to f16 first.
    */
   function move(
     direction: "read" | "write",
@@ -68,8 +79,15 @@ export function standardAttention(q: Tensor, k: Tensor, v: Tensor, options: Stan
     srcStride: number,
     n: number,
   ): void {
-    for (let x = 0; x < n; x++) dst[dstAt + x] = src[srcAt + x * srcStride];
-    (direction === "read" ? read : written)[tensor] += n * src.BYTES_PER_ELEMENT;
+    const stored = tensor === "mask" ? src.BYTES_PER_ELEMENT : tensor === "lse" ? 4 : elementBytes;
+    if (direction === "write" && stored === 2) {
+      // round to f16 and back (exact), through the library's own conversion
+      convertInto(bits, "f16", 0, src as Float32Array, "f32", srcAt, n);
+      convertInto(dst as Float32Array, "f32", dstAt, bits, "f16", 0, n);
+    } else {
+      for (let x = 0; x < n; x++) dst[dstAt + x] = src[srcAt + x * srcStride];
+    }
+    (direction === "read" ? read : written)[tensor] += n * stored;
   }
 
   const o = new Float32Array(B * Nq * H * dv);

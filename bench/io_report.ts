@@ -16,7 +16,8 @@
  * bench/devices.json.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { flashAttention, flashAttentionBackward } from "../mod.ts";
+import { flashAttention, flashAttentionBackward, type HalfTensor, type Tensor } from "../mod.ts";
+import { convertInto } from "../src/_half.ts";
 import { flashAttentionBackwardIo, flashAttentionIo, standardAttentionIo } from "../src/io.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { cpuName, median, random, runtimeName, table } from "./_report.ts";
@@ -227,7 +228,7 @@ log();
   log(
     "The CPU bound is the measured copy bandwidths' roofline (no compute term): far below the measured time, so this " +
       "CPU is bound by the arithmetic, not by moving bytes. The A100 column applies the roofline to the f32 bytes " +
-      "the kernel moved; section 3 converts its counts to fp16 (2-byte elements), as the paper ran. SRAM bytes are " +
+      "the kernel moved; section 3 counts fp16 runs (2-byte q, k, v, O), as the paper ran. SRAM bytes are " +
       "estimated as the HBM bytes plus four on-chip trips per score element (S written, read; P written, read).",
   );
   log();
@@ -268,56 +269,102 @@ log();
 {
   const [B, H, N] = [64, 16, 1024];
   const heads = B * H;
-  // Forwards, counted on one head and multiplied by the heads (every head moves the same bytes):
-  // flash by the kernel, standard by running Algorithm 0.
+  const shape = { B, H, Nq: N, Nk: N, d };
+  /** The f16 tensor nearest to t (round to nearest even), as the paper's fp16 runs store it. */
+  const toF16 = (t: Tensor): HalfTensor => {
+    const bits = new Uint16Array(t.data.length);
+    convertInto(bits, "f16", 0, t.data, "f32", 0, t.data.length);
+    return { data: bits, shape: t.shape, dtype: "f16" };
+  };
+  const values = (t: HalfTensor): Tensor => {
+    const data = new Float32Array(t.data.length);
+    convertInto(data, "f32", 0, t.data as Uint16Array, "f16", 0, data.length);
+    return { data, shape: t.shape };
+  };
+  // Counted on one head and multiplied by the heads (every head moves the same bytes), once with
+  // f32 tensors and once with fp16 ones: flash by the kernels' counters, standard by running
+  // Algorithm 0. The fp16 runs store q, k, v, O and dO in 16 bits; lse, D, the backward's partial
+  // dQ and its gradients stay f32 (as FlashAttention-2 keeps softmax_lse, softmax_d and dq_accum).
   const [q, k, v] = [1, 2, 3].map((seed) => random([1, N, 1, d], seed));
-  const one = flashAttention(q, k, v, { stats: true }).stats!;
-  const flashForward = one.totalBytes * heads;
-  const standardForward = standardAttention(q, k, v).io.totalBytes * heads;
-  if (standardForward !== standardAttentionIo({ B, H, Nq: N, Nk: N, d }).totalBytes) {
-    throw new Error("Algorithm 0's count differs from standardAttentionIo");
-  }
-  // Backward, counted by the kernels on one head (D, then dK, dV and the segments' partial dQ, then their merge).
+  const [q16, k16, v16] = [q, k, v].map(toF16);
   const dOut = random([1, N, 1, d], 4);
+  const dOut16 = toF16(dOut);
+  const bytes16 = { q: 2, k: 2, v: 2, o: 2 } as const;
+  const one = flashAttention(q, k, v, { stats: true }).stats!;
+  const one16 = flashAttention(q16, k16, v16, { outDtype: "f16", stats: true }).stats!;
   const withLse = flashAttention(q, k, v, { returnLse: true });
+  const withLse16 = flashAttention(q16, k16, v16, { returnLse: true, outDtype: "f16" });
   const oneBackward = flashAttentionBackward(q, k, v, withLse, dOut, { stats: true }).stats!;
-  const flashBackward = oneBackward.totalBytes * heads;
-  if (flashBackward !== flashAttentionBackwardIo({ B, H, Nq: N, Nk: N, d }).totalBytes) {
-    throw new Error("the backward's counters differ from flashAttentionBackwardIo");
+  const oneBackward16 = flashAttentionBackward(q16, k16, v16, withLse16, dOut16, { stats: true }).stats!;
+  const counts = {
+    standardForward: standardAttention(q, k, v).io.totalBytes * heads,
+    standardForward16: standardAttention(values(q16), values(k16), values(v16), { elementBytes: 2 }).io.totalBytes *
+      heads,
+    flashForward: one.totalBytes * heads,
+    flashForward16: one16.totalBytes * heads,
+    flashBackward: oneBackward.totalBytes * heads,
+    flashBackward16: oneBackward16.totalBytes * heads,
+  };
+  const closedForms = {
+    standardForward: standardAttentionIo(shape).totalBytes,
+    standardForward16: standardAttentionIo(shape, { elementBytes: { ...bytes16, scores: 2 } }).totalBytes,
+    flashForward: flashAttentionIo(shape).totalBytes,
+    flashForward16: flashAttentionIo(shape, { elementBytes: bytes16 }).totalBytes,
+    flashBackward: flashAttentionBackwardIo(shape).totalBytes,
+    flashBackward16: flashAttentionBackwardIo(shape, { elementBytes: { ...bytes16, dOut: 2 } }).totalBytes,
+  };
+  for (const [name, counted] of Object.entries(counts)) {
+    const model = closedForms[name as keyof typeof closedForms];
+    if (counted !== model) throw new Error(`${name}: counted ${counted} bytes, the closed form says ${model}`);
   }
   // Standard backward (the paper's Algorithm 3): read P, dO → dV; read dO, V → dP; read P, dP →
-  // dS; read dS, K → dQ; read dS, Q → dK.
-  const standardBackward = 4 * heads * (5 * N * N + 5 * N * d + 2 * N * N + 3 * N * d);
+  // dS; read dS, K → dQ; read dS, Q → dK; in closed form, elements of `bytes` each.
+  const standardBackwardOf = (bytes: number) => bytes * heads * (5 * N * N + 5 * N * d + 2 * N * N + 3 * N * d);
+  const standardBackward = standardBackwardOf(4);
+  const standardBackward16 = standardBackwardOf(2);
   // Matmul flops, 2·N²·d each per head: standard does 2 forward and 4 backward (dV, dP, dQ, dK).
   // Flash's are as the kernels counted them: the backward recomputes S (5 products).
   const matmul = 2 * heads * N * N * d;
   const standardFlops = 6 * matmul;
   const flashFlops = (one.flops + oneBackward.flops) * heads;
-  const standardTotal = standardForward + standardBackward;
-  const flashTotal = flashForward + flashBackward;
-  // On chip, in elements: every HBM element passes through once; flash also makes four trips per
+  const standardTotal = counts.standardForward + standardBackward;
+  const standardTotal16 = counts.standardForward16 + standardBackward16;
+  const flashTotal = counts.flashForward + counts.flashBackward;
+  const flashTotal16 = counts.flashForward16 + counts.flashBackward16;
+  // On chip, in fp16 bytes: every HBM byte passes through once; flash also makes four trips per
   // score element in the forward (S, P written and read) and ten in the backward (S, P, dP written
   // and read; dS written and read twice, for dK and for dQ).
   const scoreElements = heads * N * N;
-  const fp16 = (f32Bytes: number) => f32Bytes / 2;
-  const standardWork = { hbmBytes: fp16(standardTotal), sramBytes: fp16(standardTotal), flops: standardFlops };
-  const flashWork = {
-    hbmBytes: fp16(flashTotal),
-    sramBytes: fp16(flashTotal) + 2 * 14 * scoreElements,
-    flops: flashFlops,
-  };
+  const standardWork = { hbmBytes: standardTotal16, sramBytes: standardTotal16, flops: standardFlops };
+  const flashWork = { hbmBytes: flashTotal16, sramBytes: flashTotal16 + 2 * 14 * scoreElements, flops: flashFlops };
   const gb = (bytes: number) => (bytes / GB).toFixed(1);
-  const share = (part: number) => `${((100 * part) / flashTotal).toFixed(0)}% of flash`;
+  const share = (part: number) => `${((100 * part) / flashTotal16).toFixed(0)}% of flash`;
   const rows = [
-    ["standard forward, counted by running Algorithm 0", gb(standardForward), gb(fp16(standardForward)), ""],
-    ["standard backward, Algorithm 3 closed form", gb(standardBackward), gb(fp16(standardBackward)), ""],
-    ["standard total", gb(standardTotal), gb(fp16(standardTotal)), ""],
+    [
+      "standard forward, counted by running Algorithm 0",
+      gb(counts.standardForward),
+      gb(counts.standardForward16),
+      "",
+    ],
+    ["standard backward, Algorithm 3 closed form", gb(standardBackward), gb(standardBackward16), ""],
+    ["standard total", gb(standardTotal), gb(standardTotal16), ""],
     ["standard, the paper's measurement (A100, fp16)", "", "40.3", ""],
-    ["flash forward, counted by the kernel", gb(flashForward), gb(fp16(flashForward)), share(flashForward)],
-    ["flash backward, counted by the kernels", gb(flashBackward), gb(fp16(flashBackward)), share(flashBackward)],
-    ["flash total", gb(flashTotal), gb(fp16(flashTotal)), ""],
+    [
+      "flash forward, counted by the kernel",
+      gb(counts.flashForward),
+      gb(counts.flashForward16),
+      share(counts.flashForward16),
+    ],
+    [
+      "flash backward, counted by the kernels",
+      gb(counts.flashBackward),
+      gb(counts.flashBackward16),
+      share(counts.flashBackward16),
+    ],
+    ["flash total", gb(flashTotal), gb(flashTotal16), ""],
     ["flash, the paper's measurement (A100, fp16)", "", "4.4", ""],
   ];
+  const partial16 = (oneBackward16.read.partial + oneBackward16.written.partial) * heads;
   const ms = (device: Device, work: Work) => {
     const r = roofline(device, work);
     return `${(r.seconds * 1e3).toFixed(1)} (${r.bound})`;
@@ -334,7 +381,15 @@ log();
   ];
   log("## 3. GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64), forward + backward");
   log();
-  log(table(["HBM traffic (GB = 10⁹ bytes)", "f32, as counted", "fp16 (2-byte elements)", "share"], rows));
+  log(table(["HBM traffic (GB = 10⁹ bytes)", "f32 run, counted", "fp16 run, counted", "share"], rows));
+  log();
+  log(
+    "The fp16 runs store q, k, v, O and dO (and, for standard attention, S and P) in 16 bits and count 2 bytes per " +
+      "element; lse, D, the backward's partial dQ and its gradients are f32 (FlashAttention-2 keeps its lse, D " +
+      `and dQ accumulator in f32 too). The partial dQ alone is ${gb(partial16)} GB of the fp16 backward, which ` +
+      `therefore moves ${(100 * counts.flashBackward16 / counts.flashBackward).toFixed(0)}% of the f32 run's bytes, ` +
+      "not half.",
+  );
   log();
   log(table(
     [
@@ -350,7 +405,8 @@ log();
   log(
     `Matmul flops in these estimates: standard ${gb(standardFlops)} GFLOP, flash ${gb(flashFlops)} GFLOP (the ` +
       "paper's table lists 66.6 and 75.2 GFLOPs). SRAM bytes are estimated as the HBM bytes plus, for flash, 4 " +
-      "forward and 10 backward on-chip trips per score element. H100 has no SRAM term (no published figure).",
+      "forward and 10 backward on-chip trips per score element (2 bytes each). H100 has no SRAM term (no " +
+      "published figure).",
   );
   log();
   log(
@@ -367,8 +423,8 @@ log();
       "GB (10⁹ bytes)",
       ["standard", "flash (counted)"],
       [
-        { name: "ours, f32", values: [standardTotal / GB, flashTotal / GB], color: "#1f77b4" },
-        { name: "ours, in fp16 bytes", values: [fp16(standardTotal) / GB, fp16(flashTotal) / GB], color: "#aec7e8" },
+        { name: "ours, f32 run", values: [standardTotal / GB, flashTotal / GB], color: "#1f77b4" },
+        { name: "ours, fp16 run", values: [standardTotal16 / GB, flashTotal16 / GB], color: "#aec7e8" },
         { name: "paper (A100, fp16, measured)", values: [40.3, 4.4], color: "#ff7f0e" },
       ],
     ),

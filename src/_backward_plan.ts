@@ -13,8 +13,11 @@
 // working set is the sequence itself, O(N·d). Consecutive sequences share a phase while their slabs
 // total at most slabBudgetBytes; a larger sequence gets a phase of its own.
 
+import { bytesOf, ELEMENT_KIND, type ElementData } from "./_half.ts";
 import {
   checkAddressable,
+  elementKinds,
+  elementSizes,
   maskElementBytes,
   maskKind,
   place,
@@ -22,9 +25,11 @@ import {
   type SlabExtents,
   slabExtents,
   slopeBase,
+  stageArray,
   type Step,
 } from "./_plan.ts";
 import type { AttentionProblem, Sequence } from "./_problem.ts";
+import type { Dtype } from "./tensor.ts";
 import { blockKeys, type KeyVisibility, keyVisibility } from "./_visibility.ts";
 
 /** One call of backwardDkDv (assembly/backward.ts), argument for argument; dq* address its partial dQ. */
@@ -69,6 +74,13 @@ export interface BackwardJob {
   maskHeadStride: number;
   maskColStride: number;
   sramBytes: number;
+  /** Element kinds (assembly/half.ts) of Q, K, V and dO, and of the dK and dV written. */
+  qKind: number;
+  kKind: number;
+  vKind: number;
+  dOKind: number;
+  dkKind: number;
+  dvKind: number;
 }
 
 /** backwardDkDv's arguments in its parameter order. */
@@ -114,15 +126,26 @@ export function backwardArgs(j: BackwardJob): number[] {
     j.maskHeadStride,
     j.maskColStride,
     j.sramBytes,
+    j.qKind,
+    j.kKind,
+    j.vKind,
+    j.dOKind,
+    j.dkKind,
+    j.dvKind,
   ];
 }
 
-/** The caller's arrays a backward reads besides q, k, v: O and dO (O's layout) and lse. */
+/** The caller's arrays a backward reads besides q, k, v: O and dO (O's layout, each of its dtype) and lse. */
 export interface BackwardInputs {
-  o: Float32Array;
-  dOut: Float32Array;
+  o: ElementData;
+  dOut: ElementData;
+  oDtype: Dtype;
+  dOutDtype: Dtype;
   lse: Float32Array;
 }
+
+/** The gradients' dtype: f32 (the kernels' dkKind, dvKind and dqKind). */
+const GRAD_KIND = ELEMENT_KIND.f32;
 
 /** The caller-side gradient arrays a run fills. */
 export interface Gradients {
@@ -207,10 +230,12 @@ const segmentsFor = (p: AttentionProblem, s: Sequence, B: number) =>
 /** Floats of a sequence's partial dQ: every segment's rows of every head. */
 const partialFloats = (p: AttentionProblem, s: Sequence, B: number) => segmentsFor(p, s, B).length * s.Nq * p.H * p.d;
 
-/** Bytes of one sequence's slab: its inputs, its gradients and the partial dQ. */
-function slabBytes(p: AttentionProblem, s: Sequence, e: SlabExtents, B: number): number {
-  return 4 * (2 * e.q + 2 * e.k + 2 * e.v + 2 * e.o + 2 * e.lse + partialFloats(p, s, B)) +
-    maskElementBytes(p) * e.mask;
+/** Bytes of one sequence's slab: its inputs (each of its dtype), its f32 gradients and the partial dQ. */
+function slabBytes(p: AttentionProblem, inputs: BackwardInputs, s: Sequence, e: SlabExtents, B: number): number {
+  const size = elementSizes(p);
+  const inputBytes = size.q * e.q + size.k * e.k + size.v * e.v +
+    (bytesOf(inputs.oDtype) + bytesOf(inputs.dOutDtype)) * e.o;
+  return inputBytes + 4 * (e.q + e.k + e.v + 2 * e.lse + partialFloats(p, s, B)) + maskElementBytes(p) * e.mask;
 }
 
 /** Extents of a sequence's tensors; lse and D are staged as [H][Nq] whatever the caller's layout. */
@@ -237,7 +262,7 @@ export function planBackward(p: AttentionProblem, inputs: BackwardInputs, config
   };
   for (const s of p.sequences) {
     if (s.Nq === 0) continue; // no query: its keys get no gradient (the arrays start at zero)
-    const bytes = slabBytes(p, s, extentsOf(p, s), config.B);
+    const bytes = slabBytes(p, inputs, s, extentsOf(p, s), config.B);
     if (batchBytes + bytes > config.slabBudgetBytes) flush();
     batch.push(s);
     batchBytes += bytes;
@@ -260,6 +285,10 @@ function planSlabs(
   const elementBytes = maskElementBytes(p);
   const m = p.mask?.strides ?? [0, 0, 0, 0];
   const g = p.group;
+  const size = { ...elementSizes(p), o: bytesOf(inputs.oDtype), dO: bytesOf(inputs.dOutDtype) };
+  const { qKind, kKind, vKind } = elementKinds(p);
+  const oKind = ELEMENT_KIND[inputs.oDtype];
+  const dOKind = ELEMENT_KIND[inputs.dOutDtype];
   let at = config.hbmPtr;
   for (const s of sequences) {
     const e = extentsOf(p, s);
@@ -267,11 +296,11 @@ function planSlabs(
     const rows = s.Nq * g; // virtual rows of a head group
     const ptrs = place(at, {
       partPtr: 4 * partialFloats(p, s, config.B),
-      qPtr: 4 * e.q,
-      kPtr: 4 * e.k,
-      vPtr: 4 * e.v,
-      oPtr: 4 * e.o,
-      dOPtr: 4 * e.o,
+      qPtr: size.q * e.q,
+      kPtr: size.k * e.k,
+      vPtr: size.v * e.v,
+      oPtr: size.o * e.o,
+      dOPtr: size.dO * e.o,
       lsePtr: 4 * e.lse,
       dPtr: 4 * e.lse,
       dqPtr: 4 * e.q,
@@ -283,10 +312,10 @@ function planSlabs(
     for (let kvh = 0; kvh < p.Hkv; kvh++) {
       const h0 = kvh * g; // first query head of the group
       prep.push([
-        ptrs.oPtr + 4 * h0 * p.oStrides.head,
+        ptrs.oPtr + size.o * h0 * p.oStrides.head,
         p.oStrides.row,
         p.oStrides.head,
-        ptrs.dOPtr + 4 * h0 * p.oStrides.head,
+        ptrs.dOPtr + size.dO * h0 * p.oStrides.head,
         p.oStrides.row,
         p.oStrides.head,
         ptrs.dPtr + 4 * h0 * s.Nq,
@@ -298,16 +327,18 @@ function planSlabs(
         p.dv,
         p.mask === undefined ? 0 : 1,
         config.sramBytes,
+        oKind,
+        dOKind,
       ]);
       const group: BackwardJob = {
-        qPtr: ptrs.qPtr + 4 * h0 * p.qStrides.head,
+        qPtr: ptrs.qPtr + size.q * h0 * p.qStrides.head,
         qRowStride: p.qStrides.row,
         qHeadStride: p.qStrides.head,
-        kPtr: ptrs.kPtr + 4 * kvh * p.kStrides.head,
+        kPtr: ptrs.kPtr + size.k * kvh * p.kStrides.head,
         kRowStride: p.kStrides.row,
-        vPtr: ptrs.vPtr + 4 * kvh * p.vStrides.head,
+        vPtr: ptrs.vPtr + size.v * kvh * p.vStrides.head,
         vRowStride: p.vStrides.row,
-        dOPtr: ptrs.dOPtr + 4 * h0 * p.oStrides.head,
+        dOPtr: ptrs.dOPtr + size.dO * h0 * p.oStrides.head,
         dORowStride: p.oStrides.row,
         dOHeadStride: p.oStrides.head,
         lsePtr: ptrs.lsePtr + 4 * h0 * s.Nq,
@@ -340,6 +371,12 @@ function planSlabs(
         maskHeadStride: m[1],
         maskColStride: m[3],
         sramBytes: config.sramBytes,
+        qKind,
+        kKind,
+        vKind,
+        dOKind,
+        dkKind: GRAD_KIND,
+        dvKind: GRAD_KIND,
       };
       // dK, dV and partial dQ: one job per segment, its partial at partial + s·rows·d (virtual rows).
       const partPtr = ptrs.partPtr + 4 * kvh * segments.length * rows * p.d;
@@ -369,6 +406,7 @@ function planSlabs(
           p.dv,
           p.mask === undefined ? 0 : 1,
           config.sramBytes,
+          GRAD_KIND,
         ]);
       }
     }
@@ -385,11 +423,11 @@ function planSlabs(
     stage(memory) {
       const hbm = new Float32Array(memory);
       for (const { s, e, ptrs } of slabs) {
-        hbm.set(p.q.subarray(s.qBase, s.qBase + e.q), ptrs.qPtr / 4);
-        hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
-        hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
-        hbm.set(inputs.o.subarray(s.oBase, s.oBase + e.o), ptrs.oPtr / 4);
-        hbm.set(inputs.dOut.subarray(s.oBase, s.oBase + e.o), ptrs.dOPtr / 4);
+        stageArray(memory, ptrs.qPtr, p.q.subarray(s.qBase, s.qBase + e.q));
+        stageArray(memory, ptrs.kPtr, p.k.subarray(s.kBase, s.kBase + e.k));
+        stageArray(memory, ptrs.vPtr, p.v.subarray(s.vBase, s.vBase + e.v));
+        stageArray(memory, ptrs.oPtr, inputs.o.subarray(s.oBase, s.oBase + e.o));
+        stageArray(memory, ptrs.dOPtr, inputs.dOut.subarray(s.oBase, s.oBase + e.o));
         for (let h = 0; h < p.H; h++) {
           const from = s.lseBase + h * p.lseStrides.head;
           hbm.set(inputs.lse.subarray(from, from + s.Nq), ptrs.lsePtr / 4 + h * s.Nq);
@@ -401,8 +439,7 @@ function planSlabs(
         hbm.fill(0, ptrs.dkPtr / 4, ptrs.dkPtr / 4 + e.k);
         hbm.fill(0, ptrs.dvPtr / 4, ptrs.dvPtr / 4 + e.v);
         if (p.mask && e.mask > 0) {
-          const target = elementBytes === 1 ? new Uint8Array(memory) : hbm;
-          target.set(p.mask.data.subarray(e.maskBase, e.maskBase + e.mask), ptrs.maskPtr / elementBytes);
+          stageArray(memory, ptrs.maskPtr, p.mask.data.subarray(e.maskBase, e.maskBase + e.mask));
         }
         const base = slopeBase(p, s);
         if (p.alibiSlopes) hbm.set(p.alibiSlopes.subarray(base, base + p.H), ptrs.slopesPtr / 4);

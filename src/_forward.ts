@@ -14,7 +14,7 @@ import {
   SLAB_BUDGET_BYTES,
   type Step,
 } from "./_plan.ts";
-import type { AttentionProblem } from "./_problem.ts";
+import type { AttentionProblem, OutBuffer } from "./_problem.ts";
 import { heapOf } from "./_heap.ts";
 import type { Kernels, WasmMemory } from "./wasm/loader.ts";
 
@@ -23,7 +23,7 @@ export interface ForwardConfig {
   sramBytes: number;
   Br: number;
   Bc: number;
-  out: Float32Array | undefined;
+  out: OutBuffer | undefined;
   /** Key splits per head (1 = none). */
   numSplits: number;
   /** Placement threshold; tests lower it to exercise streaming on small shapes. */

@@ -2,18 +2,19 @@
 // caller passed into a checked value or a typed error that names it. Touches no WebAssembly memory.
 
 import { ShapeError } from "./errors.ts";
+import { bitsOf, type ElementData, isFloat16Array } from "./_half.ts";
 import { ARENA_MAX_BYTES, DEFAULT_SRAM_BYTES, HEAD_DIM_MAX } from "./_limits.ts";
 import { describe, formatShape, message } from "./_messages.ts";
-import type { AttentionProblem, ValidMask } from "./_problem.ts";
+import type { AttentionProblem, OutBuffer, ValidMask } from "./_problem.ts";
 import { checkTensor } from "./_shapes.ts";
-import type { Layout, Tensor } from "./tensor.ts";
+import type { Dtype, Layout, Tensor } from "./tensor.ts";
 
 /** Options that change what attention computes, shared by every attention function. */
 export const SEMANTIC_OPTION_KEYS = ["scale", "causal", "windowSize", "softcap", "alibiSlopes", "mask"] as const;
 /** Options that say how the sequences are laid out (not for the KV cache, whose layout is fixed). */
 export const SEQUENCE_OPTION_KEYS = ["seqLensK", "cuSeqlensQ", "cuSeqlensK", "layout"] as const;
 /** Options of how a call runs rather than what it computes. */
-export const RUN_OPTION_KEYS = ["returnLse", "out", "sramBytes", "stats"] as const;
+export const RUN_OPTION_KEYS = ["returnLse", "out", "outDtype", "sramBytes", "stats"] as const;
 
 /**
  * Rejects option keys the function does not know, so a misspelt option never goes unnoticed;
@@ -197,27 +198,56 @@ export function readMask(value: unknown, full: number[]): ValidMask {
   return { data: data as Float32Array | Uint8Array, strides };
 }
 
-/** `out`: a Float32Array of the output's size that overlaps no input. */
-export function checkOut(out: unknown, p: AttentionProblem): Float32Array | undefined {
-  if (out === undefined) return undefined;
-  if (!(out instanceof Float32Array)) {
-    throw new TypeError(message(`out must be a Float32Array: out is ${describe(out)}`));
+/** `outDtype`: how the output is stored, "f32" (default), "f16" or "bf16". */
+export function readOutDtype(value: unknown): Dtype {
+  if (value === undefined) return "f32";
+  if (value !== "f32" && value !== "f16" && value !== "bf16") {
+    throw new TypeError(message(`outDtype must be "f32", "f16" or "bf16": outDtype is ${describe(value)}`));
   }
-  if (out.length !== p.oLength) {
+  return value;
+}
+
+/**
+ * `out`: an array for the output's dtype (a Float32Array for "f32"; a Uint16Array, or for "f16" a
+ * Float16Array, for 16 bits) of the output's size that overlaps no input.
+ */
+export function checkOut(out: unknown, p: AttentionProblem): OutBuffer | undefined {
+  if (out === undefined) return undefined;
+  const dtype = p.dtypes.o;
+  let view: ElementData | undefined;
+  if (dtype === "f32") {
+    if (out instanceof Float32Array) view = out;
+  } else if (out instanceof Uint16Array) {
+    view = out;
+  } else if (dtype === "f16" && isFloat16Array(out)) {
+    view = bitsOf(out as Uint16Array);
+  }
+  if (view === undefined) {
+    throw new TypeError(
+      message(
+        dtype === "f32"
+          ? `out must be a Float32Array: out is ${describe(out)}`
+          : `out must be a Uint16Array${
+            dtype === "f16" ? " or a Float16Array" : ""
+          } when outDtype is "${dtype}": out is ${describe(out)}`,
+      ),
+    );
+  }
+  if (view.length !== p.oLength) {
     throw new ShapeError(
       message(
-        `out must hold ${p.oLength} elements (output shape ${formatShape(p.oShape)}): out.length is ${out.length}`,
+        `out must hold ${p.oLength} elements (output shape ${formatShape(p.oShape)}): out.length is ${view.length}`,
       ),
       String(p.oLength),
-      String(out.length),
+      String(view.length),
     );
   }
   for (const [name, input] of [["q", p.q], ["k", p.k], ["v", p.v]] as const) {
-    if (overlaps(out, input)) {
+    if (overlaps(view, input)) {
       throw new TypeError(message(`out must not share memory with ${name}: pass a separate buffer`));
     }
   }
-  return out;
+  return { view, data: out as OutBuffer["data"] };
 }
 
 /** Whether two views share bytes. */

@@ -21,9 +21,10 @@
 // ranges (whole Bc blocks each); the kernel writes a normalised partial O and lse per range and
 // a merge job combines them, in split order.
 
+import { bytesOf, ELEMENT_KIND, type ElementData, viewOf } from "./_half.ts";
 import { MAX_MEMORY_BYTES } from "./_limits.ts";
 import { message } from "./_messages.ts";
-import type { AttentionProblem, Sequence } from "./_problem.ts";
+import type { AttentionProblem, OutBuffer, Sequence } from "./_problem.ts";
 import { splitRanges } from "./_splits.ts";
 
 /** Sequences whose staged tensors total at most this many bytes are copied in whole. */
@@ -94,6 +95,11 @@ export interface ForwardJob {
   maskColStride: number;
   sramBytes: number;
   partial: boolean;
+  /** Element kinds of Q, K, V and O (assembly/half.ts; O's is ignored for a split's partial result). */
+  qKind: number;
+  kKind: number;
+  vKind: number;
+  oKind: number;
 }
 
 /** One call of the split-KV merge (assembly/merge.ts). */
@@ -111,6 +117,8 @@ export interface MergeJob {
   lseHeadStride: number;
   g: number;
   sramBytes: number;
+  /** O's element kind. */
+  oKind: number;
 }
 
 /** The forward kernel's arguments in its parameter order. */
@@ -149,6 +157,10 @@ export function forwardArgs(j: ForwardJob): number[] {
     j.maskColStride,
     j.sramBytes,
     j.partial ? 1 : 0,
+    j.qKind,
+    j.kKind,
+    j.vKind,
+    j.oKind,
   ];
 }
 
@@ -168,6 +180,7 @@ export function mergeArgs(m: MergeJob): number[] {
     m.lseHeadStride,
     m.g,
     m.sramBytes,
+    m.oKind,
   ];
 }
 
@@ -191,15 +204,39 @@ export function forwardSteps(phase: Phase): Step[] {
   ];
 }
 
-/** Where a call's results go on the caller's side: O, and lse when asked for. */
+/** Where a call's results go on the caller's side: O (as the runners write it), and lse when asked for. */
 export interface Results {
-  o: Float32Array;
+  o: ElementData;
   lse: Float32Array | undefined;
+  /** O as the caller gets it: `o`, or the caller's Float16Array whose bits `o` views. */
+  data: OutBuffer["data"];
 }
 
-/** The caller-side arrays a run of p fills: `out` or a fresh O, and lse when asked for. */
-export function allocateResults(p: AttentionProblem, out: Float32Array | undefined): Results {
-  return { o: out ?? new Float32Array(p.oLength), lse: p.returnLse ? new Float32Array(p.lseLength) : undefined };
+/** The caller-side arrays a run of p fills: `out` or a fresh O of its dtype, and lse when asked for. */
+export function allocateResults(p: AttentionProblem, out: OutBuffer | undefined): Results {
+  const o = out?.view ?? (p.dtypes.o === "f32" ? new Float32Array(p.oLength) : new Uint16Array(p.oLength));
+  return { o, lse: p.returnLse ? new Float32Array(p.lseLength) : undefined, data: out?.data ?? o };
+}
+
+/** Bytes per element of q, k, v and O. */
+export function elementSizes(p: AttentionProblem): { q: number; k: number; v: number; o: number } {
+  return { q: bytesOf(p.dtypes.q), k: bytesOf(p.dtypes.k), v: bytesOf(p.dtypes.v), o: bytesOf(p.dtypes.o) };
+}
+
+/** The kernels' element kinds of q, k, v and O (assembly/half.ts). */
+export function elementKinds(p: AttentionProblem): { qKind: number; kKind: number; vKind: number; oKind: number } {
+  const { q, k, v, o } = p.dtypes;
+  return { qKind: ELEMENT_KIND[q], kKind: ELEMENT_KIND[k], vKind: ELEMENT_KIND[v], oKind: ELEMENT_KIND[o] };
+}
+
+/** Copies a caller's array (or part of it) into linear memory at byte address `ptr`, as its elements are stored. */
+export function stageArray(memory: ArrayBufferLike, ptr: number, data: ElementData | Uint8Array): void {
+  const view = data instanceof Float32Array
+    ? new Float32Array(memory)
+    : data instanceof Uint16Array
+    ? new Uint16Array(memory)
+    : new Uint8Array(memory);
+  view.set(data as Float32Array, ptr / data.BYTES_PER_ELEMENT);
 }
 
 /**
@@ -297,7 +334,7 @@ export function place<K extends string>(base: number, sizes: Record<K, number>):
 }
 
 /** Copies `rows` rows of `cols` elements between arrays with the given row strides. */
-function copyRows<T extends Float32Array | Uint8Array>(
+function copyRows<T extends Float32Array | Uint16Array | Uint8Array>(
   dst: T,
   dstAt: number,
   dstStride: number,
@@ -405,7 +442,9 @@ function groupScratchBytes(p: AttentionProblem, config: PlanConfig, positions: n
 /** Bytes a sequence's slab needs, by the placement rule (split scratch counted as for 2 splits). */
 function slabBytes(p: AttentionProblem, s: Sequence): number {
   const e = slabExtents(p, s);
-  return 4 * (e.q + e.k + e.v + e.o + e.lse) + maskElementBytes(p) * e.mask + splitScratchBytes(p, s.Nq * p.group, 2);
+  const size = elementSizes(p);
+  return size.q * e.q + size.k * e.k + size.v * e.v + size.o * e.o + 4 * e.lse + maskElementBytes(p) * e.mask +
+    splitScratchBytes(p, s.Nq * p.group, 2);
 }
 
 /** The slopes of sequence s's heads start here in alibiSlopes. */
@@ -430,6 +469,10 @@ type GroupCall =
     | "maskKind"
     | "sramBytes"
     | "partial"
+    | "qKind"
+    | "kKind"
+    | "vKind"
+    | "oKind"
   >
   & {
     /** All keys of the group: keyBegin is 0, split-KV cuts [0, keyEnd) into ranges. */
@@ -452,11 +495,13 @@ function groupJobs(
   phase: { jobs: ForwardJob[]; merges: MergeJob[] },
 ): number {
   const g = p.group;
+  const size = elementSizes(p);
+  const kinds = elementKinds(p);
   for (const [i0, n] of jobRanges(config, g, c.Nq)) {
     const rows = n * g;
     const job = (keyBegin: number, keyEnd: number, out: [number, number, number], lse: [number, number, number]) =>
       phase.jobs.push({
-        qPtr: c.qPtr + 4 * i0 * c.qRowStride,
+        qPtr: c.qPtr + size.q * i0 * c.qRowStride,
         qRowStride: c.qRowStride,
         qHeadStride: c.qHeadStride,
         kPtr: c.kPtr,
@@ -489,8 +534,9 @@ function groupJobs(
         maskColStride: c.maskColStride,
         sramBytes: config.sramBytes,
         partial: splits > 1,
+        ...kinds,
       });
-    const oPtr = c.oPtr + 4 * i0 * c.oRowStride;
+    const oPtr = c.oPtr + size.o * i0 * c.oRowStride;
     const lsePtr = c.lsePtr === 0 ? 0 : c.lsePtr + 4 * i0 * c.lseRowStride;
     if (splits <= 1) {
       job(0, c.keyEnd, [oPtr, c.oRowStride, c.oHeadStride], [lsePtr, c.lseRowStride, c.lseHeadStride]);
@@ -516,6 +562,7 @@ function groupJobs(
       lseHeadStride: c.lseHeadStride,
       g,
       sramBytes: config.sramBytes,
+      oKind: kinds.oKind,
     });
     scratchPtr = align(scratchPtr + splitScratchBytes(p, rows, splits));
   }
@@ -540,38 +587,39 @@ function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[
   const phase = { jobs: [] as ForwardJob[], merges: [] as MergeJob[] };
   const slabs: { s: Sequence; e: SlabExtents; ptrs: SlabPtrs }[] = [];
   const elementBytes = maskElementBytes(p);
+  const size = elementSizes(p);
   const m = p.mask?.strides ?? [0, 0, 0, 0];
   let at = config.hbmPtr;
   for (const s of sequences) {
     const e = slabExtents(p, s);
     const splits = splitsFor(config, s, p);
     const ptrs = place(at, {
-      qPtr: 4 * e.q,
-      kPtr: 4 * e.k,
-      vPtr: 4 * e.v,
-      oPtr: 4 * e.o,
+      qPtr: size.q * e.q,
+      kPtr: size.k * e.k,
+      vPtr: size.v * e.v,
+      oPtr: size.o * e.o,
       lsePtr: 4 * e.lse,
       maskPtr: elementBytes * e.mask,
       slopesPtr: p.alibiSlopes ? 4 * p.H : 0,
       scratchPtr: p.Hkv * groupScratchBytes(p, config, s.Nq, splits),
     });
     let scratch = ptrs.scratchPtr;
-    const kBase = p.resident ? p.resident.kPtr + 4 * s.kBase : ptrs.kPtr;
-    const vBase = p.resident ? p.resident.vPtr + 4 * s.vBase : ptrs.vPtr;
+    const kBase = p.resident ? p.resident.kPtr + size.k * s.kBase : ptrs.kPtr;
+    const vBase = p.resident ? p.resident.vPtr + size.v * s.vBase : ptrs.vPtr;
     for (let kvh = 0; kvh < p.Hkv; kvh++) {
       const h0 = kvh * p.group; // first query head of the group
       scratch = groupJobs(
         p,
         config,
         {
-          qPtr: ptrs.qPtr + 4 * h0 * p.qStrides.head,
+          qPtr: ptrs.qPtr + size.q * h0 * p.qStrides.head,
           qRowStride: p.qStrides.row,
           qHeadStride: p.qStrides.head,
-          kPtr: kBase + 4 * kvh * p.kStrides.head,
+          kPtr: kBase + size.k * kvh * p.kStrides.head,
           kRowStride: p.kStrides.row,
-          vPtr: vBase + 4 * kvh * p.vStrides.head,
+          vPtr: vBase + size.v * kvh * p.vStrides.head,
           vRowStride: p.vStrides.row,
-          oPtr: ptrs.oPtr + 4 * h0 * p.oStrides.head,
+          oPtr: ptrs.oPtr + size.o * h0 * p.oStrides.head,
           oRowStride: p.oStrides.row,
           oHeadStride: p.oStrides.head,
           lsePtr: p.returnLse ? ptrs.lsePtr + 4 * h0 * s.Nq : 0,
@@ -602,14 +650,13 @@ function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[
     stage(memory) {
       const hbm = new Float32Array(memory);
       for (const { s, e, ptrs } of slabs) {
-        hbm.set(p.q.subarray(s.qBase, s.qBase + e.q), ptrs.qPtr / 4);
+        stageArray(memory, ptrs.qPtr, p.q.subarray(s.qBase, s.qBase + e.q));
         if (!p.resident) {
-          hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
-          hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
+          stageArray(memory, ptrs.kPtr, p.k.subarray(s.kBase, s.kBase + e.k));
+          stageArray(memory, ptrs.vPtr, p.v.subarray(s.vBase, s.vBase + e.v));
         }
         if (p.mask && e.mask > 0) {
-          const target = elementBytes === 1 ? new Uint8Array(memory) : hbm;
-          target.set(p.mask.data.subarray(e.maskBase, e.maskBase + e.mask), ptrs.maskPtr / elementBytes);
+          stageArray(memory, ptrs.maskPtr, p.mask.data.subarray(e.maskBase, e.maskBase + e.mask));
         }
         const base = slopeBase(p, s);
         if (p.alibiSlopes) hbm.set(p.alibiSlopes.subarray(base, base + p.H), ptrs.slopesPtr / 4);
@@ -617,8 +664,10 @@ function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[
     },
     unstage(memory, { o, lse }) {
       const hbm = new Float32Array(memory);
+      const hbmO = viewOf(memory, p.dtypes.o);
       for (const { s, e, ptrs } of slabs) {
-        o.set(hbm.subarray(ptrs.oPtr / 4, ptrs.oPtr / 4 + e.o), s.oBase);
+        const at = ptrs.oPtr / size.o;
+        (o as Float32Array).set((hbmO as Float32Array).subarray(at, at + e.o), s.oBase);
         if (lse) {
           for (let h = 0; h < p.H; h++) {
             const at = ptrs.lsePtr / 4 + h * s.Nq;
@@ -648,7 +697,8 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
   const { d, dv, group: g } = p;
   const kind = maskKind(p);
   const elementBytes = maskElementBytes(p);
-  const rowBytes = 4 * g * (d + dv + 1) + (kind === MASK_NONE ? 0 : elementBytes * g * s.Nk);
+  const size = elementSizes(p);
+  const rowBytes = g * (size.q * d + size.o * dv + 4) + (kind === MASK_NONE ? 0 : elementBytes * g * s.Nk);
   // Whole query blocks per chunk (a multiple of Br rows), so the tiling is that of one call.
   const blockPositions = config.Br / gcd(config.Br, g);
   const positions = Math.min(
@@ -661,20 +711,20 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
   // they fit KV_SLAB_BUDGET_BYTES; otherwise one head at a time, gathered row by row.
   // Resident K and V (extent 0 here) are read in place, like a slab's.
   const e = slabExtents(p, s);
-  const kvSlab = 4 * (e.k + e.v) <= KV_SLAB_BUDGET_BYTES;
+  const kvSlab = size.k * e.k + size.v * e.v <= KV_SLAB_BUDGET_BYTES;
   const ptrs: StreamPtrs = place(config.hbmPtr, {
-    kPtr: kvSlab ? 4 * e.k : 4 * s.Nk * d,
-    vPtr: kvSlab ? 4 * e.v : 4 * s.Nk * dv,
-    qPtr: 4 * rows * d,
-    oPtr: 4 * rows * dv,
+    kPtr: size.k * (kvSlab ? e.k : s.Nk * d),
+    vPtr: size.v * (kvSlab ? e.v : s.Nk * dv),
+    qPtr: size.q * rows * d,
+    oPtr: size.o * rows * dv,
     lsePtr: 4 * rows,
     maskPtr: kind === MASK_NONE ? 0 : elementBytes * rows * s.Nk,
     slopesPtr: 4 * g,
     scratchPtr: groupScratchBytes(p, config, positions, splits),
   });
   const m = p.mask?.strides ?? [0, 0, 0, 0];
-  const kBase = p.resident ? p.resident.kPtr + 4 * s.kBase : ptrs.kPtr;
-  const vBase = p.resident ? p.resident.vPtr + 4 * s.vBase : ptrs.vPtr;
+  const kBase = p.resident ? p.resident.kPtr + size.k * s.kBase : ptrs.kPtr;
+  const vBase = p.resident ? p.resident.vPtr + size.v * s.vBase : ptrs.vPtr;
   const phases: Phase[] = [];
   for (let kvh = 0; kvh < p.Hkv; kvh++) {
     const h0 = kvh * g;
@@ -688,9 +738,9 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
           qPtr: ptrs.qPtr,
           qRowStride: g * d,
           qHeadStride: d,
-          kPtr: kvSlab ? kBase + 4 * kvh * p.kStrides.head : ptrs.kPtr,
+          kPtr: kvSlab ? kBase + size.k * kvh * p.kStrides.head : ptrs.kPtr,
           kRowStride: kvSlab ? p.kStrides.row : d,
-          vPtr: kvSlab ? vBase + 4 * kvh * p.vStrides.head : ptrs.vPtr,
+          vPtr: kvSlab ? vBase + size.v * kvh * p.vStrides.head : ptrs.vPtr,
           vRowStride: kvSlab ? p.vStrides.row : dv,
           oPtr: ptrs.oPtr,
           oRowStride: g * dv,
@@ -719,21 +769,24 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
         stage(memory) {
           const hbm = new Float32Array(memory);
           if (kvSlab && !p.resident && kvh === 0 && firstOfHead) {
-            hbm.set(p.k.subarray(s.kBase, s.kBase + e.k), ptrs.kPtr / 4);
-            hbm.set(p.v.subarray(s.vBase, s.vBase + e.v), ptrs.vPtr / 4);
+            stageArray(memory, ptrs.kPtr, p.k.subarray(s.kBase, s.kBase + e.k));
+            stageArray(memory, ptrs.vPtr, p.v.subarray(s.vBase, s.vBase + e.v));
           }
           if (!kvSlab && firstOfHead) {
-            copyRows(hbm, ptrs.kPtr / 4, d, p.k, s.kBase + kvh * p.kStrides.head, p.kStrides.row, s.Nk, d);
-            copyRows(hbm, ptrs.vPtr / 4, dv, p.v, s.vBase + kvh * p.vStrides.head, p.vStrides.row, s.Nk, dv);
+            const hbmK = viewOf(memory, p.dtypes.k);
+            const hbmV = viewOf(memory, p.dtypes.v);
+            copyRows(hbmK, ptrs.kPtr / size.k, d, p.k, s.kBase + kvh * p.kStrides.head, p.kStrides.row, s.Nk, d);
+            copyRows(hbmV, ptrs.vPtr / size.v, dv, p.v, s.vBase + kvh * p.vStrides.head, p.vStrides.row, s.Nk, dv);
           }
           if (p.alibiSlopes && firstOfHead) {
             const base = slopeBase(p, s) + h0;
             hbm.set(p.alibiSlopes.subarray(base, base + g), ptrs.slopesPtr / 4);
           }
           // Queries of the group for positions i0..i0+n, laid out [position][head][d].
+          const hbmQ = viewOf(memory, p.dtypes.q);
           for (let hh = 0; hh < g; hh++) {
             const qAt = s.qBase + i0 * p.qStrides.row + (h0 + hh) * p.qStrides.head;
-            copyRows(hbm, ptrs.qPtr / 4 + hh * d, g * d, p.q, qAt, p.qStrides.row, n, d);
+            copyRows(hbmQ, ptrs.qPtr / size.q + hh * d, g * d, p.q, qAt, p.qStrides.row, n, d);
             if (p.mask) {
               const target = kind === MASK_U8 ? new Uint8Array(memory) : hbm;
               for (let i = 0; i < n; i++) {
@@ -745,9 +798,10 @@ function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { p
         },
         unstage(memory, { o, lse }) {
           const hbm = new Float32Array(memory);
+          const hbmO = viewOf(memory, p.dtypes.o);
           for (let hh = 0; hh < g; hh++) {
             const oAt = s.oBase + i0 * p.oStrides.row + (h0 + hh) * p.oStrides.head;
-            copyRows(o, oAt, p.oStrides.row, hbm, ptrs.oPtr / 4 + hh * dv, g * dv, n, dv);
+            copyRows(o, oAt, p.oStrides.row, hbmO, ptrs.oPtr / size.o + hh * dv, g * dv, n, dv);
             if (lse) {
               const at = s.lseBase + (h0 + hh) * p.lseStrides.head + i0 * p.lseStrides.row;
               lse.set(hbm.subarray(ptrs.lsePtr / 4 + hh * n, ptrs.lsePtr / 4 + hh * n + n), at);

@@ -1,7 +1,8 @@
 // What validation hands to the plan, the runners and the reference: a call described as a list of
 // sequences with element offsets and strides into the caller's arrays. Types only (a leaf).
 
-import type { Layout } from "./tensor.ts";
+import type { ElementData } from "./_half.ts";
+import type { Dtype, Float16ArrayLike, Layout } from "./tensor.ts";
 import type { WasmMemory } from "./wasm/loader.ts";
 
 /** Element strides of a q/k/v/o tensor: per sequence position (row) and per head. */
@@ -58,9 +59,12 @@ export interface AttentionProblem extends ScoreOptions {
   group: number;
   layout: Layout | "thd";
   returnLse: boolean;
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
+  /** The caller's q, k and v: f32 values or 16-bit elements' bits, as `dtypes` says. */
+  q: ElementData;
+  k: ElementData;
+  v: ElementData;
+  /** How q, k, v are stored, and how O is to be (lse is always f32). */
+  dtypes: { q: Dtype; k: Dtype; v: Dtype; o: Dtype };
   qStrides: Strides;
   kStrides: Strides;
   vStrides: Strides;
@@ -87,13 +91,15 @@ export interface AttentionProblem extends ScoreOptions {
 
 /** Rows to write into caller-owned KV caches once every check has passed. */
 export interface CacheAppend {
-  kCache: Float32Array;
-  vCache: Float32Array;
+  kCache: ElementData;
+  vCache: ElementData;
   /** Element offset of each batch entry's first new row in the caches, in rows (b·maxLen + length). */
   rowAt: Int32Array;
   Nnew: number;
-  kNew: Float32Array;
-  vNew: Float32Array;
+  kNew: ElementData;
+  vNew: ElementData;
+  /** The caches' and the new rows' dtypes: rows are converted to the cache's (rounded when narrower). */
+  dtypes: { kCache: Dtype; vCache: Dtype; kNew: Dtype; vNew: Dtype };
   /** Elements per cache row: Hkv·d and Hkv·dv. */
   kRow: number;
   vRow: number;
@@ -105,8 +111,8 @@ export interface CacheAppend {
  */
 export interface AttentionCall {
   problem: AttentionProblem;
-  /** The caller's output buffer, checked for size and overlap. */
-  out: Float32Array | undefined;
+  /** The caller's output buffer, checked for size, dtype and overlap. */
+  out: OutBuffer | undefined;
   /** Arena size, in range; whether it holds a tile is the plan's check. */
   sramBytes: number;
   stats: boolean;
@@ -118,12 +124,21 @@ export interface AttentionCall {
   cache?: { hold(): () => void };
 }
 
+/** A caller's `out`: the view the runners write (a Float16Array's bits), and the array to return. */
+export interface OutBuffer {
+  view: ElementData;
+  data: Float32Array | Uint16Array | Float16ArrayLike;
+}
+
 /** A validated backward call: the forward's problem, the arrays the backward reads, and how to run it. */
 export interface BackwardCall {
   problem: AttentionProblem;
   /** The forward's output O and the output's gradient dO (O's shape and layout), and the forward's lse. */
-  o: Float32Array;
-  dOut: Float32Array;
+  o: ElementData;
+  dOut: ElementData;
+  /** How O and dO are stored. */
+  oDtype: Dtype;
+  dOutDtype: Dtype;
   lse: Float32Array;
   /** Caller buffers for the gradients, checked for size and overlap. */
   out: { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array };

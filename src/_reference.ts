@@ -1,5 +1,6 @@
 // The f64 reference's loop, shared with the tests' f32 baseline (which rounds every operation).
 
+import { widened } from "./_half.ts";
 import type { AttentionProblem } from "./_problem.ts";
 
 /**
@@ -77,4 +78,17 @@ export function referenceForward(
     }
   }
   return { o, lse };
+}
+
+/** p with 16-bit q, k and v decoded to their (exact) f32 values, which referenceForward reads. */
+export function withF32Inputs(p: AttentionProblem): AttentionProblem {
+  const { q, k, v } = p.dtypes;
+  if (q === "f32" && k === "f32" && v === "f32") return p;
+  return {
+    ...p,
+    q: widened(p.q, q),
+    k: widened(p.k, k),
+    v: widened(p.v, v),
+    dtypes: { ...p.dtypes, q: "f32", k: "f32", v: "f32" },
+  };
 }

@@ -1,15 +1,17 @@
 // A KV cache that lives in HBM (a kernels' linear memory) across calls: decode steps read its keys
 // and values where they are, with no copy into WebAssembly memory per step. Layout per tensor:
 // [B, Hkv, maxLen, D], so each head's keys are one contiguous run that the kernel streams through.
+// Its elements are f32, f16 or bf16 (the config's dtype); appended rows are converted to it.
 
 import { ensureMemory } from "./_forward.ts";
+import { bytesOf, convertInto, viewOf } from "./_half.ts";
 import type { HbmHeap } from "./_heap.ts";
 import { MAX_MEMORY_BYTES } from "./_limits.ts";
 import { describe, formatShape } from "./_messages.ts";
 import { checkOptionKeys } from "./_options.ts";
-import { checkInt32Array, checkTensor } from "./_shapes.ts";
+import { checkElementTensor, checkInt32Array } from "./_shapes.ts";
 import { ShapeError } from "./errors.ts";
-import type { Tensor } from "./tensor.ts";
+import type { Dtype, InputTensor } from "./tensor.ts";
 import type { WasmMemory } from "./wasm/loader.ts";
 
 /** The sizes of a KV cache. */
@@ -24,6 +26,12 @@ export interface KvCacheConfig {
   headDim: number;
   /** Head dim of the values (dv), at most 256; default headDim. */
   valueDim?: number;
+  /**
+   * How the keys and values are stored: `"f32"` (default), or `"f16"` / `"bf16"`, half the memory
+   * and half the bytes a decode step reads (the kernels widen each tile to f32, exactly). Rows
+   * appended in another dtype are converted: f32 rows are rounded to nearest even.
+   */
+  dtype?: Dtype;
 }
 
 /**
@@ -42,10 +50,15 @@ export interface KvCache {
   readonly headDim: number;
   /** Head dim of the values. */
   readonly valueDim: number;
+  /** How the keys and values are stored. */
+  readonly dtype: Dtype;
   /**
    * Writes `kNew` [B, Nnew, Hkv, d] and `vNew` [B, Nnew, Hkv, dv] after each entry's current
    * positions, and advances every entry's length by Nnew — or, with `lengths`, entry b by
    * lengths[b] ≤ Nnew, its first lengths[b] new rows (a ragged batch: prompts of different lengths).
+   * Rows of another dtype than the cache's are converted to it: exactly when it is wider, rounded
+   * to nearest even (ties to even, overflow to ±Infinity) when it is narrower, e.g. f32 rows into a
+   * bf16 cache.
    *
    * @param kNew New keys.
    * @param vNew New values.
@@ -53,10 +66,10 @@ export interface KvCache {
    * @throws {ShapeError} If a shape or `lengths`' length does not match the cache.
    * @throws {RangeError} If an entry would pass maxLen or `lengths` is out of range (nothing is
    *   written then).
-   * @throws {TypeError} For data that is not a Float32Array, `lengths` that is not an Int32Array,
-   *   or a freed cache.
+   * @throws {TypeError} For data that is not a tensor of a known dtype, `lengths` that is not an
+   *   Int32Array, or a freed cache.
    */
-  append(kNew: Tensor, vNew: Tensor, lengths?: Int32Array): void;
+  append(kNew: InputTensor, vNew: InputTensor, lengths?: Int32Array): void;
   /**
    * The number of positions entry b holds.
    *
@@ -77,7 +90,7 @@ export function readCacheConfig(config: unknown, headDimMax: number): Required<K
   const prefix = "Cannot create a KV cache as";
   const c = checkOptionKeys(
     config,
-    ["batch", "maxLen", "kvHeads", "headDim", "valueDim"],
+    ["batch", "maxLen", "kvHeads", "headDim", "valueDim", "dtype"],
     (text) => `${prefix} ${text}`,
   );
   const read = (name: string, fallback?: number): number => {
@@ -100,7 +113,11 @@ export function readCacheConfig(config: unknown, headDimMax: number): Required<K
       `${prefix} the head dims must be at most ${headDimMax}: headDim is ${headDim}, valueDim is ${valueDim}`,
     );
   }
-  return { batch, maxLen, kvHeads, headDim, valueDim };
+  const dtype = c.dtype === undefined ? "f32" : c.dtype;
+  if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") {
+    throw new TypeError(`${prefix} dtype must be "f32", "f16" or "bf16": dtype is ${describe(dtype)}`);
+  }
+  return { batch, maxLen, kvHeads, headDim, valueDim, dtype };
 }
 
 /** A KV cache placed in one memory's heap. */
@@ -110,6 +127,7 @@ export class ResidentKvCache implements KvCache {
   readonly kvHeads: number;
   readonly headDim: number;
   readonly valueDim: number;
+  readonly dtype: Dtype;
   /** The linear memory it lives in, and where its keys and values start. */
   readonly memory: WasmMemory;
   readonly kPtr: number;
@@ -124,15 +142,15 @@ export class ResidentKvCache implements KvCache {
    * so the new cache never lands on that call's tensors).
    */
   constructor(memory: WasmMemory, heap: HbmHeap, config: Required<KvCacheConfig>, from = heap.start) {
-    const { batch, maxLen, kvHeads, headDim, valueDim } = config;
-    const kBytes = 4 * batch * kvHeads * maxLen * headDim;
-    const vBytes = 4 * batch * kvHeads * maxLen * valueDim;
+    const { batch, maxLen, kvHeads, headDim, valueDim, dtype } = config;
+    const kBytes = bytesOf(dtype) * batch * kvHeads * maxLen * headDim;
+    const vBytes = bytesOf(dtype) * batch * kvHeads * maxLen * valueDim;
     const wanted = Math.max(heap.end, from) + kBytes + vBytes + 128;
     if (!(wanted <= MAX_MEMORY_BYTES)) {
       throw new RangeError(
         `Cannot create a KV cache as its ${
           kBytes + vBytes
-        } bytes do not fit the 4 GiB a wasm32 memory addresses beside what it holds (${heap.end} bytes): batch ${batch}, maxLen ${maxLen}, kvHeads ${kvHeads}, headDim ${headDim}, valueDim ${valueDim}`,
+        } bytes do not fit the 4 GiB a wasm32 memory addresses beside what it holds (${heap.end} bytes): batch ${batch}, maxLen ${maxLen}, kvHeads ${kvHeads}, headDim ${headDim}, valueDim ${valueDim}, dtype ${dtype}`,
       );
     }
     const kPtr = heap.allocate(kBytes, from);
@@ -149,6 +167,7 @@ export class ResidentKvCache implements KvCache {
     this.kvHeads = kvHeads;
     this.headDim = headDim;
     this.valueDim = valueDim;
+    this.dtype = dtype;
     this.memory = memory;
     this.kPtr = kPtr;
     this.vPtr = vPtr;
@@ -175,11 +194,11 @@ export class ResidentKvCache implements KvCache {
     return this.#lengths[b];
   }
 
-  append(kNew: Tensor, vNew: Tensor, lengths?: Int32Array): void {
+  append(kNew: InputTensor, vNew: InputTensor, lengths?: Int32Array): void {
     this.#check();
     const { batch: B, kvHeads: Hkv, headDim: d, valueDim: dv, maxLen } = this;
-    const k = checkTensor("kNew", kNew, "[B, Nnew, Hkv, d]", 4);
-    const v = checkTensor("vNew", vNew, "[B, Nnew, Hkv, dv]", 4);
+    const k = checkElementTensor("kNew", kNew, "[B, Nnew, Hkv, d]", 4);
+    const v = checkElementTensor("vNew", vNew, "[B, Nnew, Hkv, dv]", 4);
     const Nnew = k.shape[1];
     for (const [name, t, D] of [["kNew", k, d], ["vNew", v, dv]] as const) {
       const wanted = [B, Nnew, Hkv, D];
@@ -208,15 +227,15 @@ export class ResidentKvCache implements KvCache {
         );
       }
     }
-    const hbm = new Float32Array(this.memory.buffer);
-    for (const [src, ptr, D] of [[k.data, this.kPtr, d], [v.data, this.vPtr, dv]] as const) {
+    const hbm = viewOf(this.memory.buffer, this.dtype);
+    const size = bytesOf(this.dtype);
+    for (const [t, ptr, D] of [[k, this.kPtr, d], [v, this.vPtr, dv]] as const) {
       for (let b = 0; b < B; b++) {
         for (let h = 0; h < Hkv; h++) {
           // [B, Hkv, maxLen, D] in the cache, [B, Nnew, Hkv, D] in the new rows.
-          let at = ptr / 4 + ((b * Hkv + h) * maxLen + this.#lengths[b]) * D;
+          let at = ptr / size + ((b * Hkv + h) * maxLen + this.#lengths[b]) * D;
           for (let n = 0; n < taken[b]; n++, at += D) {
-            const from = ((b * Nnew + n) * Hkv + h) * D;
-            hbm.set(src.subarray(from, from + D), at);
+            convertInto(hbm, this.dtype, at, t.data, t.dtype, ((b * Nnew + n) * Hkv + h) * D, D);
           }
         }
       }

@@ -8,7 +8,8 @@ import type { AttentionCall, AttentionProblem, CacheAppend } from "./_problem.ts
 import { message } from "./_messages.ts";
 import { chooseSplits } from "./_splits.ts";
 import { readStats } from "./_stats.ts";
-import type { AttentionOutput } from "./result.ts";
+import { convertInto } from "./_half.ts";
+import type { AttentionOutput, HalfAttentionOutput } from "./result.ts";
 import { type Kernels, loadKernels } from "./wasm/loader.ts";
 
 /** A call with its plan made and memory reserved: nothing can fail between this and its result. */
@@ -42,18 +43,26 @@ export function prepare(call: AttentionCall): PreparedCall {
   return { call, kernels, config, plan };
 }
 
-/** Writes a KV-cache call's new rows into the caller's caches (after every check has passed). */
+/**
+ * Writes a KV-cache call's new rows into the caller's caches (after every check has passed),
+ * converted to each cache's dtype (rounded to nearest even when it is narrower than the rows').
+ */
 export function appendRows(a: CacheAppend): void {
+  const { dtypes } = a;
   for (let b = 0; b < a.rowAt.length; b++) {
     const from = b * a.Nnew;
-    a.kCache.set(a.kNew.subarray(from * a.kRow, (from + a.Nnew) * a.kRow), a.rowAt[b] * a.kRow);
-    a.vCache.set(a.vNew.subarray(from * a.vRow, (from + a.Nnew) * a.vRow), a.rowAt[b] * a.vRow);
+    convertInto(a.kCache, dtypes.kCache, a.rowAt[b] * a.kRow, a.kNew, dtypes.kNew, from * a.kRow, a.Nnew * a.kRow);
+    convertInto(a.vCache, dtypes.vCache, a.rowAt[b] * a.vRow, a.vNew, dtypes.vNew, from * a.vRow, a.Nnew * a.vRow);
   }
 }
 
-/** A run's O and lse as the caller gets them, shaped by the problem. */
-export function outputOf(p: AttentionProblem, { o, lse }: Results): AttentionOutput {
-  const output: AttentionOutput = { data: o, shape: p.oShape };
+/**
+ * A run's O and lse as the caller gets them, shaped by the problem; a 16-bit O carries its dtype
+ * (the public functions' overloads type it as a HalfAttentionOutput).
+ */
+export function outputOf(p: AttentionProblem, { data, lse }: Results): AttentionOutput {
+  const output = { data, shape: p.oShape } as AttentionOutput;
+  if (p.dtypes.o !== "f32") (output as unknown as HalfAttentionOutput).dtype = p.dtypes.o;
   if (lse) output.lse = { data: lse, shape: p.lseShape };
   return output;
 }

@@ -2,9 +2,10 @@
 // sequences (batch entries or varlen packing) with their offsets. Touches no WebAssembly memory.
 
 import { ShapeError } from "./errors.ts";
+import { bitsOf, type ElementData, isFloat16Array } from "./_half.ts";
 import { describe, formatShape, message } from "./_messages.ts";
 import type { Sequence, Strides } from "./_problem.ts";
-import type { Layout, Tensor } from "./tensor.ts";
+import type { Dtype, Layout } from "./tensor.ts";
 
 const product = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -16,14 +17,84 @@ export function checkTensor(
   rank: number,
   types: readonly (Float32ArrayConstructor | Uint8ArrayConstructor)[] = [Float32Array],
 ): { data: Float32Array; shape: number[] } {
-  if (typeof t !== "object" || t === null) {
-    throw new TypeError(message(`${name} must be a tensor { data, shape }: ${name} is ${describe(t)}`));
-  }
-  const { data, shape } = t as Partial<Tensor>;
+  const { data, shape } = fieldsOf(name, t);
   if (!types.some((type) => data instanceof type)) {
     const allowed = types.map((type) => type.name).join(" or ");
     throw new TypeError(message(`${name}.data must be a ${allowed}: ${name}.data is ${describe(data)}`));
   }
+  return { data: data as Float32Array, shape: checkShape(name, shape, (data as Float32Array).length, dims, rank) };
+}
+
+/** A checked tensor that may hold 16-bit elements: its data as the kernels read it, and its dtype. */
+export interface ElementTensor {
+  /** f32 values, or the 16-bit elements' bits (a Float16Array's seen as a Uint16Array). */
+  data: ElementData;
+  shape: number[];
+  dtype: Dtype;
+  /** The caller's array, as passed. */
+  original: ArrayBufferView;
+}
+
+/**
+ * Checks a tensor that may be stored in 16 bits (q, k, v, a KV cache's rows, the backward's out and
+ * dOut): its data and dtype agree (a Float32Array with dtype "f32" or none; a Uint16Array of raw
+ * bits with dtype "f16" or "bf16"; a Float16Array with dtype "f16" or none), then as checkTensor.
+ */
+export function checkElementTensor(name: string, t: unknown, dims: string, rank: number): ElementTensor {
+  const { data, shape } = fieldsOf(name, t);
+  const dtype = readDtype(name, data, (t as { dtype?: unknown }).dtype);
+  const view = data as ArrayBufferView & { length: number };
+  const elements = data instanceof Float32Array || data instanceof Uint16Array ? data : bitsOf(view);
+  return { data: elements, shape: checkShape(name, shape, view.length, dims, rank), dtype, original: view };
+}
+
+/** The message part that says how 16-bit tensors are passed. */
+const HALF_FORMS = 'a Uint16Array of raw bits with dtype "f16" or "bf16", or a Float16Array';
+
+/** A tensor's dtype from its data and its `dtype` field, or the TypeError that says why they disagree. */
+function readDtype(name: string, data: unknown, dtype: unknown): Dtype {
+  if (dtype !== undefined && dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") {
+    throw new TypeError(message(`${name}.dtype must be "f32", "f16" or "bf16": ${name}.dtype is ${describe(dtype)}`));
+  }
+  if (data instanceof Float32Array) {
+    if (dtype === undefined || dtype === "f32") return "f32";
+    const forms = dtype === "f16" ? "a Uint16Array of raw bits or a Float16Array" : "a Uint16Array of raw bits";
+    throw new TypeError(
+      message(`${name}.data must be ${forms} when ${name}.dtype is "${dtype}": ${name}.data is a Float32Array`),
+    );
+  }
+  if (data instanceof Uint16Array) {
+    if (dtype === "f16" || dtype === "bf16") return dtype;
+    throw new TypeError(
+      message(
+        `${name}.dtype must say what the Uint16Array holds, "f16" or "bf16": ${name}.dtype is ${
+          dtype === undefined ? "missing" : `"${dtype}"`
+        }`,
+      ),
+    );
+  }
+  if (isFloat16Array(data)) {
+    if (dtype === undefined || dtype === "f16") return "f16";
+    throw new TypeError(
+      message(`${name}.dtype must be "f16" (or left out) for a Float16Array: ${name}.dtype is "${dtype}"`),
+    );
+  }
+  throw new TypeError(
+    message(`${name}.data must be a Float32Array: ${name}.data is ${describe(data)} (16-bit tensors: ${HALF_FORMS})`),
+  );
+}
+
+/** A tensor's fields, or the TypeError for something that is not an object. */
+function fieldsOf(name: string, t: unknown): { data: unknown; shape: unknown } {
+  if (typeof t !== "object" || t === null) {
+    throw new TypeError(message(`${name} must be a tensor { data, shape }: ${name} is ${describe(t)}`));
+  }
+  const { data, shape } = t as { data?: unknown; shape?: unknown };
+  return { data, shape };
+}
+
+/** Checks a shape's rank and dims, and that it holds `length` elements; returns a copy. */
+function checkShape(name: string, shape: unknown, length: number, dims: string, rank: number): number[] {
   if (!Array.isArray(shape)) {
     throw new TypeError(message(`${name}.shape must be an array: ${name}.shape is ${describe(shape)}`));
   }
@@ -42,18 +113,18 @@ export function checkTensor(
     );
   }
   const size = product(shape);
-  if (data!.length !== size) {
+  if (length !== size) {
     throw new ShapeError(
       message(
         `${name}.data must hold ${size} elements (the product of ${name}.shape ${
           formatShape(shape)
-        }): ${name}.data.length is ${data!.length}`,
+        }): ${name}.data.length is ${length}`,
       ),
       String(size),
-      String(data!.length),
+      String(length),
     );
   }
-  return { data: data as Float32Array, shape: [...shape] };
+  return [...shape];
 }
 
 /** Checks an Int32Array option of a given length. */
@@ -124,9 +195,9 @@ export function stridesOf(layout: Layout | "thd", H: number, N: number, D: numbe
 /** q, k and v checked against each other, with the sizes they agree on. */
 export interface QkvShapes {
   layout: Layout | "thd";
-  q: { data: Float32Array; shape: number[] };
-  k: { data: Float32Array; shape: number[] };
-  v: { data: Float32Array; shape: number[] };
+  q: ElementTensor;
+  k: ElementTensor;
+  v: ElementTensor;
   /** Batch size, or −1 with varlen packing (the cuSeqlens say). */
   B: number;
   H: number;
@@ -155,9 +226,9 @@ export const twoShapes = (a: string, b: string, sa: number[], sb: number[]): str
  */
 export function checkQkv(q: unknown, k: unknown, v: unknown, layout: Layout | "thd"): QkvShapes {
   const ax = axes(layout);
-  const Q = checkTensor("q", q, ax.dims, ax.rank);
-  const K = checkTensor("k", k, ax.dims, ax.rank);
-  const V = checkTensor("v", v, ax.dims, ax.rank);
+  const Q = checkElementTensor("q", q, ax.dims, ax.rank);
+  const K = checkElementTensor("k", k, ax.dims, ax.rank);
+  const V = checkElementTensor("v", v, ax.dims, ax.rank);
   const same = (what: string, axis: number, a: string, sa: number[], b: string, sb: number[]) => {
     if (sa[axis] !== sb[axis]) {
       throw new ShapeError(

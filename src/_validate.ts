@@ -18,6 +18,7 @@ import {
   readCausal,
   readLayout,
   readMask,
+  readOutDtype,
   readScale,
   readSlopes,
   readSoftcap,
@@ -30,9 +31,11 @@ import {
 import type { AttentionCall, AttentionProblem, BackwardCall, ScoreOptions } from "./_problem.ts";
 import {
   batchSequences,
+  checkElementTensor,
   checkInt32Array,
   checkQkv,
   checkTensor,
+  type ElementTensor,
   outputShape,
   product,
   type QkvShapes,
@@ -126,6 +129,7 @@ function problemOf(
     q: s.q.data,
     k: s.k.data,
     v: s.v.data,
+    dtypes: { q: s.q.dtype, k: s.k.dtype, v: s.v.dtype, o: readOutDtype(options.outDtype) },
     qStrides: stridesOf(s.layout, s.H, s.Nq, s.d),
     kStrides: stridesOf(s.layout, s.Hkv, s.Nk, s.d),
     vStrides: stridesOf(s.layout, s.Hkv, s.Nk, s.dv),
@@ -198,7 +202,7 @@ export function validateResidentCacheCall(q: unknown, cache: ResidentKvCache, op
   const opts = checkOptionKeys(options, RESIDENT_KV_OPTION_KEYS);
   const lengths = cache.lengths();
   const { batch: B, maxLen, kvHeads: Hkv, headDim: d, valueDim: dv } = cache;
-  const Q = checkTensor("q", q, '[B, Nq, H, d] in layout "bshd"', 4);
+  const Q = checkElementTensor("q", q, '[B, Nq, H, d] in layout "bshd"', 4);
   const against = `q.shape is ${formatShape(Q.shape)}, the cache is [B, maxLen, Hkv, d] = ${cache.shape}`;
   const agree = (what: string, expected: number, actual: number) => {
     if (expected !== actual) {
@@ -219,12 +223,14 @@ export function validateResidentCacheCall(q: unknown, cache: ResidentKvCache, op
       String(H),
     );
   }
-  const placeholder = new Float32Array(0);
+  // The cache's K and V stay in HBM: empty placeholders of its dtype stand for them.
+  const placeholder = cache.dtype === "f32" ? new Float32Array(0) : new Uint16Array(0);
+  const resident = (shape: number[]) => ({ data: placeholder, shape, dtype: cache.dtype, original: placeholder });
   const s: QkvShapes = {
     layout: "bshd",
     q: Q,
-    k: { data: placeholder, shape: [B, maxLen, Hkv, d] },
-    v: { data: placeholder, shape: [B, maxLen, Hkv, dv] },
+    k: resident([B, maxLen, Hkv, d]),
+    v: resident([B, maxLen, Hkv, dv]),
     B,
     H,
     Hkv,
@@ -289,8 +295,9 @@ export function validateKvCacheCall(q: unknown, kCache: unknown, vCache: unknown
       vCache: shapes.v,
       rowAt: Int32Array.from(cacheSeqLens, (n, b) => b * maxLen + n),
       Nnew: appended.Nnew,
-      kNew: appended.k!,
-      vNew: appended.v!,
+      kNew: appended.k!.data,
+      vNew: appended.v!.data,
+      dtypes: { kCache: shapes.dtypes.k, vCache: shapes.dtypes.v, kNew: appended.k!.dtype, vNew: appended.v!.dtype },
       kRow: Hkv * d,
       vRow: Hkv * dv,
     };
@@ -304,14 +311,14 @@ function checkNew(
   [B, Hkv, d, dv]: number[],
   cacheSeqLens: Int32Array,
   maxLen: number,
-): { Nnew: number; k?: Float32Array; v?: Float32Array } {
+): { Nnew: number; k?: ElementTensor; v?: ElementTensor } {
   if (kNew === undefined && vNew === undefined) return { Nnew: 0 };
   if (kNew === undefined || vNew === undefined) {
     throw new TypeError(message("kNew and vNew go together: pass both or neither"));
   }
   const dims = "[B, Nnew, Hkv, d]";
-  const k = checkTensor("kNew", kNew, dims, 4);
-  const v = checkTensor("vNew", vNew, dims, 4);
+  const k = checkElementTensor("kNew", kNew, dims, 4);
+  const v = checkElementTensor("vNew", vNew, dims, 4);
   const Nnew = k.shape[1];
   const expect = (name: string, shape: number[], wanted: number[]) => {
     if (shape.join() !== wanted.join()) {
@@ -339,7 +346,7 @@ function checkNew(
       );
     }
   }
-  return { Nnew, k: k.data, v: v.data };
+  return { Nnew, k, v };
 }
 
 /** The options of `flashAttentionBackward`. */
@@ -371,7 +378,7 @@ export function validateBackwardCall(
     : problem.layout === "bhsd"
     ? "[B, H, Nq, dv]"
     : "[B, Nq, H, dv]";
-  const O = checkTensor("out", out, `the forward's output, ${dims}`, problem.oShape.length);
+  const O = checkElementTensor("out", out, `the forward's output, ${dims}`, problem.oShape.length);
   const against = (name: string, shape: number[], wanted: number[], what: string) => {
     if (shape.join() !== wanted.join()) {
       throw new ShapeError(
@@ -386,7 +393,7 @@ export function validateBackwardCall(
     }
   };
   against("out", O.shape, problem.oShape, "the forward's output for these q, k, v");
-  const dO = checkTensor("dOut", dOut, `the output's gradient, ${dims}`, problem.oShape.length);
+  const dO = checkElementTensor("dOut", dOut, `the output's gradient, ${dims}`, problem.oShape.length);
   if (dO.shape.join() !== O.shape.join()) {
     throw new ShapeError(
       message(
@@ -410,19 +417,29 @@ export function validateBackwardCall(
   const grads = checkGradientBuffers(opts.out, problem, [O.data, dO.data, lse.data]);
   checkHeadDims(problem);
   const sramBytes = readSramBytes(opts.sramBytes);
-  return { problem, o: O.data, dOut: dO.data, lse: lse.data, out: grads, sramBytes, stats };
+  return {
+    problem,
+    o: O.data,
+    dOut: dO.data,
+    oDtype: O.dtype,
+    dOutDtype: dO.dtype,
+    lse: lse.data,
+    out: grads,
+    sramBytes,
+    stats,
+  };
 }
 
 /** `out` of the backward: optional dq, dk, dv buffers of q's, k's and v's sizes that overlap nothing else. */
 function checkGradientBuffers(
   value: unknown,
   p: AttentionProblem,
-  others: Float32Array[],
+  others: ArrayBufferView[],
 ): { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array } {
   if (value === undefined) return {};
   const opts = checkOptionKeys(value, ["dq", "dk", "dv"], (text) => message(text.replaceAll("options", "out")));
   const grads: { dq?: Float32Array; dk?: Float32Array; dv?: Float32Array } = {};
-  const inputs: [string, Float32Array][] = [["q", p.q], ["k", p.k], ["v", p.v], ["out.data", others[0]], [
+  const inputs: [string, ArrayBufferView][] = [["q", p.q], ["k", p.k], ["v", p.v], ["out.data", others[0]], [
     "dOut.data",
     others[1],
   ], ["out.lse.data", others[2]]];

@@ -6,9 +6,9 @@
  */
 import { runBackwardSync } from "./_backward_run.ts";
 import { validateBackwardCall } from "./_validate.ts";
-import type { AttentionOutput, BackwardStats } from "./result.ts";
+import type { AttentionOutput, BackwardStats, HalfAttentionOutput } from "./result.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
-import type { Tensor } from "./tensor.ts";
+import type { InputTensor, Tensor } from "./tensor.ts";
 
 export type { BackwardStats, BackwardTensorBytes } from "./result.ts";
 
@@ -18,7 +18,7 @@ export type { BackwardStats, BackwardTensorBytes } from "./result.ts";
  * mask and the slopes get no gradient, softcap's goes through its tanh), and where the gradients go.
  */
 export interface FlashAttentionBackwardOptions
-  extends Omit<FlashAttentionOptions, "returnLse" | "out" | "sramBytes" | "stats"> {
+  extends Omit<FlashAttentionOptions, "returnLse" | "out" | "outDtype" | "sramBytes" | "stats"> {
   /**
    * Buffers to write the gradients into instead of new arrays (any of the three): each must have
    * the length of q, k or v and share no memory with any input or with each other.
@@ -52,6 +52,10 @@ export interface AttentionGradients {
  * ∂L/∂v. Like FlashAttention it never stores the Nq × Nk attention matrix: each tile of scores is
  * recomputed from Q, K and the saved lse, so the extra memory is O(N·d) (with at most 8 partial
  * sums of dQ, one per key segment). f32 throughout.
+ *
+ * q, k, v, out and dOut may each be stored in 16 bits (f16 or bf16), as the forward takes them and
+ * as `outDtype` returns O: the tile copies widen them to f32 exactly, and count 2 bytes per element.
+ * The gradients are f32 (their sums would lose too much in 16 bits), lse and D too.
  *
  * The gradients are deterministic: the same bits on every call, and on a pool of any size
  * (`pool.flashAttentionBackward`). Keys that no query sees, and queries that see no key, get zero
@@ -88,11 +92,11 @@ export interface AttentionGradients {
  * ```
  */
 export function flashAttentionBackward(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
-  out: AttentionOutput,
-  dOut: Tensor,
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
+  out: AttentionOutput | HalfAttentionOutput,
+  dOut: InputTensor,
   options?: FlashAttentionBackwardOptions,
 ): AttentionGradients {
   return runBackwardSync(validateBackwardCall(q, k, v, out, dOut, options));

@@ -6,11 +6,11 @@
 import { DEFAULT_SRAM_BYTES } from "./_limits.ts";
 import { attend, prepare } from "./_run.ts";
 import { validateForwardCall } from "./_validate.ts";
-import type { AttentionOutput } from "./result.ts";
-import type { Layout, Mask, Tensor } from "./tensor.ts";
+import type { AttentionOutput, HalfAttentionOutput } from "./result.ts";
+import type { Dtype, Float16ArrayLike, HalfDtype, InputTensor, Layout, Mask, Tensor } from "./tensor.ts";
 
 export { DEFAULT_SRAM_BYTES };
-export type { AttentionOutput };
+export type { AttentionOutput, HalfAttentionOutput };
 
 /** Options of {@linkcode flashAttention}. */
 export interface FlashAttentionOptions {
@@ -49,8 +49,19 @@ export interface FlashAttentionOptions {
   layout?: Layout;
   /** Also return the log-sum-exp of each query's scores (natural log), shape [B, H, Nq] ([H, totalQ] varlen). */
   returnLse?: boolean;
-  /** Write the output here instead of a new array: it must have the output's length and share no memory with q, k, v. */
-  out?: Float32Array;
+  /**
+   * Write the output here instead of a new array: it must have the output's length, share no memory
+   * with q, k, v, and suit `outDtype` (a `Float32Array` for `"f32"`; a `Uint16Array`, or for `"f16"`
+   * a `Float16Array`, for 16 bits).
+   */
+  out?: Float32Array | Uint16Array | Float16ArrayLike;
+  /**
+   * How the output is stored: `"f32"` (default), or `"f16"` / `"bf16"`: O is rounded to nearest even
+   * from the kernels' f32 as each tile is written (overflowing to ±Infinity), and the result is a
+   * {@linkcode HalfAttentionOutput} holding the raw bits in a `Uint16Array` (or `out`); lse stays f32.
+   * Given as a literal, it selects the result's type.
+   */
+  outDtype?: Dtype;
   /**
    * Size in bytes of the scratch arena that plays SRAM; Br and Bc are derived from it, d and dv.
    * Default {@linkcode DEFAULT_SRAM_BYTES}; at most 8 MiB; at least what 8 × 4 blocks need.
@@ -64,6 +75,36 @@ export interface FlashAttentionOptions {
 }
 
 /**
+ * {@linkcode flashAttention} with a 16-bit output and `returnLse: true`: O in 16 bits, lse in f32.
+ *
+ * @param q Queries (f32 or 16-bit).
+ * @param k Keys.
+ * @param v Values.
+ * @param options Options with `outDtype: "f16"` or `"bf16"` and `returnLse: true`.
+ * @returns The 16-bit output with its `lse`.
+ */
+export function flashAttention(
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
+  options: FlashAttentionOptions & { outDtype: HalfDtype; returnLse: true },
+): HalfAttentionOutput & { lse: Tensor };
+/**
+ * {@linkcode flashAttention} with a 16-bit output (`outDtype: "f16"` or `"bf16"`).
+ *
+ * @param q Queries (f32 or 16-bit).
+ * @param k Keys.
+ * @param v Values.
+ * @param options Options with `outDtype: "f16"` or `"bf16"`.
+ * @returns The output, rounded to 16 bits.
+ */
+export function flashAttention(
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
+  options: FlashAttentionOptions & { outDtype: HalfDtype },
+): HalfAttentionOutput;
+/**
  * {@linkcode flashAttention} with `returnLse: true`: the result always carries `lse`.
  *
  * @param q Queries.
@@ -73,9 +114,9 @@ export interface FlashAttentionOptions {
  * @returns The output with its `lse`.
  */
 export function flashAttention(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
   options: FlashAttentionOptions & { returnLse: true },
 ): AttentionOutput & { lse: Tensor };
 /**
@@ -90,6 +131,11 @@ export function flashAttention(
  * `cuSeqlensQ`/`cuSeqlensK` (varlen) q is [totalQ, H, d] and k, v are [totalK, Hkv, d].
  * Causal masks, windows, ALiBi, softcap, masks and key lengths all apply inside the tiled loop.
  *
+ * q, k and v may each be stored in 16 bits (f16 or bf16: a `HalfTensor`), mixed freely
+ * with f32 ones: each tile is widened to f32, exactly, as it is copied into the arena, so the
+ * arithmetic is f32 whatever the storage and the HBM traffic counts 2 bytes per 16-bit element.
+ * `outDtype` stores O in 16 bits too.
+ *
  * A NaN or ±Infinity inside q, k or v propagates as IEEE arithmetic does: every query whose
  * softmax involves it gets NaN (a score of +∞ gives NaN, as in naive attention); queries in the
  * same tile may be affected too, since masked keys are multiplied by a zero probability. It never
@@ -99,12 +145,14 @@ export function flashAttention(
  * @param k Keys, [B, Nk, Hkv, d].
  * @param v Values, [B, Nk, Hkv, dv].
  * @param options See {@linkcode FlashAttentionOptions}.
- * @returns The output tensor (a fresh array, or `options.out`), with `lse` when `returnLse` is set.
+ * @returns The output tensor (a fresh array, or `options.out`), with `lse` when `returnLse` is set
+ *   (the overloads with `outDtype` give a {@linkcode HalfAttentionOutput}).
  * @throws {ShapeError} If a shape has the wrong rank or non-positive dims, a data length does not
  *   match its shape, q, k and v disagree on B, d or Nk, H is not a multiple of Hkv, `out`,
  *   `alibiSlopes`, `seqLensK` or the cuSeqlens have the wrong length, or the mask does not broadcast.
- * @throws {TypeError} For data of the wrong type, an unknown or mistyped option, or options that do
- *   not combine (a mask or seqLensK with varlen packing).
+ * @throws {TypeError} For data of the wrong type (or a dtype that disagrees with it, an unknown
+ *   dtype, a Uint16Array without one, an `out` that does not suit `outDtype`), an unknown or
+ *   mistyped option, or options that do not combine (a mask or seqLensK with varlen packing).
  * @throws {RangeError} For a negative or non-finite scale or softcap, a malformed window, key lengths
  *   outside [0, Nk], cuSeqlens that do not run from 0 to the total without decreasing, d or dv
  *   above 256, an arena size out of range, or sizes that cannot fit in WebAssembly memory.
@@ -122,12 +170,17 @@ export function flashAttention(
  * if (Math.abs(o.lse.data[3] - (Math.SQRT2 + Math.log(4))) > 1e-5) throw new Error("unexpected lse");
  * ```
  */
-export function flashAttention(q: Tensor, k: Tensor, v: Tensor, options?: FlashAttentionOptions): AttentionOutput;
 export function flashAttention(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
   options?: FlashAttentionOptions,
-): AttentionOutput {
+): AttentionOutput;
+export function flashAttention(
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
+  options?: FlashAttentionOptions,
+): AttentionOutput | HalfAttentionOutput {
   return attend(prepare(validateForwardCall(q, k, v, options)));
 }

@@ -61,11 +61,43 @@ export interface AttentionShape {
 }
 
 /**
+ * Bytes per element of each tensor in HBM: 4 for f32 (the default), 2 for f16 or bf16 (as a call's
+ * tensors with that `dtype`, or its output with that `outDtype`, are counted). lse, D, the split-KV
+ * partial results and the backward's partial dQ and gradients are always f32.
+ */
+export interface ElementBytes {
+  /** Queries. */
+  q?: 2 | 4;
+  /** Keys (a KV cache's: its `dtype`). */
+  k?: 2 | 4;
+  /** Values. */
+  v?: 2 | 4;
+  /** The output O: written by the forward, read by the backward. */
+  o?: 2 | 4;
+  /**
+   * S and P, which only standard attention stores in HBM ({@linkcode standardAttentionIo}); the
+   * flash kernels keep them in the arena, so {@linkcode flashAttentionIo} has no use for it.
+   */
+  scores?: 2 | 4;
+}
+
+/** {@linkcode ElementBytes} of the backward's tensors: the forward's, and dO. */
+export interface BackwardElementBytes extends Omit<ElementBytes, "scores"> {
+  /** The output's gradient dO. */
+  dOut?: 2 | 4;
+}
+
+/**
  * Options that change the traffic of standard attention (the paper's Algorithm 0). Causal masks
  * and windows do not: Algorithm 0 computes and materialises every score and applies the mask
  * from indices in its softmax pass, without reading anything.
  */
 export interface StandardIoOptions {
+  /**
+   * Bytes per element of q, k, v, O and of S and P (default 4 each): e.g. `{ q: 2, k: 2, v: 2,
+   * o: 2, scores: 2 }` for the paper's fp16 run.
+   */
+  elementBytes?: ElementBytes;
   /** Whether lse (one f32 per query row and head) is written, by the softmax pass. */
   returnLse?: boolean;
   /** Bytes per element of a mask of shape [B, H, Nq, Nk], read once by the softmax pass (0: no mask). */
@@ -122,8 +154,9 @@ export interface IoOptions extends StandardIoOptions {
  * HBM traffic of standard attention, counted as the paper's Algorithm 0: read Q and K, write
  * S = scale·QKᵀ; read S (and the mask), write P = softmax(S) (and lse); read P and V, write O = PV.
  * Each phase reads its inputs and writes its output exactly once, the fewest accesses the
- * algorithm can make. Every query head reads its K and V (a GQA group does not share them), f32
- * elements. A sequence without queries or without keys reads nothing and writes its O and lse.
+ * algorithm can make. Every query head reads its K and V (a GQA group does not share them). Elements
+ * are f32 unless `elementBytes` says otherwise (lse is f32). A sequence without queries or without
+ * keys reads nothing and writes its O and lse.
  *
  * @param shape The problem's sizes.
  * @param options Whether a mask is read and lse written, and the sequences' own lengths (each
@@ -155,22 +188,23 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
   const dv = shape.dv ?? d;
   const read = zeroBytes();
   const written = zeroBytes();
+  const size = sizesOf(options.elementBytes);
   for (const { Nq, Nk, count } of sequenceLengths(shape, options)) {
     const heads = count * H;
     // S = scale·QKᵀ (an empty S, without queries or keys, reads nothing)
     const computes = Nq > 0 && Nk > 0 ? 1 : 0;
-    read.q += computes * 4 * heads * Nq * d;
-    read.k += computes * 4 * heads * Nk * d;
-    written.partial += 4 * heads * Nq * Nk;
+    read.q += computes * size.q * heads * Nq * d;
+    read.k += computes * size.k * heads * Nk * d;
+    written.partial += size.scores * heads * Nq * Nk;
     // P = softmax(S + mask)
-    read.partial += 4 * heads * Nq * Nk;
+    read.partial += size.scores * heads * Nq * Nk;
     read.mask += (options.maskElementBytes ?? 0) * heads * Nq * Nk;
-    written.partial += 4 * heads * Nq * Nk;
+    written.partial += size.scores * heads * Nq * Nk;
     if (options.returnLse) written.lse += 4 * heads * Nq;
     // O = PV
-    read.partial += 4 * heads * Nq * Nk;
-    read.v += computes * 4 * heads * Nk * dv;
-    written.o += 4 * heads * Nq * dv;
+    read.partial += size.scores * heads * Nq * Nk;
+    read.v += computes * size.v * heads * Nk * dv;
+    written.o += size.o * heads * Nq * dv;
   }
   return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
 }
@@ -187,7 +221,9 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * packing) are each one such sum, with visibility aligned to their own Nk; Tr and Tc are then the
  * largest over the sequences that have queries. With `numSplits` each key range is one such sum, plus the partial
  * results the ranges write and the merge reads back. A KV-cache call is modelled with its caches'
- * maxLen as Nk and `seqLensK` = cacheSeqLens (plus the appended keys).
+ * maxLen as Nk and `seqLensK` = cacheSeqLens (plus the appended keys). 16-bit tensors (f16, bf16)
+ * are modelled with `elementBytes` (2 per element; lse and partial results stay f32), as their
+ * tile copies count them.
  *
  * @param shape The problem's sizes.
  * @param options Causal/window visibility, arena size, lse, mask, ALiBi and sequence lengths.
@@ -205,6 +241,9 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * const io = flashAttentionIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 }, { sramBytes: 128 * 1024 });
  * // K and V are read once per query block
  * if (io.read.k !== io.Tr * 1024 * 64 * 4) throw new Error("unexpected");
+ * // bf16 keys and values move half the bytes
+ * const half = flashAttentionIo({ B: 1, H: 1, Nq: 1024, Nk: 1024, d: 64 }, { elementBytes: { k: 2, v: 2 } });
+ * if (half.read.k !== io.read.k / 2 || half.read.q !== io.read.q) throw new Error("unexpected");
  * ```
  */
 export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {}): FlashIoCounts {
@@ -312,6 +351,7 @@ function sequenceIo(
 ) {
   const visible = visibleKeys(Nq, Nk, options);
   const maskBytes = options.maskElementBytes ?? 0;
+  const size = sizesOf(options.elementBytes);
   const rows = Nq * g;
   const read = zeroBytes();
   const written = zeroBytes();
@@ -322,12 +362,12 @@ function sequenceIo(
   for (const [begin, stop] of ranges) {
     for (let i0 = 0; i0 < rows; i0 += Br) {
       const rowsHere = Math.min(Br, rows - i0);
-      read.q += 4 * rowsHere * d;
+      read.q += size.q * rowsHere * d;
       if (options.alibi) read.slopes += 4 * rowsHere;
       if (split) {
-        written.partial += 4 * rowsHere * (dv + 1); // normalised O and lse of this range
+        written.partial += 4 * rowsHere * (dv + 1); // normalised O and lse of this range, f32
       } else {
-        written.o += 4 * rowsHere * dv;
+        written.o += size.o * rowsHere * dv;
         if (options.returnLse) written.lse += 4 * rowsHere;
       }
       // Keys [first, end) of the range are visible to some row; key blocks ⌊first/Bc⌋ …
@@ -339,22 +379,25 @@ function sequenceIo(
       const jBegin = Math.floor(first / Bc) * Bc;
       const jEnd = Math.min(stop, Math.ceil(end / Bc) * Bc);
       tilesComputed += Math.ceil(end / Bc) - jBegin / Bc;
-      read.k += 4 * (jEnd - jBegin) * d;
-      read.v += 4 * (jEnd - jBegin) * dv;
+      read.k += size.k * (jEnd - jBegin) * d;
+      read.v += size.v * (jEnd - jBegin) * dv;
       read.mask += maskBytes * rowsHere * (jEnd - jBegin);
     }
   }
   if (split) {
     // The merge reads every range's partials and writes the output once.
     read.partial += 4 * ranges.length * rows * (dv + 1);
-    written.o += 4 * rows * dv;
+    written.o += size.o * rows * dv;
     if (options.returnLse) written.lse += 4 * rows;
   }
   return { read, written, Tr: Math.ceil(rows / Br), Tc: Math.ceil(Nk / Bc), tilesComputed };
 }
 
 /** Options that change the traffic of this library's backward ({@linkcode flashAttentionBackwardIo}). */
-export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
+export interface BackwardIoOptions extends Omit<IoOptions, "numSplits" | "returnLse" | "elementBytes"> {
+  /** Bytes per element of q, k, v, O and dO (default 4 each); the gradients, lse and D are f32. */
+  elementBytes?: BackwardElementBytes;
+}
 
 /**
  * HBM traffic of this library's backward (`flashAttentionBackward`), from formulas, for the
@@ -370,6 +413,7 @@ export type BackwardIoOptions = Omit<IoOptions, "numSplits" | "returnLse">;
  * - the merge: every segment's partial rows read (partial), dQ written once.
  * So Q and dO are read about Tc times, as the paper's Theorem 5 says: Θ(N²·d²/M). Masks that blank
  * whole tiles are not modelled (the kernel skips those), as for {@linkcode flashAttentionIo}.
+ * 16-bit q, k, v, O and dO are modelled with `elementBytes`.
  *
  * @param shape The problem's sizes.
  * @param options Causal/window visibility, arena size, mask, ALiBi and sequence lengths.
@@ -421,18 +465,19 @@ function sequenceBackwardIo(
 ) {
   const visible = visibleKeys(Nq, Nk, options);
   const maskBytes = options.maskElementBytes ?? 0;
+  const size = sizesOf(options.elementBytes);
   const rows = Nq * g;
   const read = zeroBackwardBytes();
   const written = zeroBackwardBytes();
   // D = rowsum(dO ∘ O)
-  read.o += 4 * rows * dv;
-  read.dOut += 4 * rows * dv;
+  read.o += size.o * rows * dv;
+  read.dOut += size.dOut * rows * dv;
   written.D += 4 * rows;
   let tilesComputed = 0;
   for (let j0 = 0; j0 < Nk; j0 += B) {
     const cols = Math.min(B, Nk - j0);
-    read.k += 4 * cols * d;
-    read.v += 4 * cols * dv;
+    read.k += size.k * cols * d;
+    read.v += size.v * cols * dv;
     written.dk += 4 * cols * d;
     written.dv += 4 * cols * dv;
     for (let i0 = 0; i0 < rows; i0 += B) {
@@ -440,8 +485,8 @@ function sequenceBackwardIo(
       const [first, end] = blockKeys(visible, i0, rowsHere, g);
       if (first >= end || first >= j0 + cols || end <= j0) continue;
       tilesComputed++;
-      read.q += 4 * rowsHere * d;
-      read.dOut += 4 * rowsHere * dv;
+      read.q += size.q * rowsHere * d;
+      read.dOut += size.dOut * rowsHere * dv;
       read.lse += 4 * rowsHere;
       read.D += 4 * rowsHere;
       if (options.alibi) read.slopes += 4 * rowsHere;
@@ -465,6 +510,7 @@ function sequenceBackwardIo(
 const FLASH_KEYS = [
   "returnLse",
   "maskElementBytes",
+  "elementBytes",
   "seqLensK",
   "cuSeqlensQ",
   "cuSeqlensK",
@@ -512,6 +558,7 @@ function checkIoArguments(shape: AttentionShape, options: unknown, known: readon
     throw new RangeError(message(`shape.H must be a multiple of shape.Hkv: H is ${shape.H}, Hkv is ${shape.Hkv}`));
   }
   const o = checkOptionKeys(options, known);
+  if (o.elementBytes !== undefined) checkElementBytes(o.elementBytes, known === BACKWARD_KEYS);
   readBoolean("returnLse", o.returnLse);
   readBoolean("alibi", o.alibi);
   if (o.maskElementBytes !== undefined && ![0, 1, 4].includes(o.maskElementBytes as number)) {
@@ -521,6 +568,25 @@ function checkIoArguments(shape: AttentionShape, options: unknown, known: readon
   }
   readWindow(o.windowSize, readCausal(o.causal), Number.MAX_SAFE_INTEGER);
   if (o.sramBytes !== undefined) readSramBytes(o.sramBytes);
+}
+
+/** Bytes per element of every tensor `elementBytes` may name, 4 where it does not. */
+function sizesOf(e: ElementBytes & BackwardElementBytes = {}) {
+  return { q: e.q ?? 4, k: e.k ?? 4, v: e.v ?? 4, o: e.o ?? 4, scores: e.scores ?? 4, dOut: e.dOut ?? 4 };
+}
+
+/** `elementBytes`: an object of known tensor names (the backward's with `backward`), each 2 or 4. */
+function checkElementBytes(value: unknown, backward: boolean): void {
+  const tensors = backward ? ["q", "k", "v", "o", "dOut"] : ["q", "k", "v", "o", "scores"];
+  const say = (text: string) => message(text.replaceAll("options", "elementBytes"));
+  const sizes = checkOptionKeys(value, tensors, say);
+  for (const [name, bytes] of Object.entries(sizes)) {
+    if (bytes !== undefined && bytes !== 2 && bytes !== 4) {
+      throw new RangeError(
+        message(`elementBytes.${name} must be 2 (f16, bf16) or 4 (f32): elementBytes.${name} is ${describe(bytes)}`),
+      );
+    }
+  }
 }
 
 function sequenceLengths(shape: AttentionShape, options: StandardIoOptions) {

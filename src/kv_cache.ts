@@ -9,8 +9,8 @@ import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } fr
 import { attend, prepare } from "./_run.ts";
 import { validateKvCacheCall, validateResidentCacheCall } from "./_validate.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
-import type { AttentionOutput } from "./result.ts";
-import type { Tensor } from "./tensor.ts";
+import type { AttentionOutput, HalfAttentionOutput } from "./result.ts";
+import type { HalfDtype, InputTensor } from "./tensor.ts";
 import { loadKernels } from "./wasm/loader.ts";
 
 export { chooseSplits } from "./_splits.ts";
@@ -28,10 +28,13 @@ export interface KvCacheOptions
    * The function does not advance it: after appending `kNew`, add its length yourself.
    */
   cacheSeqLens?: Int32Array;
-  /** New keys [B, Nnew, Hkv, d], written into kCache at cacheSeqLens before attending. */
-  kNew?: Tensor;
-  /** New values [B, Nnew, Hkv, dv], written into vCache at cacheSeqLens before attending. */
-  vNew?: Tensor;
+  /**
+   * New keys [B, Nnew, Hkv, d], written into kCache at cacheSeqLens before attending, converted to
+   * the cache's dtype (f32 rows into a 16-bit cache are rounded to nearest even).
+   */
+  kNew?: InputTensor;
+  /** New values [B, Nnew, Hkv, dv], written into vCache at cacheSeqLens before attending, as `kNew`. */
+  vNew?: InputTensor;
   /**
    * Split the keys into this many chunks and merge their partial results (Flash-Decoding).
    * 0 (default) lets the library choose; 1 never splits. With `stats`, the partial results
@@ -52,9 +55,14 @@ export type ResidentKvCacheOptions = Omit<KvCacheOptions, "cacheSeqLens" | "kNew
  * and values where they are instead of copying the caller's cache into WebAssembly memory. For
  * {@linkcode flashAttentionWithKvCache}; a pool makes its own with `pool.createKvCache`.
  *
- * @param config Batch entries, positions per entry, key/value heads and head dims.
+ * With `dtype: "f16"` or `"bf16"` the cache stores its keys and values in 16 bits: half the memory,
+ * and half the bytes each decode step reads (the kernels widen every tile to f32 as they copy it,
+ * so the arithmetic is the same). f32 rows appended to it are rounded to nearest even.
+ *
+ * @param config Batch entries, positions per entry, key/value heads, head dims and dtype.
  * @returns An empty cache (every length 0).
- * @throws {TypeError} For a config that is not an object, has unknown keys or non-number sizes.
+ * @throws {TypeError} For a config that is not an object, has unknown keys, non-number sizes or an
+ *   unknown dtype.
  * @throws {RangeError} For sizes that are not positive integers, head dims above 256, or a cache
  *   that does not fit in WebAssembly memory.
  *
@@ -86,6 +94,19 @@ export function createKvCache(config: KvCacheConfig): KvCache {
 }
 
 /**
+ * {@linkcode flashAttentionWithKvCache} on a cache object with a 16-bit output (`outDtype`).
+ *
+ * @param q Queries, [B, Nq, H, d].
+ * @param cache The cache.
+ * @param options Options with `outDtype: "f16"` or `"bf16"`.
+ * @returns The output [B, Nq, H, dv], rounded to 16 bits.
+ */
+export function flashAttentionWithKvCache(
+  q: InputTensor,
+  cache: KvCache,
+  options: ResidentKvCacheOptions & { outDtype: HalfDtype },
+): HalfAttentionOutput;
+/**
  * Attention of q against a KV cache from {@linkcode createKvCache}, read where it lives: entry b
  * attends to its first `cache.length(b)` positions (causal aligned to that length). Append the
  * step's keys and values with `cache.append` first.
@@ -98,7 +119,26 @@ export function createKvCache(config: KvCacheConfig): KvCache {
  * @throws {TypeError} For mistyped or unknown options, a freed cache, or a pool's cache.
  * @throws {RangeError} As `flashAttention`.
  */
-export function flashAttentionWithKvCache(q: Tensor, cache: KvCache, options?: ResidentKvCacheOptions): AttentionOutput;
+export function flashAttentionWithKvCache(
+  q: InputTensor,
+  cache: KvCache,
+  options?: ResidentKvCacheOptions,
+): AttentionOutput;
+/**
+ * {@linkcode flashAttentionWithKvCache} on caller-owned caches with a 16-bit output (`outDtype`).
+ *
+ * @param q Queries, [B, Nq, H, d].
+ * @param kCache Key cache, [B, maxLen, Hkv, d].
+ * @param vCache Value cache, [B, maxLen, Hkv, dv].
+ * @param options Options with `outDtype: "f16"` or `"bf16"`.
+ * @returns The output [B, Nq, H, dv], rounded to 16 bits.
+ */
+export function flashAttentionWithKvCache(
+  q: InputTensor,
+  kCache: InputTensor,
+  vCache: InputTensor,
+  options: KvCacheOptions & { outDtype: HalfDtype },
+): HalfAttentionOutput;
 /**
  * Attention of q against a key/value cache, as `flash_attn_with_kvcache`: optionally writes `kNew`
  * and `vNew` into the caches in place at each entry's `cacheSeqLens`, then attends to the first
@@ -108,7 +148,7 @@ export function flashAttentionWithKvCache(q: Tensor, cache: KvCache, options?: R
  * merged exactly (Flash-Decoding).
  *
  * Layout is "bshd" (the only one accepted): q [B, Nq, H, d], kCache [B, maxLen, Hkv, d],
- * vCache [B, maxLen, Hkv, dv].
+ * vCache [B, maxLen, Hkv, dv]. Each may be stored in 16 bits (f16 or bf16), as for `flashAttention`.
  *
  * @param q Queries, [B, Nq, H, d].
  * @param kCache Key cache, [B, maxLen, Hkv, d]; written to when `kNew` is given.
@@ -142,17 +182,17 @@ export function flashAttentionWithKvCache(q: Tensor, cache: KvCache, options?: R
  * ```
  */
 export function flashAttentionWithKvCache(
-  q: Tensor,
-  kCache: Tensor,
-  vCache: Tensor,
+  q: InputTensor,
+  kCache: InputTensor,
+  vCache: InputTensor,
   options?: KvCacheOptions,
 ): AttentionOutput;
 export function flashAttentionWithKvCache(
-  q: Tensor,
-  cache: Tensor | KvCache,
-  vCache?: Tensor | ResidentKvCacheOptions,
+  q: InputTensor,
+  cache: InputTensor | KvCache,
+  vCache?: InputTensor | ResidentKvCacheOptions,
   options?: KvCacheOptions,
-): AttentionOutput {
+): AttentionOutput | HalfAttentionOutput {
   if (cache instanceof ResidentKvCache) return attend(prepare(validateResidentCacheCall(q, cache, vCache)));
   return attend(prepare(validateKvCacheCall(q, cache, vCache, options)));
 }

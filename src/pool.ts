@@ -39,8 +39,8 @@ import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } fr
 import { spawnWorker, type WorkerHandle, type WorkerMessage } from "./_workers.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
-import type { AttentionOutput } from "./result.ts";
-import type { Tensor } from "./tensor.ts";
+import type { AttentionOutput, HalfAttentionOutput } from "./result.ts";
+import type { HalfDtype, InputTensor } from "./tensor.ts";
 import { WASM_BASE64 as THREADS_WASM_BASE64 } from "./wasm/kernels_threads.generated.ts";
 import { WASM_BASE64 as THREADS_RELAXED_WASM_BASE64 } from "./wasm/kernels_threads_relaxed.generated.ts";
 import { decodeBase64, init, loadKernels, type RawKernels } from "./wasm/loader.ts";
@@ -67,6 +67,21 @@ export interface AttentionPool {
   /** The number of Workers. */
   readonly threads: number;
   /**
+   * `flashAttention` on the pool with a 16-bit output (`outDtype: "f16"` or `"bf16"`).
+   *
+   * @param q Queries.
+   * @param k Keys.
+   * @param v Values.
+   * @param options As `flashAttention`'s, with `outDtype`.
+   * @returns A promise of the 16-bit output.
+   */
+  flashAttention(
+    q: InputTensor,
+    k: InputTensor,
+    v: InputTensor,
+    options: FlashAttentionOptions & { outDtype: HalfDtype },
+  ): Promise<HalfAttentionOutput>;
+  /**
    * `flashAttention` on the pool: same arguments, options and errors, and the same bits.
    *
    * @param q Queries.
@@ -75,7 +90,12 @@ export interface AttentionPool {
    * @param options As `flashAttention`'s.
    * @returns A promise of the output (with `lse` and `stats` when asked for).
    */
-  flashAttention(q: Tensor, k: Tensor, v: Tensor, options?: FlashAttentionOptions): Promise<AttentionOutput>;
+  flashAttention(
+    q: InputTensor,
+    k: InputTensor,
+    v: InputTensor,
+    options?: FlashAttentionOptions,
+  ): Promise<AttentionOutput>;
   /**
    * `flashAttentionWithKvCache` on the pool: same arguments, options and errors. The
    * bits equal the synchronous call's with the same `numSplits`; the automatic choice (0) may
@@ -89,9 +109,9 @@ export interface AttentionPool {
    * @returns A promise of the output.
    */
   flashAttentionWithKvCache(
-    q: Tensor,
-    kCache: Tensor,
-    vCache: Tensor,
+    q: InputTensor,
+    kCache: InputTensor,
+    vCache: InputTensor,
     options?: KvCacheOptions,
   ): Promise<AttentionOutput>;
   /**
@@ -104,7 +124,35 @@ export interface AttentionPool {
    * @param options As `flashAttentionWithKvCache`'s with a cache object.
    * @returns A promise of the output.
    */
-  flashAttentionWithKvCache(q: Tensor, cache: KvCache, options?: ResidentKvCacheOptions): Promise<AttentionOutput>;
+  flashAttentionWithKvCache(q: InputTensor, cache: KvCache, options?: ResidentKvCacheOptions): Promise<AttentionOutput>;
+  /**
+   * `flashAttentionWithKvCache` on a cache this pool created, with a 16-bit output (`outDtype`).
+   *
+   * @param q Queries, [B, Nq, H, d].
+   * @param cache A cache from this pool's `createKvCache`.
+   * @param options Options with `outDtype: "f16"` or `"bf16"`.
+   * @returns A promise of the 16-bit output.
+   */
+  flashAttentionWithKvCache(
+    q: InputTensor,
+    cache: KvCache,
+    options: ResidentKvCacheOptions & { outDtype: HalfDtype },
+  ): Promise<HalfAttentionOutput>;
+  /**
+   * `flashAttentionWithKvCache` on caller-owned caches, with a 16-bit output (`outDtype`).
+   *
+   * @param q Queries, [B, Nq, H, d].
+   * @param kCache Key cache, [B, maxLen, Hkv, d].
+   * @param vCache Value cache, [B, maxLen, Hkv, dv].
+   * @param options Options with `outDtype: "f16"` or `"bf16"`.
+   * @returns A promise of the 16-bit output.
+   */
+  flashAttentionWithKvCache(
+    q: InputTensor,
+    kCache: InputTensor,
+    vCache: InputTensor,
+    options: KvCacheOptions & { outDtype: HalfDtype },
+  ): Promise<HalfAttentionOutput>;
   /**
    * A KV cache in the pool's shared memory, for this pool's `flashAttentionWithKvCache`. Do not
    * reset or free it while a call that reads it is pending (those throw); appending is fine.
@@ -129,11 +177,11 @@ export interface AttentionPool {
    * @returns A promise of the gradients.
    */
   flashAttentionBackward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: AttentionOutput,
-    dOut: Tensor,
+    q: InputTensor,
+    k: InputTensor,
+    v: InputTensor,
+    out: AttentionOutput | HalfAttentionOutput,
+    dOut: InputTensor,
     options?: FlashAttentionBackwardOptions,
   ): Promise<AttentionGradients>;
   /**
@@ -374,21 +422,23 @@ class Pool implements AttentionPool {
     }
   }
 
-  flashAttention(q: Tensor, k: Tensor, v: Tensor, options?: FlashAttentionOptions): Promise<AttentionOutput> {
-    return this.#submit(() => validateForwardCall(q, k, v, options));
+  // The interface's overloads type the result by outDtype; one implementation returns whichever the
+  // call asked for.
+  flashAttention(q: InputTensor, k: InputTensor, v: InputTensor, options?: FlashAttentionOptions): Promise<never> {
+    return this.#submit(() => validateForwardCall(q, k, v, options)) as Promise<never>;
   }
 
   flashAttentionWithKvCache(
-    q: Tensor,
-    cache: Tensor | KvCache,
-    vCache?: Tensor | ResidentKvCacheOptions,
+    q: InputTensor,
+    cache: InputTensor | KvCache,
+    vCache?: InputTensor | ResidentKvCacheOptions,
     options?: KvCacheOptions,
-  ): Promise<AttentionOutput> {
+  ): Promise<never> {
     return this.#submit(() =>
       cache instanceof ResidentKvCache
         ? validateResidentCacheCall(q, cache, vCache)
         : validateKvCacheCall(q, cache, vCache, options)
-    );
+    ) as Promise<never>;
   }
 
   close(): Promise<void> {
@@ -509,11 +559,11 @@ class Pool implements AttentionPool {
   }
 
   flashAttentionBackward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: AttentionOutput,
-    dOut: Tensor,
+    q: InputTensor,
+    k: InputTensor,
+    v: InputTensor,
+    out: AttentionOutput | HalfAttentionOutput,
+    dOut: InputTensor,
     options?: FlashAttentionBackwardOptions,
   ): Promise<AttentionGradients> {
     return this.#enqueue(() => {

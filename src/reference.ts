@@ -7,14 +7,14 @@
  *
  * @module
  */
-import { referenceForward } from "./_reference.ts";
+import { referenceForward, withF32Inputs } from "./_reference.ts";
 import { checkOptionKeys, SEMANTIC_OPTION_KEYS, SEQUENCE_OPTION_KEYS } from "./_options.ts";
 import { validateCall } from "./_validate.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
-import type { Tensor } from "./tensor.ts";
+import type { InputTensor } from "./tensor.ts";
 
 /** Options of {@linkcode referenceAttention}: the semantic options of `flashAttention`. */
-export type ReferenceOptions = Omit<FlashAttentionOptions, "out" | "sramBytes" | "stats">;
+export type ReferenceOptions = Omit<FlashAttentionOptions, "out" | "outDtype" | "sramBytes" | "stats">;
 
 /** A tensor of f64 values. */
 export interface Tensor64 {
@@ -42,9 +42,9 @@ const OPTION_KEYS = [...SEMANTIC_OPTION_KEYS, ...SEQUENCE_OPTION_KEYS, "returnLs
  * @returns The output with its `lse`.
  */
 export function referenceAttention(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
   options: ReferenceOptions & { returnLse: true },
 ): ReferenceOutput & { lse: Tensor64 };
 /**
@@ -52,7 +52,7 @@ export function referenceAttention(
  * `scale·q·k`, their maximum, the exponentials, their sum, and the weighted sum of values.
  * Memory is O(Nk) per query and time O(B·H·Nq·Nk·(d + dv)); use it as a gold reference, not
  * for speed. Same inputs, options and semantics as `flashAttention`; a query that sees no key
- * gets O = 0 and lse = −∞.
+ * gets O = 0 and lse = −∞. 16-bit inputs (f16, bf16) are read at their exact values.
  *
  * @param q Queries, [B, Nq, H, d] (or [B, H, Nq, d] with layout "bhsd").
  * @param k Keys, [B, Nk, Hkv, d] (Hkv divides H; [totalK, Hkv, d] with varlen).
@@ -60,7 +60,8 @@ export function referenceAttention(
  * @param options See {@linkcode ReferenceOptions}.
  * @returns The output in f64, in the input's layout, with `lse` when `returnLse` is set.
  * @throws {ShapeError} For the same shape errors as `flashAttention`.
- * @throws {TypeError} For data that is not a Float32Array or an unknown or mistyped option.
+ * @throws {TypeError} For data that is not a Float32Array or a 16-bit tensor of a known dtype, or an
+ *   unknown or mistyped option.
  * @throws {RangeError} For a scale or softcap that is negative, non-finite or beyond f32, and for
  *   windowSize, seqLensK or cuSeqlens values out of range (as `flashAttention`).
  *
@@ -76,16 +77,21 @@ export function referenceAttention(
  * if (Math.abs(o.data[0] - (10 * w + 20 * (1 - w))) > 1e-12) throw new Error("unexpected");
  * ```
  */
-export function referenceAttention(q: Tensor, k: Tensor, v: Tensor, options?: ReferenceOptions): ReferenceOutput;
 export function referenceAttention(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
+  options?: ReferenceOptions,
+): ReferenceOutput;
+export function referenceAttention(
+  q: InputTensor,
+  k: InputTensor,
+  v: InputTensor,
   options?: ReferenceOptions,
 ): ReferenceOutput {
   const opts = checkOptionKeys(options, OPTION_KEYS);
   const p = validateCall(q, k, v, opts);
-  const { o, lse } = referenceForward(p, (x) => x);
+  const { o, lse } = referenceForward(withF32Inputs(p), (x) => x);
   const result: ReferenceOutput = { data: o, shape: p.oShape };
   if (p.returnLse) result.lse = { data: lse, shape: p.lseShape };
   return result;

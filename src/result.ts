@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Tensor } from "./tensor.ts";
+import type { Float16ArrayLike, HalfDtype, Tensor } from "./tensor.ts";
 
 /** The result of `flashAttention`: O in the input's layout, and lse when asked for. */
 export interface AttentionOutput extends Tensor {
@@ -14,6 +14,24 @@ export interface AttentionOutput extends Tensor {
    * Natural-log log-sum-exp of each query's final scores (after softcap, ALiBi and mask), shape
    * [B, H, Nq] ([H, totalQ] with varlen packing); −∞ for a query that sees no key.
    */
+  lse?: Tensor;
+}
+
+/**
+ * The result of an attention function called with `outDtype: "f16"` or `"bf16"`: O stored in 16
+ * bits (rounded to nearest even from the kernels' f32), as the raw bits in a new `Uint16Array`, or
+ * in the caller's `out` (a `Uint16Array`, or a `Float16Array` for `"f16"`); lse stays f32.
+ */
+export interface HalfAttentionOutput {
+  /** O's elements: their bits in a `Uint16Array`, or the caller's `out`. */
+  data: Uint16Array | Float16ArrayLike;
+  /** O's shape, as for an f32 output. */
+  shape: readonly number[];
+  /** How O is stored. */
+  dtype: HalfDtype;
+  /** HBM traffic, tiling and flops measured by the kernels, with `stats: true`. */
+  stats?: AttentionStats;
+  /** As {@linkcode AttentionOutput}'s lse: f32. */
   lse?: Tensor;
 }
 

@@ -141,10 +141,13 @@ export function assertThrows(
   throw new Error(`expected ${type.name} containing "${fragment}", but nothing was thrown`);
 }
 
-/** Throws unless the two arrays hold the same bits (NaN equal to NaN). */
-export function assertBitwiseEqual(what: string, a: Float32Array, b: Float32Array): void {
-  const x = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+/** Throws unless the two arrays hold the same bits (NaN equal to NaN); Uint16Arrays hold 16-bit elements. */
+export function assertBitwiseEqual(what: string, a: Float32Array | Uint16Array, b: Float32Array | Uint16Array): void {
+  const bits = (t: Float32Array | Uint16Array) =>
+    t instanceof Uint16Array ? t : new Uint32Array(t.buffer, t.byteOffset, t.length);
+  const x = bits(a);
+  const y = bits(b);
+  if (x.constructor !== y.constructor) throw new Error(`${what}: ${a.constructor.name} vs ${b.constructor.name}`);
   if (x.length !== y.length) throw new Error(`${what}: length ${x.length} ≠ ${y.length}`);
   for (let i = 0; i < x.length; i++) {
     if (x[i] !== y[i]) throw new Error(`${what}: element ${i} differs: ${a[i]} vs ${b[i]}`);

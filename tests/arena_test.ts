@@ -129,7 +129,7 @@ function mergeInKernel(parts: { o: Float32Array; lse: Float32Array }[], order: n
     f32(partPtr + s * rows * dv * 4, rows * dv).set(parts[chunk].o);
     f32(partLsePtr + s * rows * 4, rows).set(parts[chunk].lse);
   });
-  kernels.mergeSplits(partPtr, partLsePtr, parts.length, rows, dv, oPtr, dv, 0, lsePtr, 1, 0, 1, 128 << 10);
+  kernels.mergeSplits(partPtr, partLsePtr, parts.length, rows, dv, oPtr, dv, 0, lsePtr, 1, 0, 1, 128 << 10, 0);
   return { o: f32(oPtr, rows * dv).slice(), lse: f32(lsePtr, rows).slice() };
 }
 
@@ -188,7 +188,7 @@ test("the kernels trap, rather than loop forever, on an arena too small for one 
     "nreachable",
   );
   assertThrows(
-    () => kernels.mergeSplits(0, 0, 2, 1, 4, 0, 4, 0, 0, 1, 0, 1, 16),
+    () => kernels.mergeSplits(0, 0, 2, 1, 4, 0, 4, 0, 0, 1, 0, 1, 16, 0),
     WebAssembly.RuntimeError,
     "nreachable",
   );

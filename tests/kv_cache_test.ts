@@ -64,8 +64,8 @@ function checkCall(
   const B = q.shape[0];
   const lengths = options.cacheSeqLens ?? new Int32Array(B).fill(kCache.shape[1]);
   const lengthsBefore = lengths.slice();
-  const kAfter = appended(kCache, options.kNew, lengths);
-  const vAfter = appended(vCache, options.vNew, lengths);
+  const kAfter = appended(kCache, options.kNew as Tensor | undefined, lengths);
+  const vAfter = appended(vCache, options.vNew as Tensor | undefined, lengths);
   const o = flashAttentionWithKvCache(q, kCache, vCache, { ...options, returnLse: true });
   assertBitwiseEqual(`kCache after ${what}`, kCache.data, kAfter.data);
   assertBitwiseEqual(`vCache after ${what}`, vCache.data, vAfter.data);

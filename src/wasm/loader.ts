@@ -36,6 +36,8 @@ export interface RawKernels {
   arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
   resetCounters(sm: number): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
+  widenInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
+  narrowInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
   forward(sm: number, ...args: ForwardParameters): void;
   mergeSplits(sm: number, ...args: MergeParameters): void;
   backwardBlockSize(sramBytes: number, d: number, dv: number, masked: boolean): number;
@@ -63,6 +65,7 @@ export type DqMergeParameters = [
   dv: number,
   masked: number | boolean,
   sramBytes: number,
+  dqKind: number,
 ];
 
 /** backwardPrep's parameters after its SM (assembly/backward.ts). */
@@ -82,6 +85,8 @@ export type PrepParameters = [
   dv: number,
   masked: number | boolean,
   sramBytes: number,
+  oKind: number,
+  dOKind: number,
 ];
 
 /** backwardDkDv's parameters after its SM (assembly/backward.ts). */
@@ -126,6 +131,12 @@ export type BackwardParameters = [
   maskHeadStride: number,
   maskColStride: number,
   sramBytes: number,
+  qKind: number,
+  kKind: number,
+  vKind: number,
+  dOKind: number,
+  dkKind: number,
+  dvKind: number,
 ];
 
 /** The forward kernel's parameters after its SM (assembly/forward.ts). */
@@ -163,6 +174,10 @@ export type ForwardParameters = [
   maskColStride: number,
   sramBytes: number,
   partial: number | boolean,
+  qKind: number,
+  kKind: number,
+  vKind: number,
+  oKind: number,
 ];
 
 /** The merge kernel's parameters after its SM (assembly/merge.ts). */
@@ -180,6 +195,7 @@ export type MergeParameters = [
   lseHeadStride: number,
   g: number,
   sramBytes: number,
+  oKind: number,
 ];
 
 /**
@@ -199,6 +215,10 @@ export interface Kernels {
   countersPtr(): number;
   resetCounters(): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
+  /** The tile copies' widening (assembly/half.ts): n elements of `kind` at srcPtr as f32 at dstPtr. */
+  widenInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
+  /** The tile copies' narrowing: n f32 at srcPtr as elements of `kind`, rounded to nearest even. */
+  narrowInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
   forward(...args: ForwardParameters): void;
   mergeSplits(...args: MergeParameters): void;
   /** Backward block size B (Br = Bc = B) for an arena, 0 if none fits. */
@@ -227,6 +247,8 @@ export function bindFirstSm(raw: RawKernels): Kernels {
     countersPtr: () => sm,
     resetCounters: () => raw.resetCounters(sm),
     expInto: (dstPtr, srcPtr, n) => raw.expInto(dstPtr, srcPtr, n),
+    widenInto: (dstPtr, srcPtr, n, kind) => raw.widenInto(dstPtr, srcPtr, n, kind),
+    narrowInto: (dstPtr, srcPtr, n, kind) => raw.narrowInto(dstPtr, srcPtr, n, kind),
     forward: (...args) => raw.forward(sm, ...args),
     mergeSplits: (...args) => raw.mergeSplits(sm, ...args),
     backwardBlockSize: (sramBytes, d, dv, masked) => raw.backwardBlockSize(sramBytes, d, dv, masked),
@@ -278,6 +300,7 @@ export interface InitOptions {
 
 /** What `init` resolves to: the build that runs. */
 export interface KernelInfo {
+  /** The build that runs. */
   simd: SimdBuild;
 }
 
@@ -485,6 +508,8 @@ export const REQUIRED_EXPORTS = [
   "backwardDqMerge",
   "relaxedSimd",
   "maddProbe",
+  "widenInto",
+  "narrowInto",
 ] as const;
 
 function checkExports(instance: WebAssembly.Instance): Kernels {
