@@ -66,9 +66,16 @@ function problemOf(N: number): AttentionProblem {
   return validateCall(q, k, v, {});
 }
 
-/** GFLOP/s of the packed SGEMM probe built with `flags` (M = 64, N = 1024, K = 64: a Q·Kᵀ tile row). */
-async function probeGflops(flags: readonly string[]): Promise<number> {
-  const [M, N, K] = [64, 1024, 64];
+const PROBE = { M: 64, N: 1024, K: 64, repeats: 40 };
+/** Flops of one probe run (PROBE.repeats products). */
+const probeFlops = 2 * PROBE.M * PROBE.N * PROBE.K * PROBE.repeats;
+
+/**
+ * One run of the packed SGEMM probe built with `flags` (M = 64, N = 1024, K = 64: a Q·Kᵀ tile
+ * row, PROBE.repeats times), warmed up to the optimising tier.
+ */
+async function probeRunner(flags: readonly string[]): Promise<() => void> {
+  const { M, N, K, repeats } = PROBE;
   const wasm = await compile(".", flags, "bench/probes/sgemm.ts");
   const { instance } = await WebAssembly.instantiate(wasm as Uint8Array<ArrayBuffer>, {});
   const probe = instance.exports as unknown as {
@@ -79,19 +86,36 @@ async function probeGflops(flags: readonly string[]): Promise<number> {
   probe.memory.grow(Math.ceil((C + 4 * M * N) / 65536) + 1);
   const f32 = new Float32Array(probe.memory.buffer);
   for (let i = A / 4; i < C / 4; i++) f32[i] = ((i * 7919) % 97) / 97 - 0.5;
-  const repeats = 40;
   const run = () => {
-    const start = performance.now();
     for (let r = 0; r < repeats; r++) probe.sgemm(C, A, B, M, N, K);
-    return performance.now() - start;
   };
-  for (let i = 0; i < 20; i++) run(); // the optimising tier
-  const ms = Array.from({ length: quick ? 10 : 30 }, run);
-  return gflops(2 * M * N * K * repeats, median(ms));
+  for (let i = 0; i < 20; i++) run();
+  return run;
 }
 
-/** Median ms per element of the kernels' exp (expInto over 2¹⁸ non-positive floats). */
-function expMsPerElement(kernels: Kernels): number {
+/**
+ * Times several calls in rounds, each round calling every one once (in rotating order), so that
+ * their ratios are taken moments apart on a noisy host. Returns each call's times, by round.
+ */
+function interleaved(runs: (() => void)[], rounds: number, warmup = 1): number[][] {
+  for (let w = 0; w < warmup; w++) for (const run of runs) run();
+  const times = runs.map(() => [] as number[]);
+  for (let round = 0; round < rounds; round++) {
+    for (let j = 0; j < runs.length; j++) {
+      const i = (j + round) % runs.length;
+      const start = performance.now();
+      runs[i]();
+      times[i].push(performance.now() - start);
+    }
+  }
+  return times;
+}
+
+/** The median over rounds of a[r] / b[r]. */
+const medianRatio = (a: number[], b: number[]) => median(a.map((x, r) => x / b[r]));
+
+/** One run of the kernels' exp (expInto over n = 2¹⁸ non-positive floats in their HBM). */
+function expRunner(kernels: Kernels): { run: () => void; n: number } {
   const n = 1 << 18;
   const src = kernels.hbmPtr();
   const dst = src + 4 * n;
@@ -100,42 +124,26 @@ function expMsPerElement(kernels: Kernels): number {
   if (memory.buffer.byteLength < need) memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
   const x = new Float32Array(memory.buffer, src, n);
   for (let i = 0; i < n; i++) x[i] = -((i * 37) % 1000) / 50;
-  const ms: number[] = [];
-  for (let i = 0; i < (quick ? 10 : 40); i++) {
-    const start = performance.now();
-    kernels.expInto(dst, src, n);
-    ms.push(performance.now() - start);
-  }
-  return median(ms.slice(5)) / n;
+  return { run: () => kernels.expInto(dst, src, n), n };
 }
 
 /** Part 3's measurement in this process: the probe and the forward at N = 2048, both builds where they run. */
 async function runtimeRow(): Promise<Record<string, unknown>> {
   const N = quick ? 512 : 2048;
   const problem = problemOf(N);
-  const baseline = forwardRunner(await kernelsOf("baseline"), problem);
-  const out: Record<string, unknown> = {
-    runtime: runtimeName(),
-    relaxedValidates: relaxedSimdValidates(),
-    probeBaseline: await probeGflops(ASC_FLAGS),
-  };
+  const runs = [forwardRunner(await kernelsOf("baseline"), problem), await probeRunner(ASC_FLAGS)];
+  const out: Record<string, unknown> = { runtime: runtimeName(), relaxedValidates: relaxedSimdValidates() };
   if (relaxedSimdValidates()) {
     const relaxedKernels = await kernelsOf("relaxed");
     out.fused = relaxedKernels.fusedMultiplyAdd;
-    out.probeRelaxed = await probeGflops(ASC_RELAXED_FLAGS);
-    const relaxed = forwardRunner(relaxedKernels, problem);
-    const t = await pairedTimes(baseline, relaxed, quick ? 3 : 8, 2);
-    out.forwardBaseline = gflops(flopsOf(N), median(t.msA));
-    out.forwardRelaxed = gflops(flopsOf(N), median(t.msB));
-  } else {
-    const ms: number[] = [];
-    for (let i = 0; i < 2; i++) baseline();
-    for (let i = 0; i < (quick ? 3 : 8); i++) {
-      const start = performance.now();
-      baseline();
-      ms.push(performance.now() - start);
-    }
-    out.forwardBaseline = gflops(flopsOf(N), median(ms));
+    runs.push(forwardRunner(relaxedKernels, problem), await probeRunner(ASC_RELAXED_FLAGS));
+  }
+  const t = interleaved(runs, quick ? 3 : 8);
+  out.forwardBaseline = gflops(flopsOf(N), median(t[0]));
+  out.probeBaseline = gflops(probeFlops, median(t[1]));
+  if (t.length > 2) {
+    out.forwardRelaxed = gflops(flopsOf(N), median(t[2]));
+    out.probeRelaxed = gflops(probeFlops, median(t[3]));
   }
   return out;
 }
@@ -156,53 +164,58 @@ if (!relaxedSimdValidates()) {
   );
 }
 
-// 1. Both builds against their probes.
+// 1. Both builds against their probes, all four timed in interleaved rounds.
 {
-  const probeBase = await probeGflops(ASC_FLAGS);
-  const probeRelaxed = relaxedSimdValidates() ? await probeGflops(ASC_RELAXED_FLAGS) : NaN;
   const base = await kernelsOf("baseline");
   const relaxedKernels = relaxedSimdValidates() ? await kernelsOf("relaxed") : undefined;
+  const probes = [await probeRunner(ASC_FLAGS), ...(relaxedKernels ? [await probeRunner(ASC_RELAXED_FLAGS)] : [])];
   const rows: (string | number)[][] = [];
+  const probeRates: number[] = [];
   for (const N of quick ? [256, 512] : [1024, 2048, 4096]) {
     const problem = problemOf(N);
-    const runBase = forwardRunner(base, problem);
-    const runRelaxed = relaxedKernels ? forwardRunner(relaxedKernels, problem) : runBase;
-    const pairs = quick ? 3 : N >= 4096 ? 6 : 10;
-    const t = await pairedTimes(runBase, runRelaxed, pairs, 2);
-    const [gBase, gRelaxed] = [gflops(flopsOf(N), median(t.msA)), gflops(flopsOf(N), median(t.msB))];
-    const speedup = t.ratios.length ? quantile(t.ratios, 0.5) : NaN;
-    rows.push([
-      N,
-      fmt(gBase),
-      `${fmt(100 * gBase / probeBase, 0)}%`,
-      relaxedKernels ? fmt(gRelaxed) : "—",
-      relaxedKernels ? `${fmt(100 * gRelaxed / probeRelaxed, 0)}%` : "—",
-      relaxedKernels
-        ? `${fmt(speedup, 2)}× (${fmt(quantile(t.ratios, 0.25), 2)}–${fmt(quantile(t.ratios, 0.75), 2)})`
-        : "—",
-    ]);
-    log(`N = ${N}: baseline ${fmt(gBase)}, relaxed ${fmt(gRelaxed)} GFLOP/s`);
+    const runs = [forwardRunner(base, problem), probes[0]];
+    if (relaxedKernels) runs.push(forwardRunner(relaxedKernels, problem), probes[1]);
+    const t = interleaved(runs, quick ? 3 : N >= 4096 ? 6 : 10);
+    const [gBase, gProbe] = [gflops(flopsOf(N), median(t[0])), gflops(probeFlops, median(t[1]))];
+    // The forward's share of its probe, per round: (flops/time) ÷ (probe flops/probe time).
+    const share = (fwd: number[], probe: number[]) => medianRatio(probe, fwd) * flopsOf(N) / probeFlops;
+    const row: (string | number)[] = [N, fmt(gProbe), fmt(gBase), `${fmt(100 * share(t[0], t[1]), 0)}%`];
+    if (relaxedKernels) {
+      const ratios = t[0].map((x, r) => x / t[2][r]).sort((a, b) => a - b);
+      row.push(
+        fmt(gflops(probeFlops, median(t[3]))),
+        fmt(gflops(flopsOf(N), median(t[2]))),
+        `${fmt(100 * share(t[2], t[3]), 0)}%`,
+        `${fmt(quantile(ratios, 0.5), 2)}× (${fmt(quantile(ratios, 0.25), 2)}–${fmt(quantile(ratios, 0.75), 2)})`,
+      );
+    } else row.push("—", "—", "—", "—");
+    rows.push(row);
+    probeRates.push(gProbe);
+    log(`N = ${N}: ${row.join(" | ")}`);
   }
   const fused = relaxedKernels ? (relaxedKernels.fusedMultiplyAdd ? "fused" : "not fused") : "not available";
   sections.push(
     `### Relaxed SIMD and the SGEMM ceiling (${runtimeName()})\n\n${header}\n` +
-      `SGEMM probe (64 × 1024 × 64, B packed, 4 × 8 block, the kernels' flags): baseline ${fmt(probeBase)}, ` +
-      `relaxed ${relaxedKernels ? fmt(probeRelaxed) : "—"} GFLOP/s; relaxed madd here: ${fused}.\n\n` +
+      "SGEMM probe: 64 × 1024 × 64, B packed, the kernels' 4 × 8 register block and flags, in each build; every row " +
+      "times the two forwards and the two probes in interleaved rounds (medians; shares and ratios are medians of " +
+      `per-round ratios). Relaxed madd here: ${fused}.\n\n` +
       table(
         [
           "N",
-          "baseline GFLOP/s",
+          "probe, baseline",
+          "forward, baseline",
           "% of probe",
-          "relaxed GFLOP/s",
+          "probe, relaxed",
+          "forward, relaxed",
           "% of probe",
-          "relaxed ÷ baseline (median per pair, quartiles)",
+          "relaxed ÷ baseline speed (quartiles)",
         ],
         rows,
       ),
   );
 }
 
-// 2. Where the time goes, at N = 2048 (baseline and, where it runs, relaxed).
+// 2. Where the time goes, at N = 2048 (baseline and, where it runs, relaxed), rates taken in the same rounds.
 {
   const N = quick ? 512 : 2048;
   const problem = problemOf(N);
@@ -210,20 +223,21 @@ if (!relaxedSimdValidates()) {
   const builds: SimdBuild[] = relaxedSimdValidates() ? ["baseline", "relaxed"] : ["baseline"];
   for (const build of builds) {
     const kernels = await kernelsOf(build);
-    const run = forwardRunner(kernels, problem);
-    for (let i = 0; i < 2; i++) run();
-    const ms: number[] = [];
-    for (let i = 0; i < (quick ? 3 : 8); i++) {
-      const start = performance.now();
-      run();
-      ms.push(performance.now() - start);
-    }
-    const total = median(ms);
-    const products = flopsOf(N) / (await probeGflops(build === "relaxed" ? ASC_RELAXED_FLAGS : ASC_FLAGS)) / 1e6;
-    const exp = expMsPerElement(kernels) * H * N * N;
-    const rest = total - products - exp;
+    const exp = expRunner(kernels);
+    const t = interleaved(
+      [
+        forwardRunner(kernels, problem),
+        await probeRunner(build === "relaxed" ? ASC_RELAXED_FLAGS : ASC_FLAGS),
+        exp.run,
+      ],
+      quick ? 3 : 8,
+    );
+    const total = median(t[0]);
+    const products = median(t[1]) * flopsOf(N) / probeFlops;
+    const expMs = median(t[2]) / exp.n * H * N * N;
+    const rest = total - products - expMs;
     const pct = (x: number) => `${fmt(x)} ms (${fmt(100 * x / total, 0)}%)`;
-    rows.push([build, fmt(total), pct(products), pct(exp), pct(rest)]);
+    rows.push([build, fmt(total), pct(products), pct(expMs), pct(rest)]);
   }
   sections.push(
     `### Where the forward's time goes (N = ${N}, ${runtimeName()})\n\n` +
