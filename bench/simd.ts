@@ -28,17 +28,7 @@ import type { AttentionProblem } from "../src/_problem.ts";
 import { validateCall } from "../src/_validate.ts";
 import { DEFAULT_SRAM_BYTES } from "../src/_limits.ts";
 import { createLoader, type Kernels, relaxedSimdValidates, type SimdBuild } from "../src/wasm/loader.ts";
-import {
-  cpuName,
-  median,
-  pairedTimes,
-  quantile,
-  random,
-  runtimeKey,
-  runtimeName,
-  table,
-  writeSection,
-} from "./_report.ts";
+import { cpuName, median, quantile, random, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
 
 const quick = process.argv.includes("--quick");
 const child = process.argv.includes("--child");
