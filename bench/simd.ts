@@ -22,11 +22,9 @@
 import { spawnSync } from "node:child_process";
 import process from "node:process";
 import { ASC_FLAGS, ASC_RELAXED_FLAGS, compile } from "../_tools/_asc.ts";
-import { ensureArena } from "../src/_blocks.ts";
-import { runForward } from "../src/_forward.ts";
-import type { AttentionProblem } from "../src/_problem.ts";
-import { validateCall } from "../src/_validate.ts";
-import { DEFAULT_SRAM_BYTES } from "../src/_limits.ts";
+import type { AttentionCall } from "../src/_problem.ts";
+import { attend, prepare } from "../src/_run.ts";
+import { validateForwardCall } from "../src/_validate.ts";
 import { createLoader, type Kernels, relaxedSimdValidates, type SimdBuild } from "../src/wasm/loader.ts";
 import { cpuName, median, quantile, random, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
 
@@ -44,16 +42,15 @@ async function kernelsOf(build: SimdBuild): Promise<Kernels> {
   return loader.loadKernels();
 }
 
-/** A forward call on given kernels, planned once. */
-function forwardRunner(kernels: Kernels, problem: AttentionProblem): () => void {
-  const { Br, Bc } = ensureArena(kernels, DEFAULT_SRAM_BYTES, problem);
-  const config = { sramBytes: DEFAULT_SRAM_BYTES, Br, Bc, out: undefined, numSplits: 1 };
-  return () => void runForward(kernels, problem, config);
+/** A forward call on given kernels: flashAttention's own synchronous path, planned once. */
+function forwardRunner(kernels: Kernels, call: AttentionCall): () => void {
+  const prepared = prepare(call, kernels);
+  return () => void attend(prepared);
 }
 
-function problemOf(N: number): AttentionProblem {
+function callOf(N: number): AttentionCall {
   const q = random([1, N, H, d], 1), k = random([1, N, H, d], 2), v = random([1, N, H, d], 3);
-  return validateCall(q, k, v, {});
+  return validateForwardCall(q, k, v, {});
 }
 
 const PROBE = { M: 64, N: 1024, K: 64, repeats: 40 };
@@ -120,13 +117,13 @@ function expRunner(kernels: Kernels): { run: () => void; n: number } {
 /** Part 3's measurement in this process: the probe and the forward at N = 2048, both builds where they run. */
 async function runtimeRow(): Promise<Record<string, unknown>> {
   const N = quick ? 512 : 2048;
-  const problem = problemOf(N);
-  const runs = [forwardRunner(await kernelsOf("baseline"), problem), await probeRunner(ASC_FLAGS)];
+  const call = callOf(N);
+  const runs = [forwardRunner(await kernelsOf("baseline"), call), await probeRunner(ASC_FLAGS)];
   const out: Record<string, unknown> = { runtime: runtimeName(), relaxedValidates: relaxedSimdValidates() };
   if (relaxedSimdValidates()) {
     const relaxedKernels = await kernelsOf("relaxed");
     out.fused = relaxedKernels.fusedMultiplyAdd;
-    runs.push(forwardRunner(relaxedKernels, problem), await probeRunner(ASC_RELAXED_FLAGS));
+    runs.push(forwardRunner(relaxedKernels, call), await probeRunner(ASC_RELAXED_FLAGS));
   }
   const t = interleaved(runs, quick ? 3 : 8);
   out.forwardBaseline = gflops(flopsOf(N), median(t[0]));
@@ -162,9 +159,9 @@ if (!relaxedSimdValidates()) {
   const rows: (string | number)[][] = [];
   const probeRates: number[] = [];
   for (const N of quick ? [256, 512] : [1024, 2048, 4096]) {
-    const problem = problemOf(N);
-    const runs = [forwardRunner(base, problem), probes[0]];
-    if (relaxedKernels) runs.push(forwardRunner(relaxedKernels, problem), probes[1]);
+    const call = callOf(N);
+    const runs = [forwardRunner(base, call), probes[0]];
+    if (relaxedKernels) runs.push(forwardRunner(relaxedKernels, call), probes[1]);
     const t = interleaved(runs, quick ? 3 : N >= 4096 ? 6 : 10);
     const [gBase, gProbe] = [gflops(flopsOf(N), median(t[0])), gflops(probeFlops, median(t[1]))];
     // The forward's share of its probe, per round: (flops/time) ÷ (probe flops/probe time).
@@ -208,7 +205,7 @@ if (!relaxedSimdValidates()) {
 // 2. Where the time goes, at N = 2048 (baseline and, where it runs, relaxed), rates taken in the same rounds.
 {
   const N = quick ? 512 : 2048;
-  const problem = problemOf(N);
+  const call = callOf(N);
   const rows: (string | number)[][] = [];
   const builds: SimdBuild[] = relaxedSimdValidates() ? ["baseline", "relaxed"] : ["baseline"];
   for (const build of builds) {
@@ -216,7 +213,7 @@ if (!relaxedSimdValidates()) {
     const exp = expRunner(kernels);
     const t = interleaved(
       [
-        forwardRunner(kernels, problem),
+        forwardRunner(kernels, call),
         await probeRunner(build === "relaxed" ? ASC_RELAXED_FLAGS : ASC_FLAGS),
         exp.run,
       ],

@@ -22,10 +22,10 @@ export interface PreparedCall {
 
 /**
  * Checks what needs the kernels (the arena holding a tile, the memory the plan needs) and reserves
- * that memory. Nothing is computed or written yet.
+ * that memory. Nothing is computed or written yet. `kernels` defaults to the package's; tests and
+ * benchmarks pass another build's to run the same path on it.
  */
-export function prepare(call: AttentionCall): PreparedCall {
-  const kernels = loadKernels();
+export function prepare(call: AttentionCall, kernels: Kernels = loadKernels()): PreparedCall {
   const { problem } = call;
   if (problem.resident && problem.resident.memory !== kernels.memory) {
     throw new TypeError(

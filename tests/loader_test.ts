@@ -2,11 +2,10 @@
 
 import { WASM_BASE64, WASM_SHA256 } from "../src/wasm/kernels.generated.ts";
 import { createLoader, embeddedWasm, init, type Kernels, relaxedSimdValidates } from "../src/wasm/loader.ts";
-import { DEFAULT_SRAM_BYTES, flashAttention, type Tensor } from "../mod.ts";
-import { ensureArena } from "../src/_blocks.ts";
-import { runForward } from "../src/_forward.ts";
+import { flashAttention, type Tensor } from "../mod.ts";
 import { referenceForward } from "../src/_reference.ts";
-import { validateCall } from "../src/_validate.ts";
+import { attend, prepare } from "../src/_run.ts";
+import { validateCall, validateForwardCall } from "../src/_validate.ts";
 import { assertFlashTolerance, randomTensor, rng, test } from "./_util.ts";
 
 test("the embedded module's bytes have the SHA-256 recorded in its header", async () => {
@@ -54,11 +53,9 @@ test("flashAttention() works without init() (synchronous compilation on first us
 
 // ── The two SIMD builds ──────────────────────────────────────────────────────────────────────────
 
-/** O of flashAttention run on the given kernels (not the package's), with the default arena. */
+/** flashAttention's synchronous path run on the given kernels (not the package's). */
 function forwardOn(kernels: Kernels, q: Tensor, k: Tensor, v: Tensor, options: { causal?: boolean } = {}) {
-  const problem = validateCall(q, k, v, options);
-  const { Br, Bc } = ensureArena(kernels, DEFAULT_SRAM_BYTES, problem);
-  return runForward(kernels, problem, { sramBytes: DEFAULT_SRAM_BYTES, Br, Bc, out: undefined, numSplits: 1 });
+  return attend(prepare(validateForwardCall(q, k, v, options), kernels));
 }
 
 test("init() options: simd is checked, and a build other than the running one is refused", async () => {
@@ -111,14 +108,16 @@ test("the relaxed build: within the f32 rule of the reference, the same bits on 
     const problem = validateCall(q, k, v, { causal });
     const reference = referenceForward(problem, (x) => x);
     const naive = referenceForward(problem, Math.fround, relaxed.fusedMultiplyAdd);
-    assertFlashTolerance(`relaxed O (causal ${causal})`, first.o, reference.o, naive.o);
+    assertFlashTolerance(`relaxed O (causal ${causal})`, first.data, reference.o, naive.o);
     // Called again until the engine has surely tiered the kernels up: the same bits every time.
     for (let call = 0; call < 30; call++) {
       const again = forwardOn(relaxed, q, k, v, { causal });
-      if (!again.o.every((x, i) => Object.is(x, first.o[i]))) throw new Error(`call ${call + 2} changed the bits`);
+      if (!again.data.every((x, i) => Object.is(x, first.data[i]))) {
+        throw new Error(`call ${call + 2} changed the bits`);
+      }
     }
     const base = forwardOn(baseline, q, k, v, { causal });
-    const differs = base.o.some((x, i) => !Object.is(x, first.o[i]));
+    const differs = base.data.some((x, i) => !Object.is(x, first.data[i]));
     if (differs !== relaxed.fusedMultiplyAdd) {
       throw new Error(
         `the relaxed build's bits ${differs ? "differ from" : "equal"} the baseline's, ` +
