@@ -74,6 +74,11 @@ const lastInt = (out: string, pattern: RegExp): number | undefined => {
 const both = (passed: number | undefined, failed: number | undefined): Outcome | undefined =>
   passed === undefined || failed === undefined ? undefined : { passed, failed };
 
+/** node:test's TAP summary: "# pass N" and "# fail N". */
+function tapCounts(out: string): Outcome | undefined {
+  return both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm));
+}
+
 /** deno test's summary line: "ok | N passed (M steps) | N failed". */
 function denoCounts(out: string): Outcome | undefined {
   const m = [...out.matchAll(/\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
@@ -111,7 +116,7 @@ outcomes.push(
     "node",
     process.execPath,
     ["--import", "tsx", "--test", "--test-reporter=tap", ...testFiles],
-    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+    tapCounts,
   ),
 );
 // Node 20 runs the baseline build unless told to validate relaxed SIMD; Deno runs the whole suite
@@ -131,7 +136,7 @@ outcomes.push(
       "tests/pool_test.ts",
       "tests/backward_test.ts",
     ],
-    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+    tapCounts,
   ),
 );
 outcomes.push(
@@ -139,7 +144,7 @@ outcomes.push(
     "browser example (headless Chromium)",
     process.execPath,
     ["--import", "tsx", "--test", "--test-reporter=tap", "examples/browser/browser_test.ts"],
-    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+    tapCounts,
   ),
 );
 outcomes.push(
@@ -147,7 +152,7 @@ outcomes.push(
     "workerd example (the real workerd)",
     process.execPath,
     ["--import", "tsx", "--test", "--test-reporter=tap", "examples/workerd/workerd_test.ts"],
-    (out) => both(lastInt(out, /^# pass (\d+)$/gm), lastInt(out, /^# fail (\d+)$/gm)),
+    tapCounts,
   ),
 );
 outcomes.push(
