@@ -5,11 +5,8 @@
 // which read tiles already laid out in the arena. Its GFLOP/s is what the attention kernels'
 // products could reach at most on this runtime; the benchmark reports the forward against it.
 
-// @ts-ignore: decorator
-@inline function madd(a: v128, b: v128, c: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
-  return f32x4.add(f32x4.mul(a, b), c);
-}
+// The kernels' own multiply-add: fused in the relaxed build, mul then add in the baseline.
+import { madd } from "../../assembly/simd";
 
 /** C = A·B for M a multiple of 4 and N of 8; addresses in bytes, C row-major M × N. */
 export function sgemm(C: usize, A: usize, Bp: usize, M: i32, N: i32, K: i32): void {
