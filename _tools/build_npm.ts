@@ -16,12 +16,12 @@
  * _tools/check_package.ts packs the result and tries it as a user would.
  */
 import { execFileSync } from "node:child_process";
-import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
 
 const deno = JSON.parse(readFileSync("deno.json", "utf8"));
-/** The raw modules _tools/build_wasm.ts writes: baseline and relaxed SIMD, single-threaded and threads. */
-const WASM_BUILDS = ["kernels", "kernels_relaxed", "kernels_threads", "kernels_threads_relaxed"];
+/** The raw modules _tools/build_wasm.ts writes (baseline and relaxed SIMD, single-threaded and threads), by name. */
+const WASM_BUILDS = readdirSync("src/wasm").filter((f) => f.endsWith(".wasm")).map((f) => f.slice(0, -".wasm".length));
 const tsc = (config: string) =>
   execFileSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", config], { stdio: "inherit" });
 
