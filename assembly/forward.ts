@@ -8,7 +8,8 @@
 // Loop order: query blocks Qi (Br virtual rows) outside, key/value blocks Kj, Vj (Bc keys)
 // inside; the online-softmax state (m, l, O) of a query block stays in the arena for the whole
 // inner loop, so no Nq × Nk matrix ever exists. Tile sizes and arena layout: arena.ts. Every HBM
-// access is a counted tile copy: hbm.ts.
+// access is a counted tile copy (hbm.ts), except a thin block's K and V: a block of at most 4 rows
+// reuses no tile across rows, so its products stream K and V rows from HBM (stream.ts).
 //
 // Visibility (causal and sliding windows): position i sees key j iff
 //   keyBegin ≤ j < keyEnd  and  i + visOffset − windowLeft ≤ j ≤ i + visOffset + windowRight,
@@ -58,13 +59,16 @@ import {
   TILES_SKIPPED_MASK,
   countAdd,
   countMax,
+  countStreamed,
   loadMaskTile,
   loadRows,
   loadRowsTransposed,
+  loadVirtualRows,
   storeRows,
 } from "./hbm";
-import { ELEMENT_F32, elementShift } from "./half";
+import { ELEMENT_F32, elementBytes, elementShift } from "./half";
 import { accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
+import { THIN_ROWS, accumulateStreamed, isThin, scoresStreamed } from "./stream";
 
 /**
  * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
@@ -156,7 +160,11 @@ export function forward(
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = imin(Br, rows - i0);
     const ldq = roundUp(rowsHere, BR_STEP); // row stride of QiT, S and the mask tile for this block
-    loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
+    // A thin block (stream.ts) keeps Q row-major (4 × d, padding rows zero) and streams K and V;
+    // any other stages Qiᵀ and copies K and V tiles.
+    const thin = isThin(rowsHere, d, dv);
+    if (thin) loadVirtualRows(sm, QiT, d, THIN_ROWS, d, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
+    else loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
     if (slopesPtr != 0) loadRowsTransposed(sm, slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
     memory.fill(O, 0, <usize>(roundUp(rowsHere, 4) * dvP) << 2);
     for (let r = 0; r < rowsHere; r += 4) {
@@ -184,12 +192,26 @@ export function forward(
       }
       tilesComputed++;
       const cols4 = roundUp(cols, 4);
-      loadRows(sm, Kj, d, cols4, d, kPtr + (<usize>(j0 * kRowStride) << elementShift(kKind)), kRowStride, cols, d, TENSOR_K, kKind);
-      loadRows(sm, Vj, dvP, cols, dvP, vPtr + (<usize>(j0 * vRowStride) << elementShift(vKind)), vRowStride, cols, dv, TENSOR_V, vKind);
+      const kTile = kPtr + (<usize>(j0 * kRowStride) << elementShift(kKind));
+      const vTile = vPtr + (<usize>(j0 * vRowStride) << elementShift(vKind));
+      if (thin) {
+        // Sᵀ over the keys some row sees, [cBegin, cEnd), read from HBM.
+        const cBegin = imax(0, i32At(rowFirst, 0) - j0);
+        const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
+        if (cBegin < cEnd) {
+          scoresStreamed(S, ldq, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, cBegin, cEnd, scale);
+          countStreamed(sm, TENSOR_K, (cEnd - cBegin) * d * elementBytes(kKind));
+          flops += <u64>(2 * THIN_ROWS * (cEnd - cBegin) * d);
+        }
+      } else {
+        loadRows(sm, Kj, d, cols4, d, kTile, kRowStride, cols, d, TENSOR_K, kKind);
+        loadRows(sm, Vj, dvP, cols, dvP, vTile, vRowStride, cols, dv, TENSOR_V, vKind);
+      }
 
       // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see (a last strip of
       // at most 4 rows, such as a decode step's, computes only those 4).
-      for (let r = 0; r < rowsHere; r += BR_STEP) {
+      const stripsEnd = thin ? 0 : rowsHere; // a thin block's scores are done
+      for (let r = 0; r < stripsEnd; r += BR_STEP) {
         const last = imin(r + BR_STEP, rowsHere) - 1;
         const cBegin = imax(0, i32At(rowFirst, r) - j0) & ~3;
         const cEnd = imin(cols4, roundUp(imax(0, i32At(rowEnd, last) - j0), 4));
@@ -259,8 +281,13 @@ export function forward(
         v128.store(addr(m, r), mNew);
         v128.store(addr(alphas, r), alpha);
 
-        // O = alpha·O + P·Vj
-        accumulateValues(O, dvP, S, ldq, Vj, r, gBegin, gEnd, addr(alphas, r));
+        // O = alpha·O + P·Vj (a thin block's Vj read from HBM: the keys [gBegin, gEnd) the block sees)
+        if (thin) {
+          accumulateStreamed(O, dvP, S, ldq, vTile, <usize>vRowStride << elementShift(vKind), vKind, gBegin, gEnd, addr(alphas, r));
+          countStreamed(sm, TENSOR_V, (gEnd - gBegin) * dv * elementBytes(vKind));
+        } else {
+          accumulateValues(O, dvP, S, ldq, Vj, r, gBegin, gEnd, addr(alphas, r));
+        }
         flops += <u64>(2 * 4 * (gEnd - gBegin) * dvP);
       }
     }

@@ -104,6 +104,18 @@ const TWO_POW_112: f32 = reinterpret<f32>(<u32>0x77800000);
 }
 
 /**
+ * Four elements of `kind` at `src` (16 bytes of f32, 8 of f16 or bf16) as an f32x4, in order. The
+ * one vector widening: widenRow uses it for the tile copies, and stream.ts for the K and V rows it
+ * reads into registers, so a value gives the same f32 whichever way it travels.
+ */
+// @ts-ignore: decorator
+@inline export function widen4(src: usize, kind: i32): v128 {
+  if (kind == ELEMENT_F32) return v128.load(src);
+  if (kind == ELEMENT_BF16) return i32x4.shl(v128.load16x4_u(src), 16); // bf16 → f32 is a 16-bit shift
+  return f16Lanes(v128.load16x4_u(src));
+}
+
+/**
  * HBM → arena: n elements of `kind` at `src` as n f32 at `dst`. The one widening routine: every
  * tile copy of hbm.ts that reads a row goes through it (and widenInto exposes it to the tests).
  */
@@ -111,14 +123,13 @@ const TWO_POW_112: f32 = reinterpret<f32>(<u32>0x77800000);
 @inline export function widenRow(dst: usize, src: usize, n: i32, kind: i32): void {
   let i = 0;
   if (kind == ELEMENT_F32) {
-    for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), v128.load(src + (<usize>i << 2)));
+    for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), widen4(src + (<usize>i << 2), ELEMENT_F32));
     for (; i < n; i++) store<f32>(dst + (<usize>i << 2), load<f32>(src + (<usize>i << 2)));
   } else if (kind == ELEMENT_BF16) {
-    // bf16 → f32 is a 16-bit shift.
-    for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), i32x4.shl(v128.load16x4_u(src + (<usize>i << 1)), 16));
+    for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), widen4(src + (<usize>i << 1), ELEMENT_BF16));
     for (; i < n; i++) store<u32>(dst + (<usize>i << 2), <u32>load<u16>(src + (<usize>i << 1)) << 16);
   } else {
-    for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), f16Lanes(v128.load16x4_u(src + (<usize>i << 1))));
+    for (; i + 4 <= n; i += 4) v128.store(dst + (<usize>i << 2), widen4(src + (<usize>i << 1), ELEMENT_F16));
     for (; i < n; i++) store<f32>(dst + (<usize>i << 2), f16Bits(<u32>load<u16>(src + (<usize>i << 1))));
   }
 }

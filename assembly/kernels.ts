@@ -9,6 +9,7 @@ export { forward } from "./forward";
 export { narrowInto, widenInto } from "./half";
 export { resetCounters } from "./hbm";
 export { mergeSplits } from "./merge";
+export { streamedRows } from "./stream";
 
 import { madd } from "./simd";
 

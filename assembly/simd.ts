@@ -8,6 +8,8 @@
 // addresses; dimensions are validated by the host and the loop bounds stay inside the tiles laid
 // out in arena.ts.
 
+import { ELEMENT_F32, elementShift, widen4 } from "./half";
+
 /**
  * a·b + c, lane-wise: relaxed_madd in the relaxed-SIMD build, mul then add otherwise. The choice
  * is made at compile time (ASC_FEATURE_RELAXED_SIMD is a constant), so each build has one path.
@@ -142,17 +144,33 @@ export function accumulateValues(
   O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
+  accumulateRows(O, dvP, P, ldq, Vj, <usize>dvP << 2, ELEMENT_F32, r0, kBegin, kEnd, alphaPtr);
+}
+
+/**
+ * The value product of accumulateValues with the rows of V read from `V` (row k at V + k·vRowBytes,
+ * elements of `kind` widened by half.ts's widen4): from the arena tile (f32, vRowBytes = 4·dvP), or
+ * straight from HBM for a thin query block (stream.ts; then dvP = dv, so no read passes a row's
+ * end). The same operations in the same order either way: equal values give equal bits.
+ */
+// @ts-ignore: decorator
+@inline export function accumulateRows(
+  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32,
+  r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
+): void {
   const a0 = v128.load32_splat(alphaPtr);
   const a1 = v128.load32_splat(alphaPtr, 4);
   const a2 = v128.load32_splat(alphaPtr, 8);
   const a3 = v128.load32_splat(alphaPtr, 12);
+  const shift = elementShift(kind);
   const oRowBytes = <usize>dvP << 2;
   const pRowBytes = <usize>ldq << 2;
   const pStart = P + ((<usize>kBegin * <usize>ldq + <usize>r0) << 2);
   const pEnd = pStart + <usize>(kEnd - kBegin) * pRowBytes;
   const o0 = O + <usize>r0 * oRowBytes;
-  for (let c: usize = 0; c < oRowBytes; c += 32) {
-    const o = o0 + c;
+  const vStart = V + <usize>kBegin * vRowBytes;
+  for (let c = 0; c < dvP; c += 8) {
+    const o = o0 + (<usize>c << 2);
     let a00 = f32x4.mul(v128.load(o), a0);
     let a01 = f32x4.mul(v128.load(o, 16), a0);
     let a10 = f32x4.mul(v128.load(o + oRowBytes), a1);
@@ -161,10 +179,10 @@ export function accumulateValues(
     let a21 = f32x4.mul(v128.load(o + 2 * oRowBytes, 16), a2);
     let a30 = f32x4.mul(v128.load(o + 3 * oRowBytes), a3);
     let a31 = f32x4.mul(v128.load(o + 3 * oRowBytes, 16), a3);
-    let v = Vj + <usize>kBegin * oRowBytes + c;
+    let v = vStart + (<usize>c << shift);
     for (let p = pStart; p < pEnd; p += pRowBytes) {
-      const v0 = v128.load(v);
-      const v1 = v128.load(v, 16);
+      const v0 = widen4(v, kind);
+      const v1 = widen4(v + (<usize>4 << shift), kind);
       let x = v128.load32_splat(p);
       a00 = madd(x, v0, a00);
       a01 = madd(x, v1, a01);
@@ -177,7 +195,7 @@ export function accumulateValues(
       x = v128.load32_splat(p, 12);
       a30 = madd(x, v0, a30);
       a31 = madd(x, v1, a31);
-      v += oRowBytes;
+      v += vRowBytes;
     }
     v128.store(o, a00);
     v128.store(o, a01, 16);

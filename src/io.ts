@@ -6,7 +6,7 @@
  *   Algorithm 0 does (write S, read S, write P, read P, ...).
  * - {@linkcode flashAttentionIo}: the traffic of this library's kernel, in closed form for its
  *   loop order and the block sizes it derives from the arena size. `flashAttention(..., { stats:
- *   true })` reports the same numbers measured by the kernel's one tile-copy routine.
+ *   true })` reports the same numbers, measured by the kernel's tile copies as they move bytes.
  *
  * @module
  */
@@ -215,7 +215,9 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * is read once per query block that can see it. A query block's visible keys form one range,
  * from the first key its first row sees to one past the last key its last row sees, so the tiles
  * it reads are the key blocks that range touches: the traffic is a sum over the Tr query blocks of
- * one closed-form term each, with no per-tile loop. With a mask (`maskElementBytes`), each visible
+ * one closed-form term each, with no per-tile loop. A thin query block (at most 4 virtual rows, such
+ * as a decode step's, when d is a multiple of 4 and dv of 8) reuses no tile across rows, so it
+ * streams K and V rows from HBM straight into registers and reads exactly that range of keys. With a mask (`maskElementBytes`), each visible
  * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
  * this model cannot know and does not model. Sequences of their own lengths (`seqLensK`, varlen
  * packing) are each one such sum, with visibility aligned to their own Nk; Tr and Tc are then the
@@ -270,7 +272,7 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
     sequences,
     Hkv,
     zeroBytes,
-    (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits),
+    (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits, kernels.streamedRows(d, dv)),
   );
   return withTiling(total, sramBytes, kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0), Br, Bc);
 }
@@ -348,6 +350,7 @@ function sequenceIo(
   dv: number,
   options: IoOptions,
   numSplits: number,
+  streamedRows: number,
 ) {
   const visible = visibleKeys(Nq, Nk, options);
   const maskBytes = options.maskElementBytes ?? 0;
@@ -379,8 +382,10 @@ function sequenceIo(
       const jBegin = Math.floor(first / Bc) * Bc;
       const jEnd = Math.min(stop, Math.ceil(end / Bc) * Bc);
       tilesComputed += Math.ceil(end / Bc) - jBegin / Bc;
-      read.k += size.k * (jEnd - jBegin) * d;
-      read.v += size.v * (jEnd - jBegin) * dv;
+      // A block of at most streamedRows rows streams exactly the keys it sees; others copy whole tiles.
+      const keysRead = rowsHere <= streamedRows ? end - first : jEnd - jBegin;
+      read.k += size.k * keysRead * d;
+      read.v += size.v * keysRead * dv;
       read.mask += maskBytes * rowsHere * (jEnd - jBegin);
     }
   }

@@ -101,6 +101,9 @@ function packed(fractions: number[], N: number): number[] {
   return lengths;
 }
 
+/** Head dims that are multiples of 8, up to maxD. */
+const headDimOf8 = (maxD: number) => fc.integer({ min: 1, max: Math.floor(maxD / 8) }).map((n) => 8 * n);
+
 /**
  * Random problems with Nq, Nk ≤ maxN and d, dv ≤ maxD; with `lengths`, a third of them give each
  * batch entry its own key length (seqLensK) and a third pack sequences of their own lengths
@@ -111,10 +114,12 @@ const cases = (maxN: number, maxD: number, lengths = false) =>
     B: fc.integer({ min: 1, max: 2 }),
     Hkv: fc.integer({ min: 1, max: 3 }),
     group: fc.integer({ min: 1, max: 3 }),
-    Nq: fc.integer({ min: 1, max: maxN }),
+    // A third of the calls have at most 4 query positions and a third of the head dims are
+    // multiples of 8: thin query blocks, which stream only the keys they see, come up often.
+    Nq: fc.oneof(fc.integer({ min: 1, max: maxN }), fc.integer({ min: 1, max: maxN }), fc.integer({ min: 1, max: 4 })),
     Nk: fc.integer({ min: 1, max: maxN }),
-    d: fc.integer({ min: 1, max: maxD }),
-    dv: fc.integer({ min: 1, max: maxD }),
+    d: fc.oneof(fc.integer({ min: 1, max: maxD }), fc.integer({ min: 1, max: maxD }), headDimOf8(maxD)),
+    dv: fc.oneof(fc.integer({ min: 1, max: maxD }), fc.integer({ min: 1, max: maxD }), headDimOf8(maxD)),
     arena: fc.double({ min: 0, max: 1, noNaN: true }),
     causal: fc.constantFrom(false as const, "bottom-right" as const, "top-left" as const),
     window: fc.option(fc.tuple(fc.integer({ min: -1, max: 60 }), fc.integer({ min: -1, max: 60 })), { nil: undefined }),
@@ -232,11 +237,13 @@ function sees(c: IoCase, Nq: number, Nk: number, i: number, j: number): boolean 
  * query block of Br virtual rows, key block of Bc keys of that sequence's own Nq and Nk), the tile
  * is computed iff some (row, key)
  * pair in it is visible (row r is position ⌊r/g⌋ of a GQA group of g heads); a computed tile reads
- * its K, V (and mask) tile; each query block reads Q (and slopes) and writes O (and lse) once.
+ * its K, V (and mask) tile — except in a thin query block (at most 4 rows, d a multiple of 4 and dv
+ * of 8), which reads the K and V rows of only the keys some row of the block sees; each query
+ * block reads Q (and slopes) and writes O (and lse) once.
  * Also the flops' bounds: at least 2·(d + dv) per visible pair (one score and one value product),
  * at most the padded tile (score GEMM rows in strips of 8, a last strip of at most 4 rows computed
- * as 4, and keys padded to 4; value GEMM rows padded to 4 and dv to 8), which is exactly what a
- * tile costs when every row sees every key.
+ * as 4, and keys padded to 4; value GEMM rows padded to 4 and dv to 8; a thin block: 4 rows over
+ * the keys it sees, unpadded), which is exactly what a tile costs when every row sees every key.
  */
 function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
   const g = c.H / c.Hkv;
@@ -266,23 +273,30 @@ function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
             written.o += 4 * rowsHere * c.dv;
             if (c.returnLse) written.lse += 4 * rowsHere;
           }
+          const thin = rowsHere <= 4 && c.d % 4 === 0 && c.dv % 8 === 0;
           for (let j0 = begin; j0 < stop; j0 += Bc) {
             const cols = Math.min(Bc, Nk - j0);
             let pairs = 0;
-            for (let r = i0; r < i0 + rowsHere; r++) {
-              for (let j = j0; j < j0 + cols; j++) if (sees(c, Nq, Nk, Math.floor(r / g), j)) pairs++;
+            let keysSeen = 0; // keys of the tile that some row of the block sees
+            for (let j = j0; j < j0 + cols; j++) {
+              let seen = false;
+              for (let r = i0; r < i0 + rowsHere; r++) {
+                if (sees(c, Nq, Nk, Math.floor(r / g), j)) [pairs, seen] = [pairs + 1, true];
+              }
+              if (seen) keysSeen++;
             }
             if (pairs === 0) {
               tilesSkipped++;
               continue;
             }
             tilesComputed++;
-            read.k += 4 * cols * c.d;
-            read.v += 4 * cols * c.dv;
+            read.k += 4 * (thin ? keysSeen : cols) * c.d;
+            read.v += 4 * (thin ? keysSeen : cols) * c.dv;
             read.mask += maskBytes * rowsHere * cols;
             usefulFlops += 2 * pairs * (c.d + c.dv);
-            paddedFlops += 2 * scoreRows(rowsHere) * roundUp(cols, 4) * c.d +
-              2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
+            paddedFlops += thin
+              ? 2 * 4 * keysSeen * (c.d + c.dv)
+              : 2 * scoreRows(rowsHere) * roundUp(cols, 4) * c.d + 2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
           }
         }
       }

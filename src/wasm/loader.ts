@@ -34,6 +34,7 @@ export interface RawKernels {
   headDimMax(): number;
   blockSizes(sramBytes: number, d: number, dv: number, masked: boolean): number;
   arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
+  streamedRows(d: number, dv: number): number;
   resetCounters(sm: number): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
   widenInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
@@ -211,6 +212,11 @@ export interface Kernels {
   headDimMax(): number;
   blockSizes(sramBytes: number, d: number, dv: number, masked: boolean): number;
   arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
+  /**
+   * Query blocks of at most this many virtual rows stream K and V from HBM into registers, reading
+   * only the keys they see (assembly/stream.ts); 0 if none do with head dims d, dv.
+   */
+  streamedRows(d: number, dv: number): number;
   /** The SM's counter block. */
   countersPtr(): number;
   resetCounters(): void;
@@ -244,6 +250,7 @@ export function bindFirstSm(raw: RawKernels): Kernels {
     headDimMax: () => raw.headDimMax(),
     blockSizes: (sramBytes, d, dv, masked) => raw.blockSizes(sramBytes, d, dv, masked),
     arenaBytes: (Br, Bc, d, dv, masked) => raw.arenaBytes(Br, Bc, d, dv, masked),
+    streamedRows: (d, dv) => raw.streamedRows(d, dv),
     countersPtr: () => sm,
     resetCounters: () => raw.resetCounters(sm),
     expInto: (dstPtr, srcPtr, n) => raw.expInto(dstPtr, srcPtr, n),
@@ -497,6 +504,7 @@ export const REQUIRED_EXPORTS = [
   "headDimMax",
   "blockSizes",
   "arenaBytes",
+  "streamedRows",
   "resetCounters",
   "expInto",
   "forward",

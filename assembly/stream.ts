@@ -1,0 +1,156 @@
+// The products of a thin query block: K and V streamed from HBM into registers.
+//
+// A query block of at most THIN_ROWS virtual rows (a decode step: one position of the g ≤ 4 heads
+// that share a K/V head; or the last few rows of a longer call) uses each key and value exactly
+// once, by one register block of 4 rows. Staging its K and V tiles in the arena would buy no reuse
+// and cost a store and a load per element, with the copy's memory stalls in series with the
+// arithmetic. So such a block reads K and V rows straight from HBM into registers, as FlashDecoding
+// does on a GPU, and only the keys some row of the block can see: the union [first, end) of its
+// rows' visible ranges, which is exactly what the forward kernel counts for it (hbm.ts's
+// countStreamed, one addition per tile). Everything else (Q, the scores S, the softmax state m, l,
+// O, masks, biases) stays in the arena as for any block.
+//
+// The kernels here and hbm.ts are the only code that reads tensors in HBM. Elements of 16-bit
+// kinds are widened by half.ts's widen4, four at a time and in order, so a 16-bit K or V gives the
+// bits of an f32 one holding the same values.
+
+import { ELEMENT_BF16, ELEMENT_F16, ELEMENT_F32, elementShift, widen4 } from "./half";
+import { accumulateRows, madd } from "./simd";
+
+/** Query blocks of at most this many virtual rows stream K and V (see the header). */
+export const THIN_ROWS: i32 = 4;
+
+/**
+ * Whether a block of `rowsHere` rows streams K and V: at most THIN_ROWS rows, d a multiple of 4 and
+ * dv of 8 (whole f32x4 groups: no read passes the end of a row).
+ */
+// @ts-ignore: decorator
+@inline export function isThin(rowsHere: i32, d: i32, dv: i32): bool {
+  return rowsHere <= THIN_ROWS && (d & 3) == 0 && (dv & 7) == 0;
+}
+
+/**
+ * For the host's IO model: the most virtual rows a query block may have and still stream K and V
+ * with head dims d, dv (THIN_ROWS), or 0 if blocks with these head dims never do.
+ */
+export function streamedRows(d: i32, dv: i32): i32 {
+  return isThin(1, d, dv) ? THIN_ROWS : 0;
+}
+
+/** [Σa, Σb, Σc, Σd]: the lane sums of four vectors, each as (lane 0 + lane 2) + (lane 1 + lane 3). */
+// @ts-ignore: decorator
+@inline function laneSums(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = f32x4.add(v128.shuffle<f32>(a, b, 0, 4, 1, 5), v128.shuffle<f32>(a, b, 2, 6, 3, 7));
+  const cd = f32x4.add(v128.shuffle<f32>(c, d, 0, 4, 1, 5), v128.shuffle<f32>(c, d, 2, 6, 3, 7));
+  return f32x4.add(v128.shuffle<f32>(ab, cd, 0, 1, 4, 5), v128.shuffle<f32>(ab, cd, 2, 3, 6, 7));
+}
+
+/**
+ * Sᵀ = scale · K · Qᵀ for the 4 query rows of a thin block, keys [cBegin, cEnd) of one tile:
+ *   S[c·ldq + t] = scale · Σ_k K[c][k] · Q[t·d + k]   for t < 4,
+ * with Q row-major in the arena (4 × d, rows past the block's zero) and key row c of the tile at
+ * K + c·kRowBytes in HBM, elements of `kind`. Lanes run along k (four partial sums per row, added
+ * by laneSums), two keys at a time: 8 accumulators, 2 key vectors and a query vector live.
+ */
+// @ts-ignore: decorator
+@inline function scoresRows(
+  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32,
+  cBegin: i32, cEnd: i32, scale: f32,
+): void {
+  const scaleV = f32x4.splat(scale);
+  const shift = elementShift(kind);
+  const qRowBytes = <usize>d << 2;
+  const qEnd = Q + qRowBytes;
+  const sRowBytes = <usize>ldq << 2;
+  let c = cBegin;
+  for (; c + 2 <= cEnd; c += 2) {
+    let a00 = f32x4.splat(0), a10 = f32x4.splat(0), a20 = f32x4.splat(0), a30 = f32x4.splat(0);
+    let a01 = f32x4.splat(0), a11 = f32x4.splat(0), a21 = f32x4.splat(0), a31 = f32x4.splat(0);
+    let k0 = K + <usize>c * kRowBytes;
+    for (let q = Q; q < qEnd; q += 16) {
+      const x0 = widen4(k0, kind);
+      const x1 = widen4(k0 + kRowBytes, kind);
+      let y = v128.load(q);
+      a00 = madd(x0, y, a00);
+      a01 = madd(x1, y, a01);
+      y = v128.load(q + qRowBytes);
+      a10 = madd(x0, y, a10);
+      a11 = madd(x1, y, a11);
+      y = v128.load(q + 2 * qRowBytes);
+      a20 = madd(x0, y, a20);
+      a21 = madd(x1, y, a21);
+      y = v128.load(q + 3 * qRowBytes);
+      a30 = madd(x0, y, a30);
+      a31 = madd(x1, y, a31);
+      k0 += <usize>4 << shift;
+    }
+    const s = S + <usize>c * sRowBytes;
+    v128.store(s, f32x4.mul(laneSums(a00, a10, a20, a30), scaleV));
+    v128.store(s + sRowBytes, f32x4.mul(laneSums(a01, a11, a21, a31), scaleV));
+  }
+  if (c < cEnd) {
+    // An odd last key: the same sums, one key.
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let k0 = K + <usize>c * kRowBytes;
+    for (let q = Q; q < qEnd; q += 16) {
+      const x = widen4(k0, kind);
+      a0 = madd(x, v128.load(q), a0);
+      a1 = madd(x, v128.load(q + qRowBytes), a1);
+      a2 = madd(x, v128.load(q + 2 * qRowBytes), a2);
+      a3 = madd(x, v128.load(q + 3 * qRowBytes), a3);
+      k0 += <usize>4 << shift;
+    }
+    v128.store(S + <usize>c * sRowBytes, f32x4.mul(laneSums(a0, a1, a2, a3), scaleV));
+  }
+}
+
+// One function per element kind, each with the kind a constant inside its loops (three branches of
+// one function would be folded back into one loop that tests the kind at every load).
+
+function scoresF32(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, cBegin: i32, cEnd: i32, scale: f32): void {
+  scoresRows(S, ldq, Q, d, K, kRowBytes, ELEMENT_F32, cBegin, cEnd, scale);
+}
+
+function scoresBf16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, cBegin: i32, cEnd: i32, scale: f32): void {
+  scoresRows(S, ldq, Q, d, K, kRowBytes, ELEMENT_BF16, cBegin, cEnd, scale);
+}
+
+function scoresF16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, cBegin: i32, cEnd: i32, scale: f32): void {
+  scoresRows(S, ldq, Q, d, K, kRowBytes, ELEMENT_F16, cBegin, cEnd, scale);
+}
+
+/** scoresRows for K of `kind`. */
+export function scoresStreamed(
+  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32,
+  cBegin: i32, cEnd: i32, scale: f32,
+): void {
+  if (kind == ELEMENT_F32) scoresF32(S, ldq, Q, d, K, kRowBytes, cBegin, cEnd, scale);
+  else if (kind == ELEMENT_BF16) scoresBf16(S, ldq, Q, d, K, kRowBytes, cBegin, cEnd, scale);
+  else scoresF16(S, ldq, Q, d, K, kRowBytes, cBegin, cEnd, scale);
+}
+
+function valuesF32(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F32, 0, kBegin, kEnd, alphaPtr);
+}
+
+function valuesBf16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, ldq, V, vRowBytes, ELEMENT_BF16, 0, kBegin, kEnd, alphaPtr);
+}
+
+function valuesF16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F16, 0, kBegin, kEnd, alphaPtr);
+}
+
+/**
+ * O = alpha·O + P·V for the 4 rows of a thin block over keys [kBegin, kEnd) of one tile, value
+ * row k at V + k·vRowBytes in HBM (elements of `kind`, dv = dvP columns): simd.ts's value product
+ * on rows read from HBM.
+ */
+export function accumulateStreamed(
+  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32,
+  kBegin: i32, kEnd: i32, alphaPtr: usize,
+): void {
+  if (kind == ELEMENT_F32) valuesF32(O, dvP, P, ldq, V, vRowBytes, kBegin, kEnd, alphaPtr);
+  else if (kind == ELEMENT_BF16) valuesBf16(O, dvP, P, ldq, V, vRowBytes, kBegin, kEnd, alphaPtr);
+  else valuesF16(O, dvP, P, ldq, V, vRowBytes, kBegin, kEnd, alphaPtr);
+}
