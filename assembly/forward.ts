@@ -68,7 +68,7 @@ import {
 } from "./hbm";
 import { ELEMENT_F32, elementBytes, elementShift } from "./half";
 import { accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
-import { THIN_ROWS, accumulateStreamed, isThin, scoresStreamed } from "./stream";
+import { accumulateStreamed, isThin, scoresStreamed, thinRowsOf } from "./stream";
 
 /**
  * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
@@ -163,7 +163,8 @@ export function forward(
     // A thin block (stream.ts) keeps Q row-major (4 × d, padding rows zero) and streams K and V;
     // any other stages Qiᵀ and copies K and V tiles.
     const thin = isThin(rowsHere, d, dv);
-    if (thin) loadVirtualRows(sm, QiT, d, THIN_ROWS, d, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
+    const thinRows = thinRowsOf(rowsHere); // the rows a thin block computes: 1, 2 or 4
+    if (thin) loadVirtualRows(sm, QiT, d, thinRows, d, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
     else loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
     if (slopesPtr != 0) loadRowsTransposed(sm, slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
     memory.fill(O, 0, <usize>(roundUp(rowsHere, 4) * dvP) << 2);
@@ -199,9 +200,9 @@ export function forward(
         const cBegin = imax(0, i32At(rowFirst, 0) - j0);
         const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
         if (cBegin < cEnd) {
-          scoresStreamed(S, ldq, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, cBegin, cEnd, scale);
+          scoresStreamed(S, ldq, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, thinRows, cBegin, cEnd, scale);
           countStreamed(sm, TENSOR_K, (cEnd - cBegin) * d * elementBytes(kKind));
-          flops += <u64>(2 * THIN_ROWS * (cEnd - cBegin) * d);
+          flops += <u64>(2 * thinRows * (cEnd - cBegin) * d);
         }
       } else {
         loadRows(sm, Kj, d, cols4, d, kTile, kRowStride, cols, d, TENSOR_K, kKind);
@@ -283,12 +284,12 @@ export function forward(
 
         // O = alpha·O + P·Vj (a thin block's Vj read from HBM: the keys [gBegin, gEnd) the block sees)
         if (thin) {
-          accumulateStreamed(O, dvP, S, ldq, vTile, <usize>vRowStride << elementShift(vKind), vKind, gBegin, gEnd, addr(alphas, r));
+          accumulateStreamed(O, dvP, S, ldq, vTile, <usize>vRowStride << elementShift(vKind), vKind, thinRows, gBegin, gEnd, addr(alphas, r));
           countStreamed(sm, TENSOR_V, (gEnd - gBegin) * dv * elementBytes(vKind));
         } else {
           accumulateValues(O, dvP, S, ldq, Vj, r, gBegin, gEnd, addr(alphas, r));
         }
-        flops += <u64>(2 * 4 * (gEnd - gBegin) * dvP);
+        flops += <u64>(2 * (thin ? thinRows : 4) * (gEnd - gBegin) * dvP);
       }
     }
 

@@ -144,18 +144,19 @@ export function accumulateValues(
   O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
-  accumulateRows(O, dvP, P, ldq, Vj, <usize>dvP << 2, ELEMENT_F32, r0, kBegin, kEnd, alphaPtr);
+  accumulateRows(O, dvP, P, ldq, Vj, <usize>dvP << 2, ELEMENT_F32, 4, r0, kBegin, kEnd, alphaPtr);
 }
 
 /**
- * The value product of accumulateValues with the rows of V read from `V` (row k at V + k·vRowBytes,
- * elements of `kind` widened by half.ts's widen4): from the arena tile (f32, vRowBytes = 4·dvP), or
- * straight from HBM for a thin query block (stream.ts; then dvP = dv, so no read passes a row's
- * end). The same operations in the same order either way: equal values give equal bits.
+ * The value product of accumulateValues for the first R ∈ {1, 2, 4} of the 4 rows (the others
+ * untouched), with the rows of V read from `V` (row k at V + k·vRowBytes, elements of `kind`
+ * widened by half.ts's widen4): from the arena tile (f32, vRowBytes = 4·dvP, R = 4), or straight
+ * from HBM for a thin query block (stream.ts; then dvP = dv, so no read passes a row's end). The
+ * same operations in the same order for every source, kind and R: equal values give equal bits.
  */
 // @ts-ignore: decorator
 @inline export function accumulateRows(
-  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32,
+  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32, R: i32,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
   const a0 = v128.load32_splat(alphaPtr);
@@ -169,16 +170,22 @@ export function accumulateValues(
   const pEnd = pStart + <usize>(kEnd - kBegin) * pRowBytes;
   const o0 = O + <usize>r0 * oRowBytes;
   const vStart = V + <usize>kBegin * vRowBytes;
+  const zero = f32x4.splat(0);
   for (let c = 0; c < dvP; c += 8) {
     const o = o0 + (<usize>c << 2);
     let a00 = f32x4.mul(v128.load(o), a0);
     let a01 = f32x4.mul(v128.load(o, 16), a0);
-    let a10 = f32x4.mul(v128.load(o + oRowBytes), a1);
-    let a11 = f32x4.mul(v128.load(o + oRowBytes, 16), a1);
-    let a20 = f32x4.mul(v128.load(o + 2 * oRowBytes), a2);
-    let a21 = f32x4.mul(v128.load(o + 2 * oRowBytes, 16), a2);
-    let a30 = f32x4.mul(v128.load(o + 3 * oRowBytes), a3);
-    let a31 = f32x4.mul(v128.load(o + 3 * oRowBytes, 16), a3);
+    let a10 = zero, a11 = zero, a20 = zero, a21 = zero, a30 = zero, a31 = zero;
+    if (R >= 2) {
+      a10 = f32x4.mul(v128.load(o + oRowBytes), a1);
+      a11 = f32x4.mul(v128.load(o + oRowBytes, 16), a1);
+    }
+    if (R == 4) {
+      a20 = f32x4.mul(v128.load(o + 2 * oRowBytes), a2);
+      a21 = f32x4.mul(v128.load(o + 2 * oRowBytes, 16), a2);
+      a30 = f32x4.mul(v128.load(o + 3 * oRowBytes), a3);
+      a31 = f32x4.mul(v128.load(o + 3 * oRowBytes, 16), a3);
+    }
     let v = vStart + (<usize>c << shift);
     for (let p = pStart; p < pEnd; p += pRowBytes) {
       const v0 = widen4(v, kind);
@@ -186,24 +193,32 @@ export function accumulateValues(
       let x = v128.load32_splat(p);
       a00 = madd(x, v0, a00);
       a01 = madd(x, v1, a01);
-      x = v128.load32_splat(p, 4);
-      a10 = madd(x, v0, a10);
-      a11 = madd(x, v1, a11);
-      x = v128.load32_splat(p, 8);
-      a20 = madd(x, v0, a20);
-      a21 = madd(x, v1, a21);
-      x = v128.load32_splat(p, 12);
-      a30 = madd(x, v0, a30);
-      a31 = madd(x, v1, a31);
+      if (R >= 2) {
+        x = v128.load32_splat(p, 4);
+        a10 = madd(x, v0, a10);
+        a11 = madd(x, v1, a11);
+      }
+      if (R == 4) {
+        x = v128.load32_splat(p, 8);
+        a20 = madd(x, v0, a20);
+        a21 = madd(x, v1, a21);
+        x = v128.load32_splat(p, 12);
+        a30 = madd(x, v0, a30);
+        a31 = madd(x, v1, a31);
+      }
       v += vRowBytes;
     }
     v128.store(o, a00);
     v128.store(o, a01, 16);
-    v128.store(o + oRowBytes, a10);
-    v128.store(o + oRowBytes, a11, 16);
-    v128.store(o + 2 * oRowBytes, a20);
-    v128.store(o + 2 * oRowBytes, a21, 16);
-    v128.store(o + 3 * oRowBytes, a30);
-    v128.store(o + 3 * oRowBytes, a31, 16);
+    if (R >= 2) {
+      v128.store(o + oRowBytes, a10);
+      v128.store(o + oRowBytes, a11, 16);
+    }
+    if (R == 4) {
+      v128.store(o + 2 * oRowBytes, a20);
+      v128.store(o + 2 * oRowBytes, a21, 16);
+      v128.store(o + 3 * oRowBytes, a30);
+      v128.store(o + 3 * oRowBytes, a31, 16);
+    }
   }
 }

@@ -45,112 +45,177 @@ export function streamedRows(d: i32, dv: i32): i32 {
   return f32x4.add(v128.shuffle<f32>(ab, cd, 0, 1, 4, 5), v128.shuffle<f32>(ab, cd, 2, 3, 6, 7));
 }
 
+/** Rows a thin block of `rowsHere` rows computes: 1, 2 or 4 (3 rows as 4). */
+// @ts-ignore: decorator
+@inline export function thinRowsOf(rowsHere: i32): i32 {
+  return rowsHere <= 2 ? rowsHere : THIN_ROWS;
+}
+
 /**
- * Sᵀ = scale · K · Qᵀ for the 4 query rows of a thin block, keys [cBegin, cEnd) of one tile:
- *   S[c·ldq + t] = scale · Σ_k K[c][k] · Q[t·d + k]   for t < 4,
- * with Q row-major in the arena (4 × d, rows past the block's zero) and key row c of the tile at
- * K + c·kRowBytes in HBM, elements of `kind`. Lanes run along k (four partial sums per row, added
- * by laneSums), two keys at a time: 8 accumulators, 2 key vectors and a query vector live.
+ * Sᵀ = scale · K · Qᵀ for the R ∈ {1, 2, 4} query rows of a thin block, keys [cBegin, cEnd) of one
+ * tile:
+ *   S[c·ldq + t] = scale · Σ_k K[c][k] · Q[t·d + k]   for t < R, and 0 for R ≤ t < 4,
+ * with Q row-major in the arena (R × d; with R = 4, rows past the block are zero) and key row c of
+ * the tile at K + c·kRowBytes in HBM, elements of `kind`. Lanes run along k: each (row, key) sum is
+ * four partial sums, lane j over k ≡ j mod 4 in order, added by laneSums — the same operations for
+ * every R, so a row's scores do not depend on how many rows its block has. Register blocks: 4 rows
+ * × 2 keys (8 accumulators, 2 key vectors, a query vector), or R ≤ 2 rows × 4 keys.
  */
 // @ts-ignore: decorator
 @inline function scoresRows(
-  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32,
+  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32, R: i32,
   cBegin: i32, cEnd: i32, scale: f32,
 ): void {
   const scaleV = f32x4.splat(scale);
-  const shift = elementShift(kind);
+  const zero = f32x4.splat(0);
+  const step = <usize>4 << elementShift(kind);
   const qRowBytes = <usize>d << 2;
   const qEnd = Q + qRowBytes;
   const sRowBytes = <usize>ldq << 2;
   let c = cBegin;
-  for (; c + 2 <= cEnd; c += 2) {
-    let a00 = f32x4.splat(0), a10 = f32x4.splat(0), a20 = f32x4.splat(0), a30 = f32x4.splat(0);
-    let a01 = f32x4.splat(0), a11 = f32x4.splat(0), a21 = f32x4.splat(0), a31 = f32x4.splat(0);
-    let k0 = K + <usize>c * kRowBytes;
-    for (let q = Q; q < qEnd; q += 16) {
-      const x0 = widen4(k0, kind);
-      const x1 = widen4(k0 + kRowBytes, kind);
-      let y = v128.load(q);
-      a00 = madd(x0, y, a00);
-      a01 = madd(x1, y, a01);
-      y = v128.load(q + qRowBytes);
-      a10 = madd(x0, y, a10);
-      a11 = madd(x1, y, a11);
-      y = v128.load(q + 2 * qRowBytes);
-      a20 = madd(x0, y, a20);
-      a21 = madd(x1, y, a21);
-      y = v128.load(q + 3 * qRowBytes);
-      a30 = madd(x0, y, a30);
-      a31 = madd(x1, y, a31);
-      k0 += <usize>4 << shift;
+  if (R == 4) {
+    for (; c + 2 <= cEnd; c += 2) {
+      let a00 = zero, a10 = zero, a20 = zero, a30 = zero;
+      let a01 = zero, a11 = zero, a21 = zero, a31 = zero;
+      let k0 = K + <usize>c * kRowBytes;
+      for (let q = Q; q < qEnd; q += 16) {
+        const x0 = widen4(k0, kind);
+        const x1 = widen4(k0 + kRowBytes, kind);
+        let y = v128.load(q);
+        a00 = madd(x0, y, a00);
+        a01 = madd(x1, y, a01);
+        y = v128.load(q + qRowBytes);
+        a10 = madd(x0, y, a10);
+        a11 = madd(x1, y, a11);
+        y = v128.load(q + 2 * qRowBytes);
+        a20 = madd(x0, y, a20);
+        a21 = madd(x1, y, a21);
+        y = v128.load(q + 3 * qRowBytes);
+        a30 = madd(x0, y, a30);
+        a31 = madd(x1, y, a31);
+        k0 += step;
+      }
+      const s = S + <usize>c * sRowBytes;
+      v128.store(s, f32x4.mul(laneSums(a00, a10, a20, a30), scaleV));
+      v128.store(s + sRowBytes, f32x4.mul(laneSums(a01, a11, a21, a31), scaleV));
     }
-    const s = S + <usize>c * sRowBytes;
-    v128.store(s, f32x4.mul(laneSums(a00, a10, a20, a30), scaleV));
-    v128.store(s + sRowBytes, f32x4.mul(laneSums(a01, a11, a21, a31), scaleV));
+  } else {
+    for (; c + 4 <= cEnd; c += 4) {
+      // R ≤ 2 rows × 4 keys: a<key><row>
+      let a00 = zero, a10 = zero, a20 = zero, a30 = zero;
+      let a01 = zero, a11 = zero, a21 = zero, a31 = zero;
+      let k0 = K + <usize>c * kRowBytes;
+      for (let q = Q; q < qEnd; q += 16) {
+        const x0 = widen4(k0, kind);
+        const x1 = widen4(k0 + kRowBytes, kind);
+        const x2 = widen4(k0 + 2 * kRowBytes, kind);
+        const x3 = widen4(k0 + 3 * kRowBytes, kind);
+        let y = v128.load(q);
+        a00 = madd(x0, y, a00);
+        a10 = madd(x1, y, a10);
+        a20 = madd(x2, y, a20);
+        a30 = madd(x3, y, a30);
+        if (R == 2) {
+          y = v128.load(q + qRowBytes);
+          a01 = madd(x0, y, a01);
+          a11 = madd(x1, y, a11);
+          a21 = madd(x2, y, a21);
+          a31 = madd(x3, y, a31);
+        }
+        k0 += step;
+      }
+      const s = S + <usize>c * sRowBytes;
+      v128.store(s, f32x4.mul(laneSums(a00, a01, zero, zero), scaleV));
+      v128.store(s + sRowBytes, f32x4.mul(laneSums(a10, a11, zero, zero), scaleV));
+      v128.store(s + 2 * sRowBytes, f32x4.mul(laneSums(a20, a21, zero, zero), scaleV));
+      v128.store(s + 3 * sRowBytes, f32x4.mul(laneSums(a30, a31, zero, zero), scaleV));
+    }
   }
-  if (c < cEnd) {
-    // An odd last key: the same sums, one key.
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  for (; c < cEnd; c++) {
+    // The last keys one at a time: the same sums.
+    let a0 = zero, a1 = zero, a2 = zero, a3 = zero;
     let k0 = K + <usize>c * kRowBytes;
     for (let q = Q; q < qEnd; q += 16) {
       const x = widen4(k0, kind);
       a0 = madd(x, v128.load(q), a0);
-      a1 = madd(x, v128.load(q + qRowBytes), a1);
-      a2 = madd(x, v128.load(q + 2 * qRowBytes), a2);
-      a3 = madd(x, v128.load(q + 3 * qRowBytes), a3);
-      k0 += <usize>4 << shift;
+      if (R >= 2) a1 = madd(x, v128.load(q + qRowBytes), a1);
+      if (R == 4) {
+        a2 = madd(x, v128.load(q + 2 * qRowBytes), a2);
+        a3 = madd(x, v128.load(q + 3 * qRowBytes), a3);
+      }
+      k0 += step;
     }
     v128.store(S + <usize>c * sRowBytes, f32x4.mul(laneSums(a0, a1, a2, a3), scaleV));
   }
 }
 
-// One function per element kind, each with the kind a constant inside its loops (three branches of
-// one function would be folded back into one loop that tests the kind at every load).
+// One function per (element kind, rows), each with both constants inside its loops: branches of
+// one function would be folded back into one loop that tests the kind at every load.
 
-function scoresF32(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, cBegin: i32, cEnd: i32, scale: f32): void {
-  scoresRows(S, ldq, Q, d, K, kRowBytes, ELEMENT_F32, cBegin, cEnd, scale);
-}
-
-function scoresBf16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, cBegin: i32, cEnd: i32, scale: f32): void {
-  scoresRows(S, ldq, Q, d, K, kRowBytes, ELEMENT_BF16, cBegin, cEnd, scale);
-}
-
-function scoresF16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, cBegin: i32, cEnd: i32, scale: f32): void {
-  scoresRows(S, ldq, Q, d, K, kRowBytes, ELEMENT_F16, cBegin, cEnd, scale);
-}
-
-/** scoresRows for K of `kind`. */
-export function scoresStreamed(
-  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32,
+// @ts-ignore: decorator
+@inline function scoresOfKind(
+  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32, rows: i32,
   cBegin: i32, cEnd: i32, scale: f32,
 ): void {
-  if (kind == ELEMENT_F32) scoresF32(S, ldq, Q, d, K, kRowBytes, cBegin, cEnd, scale);
-  else if (kind == ELEMENT_BF16) scoresBf16(S, ldq, Q, d, K, kRowBytes, cBegin, cEnd, scale);
-  else scoresF16(S, ldq, Q, d, K, kRowBytes, cBegin, cEnd, scale);
+  if (rows == 1) scoresRows(S, ldq, Q, d, K, kRowBytes, kind, 1, cBegin, cEnd, scale);
+  else if (rows == 2) scoresRows(S, ldq, Q, d, K, kRowBytes, kind, 2, cBegin, cEnd, scale);
+  else scoresRows(S, ldq, Q, d, K, kRowBytes, kind, 4, cBegin, cEnd, scale);
 }
 
-function valuesF32(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F32, 0, kBegin, kEnd, alphaPtr);
+function scoresF32(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, rows: i32, cBegin: i32, cEnd: i32, scale: f32): void {
+  scoresOfKind(S, ldq, Q, d, K, kRowBytes, ELEMENT_F32, rows, cBegin, cEnd, scale);
 }
 
-function valuesBf16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, ldq, V, vRowBytes, ELEMENT_BF16, 0, kBegin, kEnd, alphaPtr);
+function scoresBf16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, rows: i32, cBegin: i32, cEnd: i32, scale: f32): void {
+  scoresOfKind(S, ldq, Q, d, K, kRowBytes, ELEMENT_BF16, rows, cBegin, cEnd, scale);
 }
 
-function valuesF16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F16, 0, kBegin, kEnd, alphaPtr);
+function scoresF16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, rows: i32, cBegin: i32, cEnd: i32, scale: f32): void {
+  scoresOfKind(S, ldq, Q, d, K, kRowBytes, ELEMENT_F16, rows, cBegin, cEnd, scale);
+}
+
+/** scoresRows for K of `kind` and a block of `rows` ∈ {1, 2, 4} (thinRowsOf) rows. */
+export function scoresStreamed(
+  S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32, rows: i32,
+  cBegin: i32, cEnd: i32, scale: f32,
+): void {
+  if (kind == ELEMENT_F32) scoresF32(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
+  else if (kind == ELEMENT_BF16) scoresBf16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
+  else scoresF16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
+}
+
+// @ts-ignore: decorator
+@inline function valuesOfKind(
+  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32, rows: i32,
+  kBegin: i32, kEnd: i32, alphaPtr: usize,
+): void {
+  if (rows == 1) accumulateRows(O, dvP, P, ldq, V, vRowBytes, kind, 1, 0, kBegin, kEnd, alphaPtr);
+  else if (rows == 2) accumulateRows(O, dvP, P, ldq, V, vRowBytes, kind, 2, 0, kBegin, kEnd, alphaPtr);
+  else accumulateRows(O, dvP, P, ldq, V, vRowBytes, kind, 4, 0, kBegin, kEnd, alphaPtr);
+}
+
+function valuesF32(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  valuesOfKind(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F32, rows, kBegin, kEnd, alphaPtr);
+}
+
+function valuesBf16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  valuesOfKind(O, dvP, P, ldq, V, vRowBytes, ELEMENT_BF16, rows, kBegin, kEnd, alphaPtr);
+}
+
+function valuesF16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  valuesOfKind(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F16, rows, kBegin, kEnd, alphaPtr);
 }
 
 /**
- * O = alpha·O + P·V for the 4 rows of a thin block over keys [kBegin, kEnd) of one tile, value
- * row k at V + k·vRowBytes in HBM (elements of `kind`, dv = dvP columns): simd.ts's value product
- * on rows read from HBM.
+ * O = alpha·O + P·V for the `rows` ∈ {1, 2, 4} rows of a thin block over keys [kBegin, kEnd) of one
+ * tile, value row k at V + k·vRowBytes in HBM (elements of `kind`, dv = dvP columns): simd.ts's
+ * value product on rows read from HBM (rows past `rows` untouched).
  */
 export function accumulateStreamed(
-  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32,
+  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32, rows: i32,
   kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
-  if (kind == ELEMENT_F32) valuesF32(O, dvP, P, ldq, V, vRowBytes, kBegin, kEnd, alphaPtr);
-  else if (kind == ELEMENT_BF16) valuesBf16(O, dvP, P, ldq, V, vRowBytes, kBegin, kEnd, alphaPtr);
-  else valuesF16(O, dvP, P, ldq, V, vRowBytes, kBegin, kEnd, alphaPtr);
+  if (kind == ELEMENT_F32) valuesF32(O, dvP, P, ldq, V, vRowBytes, rows, kBegin, kEnd, alphaPtr);
+  else if (kind == ELEMENT_BF16) valuesBf16(O, dvP, P, ldq, V, vRowBytes, rows, kBegin, kEnd, alphaPtr);
+  else valuesF16(O, dvP, P, ldq, V, vRowBytes, rows, kBegin, kEnd, alphaPtr);
 }

@@ -242,8 +242,8 @@ function sees(c: IoCase, Nq: number, Nk: number, i: number, j: number): boolean 
  * block reads Q (and slopes) and writes O (and lse) once.
  * Also the flops' bounds: at least 2·(d + dv) per visible pair (one score and one value product),
  * at most the padded tile (score GEMM rows in strips of 8, a last strip of at most 4 rows computed
- * as 4, and keys padded to 4; value GEMM rows padded to 4 and dv to 8; a thin block: 4 rows over
- * the keys it sees, unpadded), which is exactly what a tile costs when every row sees every key.
+ * as 4, and keys padded to 4; value GEMM rows padded to 4 and dv to 8; a thin block: 1, 2 or 4
+ * rows (3 as 4) over the keys it sees, unpadded), which is exactly what a tile costs when every row sees every key.
  */
 function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
   const g = c.H / c.Hkv;
@@ -295,7 +295,7 @@ function bruteForceIo(c: IoCase, Br: number, Bc: number, numSplits = 1) {
             read.mask += maskBytes * rowsHere * cols;
             usefulFlops += 2 * pairs * (c.d + c.dv);
             paddedFlops += thin
-              ? 2 * 4 * keysSeen * (c.d + c.dv)
+              ? 2 * (rowsHere <= 2 ? rowsHere : 4) * keysSeen * (c.d + c.dv)
               : 2 * scoreRows(rowsHere) * roundUp(cols, 4) * c.d + 2 * roundUp(rowsHere, 4) * cols * roundUp(c.dv, 8);
           }
         }

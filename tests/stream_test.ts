@@ -122,3 +122,26 @@ test("a thin block never reads a key none of its rows sees: NaN there gives the 
     if (clean.data.some(Number.isNaN)) throw new Error(`${what}: NaN in the clean call`);
   }
 });
+
+test("a row's thin-block result does not depend on how many rows its block has (1, 2 or 4): same bits", () => {
+  // scoresRows sums every (row, key) pair with the same operations for R = 1, 2 and 4, and the value
+  // product accumulates each row alone, so one query head alone, in pairs or in fours over one K/V
+  // head gives the same O and lse, in every build.
+  const random = rng(78);
+  const [Nk, d, dv] = [203, 24, 16];
+  const q = randomTensor(random, [1, 1, 4, d]);
+  const k = randomTensor(random, [1, Nk, 1, d]);
+  const v = randomTensor(random, [1, Nk, 1, dv]);
+  const heads = (from: number, to: number): Tensor => ({
+    data: q.data.slice(from * d, to * d),
+    shape: [1, 1, to - from, d],
+  });
+  const four = flashAttention(q, k, v, { returnLse: true, windowSize: [150, -1] });
+  for (const g of [1, 2]) {
+    for (let h = 0; h < 4; h += g) {
+      const part = flashAttention(heads(h, h + g), k, v, { returnLse: true, windowSize: [150, -1] });
+      assertBitwiseEqual(`g = ${g}, heads ${h}…: O`, part.data, four.data.slice(h * dv, (h + g) * dv));
+      assertBitwiseEqual(`g = ${g}, heads ${h}…: lse`, part.lse.data, four.lse.data.slice(h, h + g));
+    }
+  }
+});
