@@ -21,6 +21,7 @@ import { convertInto } from "../src/_half.ts";
 import { flashAttentionBackwardIo, flashAttentionIo, standardAttentionIo } from "../src/io.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { cpuName, median, random, runtimeName, table } from "./_report.ts";
+import { standardBackwardIo } from "../src/_cli/io.ts";
 import { standardAttention } from "./_standard.ts";
 import { barChart, binaryBytes, lineChart } from "./_svg.ts";
 
@@ -318,10 +319,9 @@ log();
     if (counted !== model) throw new Error(`${name}: counted ${counted} bytes, the closed form says ${model}`);
   }
   // Standard backward (the paper's Algorithm 3): read P, dO → dV; read dO, V → dP; read P, dP →
-  // dS; read dS, K → dQ; read dS, Q → dK; in closed form, elements of `bytes` each.
-  const standardBackwardOf = (bytes: number) => bytes * heads * (5 * N * N + 5 * N * d + 2 * N * N + 3 * N * d);
-  const standardBackward = standardBackwardOf(4);
-  const standardBackward16 = standardBackwardOf(2);
+  // dS; read dS, K → dQ; read dS, Q → dK; in closed form (the CLI's), elements of 4 or 2 bytes.
+  const standardBackward = standardBackwardIo(shape, 4).totalBytes;
+  const standardBackward16 = standardBackwardIo(shape, 2).totalBytes;
   // Matmul flops, 2·N²·d each per head: standard does 2 forward and 4 backward (dV, dP, dQ, dK).
   // Flash's are as the kernels counted them: the backward recomputes S (5 products).
   const matmul = 2 * heads * N * N * d;

@@ -60,28 +60,30 @@ Example: flash-attention io --seq 4096 --heads 16 --dim 64 --causal --backward`;
  * group does not share K and V), f32: dV = Pᵀ·dO reads P and dO, writes dV; dP = dO·Vᵀ reads dO
  * and V, writes dP; dS = P ∘ (dP − rowsum(P ∘ dP)) reads P and dP, writes dS; dQ = dS·K reads dS
  * and K, writes dQ; dK = dSᵀ·Q reads dS and Q, writes dK. P, dP and dS count under `partial`.
- * For Nq = Nk = N and dv = d this is bench/io_report.ts's 4·(5N² + 5Nd + 2N² + 3Nd) per head.
+ * For Nq = Nk = N and dv = d: elementBytes·(5N² + 5Nd + 2N² + 3Nd) per head.
  *
  * @param shape The problem's sizes.
+ * @param elementBytes Bytes of every element (4: f32; bench/io_report.ts also takes 2, fp16).
  * @returns Bytes read and written per tensor.
  */
 export function standardBackwardIo(
   shape: AttentionShape,
+  elementBytes = 4,
 ): { read: BackwardTensorBytes; written: BackwardTensorBytes; totalBytes: number } {
   const { B, H, Nq, Nk, d } = shape;
   const dv = shape.dv ?? d;
   const heads = B * H;
   const read = zeroBackwardBytes();
   const written = zeroBackwardBytes();
-  read.partial = 4 * heads * 5 * Nq * Nk; // P twice, dP once, dS twice
-  written.partial = 4 * heads * 2 * Nq * Nk; // dP and dS
-  read.dOut = 4 * heads * 2 * Nq * dv;
-  read.v = 4 * heads * Nk * dv;
-  read.k = 4 * heads * Nk * d;
-  read.q = 4 * heads * Nq * d;
-  written.dv = 4 * heads * Nk * dv;
-  written.dq = 4 * heads * Nq * d;
-  written.dk = 4 * heads * Nk * d;
+  read.partial = elementBytes * heads * 5 * Nq * Nk; // P twice, dP once, dS twice
+  written.partial = elementBytes * heads * 2 * Nq * Nk; // dP and dS
+  read.dOut = elementBytes * heads * 2 * Nq * dv;
+  read.v = elementBytes * heads * Nk * dv;
+  read.k = elementBytes * heads * Nk * d;
+  read.q = elementBytes * heads * Nq * d;
+  written.dv = elementBytes * heads * Nk * dv;
+  written.dq = elementBytes * heads * Nq * d;
+  written.dk = elementBytes * heads * Nk * d;
   return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
 }
 
