@@ -8,8 +8,9 @@
 // Loop order: query blocks Qi (Br virtual rows) outside, key/value blocks Kj, Vj (Bc keys)
 // inside; the online-softmax state (m, l, O) of a query block stays in the arena for the whole
 // inner loop, so no Nq × Nk matrix ever exists. Tile sizes and arena layout: arena.ts. Every HBM
-// access is a counted tile copy (hbm.ts), except a thin block's K and V: a block of at most 4 rows
-// reuses no tile across rows, so its products stream K and V rows from HBM (stream.ts).
+// access is a counted tile copy (hbm.ts), except a thin block's K: a block of at most 4 rows reuses
+// no K tile across rows, so its score product streams K rows from HBM (stream.ts); it reads, and
+// copies, the K and V rows of only the keys it sees.
 //
 // Visibility (causal and sliding windows): position i sees key j iff
 //   keyBegin ≤ j < keyEnd  and  i + visOffset − windowLeft ≤ j ≤ i + visOffset + windowRight,
@@ -67,8 +68,8 @@ import {
   storeRows,
 } from "./hbm";
 import { ELEMENT_F32, elementBytes, elementShift } from "./half";
-import { accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
-import { accumulateStreamed, isThin, scoresStreamed, thinRowsOf } from "./stream";
+import { accumulateFewValues, accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
+import { isThin, scoresStreamed, thinRowsOf } from "./stream";
 
 /**
  * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
@@ -160,8 +161,8 @@ export function forward(
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = imin(Br, rows - i0);
     const ldq = roundUp(rowsHere, BR_STEP); // row stride of QiT, S and the mask tile for this block
-    // A thin block (stream.ts) keeps Q row-major (4 × d, padding rows zero) and streams K and V;
-    // any other stages Qiᵀ and copies K and V tiles.
+    // A thin block (stream.ts) keeps Q row-major (thinRows × d, padding rows zero), streams K and
+    // copies the V rows it sees; any other stages Qiᵀ and copies whole K and V tiles.
     const thin = isThin(rowsHere, d, dv);
     const thinRows = thinRowsOf(rowsHere); // the rows a thin block computes: 1, 2 or 4
     if (thin) loadVirtualRows(sm, QiT, d, thinRows, d, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
@@ -282,10 +283,11 @@ export function forward(
         v128.store(addr(m, r), mNew);
         v128.store(addr(alphas, r), alpha);
 
-        // O = alpha·O + P·Vj (a thin block's Vj read from HBM: the keys [gBegin, gEnd) the block sees)
+        // O = alpha·O + P·Vj (a thin block copies only the rows of Vj it sees, [gBegin, gEnd))
         if (thin) {
-          accumulateStreamed(O, dvP, S, ldq, vTile, <usize>vRowStride << elementShift(vKind), vKind, thinRows, gBegin, gEnd, addr(alphas, r));
-          countStreamed(sm, TENSOR_V, (gEnd - gBegin) * dv * elementBytes(vKind));
+          const vRows = vTile + (<usize>(gBegin * vRowStride) << elementShift(vKind));
+          loadRows(sm, addr(Vj, gBegin * dvP), dvP, gEnd - gBegin, dvP, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
+          accumulateFewValues(O, dvP, S, ldq, Vj, thinRows, gBegin, gEnd, addr(alphas, r));
         } else {
           accumulateValues(O, dvP, S, ldq, Vj, r, gBegin, gEnd, addr(alphas, r));
         }

@@ -1,5 +1,5 @@
-// HBM ↔ SRAM tile copies: with stream.ts (a thin query block's K and V, read into registers), the
-// only code that reads or writes the tensors in linear memory.
+// HBM ↔ SRAM tile copies: with stream.ts (a thin query block's K, read into registers), the only
+// code that reads or writes the tensors in linear memory.
 //
 // The module's linear memory plays HBM: the host places Q, K, V, O, lse and masks there. Kernels
 // compute only on the arena (arena.ts), and every byte they move between the two goes through the
@@ -82,8 +82,8 @@ export function resetCounters(counters: usize): void {
 }
 
 /**
- * Counts `bytes` of `tensor` read from HBM straight into registers by a thin query block's products
- * (stream.ts), once per tile: the same counter as the tile copies'.
+ * Counts `bytes` of `tensor` read from HBM straight into registers by a thin query block's score
+ * product (stream.ts), once per tile: the same counter as the tile copies'.
  */
 // @ts-ignore: decorator
 @inline export function countStreamed(counters: usize, tensor: i32, bytes: i32): void {

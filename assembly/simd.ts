@@ -8,8 +8,6 @@
 // addresses; dimensions are validated by the host and the loop bounds stay inside the tiles laid
 // out in arena.ts.
 
-import { ELEMENT_F32, elementShift, widen4 } from "./half";
-
 /**
  * a·b + c, lane-wise: relaxed_madd in the relaxed-SIMD build, mul then add otherwise. The choice
  * is made at compile time (ASC_FEATURE_RELAXED_SIMD is a constant), so each build has one path.
@@ -144,35 +142,50 @@ export function accumulateValues(
   O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
-  accumulateRows(O, dvP, P, ldq, Vj, <usize>dvP << 2, ELEMENT_F32, 4, r0, kBegin, kEnd, alphaPtr);
+  accumulateRows(O, dvP, P, ldq, Vj, 4, r0, kBegin, kEnd, alphaPtr);
+}
+
+function accumulateValues1(O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, ldq, Vj, 1, 0, kBegin, kEnd, alphaPtr);
+}
+
+function accumulateValues2(O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, ldq, Vj, 2, 0, kBegin, kEnd, alphaPtr);
 }
 
 /**
- * The value product of accumulateValues for the first R ∈ {1, 2, 4} of the 4 rows (the others
- * untouched), with the rows of V read from `V` (row k at V + k·vRowBytes, elements of `kind`
- * widened by half.ts's widen4): from the arena tile (f32, vRowBytes = 4·dvP, R = 4), or straight
- * from HBM for a thin query block (stream.ts; then dvP = dv, so no read passes a row's end). The
- * same operations in the same order for every source, kind and R: equal values give equal bits.
+ * accumulateValues for the first `rows` ∈ {1, 2, 4} of rows 0..3 (a thin block's, stream.ts's
+ * thinRowsOf), the others untouched: one specialised loop per count.
+ */
+export function accumulateFewValues(
+  O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
+): void {
+  if (rows == 1) accumulateValues1(O, dvP, P, ldq, Vj, kBegin, kEnd, alphaPtr);
+  else if (rows == 2) accumulateValues2(O, dvP, P, ldq, Vj, kBegin, kEnd, alphaPtr);
+  else accumulateValues(O, dvP, P, ldq, Vj, 0, kBegin, kEnd, alphaPtr);
+}
+
+/**
+ * The value product of accumulateValues for the first R ∈ {1, 2, 4} of its 4 rows. The same
+ * operations in the same order for every R, so a row's bits do not depend on R.
  */
 // @ts-ignore: decorator
-@inline export function accumulateRows(
-  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32, R: i32,
+@inline function accumulateRows(
+  O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, R: i32,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
   const a0 = v128.load32_splat(alphaPtr);
   const a1 = v128.load32_splat(alphaPtr, 4);
   const a2 = v128.load32_splat(alphaPtr, 8);
   const a3 = v128.load32_splat(alphaPtr, 12);
-  const shift = elementShift(kind);
   const oRowBytes = <usize>dvP << 2;
   const pRowBytes = <usize>ldq << 2;
   const pStart = P + ((<usize>kBegin * <usize>ldq + <usize>r0) << 2);
   const pEnd = pStart + <usize>(kEnd - kBegin) * pRowBytes;
   const o0 = O + <usize>r0 * oRowBytes;
-  const vStart = V + <usize>kBegin * vRowBytes;
   const zero = f32x4.splat(0);
-  for (let c = 0; c < dvP; c += 8) {
-    const o = o0 + (<usize>c << 2);
+  for (let c: usize = 0; c < oRowBytes; c += 32) {
+    const o = o0 + c;
     let a00 = f32x4.mul(v128.load(o), a0);
     let a01 = f32x4.mul(v128.load(o, 16), a0);
     let a10 = zero, a11 = zero, a20 = zero, a21 = zero, a30 = zero, a31 = zero;
@@ -186,10 +199,10 @@ export function accumulateValues(
       a30 = f32x4.mul(v128.load(o + 3 * oRowBytes), a3);
       a31 = f32x4.mul(v128.load(o + 3 * oRowBytes, 16), a3);
     }
-    let v = vStart + (<usize>c << shift);
+    let v = Vj + <usize>kBegin * oRowBytes + c;
     for (let p = pStart; p < pEnd; p += pRowBytes) {
-      const v0 = widen4(v, kind);
-      const v1 = widen4(v + (<usize>4 << shift), kind);
+      const v0 = v128.load(v);
+      const v1 = v128.load(v, 16);
       let x = v128.load32_splat(p);
       a00 = madd(x, v0, a00);
       a01 = madd(x, v1, a01);
@@ -206,7 +219,7 @@ export function accumulateValues(
         a30 = madd(x, v0, a30);
         a31 = madd(x, v1, a31);
       }
-      v += vRowBytes;
+      v += oRowBytes;
     }
     v128.store(o, a00);
     v128.store(o, a01, 16);

@@ -1,28 +1,30 @@
-// The products of a thin query block: K and V streamed from HBM into registers.
+// The score product of a thin query block: K streamed from HBM into registers.
 //
 // A query block of at most THIN_ROWS virtual rows (a decode step: one position of the g ≤ 4 heads
-// that share a K/V head; or the last few rows of a longer call) uses each key and value exactly
-// once, by one register block of 4 rows. Staging its K and V tiles in the arena would buy no reuse
-// and cost a store and a load per element, with the copy's memory stalls in series with the
-// arithmetic. So such a block reads K and V rows straight from HBM into registers, as FlashDecoding
-// does on a GPU, and only the keys some row of the block can see: the union [first, end) of its
-// rows' visible ranges, which is exactly what the forward kernel counts for it (hbm.ts's
-// countStreamed, one addition per tile). Everything else (Q, the scores S, the softmax state m, l,
-// O, masks, biases) stays in the arena as for any block.
+// that share a K/V head; or the last few rows of a longer call) uses each key exactly once, by one
+// register block. Staging its K tile in the arena would buy no reuse and cost a store and a load
+// per element, with the copy's memory stalls in series with the arithmetic. So the scores of such a
+// block read K rows straight from HBM into registers, as FlashDecoding does on a GPU, and only the
+// keys some row of the block can see: the union [first, end) of its rows' visible ranges (hbm.ts's
+// countStreamed counts them, one addition per tile). Its V rows go through the tile copy as usual,
+// but also only those keys' (forward.ts): the value product walks V down its columns, an access
+// the hardware prefetchers follow far better in the arena than in HBM (measured: streaming V too
+// made f32 decode steps slower). Everything else (Q, S, m, l, O, masks, biases) stays in the arena.
 //
-// The kernels here and hbm.ts are the only code that reads tensors in HBM. Elements of 16-bit
-// kinds are widened by half.ts's widen4, four at a time and in order, so a 16-bit K or V gives the
-// bits of an f32 one holding the same values.
+// This file and hbm.ts are the only code that reads tensors in HBM. Elements of 16-bit kinds are
+// widened by half.ts's widen4, four at a time and in order, so a 16-bit K gives the bits of an f32
+// one holding the same values.
 
 import { ELEMENT_BF16, ELEMENT_F16, ELEMENT_F32, elementShift, widen4 } from "./half";
-import { accumulateRows, madd } from "./simd";
+import { madd } from "./simd";
 
-/** Query blocks of at most this many virtual rows stream K and V (see the header). */
+/** Query blocks of at most this many virtual rows stream K (see the header). */
 export const THIN_ROWS: i32 = 4;
 
 /**
- * Whether a block of `rowsHere` rows streams K and V: at most THIN_ROWS rows, d a multiple of 4 and
- * dv of 8 (whole f32x4 groups: no read passes the end of a row).
+ * Whether a block of `rowsHere` rows is thin (streams K, copies only the V rows it sees): at most
+ * THIN_ROWS rows, d a multiple of 4 (whole f32x4 groups: no read passes the end of a K row) and dv of
+ * 8 (the value product's width, so the copied rows need no padding).
  */
 // @ts-ignore: decorator
 @inline export function isThin(rowsHere: i32, d: i32, dv: i32): bool {
@@ -30,8 +32,8 @@ export const THIN_ROWS: i32 = 4;
 }
 
 /**
- * For the host's IO model: the most virtual rows a query block may have and still stream K and V
- * with head dims d, dv (THIN_ROWS), or 0 if blocks with these head dims never do.
+ * For the host's IO model: the most virtual rows a query block may have and still be thin (read
+ * only the K and V rows of the keys it sees) with head dims d, dv (THIN_ROWS), or 0 if none is.
  */
 export function streamedRows(d: i32, dv: i32): i32 {
   return isThin(1, d, dv) ? THIN_ROWS : 0;
@@ -182,40 +184,4 @@ export function scoresStreamed(
   if (kind == ELEMENT_F32) scoresF32(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
   else if (kind == ELEMENT_BF16) scoresBf16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
   else scoresF16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
-}
-
-// @ts-ignore: decorator
-@inline function valuesOfKind(
-  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32, rows: i32,
-  kBegin: i32, kEnd: i32, alphaPtr: usize,
-): void {
-  if (rows == 1) accumulateRows(O, dvP, P, ldq, V, vRowBytes, kind, 1, 0, kBegin, kEnd, alphaPtr);
-  else if (rows == 2) accumulateRows(O, dvP, P, ldq, V, vRowBytes, kind, 2, 0, kBegin, kEnd, alphaPtr);
-  else accumulateRows(O, dvP, P, ldq, V, vRowBytes, kind, 4, 0, kBegin, kEnd, alphaPtr);
-}
-
-function valuesF32(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  valuesOfKind(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F32, rows, kBegin, kEnd, alphaPtr);
-}
-
-function valuesBf16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  valuesOfKind(O, dvP, P, ldq, V, vRowBytes, ELEMENT_BF16, rows, kBegin, kEnd, alphaPtr);
-}
-
-function valuesF16(O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  valuesOfKind(O, dvP, P, ldq, V, vRowBytes, ELEMENT_F16, rows, kBegin, kEnd, alphaPtr);
-}
-
-/**
- * O = alpha·O + P·V for the `rows` ∈ {1, 2, 4} rows of a thin block over keys [kBegin, kEnd) of one
- * tile, value row k at V + k·vRowBytes in HBM (elements of `kind`, dv = dvP columns): simd.ts's
- * value product on rows read from HBM (rows past `rows` untouched).
- */
-export function accumulateStreamed(
-  O: usize, dvP: i32, P: usize, ldq: i32, V: usize, vRowBytes: usize, kind: i32, rows: i32,
-  kBegin: i32, kEnd: i32, alphaPtr: usize,
-): void {
-  if (kind == ELEMENT_F32) valuesF32(O, dvP, P, ldq, V, vRowBytes, rows, kBegin, kEnd, alphaPtr);
-  else if (kind == ELEMENT_BF16) valuesBf16(O, dvP, P, ldq, V, vRowBytes, rows, kBegin, kEnd, alphaPtr);
-  else valuesF16(O, dvP, P, ldq, V, vRowBytes, rows, kBegin, kEnd, alphaPtr);
 }

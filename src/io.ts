@@ -217,7 +217,7 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * it reads are the key blocks that range touches: the traffic is a sum over the Tr query blocks of
  * one closed-form term each, with no per-tile loop. A thin query block (at most 4 virtual rows, such
  * as a decode step's, when d is a multiple of 4 and dv of 8) reuses no tile across rows, so it
- * streams K and V rows from HBM straight into registers and reads exactly that range of keys. With a mask (`maskElementBytes`), each visible
+ * streams K rows from HBM straight into registers and copies V rows, of exactly that range of keys. With a mask (`maskElementBytes`), each visible
  * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
  * this model cannot know and does not model. Sequences of their own lengths (`seqLensK`, varlen
  * packing) are each one such sum, with visibility aligned to their own Nk; Tr and Tc are then the
@@ -382,7 +382,7 @@ function sequenceIo(
       const jBegin = Math.floor(first / Bc) * Bc;
       const jEnd = Math.min(stop, Math.ceil(end / Bc) * Bc);
       tilesComputed += Math.ceil(end / Bc) - jBegin / Bc;
-      // A block of at most streamedRows rows streams exactly the keys it sees; others copy whole tiles.
+      // A block of at most streamedRows rows reads exactly the keys it sees; others copy whole tiles.
       const keysRead = rowsHere <= streamedRows ? end - first : jEnd - jBegin;
       read.k += size.k * keysRead * d;
       read.v += size.v * keysRead * dv;

@@ -213,8 +213,8 @@ export interface Kernels {
   blockSizes(sramBytes: number, d: number, dv: number, masked: boolean): number;
   arenaBytes(Br: number, Bc: number, d: number, dv: number, masked: boolean): number;
   /**
-   * Query blocks of at most this many virtual rows stream K and V from HBM into registers, reading
-   * only the keys they see (assembly/stream.ts); 0 if none do with head dims d, dv.
+   * Query blocks of at most this many virtual rows read only the K and V rows of the keys they see
+   * (K streamed into registers, assembly/stream.ts); 0 if none do with head dims d, dv.
    */
   streamedRows(d: number, dv: number): number;
   /** The SM's counter block. */
