@@ -98,7 +98,10 @@ export interface GpuAttentionOutput<Buffer extends GpuBufferLike = GpuBufferLike
   stats?: AttentionStats;
 }
 
-/** The tiling the kernel uses for some head dims: what `flashAttentionIo`'s `blocks` option takes. */
+/**
+ * The tiling the kernel uses for some head dims: what `flashAttentionIo`'s `blocks` option takes.
+ * Each workgroup runs Br·T threads, T = `tiling.threadsPerRow` of {@linkcode createGpuAttention} (default 4).
+ */
 export interface GpuTiling {
   /** Workgroup memory budget in bytes (the call's `sramBytes`). */
   sramBytes: number;
@@ -108,8 +111,6 @@ export interface GpuTiling {
   Br: number;
   /** Keys per tile. */
   Bc: number;
-  /** Threads per query row (Br·threadsPerRow threads per workgroup). */
-  threadsPerRow: number;
 }
 
 /** What the GPU attention runs on. */
@@ -395,7 +396,7 @@ export async function createGpuAttention<Device extends GpuDeviceLike = GpuDevic
     }
     const b = chooseBlocks(sramBytes, d, dv, options.masked ?? false, invocations, targets);
     if (!b) throw new RangeError(cannot(`sramBytes ${sramBytes} cannot hold a tile for d = ${d}, dv = ${dv}`));
-    return { sramBytes, sramPeakBytes: b.footprintBytes, Br: b.Br, Bc: b.Bc, threadsPerRow: b.T };
+    return { sramBytes, sramPeakBytes: b.footprintBytes, Br: b.Br, Bc: b.Bc };
   };
 
   const run = async (q: unknown, k: unknown, v: unknown, options?: GpuFlashAttentionOptions) => {

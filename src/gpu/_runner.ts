@@ -127,13 +127,15 @@ function writeArray(device: GpuDeviceLike, buffer: GpuBufferLike, data: ArrayBuf
 /**
  * Checks what the GPU needs of a validated call and makes its buffers. `gpuInputs` holds the GPU
  * buffers of q, k, v given as GPU tensors; the others are uploaded. O's buffer also gets COPY_SRC
- * and COPY_DST (for reading back, or for the caller once handed over).
+ * and COPY_DST (for reading back, or for the caller once handed over). `countersFrom` (tests only)
+ * gives the counters' initial words instead of zeros.
  */
 export async function prepareGpuCall(
   ctx: GpuContext,
   call: AttentionCall,
   gpuInputs: Map<string, GpuBufferLike>,
   sramBytes: number,
+  countersFrom?: Uint32Array,
 ): Promise<PreparedGpuCall> {
   const p = call.problem;
   const masked = p.mask !== undefined;
@@ -184,7 +186,9 @@ export async function prepareGpuCall(
   }
   const o = buffer(oBytes, STORAGE_OUT, "O");
   const lse = buffer(lseBytes, STORAGE_OUT, "lse");
-  const counters = buffer(8 * COUNTER_SLOTS, BUFFER_USAGE.STORAGE | BUFFER_USAGE.COPY_SRC, "counters");
+  const counters = buffer(8 * COUNTER_SLOTS, STORAGE_IN | BUFFER_USAGE.COPY_SRC, "counters");
+  // Counters start at 0 (a new buffer is zeroed); a test may start them elsewhere to reach the carry.
+  if (countersFrom) device.queue.writeBuffer(counters, 0, countersFrom);
   const entries = [
     { binding: 0, resource: { buffer: params } },
     { binding: 1, resource: { buffer: bound[0] } },
