@@ -140,7 +140,6 @@ export async function prepareGpuCall(
   const p = call.problem;
   const masked = p.mask !== undefined;
   const blocks = blocksFor(ctx, sramBytes, p, masked);
-  const plan = planGpuForward(p, blocks, ctx.device.limits.maxComputeWorkgroupsPerDimension);
   const oBytes = roundUp4(p.oLength * bytesOf(p.dtypes.o));
   const lseBytes = roundUp4(p.returnLse ? 4 * p.lseLength : 0);
   const inputs = [["q", p.q], ["k", p.k], ["v", p.v]] as const;
@@ -148,6 +147,7 @@ export async function prepareGpuCall(
   if (p.mask) checkBinding(ctx, "the mask", p.mask.data.byteLength, p.shapes);
   checkBinding(ctx, "the output", oBytes, p.shapes);
   checkBinding(ctx, "lse", lseBytes, p.shapes);
+  const plan = planGpuForward(p, blocks, ctx.device.limits.maxComputeWorkgroupsPerDimension);
   checkBinding(ctx, "the work list", plan.meta.byteLength, p.shapes);
   const pipeline = await pipelineFor(ctx, plan.kernel);
 
