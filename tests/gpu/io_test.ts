@@ -115,7 +115,7 @@ const cases = fc.record({
   mask: fc.constantFrom("none" as const, "f32" as const, "u8" as const),
   lengths: fc.constantFrom("dense" as const, "seqLensK" as const, "varlen" as const),
   fractions: fc.array(fc.tuple(fraction, fraction), { minLength: 2, maxLength: 2 }),
-  tiling: fc.constantFrom("tiny" as const, "small" as const),
+  tiling: fc.constant("small" as const), // the variants' kernels; 16 × 16 tiles, many per problem here
   seed: fc.integer(),
 }).map((c): IoCase => c.lengths === "varlen" ? { ...c, mask: "none" } : c);
 
