@@ -26,20 +26,13 @@ import {
   type GpuAdapterInfoLike,
   type GpuAdapterLike,
   type GpuBufferLike,
+  type GpuDevice,
   type GpuDeviceLike,
   type GpuLimits,
   navigatorGpu,
 } from "./gpu/_webgpu.ts";
 
-export type {
-  GpuAdapterInfoLike,
-  GpuAdapterLike,
-  GpuBufferLike,
-  GpuDeviceLike,
-  GpuLimits,
-  GpuTensor,
-  GpuTilingTargets,
-};
+export type { GpuBufferLike, GpuDeviceLike, GpuLimits, GpuTensor, GpuTilingTargets };
 
 /**
  * Thrown (as a rejection) where WebGPU cannot run attention: the runtime has no `navigator.gpu`
@@ -47,7 +40,11 @@ export type {
  * be created or was lost, or the GPU attention was destroyed.
  */
 export class GpuUnavailableError extends Error {
-  /** @param text What is missing. */
+  /**
+   * Makes the error.
+   *
+   * @param text What is missing.
+   */
   constructor(text: string) {
     super(text);
     this.name = "GpuUnavailableError";
@@ -117,8 +114,9 @@ export interface GpuTiling {
 export interface GpuAdapterSummary {
   /** The adapter's description (e.g. "NVIDIA H200", "llvmpipe (LLVM 15.0.6, 256 bits)"), or "" when unknown. */
   description: string;
-  /** Its vendor and architecture, as the adapter reports them ("" when unknown). */
+  /** Its vendor, as the adapter reports it ("" when unknown). */
   vendor: string;
+  /** Its architecture, as the adapter reports it ("" when unknown). */
   architecture: string;
   /** Whether it is a fallback (software) adapter, when known. */
   fallback: boolean | undefined;
@@ -365,12 +363,12 @@ export async function createGpuAttention<Device extends GpuDeviceLike = GpuDevic
 ): Promise<GpuAttention<BufferOf<Device>>> {
   const o = checkCreateOptions(options);
   const targets = readTargets(o.tiling);
-  let device: GpuDeviceLike;
+  let device: GpuDevice;
   let info: GpuAdapterInfoLike | undefined;
   let fallback: boolean | undefined;
   const owned = o.device === undefined;
   if (o.device) {
-    device = o.device;
+    device = o.device as unknown as GpuDevice; // a real GPUDevice: it has every member GpuDevice names
     info = (o.device as { adapterInfo?: GpuAdapterInfoLike }).adapterInfo;
     fallback = info?.isFallbackAdapter;
   } else {

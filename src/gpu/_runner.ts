@@ -25,11 +25,11 @@ import {
 import type { ForwardKernelConfig } from "./shaders/forward.ts";
 import { type GpuPlan, planGpuForward } from "./_plan.ts";
 import { chooseBlocks, footprintBytes, type GpuBlocks, type GpuTilingTargets } from "./_tiling.ts";
-import { BUFFER_USAGE, type GpuBufferLike, type GpuDeviceLike, type GpuPipelineLike, MAP_READ } from "./_webgpu.ts";
+import { BUFFER_USAGE, type GpuBufferLike, type GpuDevice, type GpuPipelineLike, MAP_READ } from "./_webgpu.ts";
 
 /** A device and what the runner keeps on it between calls. */
 export interface GpuContext {
-  device: GpuDeviceLike;
+  device: GpuDevice;
   targets: Required<GpuTilingTargets>;
   /** Compiled pipelines by kernel key. */
   pipelines: Map<string, Promise<GpuPipelineLike>>;
@@ -114,7 +114,7 @@ function checkBinding(ctx: GpuContext, what: string, bytes: number, shapes: stri
 }
 
 /** Writes a typed array into a buffer from byte 0 (a tail that is not a whole 4-byte word is padded). */
-function writeArray(device: GpuDeviceLike, buffer: GpuBufferLike, data: ArrayBufferView): void {
+function writeArray(device: GpuDevice, buffer: GpuBufferLike, data: ArrayBufferView): void {
   const whole = data.byteLength & ~3;
   if (whole > 0) device.queue.writeBuffer(buffer, 0, new Uint8Array(data.buffer, data.byteOffset, whole));
   if (whole < data.byteLength) {

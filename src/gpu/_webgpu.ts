@@ -16,25 +16,57 @@ export const BUFFER_USAGE = {
 /** GPUMapMode.READ. */
 export const MAP_READ = 0x0001;
 
-/** The limits the backend reads (a GPUSupportedLimits has them all). */
+/**
+ * The limits of a GPUDevice that the GPU backend reads (a GPUSupportedLimits has them all).
+ * Described by its members, like {@linkcode GpuDeviceLike}, so the types need no WebGPU lib.
+ */
 export interface GpuLimits {
+  /** Bytes of workgroup memory per workgroup: the largest `sramBytes`. */
   readonly maxComputeWorkgroupStorageSize: number;
+  /** Threads per workgroup. */
   readonly maxComputeInvocationsPerWorkgroup: number;
+  /** Threads along x per workgroup. */
   readonly maxComputeWorkgroupSizeX: number;
+  /** Workgroups per dispatch dimension. */
   readonly maxComputeWorkgroupsPerDimension: number;
+  /** Bytes of one storage-buffer binding: the largest tensor. */
   readonly maxStorageBufferBindingSize: number;
+  /** Bytes of one buffer. */
   readonly maxBufferSize: number;
+  /** Storage buffers one shader may bind (the kernel binds 8). */
   readonly maxStorageBuffersPerShaderStage: number;
 }
 
-/** A GPUBuffer, as far as the backend uses one. */
+/** A GPUBuffer, described by the members the GPU backend uses: any GPUBuffer fits. */
 export interface GpuBufferLike {
+  /** Its size in bytes. */
   readonly size: number;
+  /** Its GPUBufferUsage flags. */
   readonly usage: number;
+  /** "unmapped", "pending" or "mapped". */
   readonly mapState?: string;
+  /** Maps it for reading or writing. */
   mapAsync(mode: number, offset?: number, size?: number): Promise<unknown>;
+  /** The mapped bytes. */
   getMappedRange(offset?: number, size?: number): ArrayBuffer;
+  /** Ends a mapping. */
   unmap(): unknown;
+  /** Frees its memory. */
+  destroy(): unknown;
+}
+
+/**
+ * A GPUDevice, described by a few of its members, so that the package's types need no WebGPU
+ * lib (TypeScript's DOM lib has none): any GPUDevice fits.
+ */
+export interface GpuDeviceLike {
+  /** Its limits. */
+  readonly limits: GpuLimits;
+  /** Its queue. */
+  readonly queue: unknown;
+  /** Makes a buffer (its return type types the GPU backend's output buffers). */
+  createBuffer(descriptor: { size: number; usage: number; mappedAtCreation?: boolean; label?: string }): GpuBufferLike;
+  /** Destroys the device and every buffer made on it. */
   destroy(): unknown;
 }
 
@@ -77,8 +109,8 @@ export interface GpuErrorLike {
   readonly message: string;
 }
 
-/** A GPUDevice, as far as the backend uses one. */
-export interface GpuDeviceLike {
+/** A GPUDevice, as far as the backend uses one (internal: the public type is GpuDeviceLike). */
+export interface GpuDevice extends GpuDeviceLike {
   readonly limits: GpuLimits;
   readonly features: { has(name: string): boolean };
   readonly queue: GpuQueueLike;
@@ -112,7 +144,7 @@ export interface GpuAdapterLike {
     requiredLimits?: Record<string, number>;
     requiredFeatures?: string[];
     label?: string;
-  }): Promise<GpuDeviceLike>;
+  }): Promise<GpuDevice>;
 }
 
 /** navigator.gpu. */

@@ -103,14 +103,12 @@ gpuTest(
     for (const [what, q, k, v, options] of BAD_CALLS) {
       let cpu: Error | undefined;
       try {
-        // deno-lint-ignore no-explicit-any
-        flashAttention(q as any, k as any, v as any, options as any);
+        flashAttention(q as never, k as never, v as never, options as never);
       } catch (error) {
         cpu = error as Error;
       }
       if (cpu === undefined) throw new Error(`${what}: the CPU build accepted it`);
-      // deno-lint-ignore no-explicit-any
-      const onGpu = await rejection(gpu.flashAttention(q as any, k as any, v as any, options as any));
+      const onGpu = await rejection(gpu.flashAttention(q as never, k as never, v as never, options as never));
       if (onGpu.constructor !== cpu.constructor || onGpu.message !== cpu.message) {
         throw new Error(
           `${what}: GPU ${onGpu.constructor.name} "${onGpu.message}", CPU ${cpu.constructor.name} "${cpu.message}"`,
@@ -152,9 +150,8 @@ gpuTest(
 
 gpuTest("GPU outputLocation other than cpu or gpu, or out with gpu, is a TypeError", async () => {
   const gpu = await gpuAttention(TILINGS.small);
-  // deno-lint-ignore no-explicit-any
   await assertRejects(
-    gpu.flashAttention(q, k, v, { outputLocation: "disk" } as any),
+    gpu.flashAttention(q, k, v, { outputLocation: "disk" } as never),
     TypeError,
     'outputLocation must be "cpu" or "gpu"',
   );
@@ -184,15 +181,13 @@ gpuTest(
       ShapeError,
       "q must have rank 4",
     );
-    // deno-lint-ignore no-explicit-any
     await assertRejects(
-      gpu.flashAttention({ buffer: small, shape: q.shape, dtype: "f64" } as any, k, v),
+      gpu.flashAttention({ buffer: small, shape: q.shape, dtype: "f64" } as never, k, v),
       TypeError,
       'q.dtype must be "f32", "f16" or "bf16"',
     );
-    // deno-lint-ignore no-explicit-any
     await assertRejects(
-      gpu.flashAttention({ buffer: small, data: q.data, shape: q.shape } as any, k, v),
+      gpu.flashAttention({ buffer: small, data: q.data, shape: q.shape } as never, k, v),
       TypeError,
       "q has both data and buffer",
     );
@@ -204,9 +199,8 @@ gpuTest(
     });
     await assertRejects(gpu.flashAttention({ buffer: mapped, shape: q.shape }, k, v), TypeError, "must be unmapped");
     mapped.destroy();
-    // deno-lint-ignore no-explicit-any
     await assertRejects(
-      gpu.flashAttention({ buffer: {}, shape: q.shape } as any, k, v),
+      gpu.flashAttention({ buffer: {}, shape: q.shape } as never, k, v),
       TypeError,
       "q.buffer must be a GPUBuffer",
     );
@@ -233,8 +227,7 @@ gpuTest("GPU tensors too large for the device's bindings are a RangeError, befor
 gpuTest(
   "createGpuAttention() rejects unknown or malformed options, and where there is no WebGPU, with typed errors",
   async () => {
-    // deno-lint-ignore no-explicit-any
-    const create = (options: any) => createGpuAttention(options);
+    const create = (options: unknown) => createGpuAttention(options as never);
     await assertRejects(create({ devise: device }), TypeError, 'unknown key "devise"');
     await assertRejects(create({ device: 5 }), TypeError, "device must be a GPUDevice");
     await assertRejects(create({ powerPreference: "fast" }), TypeError, "powerPreference");
@@ -282,8 +275,7 @@ gpuTest("after every kind of failed call the GPU attention computes the same bit
   const gpu = await gpuAttention(TILINGS.small);
   const first = await gpu.flashAttention(q, k, v, { causal: true, returnLse: true });
   for (const [, bq, bk, bv, options] of BAD_CALLS) {
-    // deno-lint-ignore no-explicit-any
-    await rejection(gpu.flashAttention(bq as any, bk as any, bv as any, options as any));
+    await rejection(gpu.flashAttention(bq as never, bk as never, bv as never, options as never));
   }
   await rejection(gpu.flashAttention(q, k, v, { sramBytes: 64 }));
   const again = await gpu.flashAttention(q, k, v, { causal: true, returnLse: true });
