@@ -248,7 +248,7 @@ const REQUESTED_LIMITS = [
 ] as const satisfies readonly (keyof GpuLimits)[];
 
 const CREATE_KEYS = ["device", "powerPreference", "tiling"] as const;
-const TILING_KEYS = ["rowsPerWorkgroup", "threadsPerRow", "keysPerTile"] as const;
+const TILING_KEYS = ["rowsPerWorkgroup", "threadsPerRow", "keysPerTile", "prefetch"] as const;
 
 /** "Cannot create a GPU attention as ..." */
 const cannot = (text: string) => `Cannot create a GPU attention as ${text}`;
@@ -284,6 +284,9 @@ function checkCreateOptions(options: unknown): GpuAttentionOptions {
       }
     }
     const t = readTargets(o.tiling);
+    if (typeof t.prefetch !== "boolean") {
+      throw new TypeError(cannot(`tiling.prefetch must be a boolean: it is ${describe(t.prefetch)}`));
+    }
     const power = (x: number) => Number.isInteger(x) && x >= 1 && (x & (x - 1)) === 0;
     if (!power(t.threadsPerRow) || t.threadsPerRow > 16) {
       throw new RangeError(cannot(`tiling.threadsPerRow must be 1, 2, 4, 8 or 16: it is ${describe(t.threadsPerRow)}`));

@@ -41,9 +41,15 @@ export const maskKindOf = (p: AttentionProblem): number =>
 
 /**
  * Lays out a validated problem for blocks `b`; `maxPerDimension` is the device's
- * maxComputeWorkgroupsPerDimension (a RangeError when even a square grid cannot hold the items).
+ * maxComputeWorkgroupsPerDimension (a RangeError when even a square grid cannot hold the items);
+ * `prefetch` asks for the pipelined kernel (granted without a mask).
  */
-export function planGpuForward(p: AttentionProblem, b: GpuBlocks, maxPerDimension: number): GpuPlan {
+export function planGpuForward(
+  p: AttentionProblem,
+  b: GpuBlocks,
+  maxPerDimension: number,
+  prefetch: boolean,
+): GpuPlan {
   const g = p.group;
   const items: { seq: number; kvh: number; i0: number; weight: number }[] = [];
   p.sequences.forEach((s, seq) => {
@@ -137,6 +143,7 @@ export function planGpuForward(p: AttentionProblem, b: GpuBlocks, maxPerDimensio
     maskKind: maskKindOf(p),
     alibi: p.alibiSlopes !== undefined,
     softcap: p.softcap !== 0,
+    prefetch: prefetch && p.mask === undefined,
   };
   return { kernel, params, meta, grid: [gridX, gridY], items: items.length };
 }

@@ -147,7 +147,7 @@ export async function prepareGpuCall(
   if (p.mask) checkBinding(ctx, "the mask", p.mask.data.byteLength, p.shapes);
   checkBinding(ctx, "the output", oBytes, p.shapes);
   checkBinding(ctx, "lse", lseBytes, p.shapes);
-  const plan = planGpuForward(p, blocks, ctx.device.limits.maxComputeWorkgroupsPerDimension);
+  const plan = planGpuForward(p, blocks, ctx.device.limits.maxComputeWorkgroupsPerDimension, ctx.targets.prefetch);
   checkBinding(ctx, "the work list", plan.meta.byteLength, p.shapes);
   const pipeline = await pipelineFor(ctx, plan.kernel);
 

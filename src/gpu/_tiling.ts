@@ -29,6 +29,11 @@ export interface GpuTilingTargets {
   threadsPerRow?: number;
   /** Keys per tile to aim for (a multiple of threadsPerRow). Default 64. */
   keysPerTile?: number;
+  /**
+   * Load the next K/V tile into registers while the current one is computed (software
+   * pipelining; not with a mask). Changes the schedule, not the result. Default true.
+   */
+  prefetch?: boolean;
 }
 
 /** A tiling the kernel runs with. */
@@ -64,6 +69,7 @@ export function readTargets(targets: GpuTilingTargets = {}): Required<GpuTilingT
     rowsPerWorkgroup: targets.rowsPerWorkgroup ?? ROWS_PER_WORKGROUP,
     threadsPerRow: T,
     keysPerTile: targets.keysPerTile ?? KEYS_PER_TILE,
+    prefetch: targets.prefetch ?? true,
   };
 }
 

@@ -313,3 +313,28 @@ gpuTest("GPU and CPU results differ in bits but both meet the tolerance against 
   for (let i = 0; i < ref.data.length; i++) if (!Object.is(onGpu.data[i], onCpu.data[i])) differ++;
   if (differ === 0) throw new Error("the GPU gave the CPU's exact bits on every element");
 });
+
+gpuTest("GPU software pipelining (tiling.prefetch) changes no bit of O, lse or stats", async () => {
+  // The pipelined kernel loads tile j + 1 while computing tile j; the arithmetic is the same.
+  const random = rng(13);
+  for (const [d, dv] of [[5, 7], [16, 1]]) {
+    const q = randomTensor(random, [2, 70, 2, d]);
+    const k = randomTensor(random, [2, 90, 2, d]);
+    const v = randomTensor(random, [2, 90, 2, dv]);
+    for (
+      const options of [{}, { causal: true }, { windowSize: [9, 3] as const }, { seqLensK: Int32Array.from([0, 61]) }]
+    ) {
+      const run = async (prefetch: boolean) =>
+        (await gpuAttention({ ...TILINGS.small, prefetch })).flashAttention(q, k, v, {
+          ...options,
+          returnLse: true,
+          stats: true,
+        });
+      const [on, off] = [await run(true), await run(false)];
+      const what = `d ${d}, dv ${dv}, ${JSON.stringify(options)}`;
+      assertBitwiseEqual(`O, ${what}`, on.data, off.data);
+      assertBitwiseEqual(`lse, ${what}`, on.lse.data, off.lse.data);
+      if (JSON.stringify(on.stats) !== JSON.stringify(off.stats)) throw new Error(`stats differ, ${what}`);
+    }
+  }
+});

@@ -57,6 +57,12 @@ export interface ForwardKernelConfig {
   maskKind: number;
   alibi: boolean;
   softcap: boolean;
+  /**
+   * Software pipelining: the next K/V tile is loaded into registers while the current one is
+   * computed, and stored to workgroup memory after it (only without a mask, whose tile check must
+   * come before the tile's loads). Changes the schedule, not one bit of the result.
+   */
+  prefetch: boolean;
 }
 
 /** Counter slots (u64 each, two u32 words): read[8], written[8], tiles, tiles skipped by the mask, flop units. */
@@ -124,8 +130,8 @@ export function kernelKey(c: ForwardKernelConfig): string {
     c.maskKind,
     c.alibi,
     c.softcap,
-  ]
-    .join(",");
+    c.prefetch,
+  ].join(",");
 }
 
 /** Repeats `line(i)` for i in [0, n), one per line. */
@@ -151,10 +157,17 @@ export function forwardKernel(c: ForwardKernelConfig): string {
   const QC4 = Math.min(D4, Math.floor(R4 / c.Br)); // Q staging chunk, vec4 columns
   const OC4 = Math.min(DV4, Math.floor(R4 / (c.Br * c.T))); // O merge chunk, vec4 columns
   const masked = c.maskKind !== MASK_NONE;
+  const prefetch = c.prefetch && !masked;
+  // f32 tensors whose head dim is a multiple of 4 are read as vec4s: every row, head and sequence
+  // offset is then a multiple of 4 elements (all are multiples of the head dim).
+  const qVec4 = c.qKind === KIND_F32 && c.d % 4 === 0;
+  const kVec4 = c.kKind === KIND_F32 && c.d % 4 === 0;
+  const vVec4 = c.vKind === KIND_F32 && c.dv % 4 === 0;
   const halves = [c.qKind, c.kKind, c.vKind].some((k) => k !== KIND_F32);
   const f16In = [c.qKind, c.kKind, c.vKind].includes(KIND_F16);
   const bf16In = [c.qKind, c.kKind, c.vKind].includes(KIND_BF16);
-  const arrayOf = (kind: number) => kind === KIND_F32 ? "array<f32>" : "array<u32>";
+  const arrayOf = (kind: number, vec4: boolean) =>
+    vec4 ? "array<vec4<f32>>" : kind === KIND_F32 ? "array<f32>" : "array<u32>";
   const keys = (line: (k: number) => string) => each(KPT, line);
 
   // Q staging: chunks of whole vec4 columns.
@@ -162,7 +175,23 @@ export function forwardKernel(c: ForwardKernelConfig): string {
   for (let c0 = 0; c0 < D4; c0 += QC4) {
     const n4 = Math.min(QC4, D4 - c0);
     const W = 4 * n4;
-    qChunks.push(`
+    qChunks.push(
+      qVec4
+        ? `
+  // Qi columns [${4 * c0}, ${4 * (c0 + n4)}) → scratch [row][${n4} vec4] → registers
+  for (var e = li; e < BR * ${n4}u; e += NT) {
+    let rl = e / ${n4}u;
+    var x = vec4<f32>(0.0);
+    if (rl < rowsHere) {
+      let rr = i0 + rl;
+      x = Q[(qBase + (rr / g) * P.qRow + (kvh * g + rr % g) * P.qHead) / 4u + ${c0}u + e % ${n4}u];
+    }
+    wg[e] = x;
+  }
+  workgroupBarrier();
+${each(n4, (i) => `  q${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
+  workgroupBarrier();`
+        : `
   // Qi columns [${4 * c0}, ${4 * (c0 + n4)}) → scratch [row][${W}] → registers
   for (var e = li; e < BR * ${W}u; e += NT) {
     let rl = e / ${W}u;
@@ -176,8 +205,52 @@ export function forwardKernel(c: ForwardKernelConfig): string {
   }
   workgroupBarrier();
 ${each(n4, (i) => `  q${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
-  workgroupBarrier();`);
+  workgroupBarrier();`,
+    );
   }
+
+  // Kj and Vj: each thread copies elements li, li + NT, ... of a tile (vec4s or floats) through
+  // registers rk*, rv* into the scratch, K as [key][${4 * D4}], V as [key][${4 * DV4}] after it,
+  // zeros past the valid keys and dims.
+  const tileCopy = (name: "K" | "V", vec4: boolean, D4n: number, dim: number, offset: number) => {
+    const elements = c.Bc * (vec4 ? D4n : 4 * D4n);
+    const perThread = Math.ceil(elements / NT);
+    const r = name === "K" ? "rk" : "rv";
+    const base = name === "K" ? "kBase" : "vBase";
+    const stride = name === "K" ? "P.kRow" : "P.vRow";
+    const width = vec4 ? D4n : 4 * D4n;
+    const type = vec4 ? "vec4<f32>" : "f32";
+    return {
+      declare: each(perThread, (n) => `  var ${r}${n} = ${type}(0.0);`),
+      load: (j: string) =>
+        each(perThread, (n) => {
+          const value = vec4
+            ? `${name}[(${base} + u32(${j} + jl) * ${stride}) / 4u + e % ${width}u]`
+            : `load${name}(${base} + u32(${j} + jl) * ${stride} + e % ${width}u)`;
+          const inRange = vec4 ? "jl < ct" : `jl < ct && e % ${width}u < ${dim}u`;
+          return `      {
+        let e = li + ${n * NT}u;
+        let jl = i32(e / ${width}u);
+        ${r}${n} = ${type}(0.0);
+        if (e < ${elements}u && ${inRange}) { ${r}${n} = ${value}; }
+      }`;
+        }),
+      store: each(perThread, (n) => {
+        const at = `li + ${n * NT + (vec4 ? offset / 4 : offset)}u`;
+        const store = vec4 ? `wg[${at}] = ${r}${n};` : `setF(${at}, ${r}${n});`;
+        return (n + 1) * NT > elements ? `      if (li + ${n * NT}u < ${elements}u) { ${store} }` : `      ${store}`;
+      }),
+    };
+  };
+  const kCopy = tileCopy("K", kVec4, D4, c.d, 0);
+  const vCopy = tileCopy("V", vVec4, DV4, c.dv, c.Bc * 4 * D4);
+  const loadTile = (j: string) =>
+    `      let ct = min(BC, nk - (${j}));
+${kCopy.load(j)}
+${vCopy.load(j)}`;
+  const countTile = `      tiles = tiles + 1u;
+      bump(&cK, u32(cols) * ${c.d * bytesOfKind(c.kKind)}u, ${TENSOR_SLOT.k}u, li == 0u);
+      bump(&cV, u32(cols) * ${c.dv * bytesOfKind(c.vKind)}u, ${TENSOR_SLOT.v}u, li == 0u);`;
 
   // O merge: chunks of whole vec4 columns.
   const oChunks: string[] = [];
@@ -259,9 +332,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> Q: ${arrayOf(c.qKind)};
-@group(0) @binding(2) var<storage, read> K: ${arrayOf(c.kKind)};
-@group(0) @binding(3) var<storage, read> V: ${arrayOf(c.vKind)};
+@group(0) @binding(1) var<storage, read> Q: ${arrayOf(c.qKind, qVec4)};
+@group(0) @binding(2) var<storage, read> K: ${arrayOf(c.kKind, kVec4)};
+@group(0) @binding(3) var<storage, read> V: ${arrayOf(c.vKind, vVec4)};
 @group(0) @binding(4) var<storage, read_write> O: ${c.oKind === KIND_F32 ? "array<f32>" : "array<atomic<u32>>"};
 @group(0) @binding(5) var<storage, read_write> LSE: array<u32>;
 @group(0) @binding(7) var<storage, read> META: array<u32>;
@@ -290,9 +363,9 @@ ${
     }
 ${bf16In ? "fn widenBF16(h: u32) -> f32 { return bitcast<f32>(h << 16u); }" : ""}`
   }
-${loader("loadQ", "Q", c.qKind)}
-${loader("loadK", "K", c.kKind)}
-${loader("loadV", "V", c.vKind)}
+${qVec4 ? "" : loader("loadQ", "Q", c.qKind)}
+${kVec4 ? "" : loader("loadK", "K", c.kKind)}
+${vVec4 ? "" : loader("loadV", "V", c.vKind)}
 ${
     c.oKind === KIND_F32 ? "fn storeO(e: u32, x: f32) { O[e] = x; }" : `
 // f32 → 16 bits, rounded to nearest even (src/_half.ts's rules); two elements share a word, so the
@@ -431,33 +504,42 @@ ${
 ${each(DV4, (i) => `  var o${i} = vec4<f32>(0.0);`)}
   var units = 0u;
   let kc0 = t * KPT;
+${kCopy.declare}
+${vCopy.declare}
+${
+    prefetch
+      ? `  if (jStart < jEnd) {
+${loadTile("jStart")}
+  }`
+      : ""
+  }
   for (var j0 = jStart; j0 < jEnd; j0 += BC) {
     let cols = min(BC, nk - j0);
     let kFirst = j0 + i32(kc0);
 ${masked ? maskEntries : "    let open = true;"}
-    if (open) {
-      // Kj → scratch [key][${4 * D4}], Vj → scratch [key][${4 * DV4}] after it; zeros past the valid keys and dims
-      for (var e = li; e < ${c.Bc * 4 * D4}u; e += NT) {
-        let jl = i32(e / ${4 * D4}u);
-        let col = e % ${4 * D4}u;
-        var x = 0.0;
-        if (jl < cols && col < D) { x = loadK(kBase + u32(j0 + jl) * P.kRow + col); }
-        setF(e, x);
+${
+    prefetch
+      ? `    // this tile's K and V are in registers (loaded during the previous tile): → scratch
+${kCopy.store}
+${vCopy.store}
+${countTile}
+    workgroupBarrier();
+    if (j0 + BC < jEnd) {
+      // the next tile's K and V → registers, in flight while this tile is computed
+${loadTile("j0 + BC")}
+    }`
+      : `    if (open) {
+      {
+${loadTile("j0")}
       }
-      for (var e = li; e < ${c.Bc * 4 * DV4}u; e += NT) {
-        let jl = i32(e / ${4 * DV4}u);
-        let col = e % ${4 * DV4}u;
-        var x = 0.0;
-        if (jl < cols && col < DV) { x = loadV(vBase + u32(j0 + jl) * P.vRow + col); }
-        setF(${c.Bc * 4 * D4}u + e, x);
-      }
-      tiles = tiles + 1u;
-      bump(&cK, u32(cols) * ${c.d * bytesOfKind(c.kKind)}u, ${TENSOR_SLOT.k}u, li == 0u);
-      bump(&cV, u32(cols) * ${c.dv * bytesOfKind(c.vKind)}u, ${TENSOR_SLOT.v}u, li == 0u);
+${kCopy.store}
+${vCopy.store}
+${countTile}
     } else {
       skipped = skipped + 1u;
     }
-    workgroupBarrier();
+    workgroupBarrier();`
+  }
 ${masked ? "    if (li == 0u) { atomicStore(&wgCount, 0u); }" : ""}
     let kEnd = min(kFirst + i32(KPT), j0 + cols);
     if (open && live && max(kFirst, first) < min(kEnd, last)) {
