@@ -9,9 +9,11 @@
  * 1. the SGEMM probe (bench/_sgemm_wgsl.ts: 128 × 128 tiles, 8 × 8 per thread) at 4096³, checked
  *    against host dot products, as TFLOP/s (2·M·N·K);
  * 2. the forward at N = 1024 … 32768 (B = 1, H = 8, d = 64), causal and not, for each tiling asked
- *    for (`--threads=4,8`: threads per query row; `--rows=64`), inputs and output on the device, as
- *    TFLOP/s (4·B·H·N²·d, half for causal), as a percentage of the probe, and the causal speedup
- *    (non-causal time / causal time). The N = 1024 output is checked against the f64 reference.
+ *    for, inputs and output on the device, as TFLOP/s (4·B·H·N²·d, half for causal), as a
+ *    percentage of the probe, and the causal speedup (non-causal time / causal time). The first
+ *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8` lists
+ *    rows per workgroup × threads per row, `-noprefetch` after one turns software pipelining off
+ *    (default: 64x4, 64x4-noprefetch, 64x8, 32x8).
  *
  * Timing: each measurement is a batch of dispatches in one submit, each in its own compute pass;
  * with `timestamp-query` each pass's begin and end are timestamped and the median pass is reported,
@@ -20,10 +22,11 @@
  * where they do not, or where the adapter has no timestamps, the wall time is used. Each batch is
  * sized to run about `--seconds` (default 0.5) after a warm-up.
  *
- * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--no-write` (do not write
- * BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
+ * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--seconds=0.5`, `--no-write` (do
+ * not write BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
  */
 import process from "node:process";
+import type { Tensor } from "../mod.ts";
 import { randomTensor, rng } from "../src/_cli/random.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { validateForwardCall } from "../src/_validate.ts";
@@ -44,8 +47,20 @@ const seconds = Number(option("seconds", quick ? "0.02" : "0.5"));
 const H = Number(option("heads", quick ? "2" : "8"));
 const d = 64;
 const sizes = option("sizes", quick ? "128,256" : "1024,2048,4096,8192,16384,32768").split(",").map(Number);
-const threads = option("threads", "4,8").split(",").map(Number);
-const rowsPerWorkgroup = Number(option("rows", "64"));
+/** A tiling to run: rows per workgroup, threads per row, pipelining. */
+interface Tiling {
+  rows: number;
+  T: number;
+  prefetch: boolean;
+  name: string;
+}
+const tilings: Tiling[] = option("tilings", quick ? "64x4,64x4-noprefetch" : "64x4,64x4-noprefetch,64x8,32x8")
+  .split(",")
+  .map((name) => {
+    const m = /^(\d+)x(\d+)(-noprefetch)?$/.exec(name);
+    if (!m) throw new Error(`--tilings: "${name}" is not ROWSxTHREADS or ROWSxTHREADS-noprefetch`);
+    return { rows: Number(m[1]), T: Number(m[2]), prefetch: m[3] === undefined, name };
+  });
 const sgemmSize = quick ? 256 : 4096;
 
 const USAGE = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128, QUERY_RESOLVE: 512 };
@@ -220,22 +235,34 @@ async function sgemm(size: number): Promise<{ timing: Timing; tflops: number; ma
 
 interface Row {
   N: number;
-  T: number;
+  tiling: Tiling;
   causal: boolean;
   timing: Timing;
   tflops: number;
 }
 
-async function forward(N: number, T: number, causal: boolean, check: boolean): Promise<Row> {
-  const ctx: GpuContext = {
-    device,
-    targets: readTargets({ threadsPerRow: T, rowsPerWorkgroup }),
-    pipelines: new Map(),
-  };
-  const random = rng(N + T);
+/** One size's inputs, on the host (for the check) and on the device. */
+interface Inputs {
+  N: number;
+  host: Tensor[];
+  buffers: GPUBuffer[];
+}
+
+function inputsOf(N: number): Inputs {
+  const random = rng(N);
   const shape = [1, N, H, d];
   const host = [randomTensor(random, shape), randomTensor(random, shape), randomTensor(random, shape)];
-  const buffers = host.map((t) => upload(t.data));
+  return { N, host, buffers: host.map((t) => upload(t.data)) };
+}
+
+async function forward(inputs: Inputs, tiling: Tiling, causal: boolean, check: boolean): Promise<Row> {
+  const { N, host, buffers } = inputs;
+  const ctx: GpuContext = {
+    device,
+    targets: readTargets({ threadsPerRow: tiling.T, rowsPerWorkgroup: tiling.rows, prefetch: tiling.prefetch }),
+    pipelines: new Map(),
+  };
+  const shape = [1, N, H, d];
   const tensors = buffers.map((buffer) => ({ buffer: buffer as unknown as GpuBufferLike, shape }));
   const found = new Map<string, GpuBufferLike>();
   const call = validateForwardCall(tensors[0], tensors[1], tensors[2], { causal }, gpuTensorReader(found));
@@ -251,9 +278,8 @@ async function forward(N: number, T: number, causal: boolean, check: boolean): P
   }
   prepared.releaseInputs();
   for (const b of [prepared.o, prepared.lse, prepared.counters]) b.destroy();
-  for (const b of buffers) b.destroy();
   const flops = 4 * H * N * N * d / (causal ? 2 : 1);
-  return { N, T, causal, timing, tflops: tflops(flops, timing.ms) };
+  return { N, tiling, causal, timing, tflops: tflops(flops, timing.ms) };
 }
 
 const probe = await sgemm(sgemmSize);
@@ -264,30 +290,34 @@ console.log(
     }`,
 );
 const rows: Row[] = [];
-for (const T of threads) {
-  for (const N of sizes) {
+for (const N of sizes) {
+  const inputs = inputsOf(N);
+  for (const tiling of tilings) {
     for (const causal of [false, true]) {
-      const row = await forward(N, T, causal, N === sizes[0]);
+      const row = await forward(inputs, tiling, causal, N === sizes[0]);
       rows.push(row);
       console.log(
-        `T = ${T}, N = ${N}, ${causal ? "causal" : "full"}: ${fmt(row.timing.ms, 3)} ms, ${tf(row.tflops)} TFLOP/s, ` +
+        `${tiling.name}, N = ${N}, ${causal ? "causal" : "full"}: ${fmt(row.timing.ms, 3)} ms, ${
+          tf(row.tflops)
+        } TFLOP/s, ` +
           `${fmt((100 * row.tflops) / probe.tflops, 0)}% of SGEMM (wall ${fmt(row.timing.wallMs, 3)} ms, ` +
           `${row.timing.reps} dispatches)${row.timing.note ? `; ${row.timing.note}` : ""}`,
       );
     }
   }
+  for (const b of inputs.buffers) b.destroy();
 }
 
-const speedup = (N: number, T: number) => {
-  const full = rows.find((r) => r.N === N && r.T === T && !r.causal)!;
-  const causal = rows.find((r) => r.N === N && r.T === T && r.causal)!;
+const speedup = (N: number, tiling: Tiling) => {
+  const full = rows.find((r) => r.N === N && r.tiling === tiling && !r.causal)!;
+  const causal = rows.find((r) => r.N === N && r.tiling === tiling && r.causal)!;
   return full.timing.ms / causal.timing.ms;
 };
 const body = [
   `### WebGPU forward on ${adapterName}`,
   "",
   `\`deno task bench:gpu\` (Deno ${Deno.version.deno}), B = 1, H = ${H}, d = ${d}, f32, inputs and output on the device; ` +
-  `${rowsPerWorkgroup} query rows per workgroup, T threads per row. Times: ${
+  `tiling R×T: R query rows per workgroup, T threads per row ("-noprefetch": without software pipelining). Times: ${
     timestamps
       ? "timestamp-query, median pass of a batch (wall-clock time per dispatch beside it)"
       : "wall clock per dispatch over a batch"
@@ -295,16 +325,16 @@ const body = [
   `${sgemmSize}³ at **${tf(probe.tflops)} TFLOP/s** in the same run.`,
   "",
   table(
-    ["N", "T", "causal", "ms", "wall ms", "TFLOP/s", "% of SGEMM", "causal speedup"],
+    ["N", "tiling", "causal", "ms", "wall ms", "TFLOP/s", "% of SGEMM", "causal speedup"],
     rows.map((r) => [
       r.N,
-      r.T,
+      r.tiling.name,
       r.causal ? "yes" : "no",
       fmt(r.timing.ms, 3),
       fmt(r.timing.wallMs, 3),
       tf(r.tflops),
       `${fmt((100 * r.tflops) / probe.tflops, 0)}%`,
-      r.causal ? `${fmt(speedup(r.N, r.T))}×` : "",
+      r.causal ? `${fmt(speedup(r.N, r.tiling))}×` : "",
     ]),
   ),
 ].join("\n");
