@@ -186,7 +186,7 @@ outcomes.push(
   await suite(
     "gpu (WebGPU, Deno)",
     bin("deno"),
-    ["test", "--allow-env", "--allow-read", "tests/gpu/"],
+    ["test", "--allow-env", "--allow-read", "--allow-write=.scratch", "--allow-run", "tests/gpu/"],
     denoCounts,
     { XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" },
   ),
