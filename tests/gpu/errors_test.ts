@@ -282,3 +282,13 @@ gpuTest("after every kind of failed call the GPU attention computes the same bit
   assertBitwiseEqual("O", again.data, first.data);
   assertBitwiseEqual("lse", again.lse.data, first.lse.data);
 });
+
+gpuTest("a GPU attention whose device is lost rejects with GpuUnavailableError naming the loss", async () => {
+  const adapter = await navigator.gpu.requestAdapter();
+  const other = await adapter!.requestDevice();
+  const gpu = await createGpuAttention({ device: other, tiling: TILINGS.small });
+  await gpu.flashAttention(q, k, v);
+  other.destroy();
+  await other.lost;
+  await assertRejects(gpu.flashAttention(q, k, v), GpuUnavailableError, "the device was lost");
+});
