@@ -20,8 +20,10 @@ import { validateForwardCall } from "./_validate.ts";
 import type { AttentionOutput, AttentionStats, HalfAttentionOutput } from "./result.ts";
 import type { Dtype, HalfDtype, InputTensor, Tensor } from "./tensor.ts";
 import { type GpuTensor, gpuTensorReader } from "./gpu/_inputs.ts";
-import { type GpuContext, hostOutput, prepareGpuCall, runGpuCall } from "./gpu/_runner.ts";
-import { chooseBlocks, type GpuTilingTargets, readTargets } from "./gpu/_tiling.ts";
+import { blocksFor, type GpuContext, hostOutput, prepareGpuCall, runGpuCall } from "./gpu/_runner.ts";
+import { type GpuTilingTargets, readTargets } from "./gpu/_tiling.ts";
+import { HEAD_DIM_MAX } from "./_limits.ts";
+import { readSramBytes } from "./_options.ts";
 import {
   type GpuAdapterInfoLike,
   type GpuAdapterLike,
@@ -222,7 +224,8 @@ export interface GpuAttention<Buffer extends GpuBufferLike = GpuBufferLike> {
    * @param dv Head dim of v (default d).
    * @param options The call's `sramBytes` (default: the device's workgroup storage) and whether it has a mask.
    * @returns The blocks and the workgroup memory they take.
-   * @throws {RangeError} As a call with those head dims and sramBytes would.
+   * @throws {RangeError} For head dims outside [1, 256], and as a call with those head dims and
+   *   sramBytes would (sramBytes out of range, beyond the device's workgroup storage, or too small).
    */
   tiling(d: number, dv?: number, options?: { sramBytes?: number; masked?: boolean }): GpuTiling;
   /** The device the kernels run on. */
@@ -388,15 +391,15 @@ export async function createGpuAttention<Device extends GpuDeviceLike = GpuDevic
   const limits = device.limits;
 
   const tiling = (d: number, dv = d, options: { sramBytes?: number; masked?: boolean } = {}): GpuTiling => {
-    const sramBytes = options.sramBytes ?? limits.maxComputeWorkgroupStorageSize;
-    const invocations = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
-    if (sramBytes > limits.maxComputeWorkgroupStorageSize) {
-      throw new RangeError(
-        cannot(`sramBytes is ${sramBytes}, more than the device's ${limits.maxComputeWorkgroupStorageSize}`),
-      );
+    for (const [name, x] of [["d", d], ["dv", dv]] as const) {
+      if (!Number.isInteger(x) || x < 1 || x > HEAD_DIM_MAX) {
+        throw new RangeError(message(`${name} must be an integer in [1, ${HEAD_DIM_MAX}]: ${name} is ${describe(x)}`));
+      }
     }
-    const b = chooseBlocks(sramBytes, d, dv, options.masked ?? false, invocations, targets);
-    if (!b) throw new RangeError(cannot(`sramBytes ${sramBytes} cannot hold a tile for d = ${d}, dv = ${dv}`));
+    const sramBytes = options.sramBytes === undefined
+      ? limits.maxComputeWorkgroupStorageSize
+      : readSramBytes(options.sramBytes);
+    const b = blocksFor(ctx, sramBytes, d, dv, options.masked ?? false);
     return { sramBytes, sramPeakBytes: b.footprintBytes, Br: b.Br, Bc: b.Bc };
   };
 

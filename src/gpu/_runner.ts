@@ -35,28 +35,39 @@ export interface GpuContext {
   pipelines: Map<string, Promise<GpuPipelineLike>>;
 }
 
-/** The tiling for a call's arena size and head dims, or the RangeError that says why none fits. */
-export function blocksFor(ctx: GpuContext, sramBytes: number, p: AttentionProblem, masked: boolean): GpuBlocks {
+/**
+ * The tiling for an arena of `sramBytes` and head dims d, dv on this device, or the RangeError that
+ * says why none fits; `shapes` ends the messages (a call's "q.shape is ..., ...").
+ */
+export function blocksFor(
+  ctx: GpuContext,
+  sramBytes: number,
+  d: number,
+  dv: number,
+  masked: boolean,
+  shapes?: string,
+): GpuBlocks {
   const { maxComputeWorkgroupStorageSize: limit, maxComputeInvocationsPerWorkgroup, maxComputeWorkgroupSizeX } =
     ctx.device.limits;
+  const context = shapes ? ` (${shapes})` : "";
   if (sramBytes > limit) {
     throw new RangeError(
       message(
-        `sramBytes is ${sramBytes}, more than the device's workgroup storage (maxComputeWorkgroupStorageSize ${limit})`,
+        `sramBytes is ${sramBytes}, more than the device's workgroup storage (maxComputeWorkgroupStorageSize ${limit})${context}`,
       ),
     );
   }
   const invocations = Math.min(maxComputeInvocationsPerWorkgroup, maxComputeWorkgroupSizeX);
-  const blocks = chooseBlocks(sramBytes, p.d, p.dv, masked, invocations, ctx.targets);
+  const blocks = chooseBlocks(sramBytes, d, dv, masked, invocations, ctx.targets);
   if (blocks === undefined) {
     const T = ctx.targets.threadsPerRow;
     throw new RangeError(
       message(
-        `sramBytes is ${sramBytes}, too small for head dims d = ${p.d}, dv = ${p.dv}${
+        `sramBytes is ${sramBytes}, too small for head dims d = ${d}, dv = ${dv}${
           masked ? " with a mask" : ""
         } on the GPU: the smallest tile (8 rows, ${T} keys) needs ${
-          footprintBytes(8, T, T, p.d, p.dv, masked)
-        } bytes of workgroup storage (${p.shapes})`,
+          footprintBytes(8, T, T, d, dv, masked)
+        } bytes of workgroup storage${context}`,
       ),
     );
   }
@@ -139,7 +150,7 @@ export async function prepareGpuCall(
 ): Promise<PreparedGpuCall> {
   const p = call.problem;
   const masked = p.mask !== undefined;
-  const blocks = blocksFor(ctx, sramBytes, p, masked);
+  const blocks = blocksFor(ctx, sramBytes, p.d, p.dv, masked, p.shapes);
   const oBytes = roundUp4(p.oLength * bytesOf(p.dtypes.o));
   const lseBytes = roundUp4(p.returnLse ? 4 * p.lseLength : 0);
   const inputs = [["q", p.q], ["k", p.k], ["v", p.v]] as const;
