@@ -6,7 +6,7 @@
 import { flashAttention, ShapeError } from "../../mod.ts";
 import { createGpuAttention, GpuUnavailableError } from "../../src/gpu.ts";
 import { BUFFER_USAGE } from "../../src/gpu/_webgpu.ts";
-import { assertBitwiseEqual, randomTensor, rng } from "../_util.ts";
+import { assertBitwiseEqual, assertThrows, randomTensor, rng } from "../_util.ts";
 import { device, gpuAttention, gpuTest, TILINGS, upload } from "./_gpu.ts";
 
 /** The error a promise rejects with (fails when it resolves). */
@@ -145,6 +145,12 @@ gpuTest(
     );
     // The largest that fits works.
     await gpu.flashAttention(q, k, v, { sramBytes: limit });
+    // tiling() says the same as a call would, and checks its head dims.
+    assertThrows(() => gpu.tiling(5, 7, { sramBytes: limit + 16 }), RangeError, "maxComputeWorkgroupStorageSize");
+    assertThrows(() => gpu.tiling(5, 7, { sramBytes: 64 }), RangeError, "too small for head dims d = 5, dv = 7");
+    assertThrows(() => gpu.tiling(5, 7, { sramBytes: 0 }), RangeError, "sramBytes must be an integer in (0,");
+    assertThrows(() => gpu.tiling(0), RangeError, "d must be an integer in [1, 256]");
+    assertThrows(() => gpu.tiling(5, 257), RangeError, "dv must be an integer in [1, 256]");
   },
 );
 
