@@ -20,7 +20,8 @@
  * in WebAssembly memory, so a step reads it where it lives. Half precision: q, k, v, KV caches and
  * the output may be stored as f16 or bf16 (`dtype`, `outDtype`), widened to f32 in the kernels' tile
  * copies, so they take half the memory and half the bytes. The f64 reference implementation lives
- * in `@flash/attention/reference`, the IO model in `@flash/attention/io`.
+ * in `@flash/attention/reference`, the IO model in `@flash/attention/io`, and the same forward on
+ * WebGPU (Deno, Chromium) in `@flash/attention/gpu` (`createGpuAttention`).
  *
  * @module
  */

@@ -2,7 +2,8 @@
  * The npm package tried as a user tries it: builds dist/ (_tools/build_npm.ts), packs it with
  * `npm pack`, installs the tarball into a fresh project in a temporary folder, and there
  *
- *   - imports every entry from Node as ES modules and computes attention (and on a pool);
+ *   - imports every entry from Node as ES modules and computes attention (and on a pool; the GPU
+ *     entry rejects with GpuUnavailableError, Node having no WebGPU);
  *   - requires every entry from Node as CommonJS with require(esm) turned off, so the CommonJS
  *     build is what runs (Node 20.0–20.18 have no require(esm));
  *   - runs the same two files under Bun, and an `npm:` import under Deno;
@@ -124,7 +125,10 @@ function writeConsumers(dir: string): void {
     await pool.close();
     const s = flashAttention(big, big, big, { causal: true });
     if (!p.data.every((x, i) => Object.is(x, s.data[i]))) throw new Error("the pool's bits differ");
-    console.log("max error " + err.toExponential(1) + "; the pool gives the same bits");
+    // Node 20 and Bun have no WebGPU: the GPU entry loads and says so with its typed error.
+    const noGpu = await createGpuAttention().then(() => undefined, (error) => error);
+    if (!(noGpu instanceof GpuUnavailableError)) throw new Error("expected GpuUnavailableError, got " + noGpu);
+    console.log("max error " + err.toExponential(1) + "; the pool gives the same bits; no WebGPU here, as expected");
   `;
   writeFileSync(
     join(dir, "esm.mjs"),
@@ -132,6 +136,7 @@ function writeConsumers(dir: string): void {
     import { referenceAttention } from "@flash/attention/reference";
     import { flashAttentionIo } from "@flash/attention/io";
     import { createAttentionPool } from "@flash/attention/pool";
+    import { createGpuAttention, GpuUnavailableError } from "@flash/attention/gpu";
     await init();
     ${body}`,
   );
@@ -141,6 +146,7 @@ function writeConsumers(dir: string): void {
     const { referenceAttention } = require("@flash/attention/reference");
     const { flashAttentionIo } = require("@flash/attention/io");
     const { createAttentionPool } = require("@flash/attention/pool");
+    const { createGpuAttention, GpuUnavailableError } = require("@flash/attention/gpu");
     if (!require.resolve("@flash/attention").includes("/cjs/")) throw new Error("require did not pick the CommonJS build");
     (async () => { ${body} })().catch((error) => { console.error(error); process.exit(1); });`,
   );
@@ -188,6 +194,8 @@ function writeConsumers(dir: string): void {
       await init();
       const pool: AttentionPool = await createAttentionPool({ threads: 2 });
       await pool.close();
+      const gpu: GpuAttention | undefined = await createGpuAttention().catch(() => undefined);
+      gpu?.destroy();
       return grads.dq.data.length + io.totalBytes + r.data.length + (lse?.data.length ?? 0) + (source ? 1 : 0);
     }
     `;
@@ -197,7 +205,8 @@ function writeConsumers(dir: string): void {
     } from "@flash/attention";
     import { type FlashIoCounts, flashAttentionIo } from "@flash/attention/io";
     import { referenceAttention } from "@flash/attention/reference";
-    import { type AttentionPool, createAttentionPool } from "@flash/attention/pool";`;
+    import { type AttentionPool, createAttentionPool } from "@flash/attention/pool";
+    import { createGpuAttention, type GpuAttention } from "@flash/attention/gpu";`;
   writeFileSync(join(dir, "consumer.ts"), typed(esmImports));
   // The same text as CommonJS: its imports resolve through the "require" conditions.
   writeFileSync(join(dir, "consumer.cts"), typed(esmImports));

@@ -6,7 +6,8 @@
  *    the packed npm package installs into a fresh project and works there (_tools/check_package.ts);
  * 3. the test suite under Node (node:test via tsx), Deno (with the doc examples) and Bun, and each
  *    example's own test in the runtime it is for (the browser page in headless Chromium, the
- *    Cloudflare worker in workerd, the edge handler in Deno).
+ *    Cloudflare worker in workerd, the edge handler in Deno); the WebGPU suite (tests/gpu/) under
+ *    Deno, on whatever adapter navigator.gpu gives (lavapipe on machines without a GPU).
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
  */
@@ -55,9 +56,10 @@ async function suite(
   cmd: string,
   args: string[],
   summary: (out: string) => Outcome | undefined,
+  env: Record<string, string> = {},
 ): Promise<Outcome> {
   console.log(`\n── suite: ${name}`);
-  const { code, out } = await run(cmd, args, { NO_COLOR: "1", FORCE_COLOR: "0" });
+  const { code, out } = await run(cmd, args, { NO_COLOR: "1", FORCE_COLOR: "0", ...env });
   // deno-lint-ignore no-control-regex
   const counts = summary(out.replace(/\x1b\[[0-9;]*m/g, ""));
   const outcome = counts ?? { passed: 0, failed: 1 };
@@ -98,6 +100,7 @@ outcomes.push(
     "src/io.ts",
     "src/pool.ts",
     "src/cli.ts",
+    "src/gpu.ts",
   ]),
 );
 outcomes.push(await check("deno lint", bin("deno"), ["lint"]));
@@ -173,14 +176,26 @@ outcomes.push(
     "--doc",
     "mod.ts",
     "src/",
-    "tests/",
+    // The files of tests/, not its folders: tests/gpu/ is the gpu suite's (with --doc, deno test
+    // runs a folder's tests whatever --ignore says).
+    ...testFiles,
   ], denoCounts),
+);
+// WebGPU needs Deno (Node 20 and Bun have no navigator.gpu). With CI=true a missing adapter fails.
+outcomes.push(
+  await suite(
+    "gpu (WebGPU, Deno)",
+    bin("deno"),
+    ["test", "--allow-env", "--allow-read", "--allow-write=.scratch", "--allow-run", "tests/gpu/"],
+    denoCounts,
+    { XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" },
+  ),
 );
 outcomes.push(
   await suite(
     "bun",
     bin("bun"),
-    ["test", "--timeout", "600000", "./tests/"],
+    ["test", "--timeout", "600000", "--path-ignore-patterns=tests/gpu/**", "./tests/"],
     (out) => both(lastInt(out, /^\s*(\d+) pass$/gm), lastInt(out, /^\s*(\d+) fail$/gm)),
   ),
 );

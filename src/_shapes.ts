@@ -94,7 +94,7 @@ function fieldsOf(name: string, t: unknown): { data: unknown; shape: unknown } {
 }
 
 /** Checks a shape's rank and dims, and that it holds `length` elements; returns a copy. */
-function checkShape(name: string, shape: unknown, length: number, dims: string, rank: number): number[] {
+export function checkShape(name: string, shape: unknown, length: number, dims: string, rank: number): number[] {
   if (!Array.isArray(shape)) {
     throw new TypeError(message(`${name}.shape must be an array: ${name}.shape is ${describe(shape)}`));
   }
@@ -221,14 +221,26 @@ export const twoShapes = (a: string, b: string, sa: number[], sb: number[]): str
   `${a}.shape is ${formatShape(sa)}, ${b}.shape is ${formatShape(sb)}`;
 
 /**
+ * How q, k and v are read: checkElementTensor, or a runner's reader that also accepts tensors
+ * stored elsewhere (the WebGPU runner's GPU buffers) and defers to checkElementTensor otherwise.
+ */
+export type TensorReader = (name: string, t: unknown, dims: string, rank: number) => ElementTensor;
+
+/**
  * Checks q, k and v in `layout` ("thd": varlen packing): each a tensor of the layout's rank, and
  * their batch, head dim, heads and lengths consistent, with H a multiple of Hkv (GQA).
  */
-export function checkQkv(q: unknown, k: unknown, v: unknown, layout: Layout | "thd"): QkvShapes {
+export function checkQkv(
+  q: unknown,
+  k: unknown,
+  v: unknown,
+  layout: Layout | "thd",
+  read: TensorReader = checkElementTensor,
+): QkvShapes {
   const ax = axes(layout);
-  const Q = checkElementTensor("q", q, ax.dims, ax.rank);
-  const K = checkElementTensor("k", k, ax.dims, ax.rank);
-  const V = checkElementTensor("v", v, ax.dims, ax.rank);
+  const Q = read("q", q, ax.dims, ax.rank);
+  const K = read("k", k, ax.dims, ax.rank);
+  const V = read("v", v, ax.dims, ax.rank);
   const same = (what: string, axis: number, a: string, sa: number[], b: string, sb: number[]) => {
     if (sa[axis] !== sb[axis]) {
       throw new ShapeError(

@@ -41,6 +41,7 @@ import {
   type QkvShapes,
   type SequenceList,
   stridesOf,
+  type TensorReader,
   varlenSequences,
 } from "./_shapes.ts";
 import { readSplits } from "./_splits.ts";
@@ -68,6 +69,8 @@ interface ValidateConfig {
   /** Options this function accepts besides the common ones (already checked for unknown keys). */
   seqLensK?: Int32Array;
   varlen?: { cuSeqlensQ: unknown; cuSeqlensK: unknown };
+  /** How q, k, v are read (default checkElementTensor: arrays in the caller's memory). */
+  readTensor?: TensorReader;
 }
 
 /** Reads the options that change the scores, for q, k, v of `s` and `batch` sequences. */
@@ -100,7 +103,7 @@ export function validateAttention(
 ): AttentionProblem {
   const varlen = extra.varlen !== undefined;
   const layout = readLayout(options.layout, varlen);
-  const s = checkQkv(q, k, v, varlen ? "thd" : layout);
+  const s = checkQkv(q, k, v, varlen ? "thd" : layout, extra.readTensor);
   const list: SequenceList = varlen
     ? varlenSequences(s, extra.varlen!.cuSeqlensQ, extra.varlen!.cuSeqlensK)
     : batchSequences(s, extra.seqLensK);
@@ -153,7 +156,13 @@ function problemOf(
  * Validates a call whose options may carry per-sequence key lengths (`seqLensK`) or varlen
  * packing (`cuSeqlensQ`, `cuSeqlensK`), which exclude each other.
  */
-export function validateCall(q: unknown, k: unknown, v: unknown, opts: Record<string, unknown>): AttentionProblem {
+export function validateCall(
+  q: unknown,
+  k: unknown,
+  v: unknown,
+  opts: Record<string, unknown>,
+  readTensor?: TensorReader,
+): AttentionProblem {
   const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
   if (varlen && opts.seqLensK !== undefined) {
     throw notWithVarlen("seqLensK");
@@ -161,6 +170,7 @@ export function validateCall(q: unknown, k: unknown, v: unknown, opts: Record<st
   return validateAttention(q, k, v, opts, {
     seqLensK: opts.seqLensK as Int32Array | undefined,
     varlen: varlen ? { cuSeqlensQ: opts.cuSeqlensQ, cuSeqlensK: opts.cuSeqlensK } : undefined,
+    readTensor,
   });
 }
 
@@ -180,10 +190,19 @@ function readRun(problem: AttentionProblem, opts: Record<string, unknown>, numSp
   return { problem, out, sramBytes, stats, numSplits };
 }
 
-/** The whole validation of a `flashAttention` call (of the synchronous function or a pool's). */
-export function validateForwardCall(q: unknown, k: unknown, v: unknown, options: unknown): AttentionCall {
+/**
+ * The whole validation of a `flashAttention` call (of the synchronous function, a pool's or a GPU
+ * attention's, which passes its own `readTensor` for tensors in GPU buffers).
+ */
+export function validateForwardCall(
+  q: unknown,
+  k: unknown,
+  v: unknown,
+  options: unknown,
+  readTensor?: TensorReader,
+): AttentionCall {
   const opts = checkOptionKeys(options, FORWARD_OPTION_KEYS);
-  return readRun(validateCall(q, k, v, opts), opts, 1);
+  return readRun(validateCall(q, k, v, opts, readTensor), opts, 1);
 }
 
 /** The options of `flashAttentionWithKvCache` with a cache that lives in HBM. */

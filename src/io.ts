@@ -117,6 +117,18 @@ export interface StandardIoOptions {
   cuSeqlensK?: Int32Array;
 }
 
+/** Blocks of a runner's tiling: query rows Br and keys Bc per tile, in a memory of `sramBytes` of which it uses `sramPeakBytes`. */
+export interface IoBlocks {
+  /** Query block rows (virtual rows). */
+  Br: number;
+  /** Key block size. */
+  Bc: number;
+  /** The on-chip memory the blocks were sized for, in bytes. */
+  sramBytes: number;
+  /** The on-chip memory the blocks use, in bytes. */
+  sramPeakBytes: number;
+}
+
 /** Options that change the traffic of this library's kernel ({@linkcode flashAttentionIo}). */
 export interface IoOptions extends StandardIoOptions {
   /**
@@ -128,6 +140,14 @@ export interface IoOptions extends StandardIoOptions {
   windowSize?: readonly [number, number];
   /** Arena size; default {@linkcode DEFAULT_SRAM_BYTES}. */
   sramBytes?: number;
+  /**
+   * The tiling of another runner, used instead of the blocks the CPU kernels derive from
+   * `sramBytes` (which is then not allowed): a WebGPU attention's `tiling(d, dv)` (from
+   * `@flash/attention/gpu`), whose Br, Bc and workgroup memory the result reports. Its kernel
+   * moves data by the same rule, whole tiles for every block (it has no thin blocks), so its
+   * measured `stats` equal this model's bytes too.
+   */
+  blocks?: IoBlocks;
   /**
    * Bytes per element of a mask of shape [B, H, Nq, Nk] that blocks no whole tile (0: no mask):
    * each visible tile reads its mask tile.
@@ -216,7 +236,7 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * from the first key its first row sees to one past the last key its last row sees, so the tiles
  * it reads are the key blocks that range touches: the traffic is a sum over the Tr query blocks of
  * one closed-form term each, with no per-tile loop. A thin query block (at most 4 virtual rows, such
- * as a decode step's, when d is a multiple of 4 and dv of 8) reuses no tile across rows, so it
+ * as a decode step's, when d is a multiple of 4 and dv of 8; CPU kernels only) reuses no tile across rows, so it
  * streams K rows from HBM straight into registers and copies V rows, of exactly that range of keys. With a mask (`maskElementBytes`), each visible
  * tile also reads its mask tile; a mask that blocks whole tiles makes the kernel skip them, which
  * this model cannot know and does not model. Sequences of their own lengths (`seqLensK`, varlen
@@ -254,27 +274,34 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
   const Hkv = shape.Hkv ?? H;
   const dv = shape.dv ?? d;
   const g = H / Hkv;
-  const sramBytes = options.sramBytes ?? DEFAULT_SRAM_BYTES;
   const maskBytes = options.maskElementBytes ?? 0;
-  const kernels = loadKernels();
-  const packed = kernels.blockSizes(sramBytes, d, dv, maskBytes > 0);
-  if (packed === 0) {
-    throw new RangeError(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`);
-  }
-  const Br = packed >>> 16;
-  const Bc = packed & 0xffff;
+  const { Br, Bc, sramBytes, sramPeakBytes } = options.blocks ?? cpuBlocks(options.sramBytes, d, dv, maskBytes > 0);
   const sequences = sequenceLengths(shape, options);
   if (options.numSplits !== undefined && (options.cuSeqlensQ !== undefined || options.cuSeqlensK !== undefined)) {
     throw notWithVarlen("numSplits (split-KV of the KV-cache function)");
   }
   const numSplits = checkSplits(options.numSplits, Math.max(0, ...sequences.map((s) => s.Nk)));
+  // Thin blocks are the CPU kernels' (assembly/stream.ts); another runner's tiling has none.
+  const streamedRows = options.blocks ? 0 : loadKernels().streamedRows(d, dv);
   const total = sumSequences(
     sequences,
     Hkv,
     zeroBytes,
-    (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits, kernels.streamedRows(d, dv)),
+    (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits, streamedRows),
   );
-  return withTiling(total, sramBytes, kernels.arenaBytes(Br, Bc, d, dv, maskBytes > 0), Br, Bc);
+  return withTiling(total, sramBytes, sramPeakBytes, Br, Bc);
+}
+
+/** The blocks the CPU kernels derive from an arena of `sramBytes` (default DEFAULT_SRAM_BYTES), and its use. */
+function cpuBlocks(sramBytes = DEFAULT_SRAM_BYTES, d: number, dv: number, masked: boolean): IoBlocks {
+  const kernels = loadKernels();
+  const packed = kernels.blockSizes(sramBytes, d, dv, masked);
+  if (packed === 0) {
+    throw new RangeError(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`);
+  }
+  const Br = packed >>> 16;
+  const Bc = packed & 0xffff;
+  return { Br, Bc, sramBytes, sramPeakBytes: kernels.arenaBytes(Br, Bc, d, dv, masked) };
 }
 
 /** A summed closed form with the arena and its blocks, fields in the order the kernels' stats list them. */
@@ -399,7 +426,7 @@ function sequenceIo(
 }
 
 /** Options that change the traffic of this library's backward ({@linkcode flashAttentionBackwardIo}). */
-export interface BackwardIoOptions extends Omit<IoOptions, "numSplits" | "returnLse" | "elementBytes"> {
+export interface BackwardIoOptions extends Omit<IoOptions, "numSplits" | "returnLse" | "elementBytes" | "blocks"> {
   /** Bytes per element of q, k, v, O and dO (default 4 each); the gradients, lse and D are f32. */
   elementBytes?: BackwardElementBytes;
 }
@@ -524,8 +551,9 @@ const FLASH_KEYS = [
   "sramBytes",
   "alibi",
   "numSplits",
+  "blocks",
 ] as const;
-const BACKWARD_KEYS = FLASH_KEYS.filter((key) => key !== "numSplits" && key !== "returnLse");
+const BACKWARD_KEYS = FLASH_KEYS.filter((key) => key !== "numSplits" && key !== "returnLse" && key !== "blocks");
 const SHAPE_KEYS = ["B", "H", "Hkv", "Nq", "Nk", "d", "dv"] as const;
 
 /**
@@ -573,6 +601,32 @@ function checkIoArguments(shape: AttentionShape, options: unknown, known: readon
   }
   readWindow(o.windowSize, readCausal(o.causal), Number.MAX_SAFE_INTEGER);
   if (o.sramBytes !== undefined) readSramBytes(o.sramBytes);
+  if (o.blocks !== undefined) checkBlocks(o.blocks, o.sramBytes);
+}
+
+/** `blocks`: positive integers Br and Bc, and sramPeakBytes ≤ sramBytes; not with `sramBytes`. */
+function checkBlocks(value: unknown, sramBytes: unknown): void {
+  const say = (text: string) => message(text.replaceAll("options", "blocks"));
+  const blocks = checkOptionKeys(value, ["Br", "Bc", "sramBytes", "sramPeakBytes"], say);
+  if (sramBytes !== undefined) {
+    throw new TypeError(message("blocks and sramBytes cannot be combined: blocks carries its own sramBytes"));
+  }
+  for (const name of ["Br", "Bc", "sramBytes", "sramPeakBytes"] as const) {
+    const x = blocks[name];
+    if (typeof x !== "number") {
+      throw new TypeError(message(`blocks.${name} must be a number: blocks.${name} is ${describe(x)}`));
+    }
+    if (!Number.isSafeInteger(x) || x < (name === "sramPeakBytes" ? 0 : 1)) {
+      throw new RangeError(message(`blocks.${name} must be a positive integer: blocks.${name} is ${x}`));
+    }
+  }
+  if ((blocks.sramPeakBytes as number) > (blocks.sramBytes as number)) {
+    throw new RangeError(
+      message(
+        `blocks.sramPeakBytes must be at most blocks.sramBytes: ${blocks.sramPeakBytes} > ${blocks.sramBytes}`,
+      ),
+    );
+  }
 }
 
 /** Bytes per element of every tensor `elementBytes` may name, 4 where it does not. */

@@ -2,7 +2,8 @@
  * Runs the browser example in headless Chromium and checks what the page computed against the f64 reference,
  * recomputed here from the seeds and shapes the page reports; then loads it without cross-origin isolation (the pool
  * must refuse, the rest must work), under the Content-Security-Policy the README gives, and under that policy less
- * each of its parts, to show that every part is needed.
+ * each of its parts, to show that every part is needed; and with its WebGPU switch on (Chromium started with
+ * --enable-unsafe-webgpu, which gives headless Chromium its SwiftShader adapter).
  *
  *   node --import tsx --test examples/browser/browser_test.ts
  *
@@ -34,7 +35,11 @@ before(async () => {
       `Cannot run the browser example as there is no Chromium at ${CHROMIUM}: apt-get install -y chromium`,
     );
   }
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"], headless: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--enable-unsafe-webgpu"],
+    headless: true,
+  });
 });
 
 after(async () => {
@@ -42,9 +47,14 @@ after(async () => {
   await Promise.all(servers.map((server) => server.close()));
 });
 
-/** Opens the example served with `headers` and waits until it reports its results or its error. */
+/**
+ * Opens the example served with `headers` (at `query`, e.g. "?webgpu") and waits up to `timeout` ms until it reports
+ * its results or its error.
+ */
 async function load(
   headers?: Record<string, string>,
+  query = "",
+  timeout = 30_000,
 ): Promise<{ page: Page; results: PageResults | { error: string } }> {
   const server = await serve({ headers });
   servers.push(server);
@@ -52,9 +62,9 @@ async function load(
   const errors: string[] = [];
   page.on("pageerror", (error) => errors.push(String(error)));
   page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
-  await page.goto(server.url);
+  await page.goto(server.url + query);
   try {
-    await page.waitForFunction(() => globalThis.__results !== undefined, null, { timeout: 30_000 });
+    await page.waitForFunction(() => globalThis.__results !== undefined, null, { timeout });
   } catch (error) {
     throw new Error(`The page reported no results: ${error}; its errors: ${errors.join("; ") || "none"}`);
   }
@@ -209,4 +219,32 @@ test("the browser example runs under the README's CSP, which needs both 'wasm-un
     `Without worker-src blob: the pool failed with ${pool.error}`,
   );
   for (const { page } of [strict, noWasm, noBlob]) await page.close();
+});
+
+test("the browser example's WebGPU switch computes the same attention on the GPU, within the tolerance", async () => {
+  // SwiftShader compiles the kernel in LLVM: the first call takes about 20 s on a 2-core machine.
+  const { page, results } = await load(undefined, "?webgpu", 180_000);
+  const computedResults = computed(results, "with the WebGPU switch on");
+  const gpu = computedResults.gpu;
+  assert(gpu !== undefined, "The page did not run the GPU with ?webgpu");
+  if ("error" in gpu) throw new Error(`The page's WebGPU run failed: ${gpu.error}`);
+  const outputs: PageOutputs = (await page.evaluate(() => globalThis.__outputs))!;
+  assert(outputs.gpu !== undefined, "The page has no GPU output");
+  // The rule of the first test. The GPU's fma() may round once or twice (WGSL allows both); the baseline rounds twice,
+  // as the CPU kernels do under Node, and at N = 1024 the error is that of sums over up to 1024 keys either way.
+  const [q, k, v] = inputs(computedResults.problem);
+  const reference = referenceAttention(q, k, v, { causal: true, returnLse: true });
+  const naive = naiveAttentionF32(q, k, v, { causal: true });
+  assertFlashTolerance("WebGPU O", outputs.gpu.o, reference.data, naive.data);
+  assertFlashTolerance("WebGPU lse", outputs.gpu.lse, reference.lse.data, naive.lse);
+  const text = await page.evaluate(() => document.getElementById("webgpu-switch")!.textContent);
+  assert(text === "WebGPU: on (turn off)", `The switch reads "${text}"`);
+  console.log(
+    `WebGPU (${gpu.adapter}): ${gpu.milliseconds.toFixed(1)} ms, first call ${gpu.firstMilliseconds.toFixed(1)} ms`,
+  );
+  await page.close();
+  // Without the switch the page does not touch the GPU.
+  const off = await load();
+  assert(computed(off.results, "with the switch off").gpu === undefined, "The page ran the GPU without ?webgpu");
+  await off.page.close();
 });

@@ -1,12 +1,14 @@
 /// <reference lib="dom" />
 /**
  * The browser example's page script (served bundled by serve.ts): causal attention computed on the main thread and
- * on a pool of Workers, with the time of each, and a heat map of one head's attention probabilities.
+ * on a pool of Workers, with the time of each, and a heat map of one head's attention probabilities. With `?webgpu`
+ * in the address (the page's WebGPU switch) it computes the same attention on the GPU too.
  *
  * The results go to the page and to `globalThis.__results` (a JSON-able summary, with the inputs' seeds and shapes) and
  * `globalThis.__outputs` (the output arrays), which browser_test.ts reads.
  */
 import { type AttentionOutput, createAttentionPool, flashAttention, init, type Tensor } from "@flash/attention";
+import { createGpuAttention } from "@flash/attention/gpu";
 
 /** A deterministic problem: q, k, v drawn in that order from mulberry32(seed), uniform in (−amplitude, amplitude). */
 export interface Problem {
@@ -39,6 +41,11 @@ export interface PageResults {
   pool: (RunSummary & { threads: number; startMilliseconds: number }) | { error: string };
   /** max |O_main − O_pool| over all elements (0 when the pool agrees, as it should, bit for bit). */
   maxDifference?: number;
+  /**
+   * The WebGPU run, when the switch is on: the adapter, the first call's time (which compiles the kernel) and the
+   * second's; or why there is none (no WebGPU in this browser, ...). Absent when the switch is off.
+   */
+  gpu?: (RunSummary & { adapter: string; firstMilliseconds: number; maxDifference: number }) | { error: string };
   /** The heat map's problem, its head, and P[i][j] of that head (0 where masked). */
   heatMap: { problem: DrawnProblem; head: number; p: number[][] };
 }
@@ -47,6 +54,7 @@ export interface PageResults {
 export interface PageOutputs {
   main: { o: Float32Array; lse: Float32Array };
   pool?: { o: Float32Array; lse: Float32Array };
+  gpu?: { o: Float32Array; lse: Float32Array };
 }
 
 declare global {
@@ -178,6 +186,37 @@ async function run(): Promise<void> {
     show("pool-values", pool.error);
   }
 
+  let gpu: PageResults["gpu"];
+  const webgpu = new URLSearchParams(location.search).has("webgpu");
+  const gpuSwitch = document.getElementById("webgpu-switch") as HTMLAnchorElement;
+  gpuSwitch.textContent = webgpu ? "WebGPU: on (turn off)" : "WebGPU: off (turn on)";
+  gpuSwitch.href = webgpu ? "?" : "?webgpu";
+  if (webgpu) {
+    try {
+      const onGpu = await createGpuAttention(); // rejects with GpuUnavailableError where the browser has no WebGPU
+      try {
+        start = performance.now();
+        await onGpu.flashAttention(q, k, v, options); // the first call compiles the kernel for this shape
+        const firstMilliseconds = performance.now() - start;
+        start = performance.now();
+        const o = await onGpu.flashAttention(q, k, v, options);
+        const maxDifference = o.data.reduce((max, x, i) => Math.max(max, Math.abs(x - main.data[i])), 0);
+        const adapter = onGpu.adapter.description || onGpu.adapter.architecture || onGpu.adapter.vendor;
+        gpu = { ...summary(o, performance.now() - start), adapter, firstMilliseconds, maxDifference };
+        outputs.gpu = { o: o.data, lse: o.lse.data };
+      } finally {
+        onGpu.destroy();
+      }
+      show("gpu-label", `WebGPU (${gpu.adapter})`);
+      show("gpu-time", `${ms(gpu.milliseconds)} (first call ${ms(gpu.firstMilliseconds)}, with compiling)`);
+      show("gpu-values", values(gpu));
+      show("gpu-difference", `${gpu.maxDifference} (f32 rounding: the GPU sums in another order)`);
+    } catch (error) {
+      gpu = { error: String(error) };
+      show("gpu-values", gpu.error);
+    }
+  }
+
   const [hq, hk, hv] = inputs(HEAT_MAP_PROBLEM);
   const small = flashAttention(hq, hk, hv, { causal: HEAT_MAP_PROBLEM.causal, returnLse: true });
   const p = probabilities(hq, hk, small.lse, HEAT_MAP_HEAD, HEAT_MAP_PROBLEM.causal);
@@ -189,6 +228,7 @@ async function run(): Promise<void> {
     main: mainSummary,
     pool,
     maxDifference,
+    gpu,
     heatMap: { problem: drawn(HEAT_MAP_PROBLEM, [hq, hk, hv]), head: HEAT_MAP_HEAD, p },
   };
   const { p: _, ...heatMap } = results.heatMap;

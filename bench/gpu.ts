@@ -1,0 +1,347 @@
+/**
+ * The WebGPU forward against a WGSL SGEMM probe on the same adapter, in one run (Deno: Node 20 has
+ * no WebGPU):
+ *
+ *   deno task bench:gpu            npm run bench:gpu (the same, through Deno)
+ *   deno run -A bench/gpu.ts --quick    tiny sizes: checks that everything runs, times nothing worth reading
+ *
+ * Prints the adapter and its limits, then:
+ * 1. the SGEMM probe (bench/_sgemm_wgsl.ts: 128 × 128 tiles, 8 × 8 per thread) at 4096³, checked
+ *    against host dot products, as TFLOP/s (2·M·N·K);
+ * 2. the forward at N = 1024 … 32768 (B = 1, H = 8, d = 64), causal and not, for each tiling asked
+ *    for, inputs and output on the device, as TFLOP/s (4·B·H·N²·d, half for causal), as a
+ *    percentage of the probe, and the causal speedup (non-causal time / causal time). The first
+ *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8` lists
+ *    rows per workgroup × threads per row, `-noprefetch` after one turns software pipelining off
+ *    (default: 64x4, 64x4-noprefetch, 64x8, 32x8).
+ *
+ * Timing: each measurement is a batch of dispatches in one submit, each in its own compute pass;
+ * with `timestamp-query` each pass's begin and end are timestamped and the median pass is reported,
+ * beside the batch's wall time per dispatch (submit to onSubmittedWorkDone). The two must agree
+ * within a factor (timestamps in other units than ns, as some drivers report, would show here):
+ * where they do not, or where the adapter has no timestamps, the wall time is used. Each batch is
+ * sized to run about `--seconds` (default 0.5) after a warm-up.
+ *
+ * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--seconds=0.5`, `--no-write` (do
+ * not write BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
+ */
+import process from "node:process";
+import type { Tensor } from "../mod.ts";
+import { randomTensor, rng } from "../src/_cli/random.ts";
+import { referenceAttention } from "../src/reference.ts";
+import { validateForwardCall } from "../src/_validate.ts";
+import { gpuTensorReader } from "../src/gpu/_inputs.ts";
+import { type GpuContext, prepareGpuCall } from "../src/gpu/_runner.ts";
+import { readTargets } from "../src/gpu/_tiling.ts";
+import type { GpuBufferLike, GpuDevice } from "../src/gpu/_webgpu.ts";
+import { sgemmGrid, sgemmKernel } from "./_sgemm_wgsl.ts";
+import { median, table, writeSection } from "./_report.ts";
+
+const args = process.argv.slice(2);
+const flag = (name: string) => args.includes(`--${name}`);
+const option = (name: string, fallback: string) =>
+  args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? fallback;
+const quick = flag("quick");
+const write = !quick && !flag("no-write");
+const seconds = Number(option("seconds", quick ? "0.02" : "0.5"));
+const H = Number(option("heads", quick ? "2" : "8"));
+const d = 64;
+const sizes = option("sizes", quick ? "128,256" : "1024,2048,4096,8192,16384,32768").split(",").map(Number);
+/** A tiling to run: rows per workgroup, threads per row, pipelining. */
+interface Tiling {
+  rows: number;
+  T: number;
+  prefetch: boolean;
+  name: string;
+}
+const tilings: Tiling[] = option("tilings", quick ? "64x4,64x4-noprefetch" : "64x4,64x4-noprefetch,64x8,32x8")
+  .split(",")
+  .map((name) => {
+    const m = /^(\d+)x(\d+)(-noprefetch)?$/.exec(name);
+    if (!m) throw new Error(`--tilings: "${name}" is not ROWSxTHREADS or ROWSxTHREADS-noprefetch`);
+    return { rows: Number(m[1]), T: Number(m[2]), prefetch: m[3] === undefined, name };
+  });
+const sgemmSize = quick ? 256 : 4096;
+
+const USAGE = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128, QUERY_RESOLVE: 512 };
+
+// ── The device ─────────────────────────────────────────────────────────────────────────────────
+
+const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+if (!adapter) {
+  console.error(
+    "no WebGPU adapter (Deno needs a Vulkan, Metal or D3D12 driver; on Linux without a GPU: mesa-vulkan-drivers)",
+  );
+  process.exit(1);
+}
+const LIMITS = [
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+] as const;
+const requiredLimits: Record<string, number> = {};
+for (const name of LIMITS) requiredLimits[name] = adapter.limits[name];
+const timestamps = adapter.features.has("timestamp-query");
+const gpuDevice = await adapter.requestDevice({
+  requiredLimits,
+  requiredFeatures: timestamps ? ["timestamp-query"] : [],
+});
+const device = gpuDevice as unknown as GpuDevice;
+const info = adapter.info;
+const adapterName = info.description || `${info.vendor} ${info.architecture} ${info.device}`.trim() || "unknown";
+console.log(`adapter: ${adapterName} (vendor ${info.vendor || "?"}, architecture ${info.architecture || "?"})`);
+for (const name of LIMITS) console.log(`  ${name}: ${gpuDevice.limits[name]}`);
+console.log(`  timestamp-query: ${timestamps ? "yes" : "no"}; shader-f16: ${adapter.features.has("shader-f16")}`);
+console.log(`  Deno ${Deno.version.deno}${quick ? "; --quick: sizes too small for the numbers to mean anything" : ""}`);
+
+// ── Timing ─────────────────────────────────────────────────────────────────────────────────────
+
+interface Timing {
+  /** Median pass time from timestamps (undefined without them), and wall time per dispatch, ms. */
+  gpuMs: number | undefined;
+  wallMs: number;
+  /** What the table reports: timestamps when they agree with the wall clock, else the wall time. */
+  ms: number;
+  reps: number;
+  note: string;
+}
+
+/** Runs `encode` (one dispatch in the given pass) `reps` times in one submit; times every pass. */
+async function batch(encode: (pass: GPUComputePassEncoder) => void, reps: number): Promise<Timing> {
+  const querySet = timestamps ? gpuDevice.createQuerySet({ type: "timestamp", count: 2 * reps }) : undefined;
+  const resolve = querySet
+    ? gpuDevice.createBuffer({ size: 16 * reps, usage: USAGE.QUERY_RESOLVE | USAGE.COPY_SRC })
+    : undefined;
+  const readback = querySet
+    ? gpuDevice.createBuffer({ size: 16 * reps, usage: USAGE.MAP_READ | USAGE.COPY_DST })
+    : undefined;
+  const encoder = gpuDevice.createCommandEncoder();
+  for (let r = 0; r < reps; r++) {
+    const pass = encoder.beginComputePass(
+      querySet
+        ? { timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * r, endOfPassWriteIndex: 2 * r + 1 } }
+        : {},
+    );
+    encode(pass);
+    pass.end();
+  }
+  if (querySet) {
+    encoder.resolveQuerySet(querySet, 0, 2 * reps, resolve!, 0);
+    encoder.copyBufferToBuffer(resolve!, 0, readback!, 0, 16 * reps);
+  }
+  const start = performance.now();
+  gpuDevice.queue.submit([encoder.finish()]);
+  await gpuDevice.queue.onSubmittedWorkDone();
+  const wallMs = (performance.now() - start) / reps;
+  let gpuMs: number | undefined;
+  let note = "";
+  if (readback) {
+    await readback.mapAsync(GPUMapMode.READ);
+    const ticks = new BigUint64Array(readback.getMappedRange());
+    const passes = Array.from({ length: reps }, (_, r) => Number(ticks[2 * r + 1] - ticks[2 * r]) / 1e6);
+    readback.unmap();
+    gpuMs = median(passes);
+    // A pass cannot take longer than the wall clock's share, nor much less unless launches dominate.
+    const ratio = wallMs / gpuMs;
+    if (!(ratio > 0.9 && ratio < 3)) {
+      note = `timestamps disagree with the wall clock (wall/timestamp ${ratio.toFixed(2)})`;
+    }
+  }
+  querySet?.destroy();
+  resolve?.destroy();
+  readback?.destroy();
+  const ms = gpuMs !== undefined && note === "" ? gpuMs : wallMs;
+  return { gpuMs, wallMs, ms, reps, note };
+}
+
+/** Warms up, estimates one dispatch, then times a batch of about `seconds`. */
+async function measure(encode: (pass: GPUComputePassEncoder) => void): Promise<Timing> {
+  await batch(encode, 2);
+  const once = await batch(encode, 1);
+  const reps = Math.max(3, Math.min(1000, Math.round((seconds * 1000) / Math.max(once.wallMs, 1e-3))));
+  return await batch(encode, reps);
+}
+
+const fmt = (x: number, digits = 2) => x.toFixed(digits);
+/** TFLOP/s with 3 significant digits (lavapipe's are thousandths). */
+const tf = (x: number) => x >= 100 ? x.toFixed(0) : x.toPrecision(3);
+const tflops = (flops: number, ms: number) => flops / ms / 1e9;
+
+/** A storage buffer holding `data`. */
+function upload(data: Float32Array): GPUBuffer {
+  const buffer = gpuDevice.createBuffer({
+    size: data.byteLength,
+    usage: USAGE.STORAGE | USAGE.COPY_DST | USAGE.COPY_SRC,
+  });
+  gpuDevice.queue.writeBuffer(buffer, 0, data as Float32Array<ArrayBuffer>);
+  return buffer;
+}
+
+async function download(buffer: GPUBuffer, bytes: number): Promise<Float32Array> {
+  const staging = gpuDevice.createBuffer({ size: bytes, usage: USAGE.MAP_READ | USAGE.COPY_DST });
+  const encoder = gpuDevice.createCommandEncoder();
+  encoder.copyBufferToBuffer(buffer, 0, staging, 0, bytes);
+  gpuDevice.queue.submit([encoder.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const data = new Float32Array(staging.getMappedRange().slice(0));
+  staging.destroy();
+  return data;
+}
+
+// ── 1. The SGEMM probe ─────────────────────────────────────────────────────────────────────────
+
+async function sgemm(size: number): Promise<{ timing: Timing; tflops: number; maxError: number }> {
+  const [M, N, K] = [size, size, size];
+  const random = rng(7);
+  const A = Float32Array.from({ length: M * K }, () => random() - 0.5);
+  const B = Float32Array.from({ length: K * N }, () => random() - 0.5);
+  const [a, b] = [upload(A), upload(B)];
+  const c = gpuDevice.createBuffer({ size: 4 * M * N, usage: USAGE.STORAGE | USAGE.COPY_SRC });
+  const params = gpuDevice.createBuffer({ size: 16, usage: USAGE.UNIFORM | USAGE.COPY_DST });
+  gpuDevice.queue.writeBuffer(params, 0, new Uint32Array([M, N, K, 0]));
+  const module = gpuDevice.createShaderModule({ code: sgemmKernel() });
+  const pipeline = await gpuDevice.createComputePipelineAsync({
+    layout: "auto",
+    compute: { module, entryPoint: "main" },
+  });
+  const bindGroup = gpuDevice.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [params, a, b, c].map((buffer, binding) => ({ binding, resource: { buffer } })),
+  });
+  const [gx, gy] = sgemmGrid(M, N);
+  const timing = await measure((pass) => {
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(gx, gy);
+  });
+  // Spot check: 64 elements of C against f64 dot products (error bound: K f32 roundings of |terms| ≤ 0.25).
+  const C = await download(c, 4 * M * N);
+  let maxError = 0;
+  for (let n = 0; n < 64; n++) {
+    const [i, j] = [(n * 7919) % M, (n * 104729) % N];
+    let dot = 0;
+    for (let k = 0; k < K; k++) dot += A[i * K + k] * B[k * N + j];
+    maxError = Math.max(maxError, Math.abs(C[i * N + j] - dot));
+  }
+  if (!(maxError < 1e-5 * K)) throw new Error(`the SGEMM probe is wrong: max error ${maxError}`);
+  for (const buffer of [a, b, c, params]) buffer.destroy();
+  return { timing, tflops: tflops(2 * M * N * K, timing.ms), maxError };
+}
+
+// ── 2. The forward ─────────────────────────────────────────────────────────────────────────────
+
+interface Row {
+  N: number;
+  tiling: Tiling;
+  causal: boolean;
+  timing: Timing;
+  tflops: number;
+}
+
+/** One size's inputs, on the host (for the check) and on the device. */
+interface Inputs {
+  N: number;
+  host: Tensor[];
+  buffers: GPUBuffer[];
+}
+
+function inputsOf(N: number): Inputs {
+  const random = rng(N);
+  const shape = [1, N, H, d];
+  const host = [randomTensor(random, shape), randomTensor(random, shape), randomTensor(random, shape)];
+  return { N, host, buffers: host.map((t) => upload(t.data)) };
+}
+
+async function forward(inputs: Inputs, tiling: Tiling, causal: boolean, check: boolean): Promise<Row> {
+  const { N, host, buffers } = inputs;
+  const ctx: GpuContext = {
+    device,
+    targets: readTargets({ threadsPerRow: tiling.T, rowsPerWorkgroup: tiling.rows, prefetch: tiling.prefetch }),
+    pipelines: new Map(),
+  };
+  const shape = [1, N, H, d];
+  const tensors = buffers.map((buffer) => ({ buffer: buffer as unknown as GpuBufferLike, shape }));
+  const found = new Map<string, GpuBufferLike>();
+  const call = validateForwardCall(tensors[0], tensors[1], tensors[2], { causal }, gpuTensorReader(found));
+  const prepared = await prepareGpuCall(ctx, call, found, gpuDevice.limits.maxComputeWorkgroupStorageSize);
+  const timing = await measure((pass) => prepared.dispatch(pass as never));
+  if (check) {
+    // The output of the timed dispatches against the f64 reference on the first 8 queries' heads.
+    const O = await download(prepared.o as unknown as GPUBuffer, 4 * N * H * d);
+    const ref = referenceAttention(host[0], host[1], host[2], { causal });
+    let maxError = 0;
+    for (let i = 0; i < 8 * H * d; i++) maxError = Math.max(maxError, Math.abs(O[i] - ref.data[i]));
+    if (!(maxError < 1e-4)) throw new Error(`N = ${N}: the forward's output is off by ${maxError}`);
+  }
+  prepared.releaseInputs();
+  for (const b of [prepared.o, prepared.lse, prepared.counters]) b.destroy();
+  const flops = 4 * H * N * N * d / (causal ? 2 : 1);
+  return { N, tiling, causal, timing, tflops: tflops(flops, timing.ms) };
+}
+
+const probe = await sgemm(sgemmSize);
+console.log(
+  `SGEMM ${sgemmSize}³: ${fmt(probe.timing.ms, 3)} ms, ${tf(probe.tflops)} TFLOP/s` +
+    ` (wall ${fmt(probe.timing.wallMs, 3)} ms/dispatch, ${probe.timing.reps} dispatches)${
+      probe.timing.note ? `; ${probe.timing.note}` : ""
+    }`,
+);
+const rows: Row[] = [];
+for (const N of sizes) {
+  const inputs = inputsOf(N);
+  for (const tiling of tilings) {
+    for (const causal of [false, true]) {
+      const row = await forward(inputs, tiling, causal, N === sizes[0]);
+      rows.push(row);
+      console.log(
+        `${tiling.name}, N = ${N}, ${causal ? "causal" : "full"}: ${fmt(row.timing.ms, 3)} ms, ${
+          tf(row.tflops)
+        } TFLOP/s, ` +
+          `${fmt((100 * row.tflops) / probe.tflops, 0)}% of SGEMM (wall ${fmt(row.timing.wallMs, 3)} ms, ` +
+          `${row.timing.reps} dispatches)${row.timing.note ? `; ${row.timing.note}` : ""}`,
+      );
+    }
+  }
+  for (const b of inputs.buffers) b.destroy();
+}
+
+const speedup = (N: number, tiling: Tiling) => {
+  const full = rows.find((r) => r.N === N && r.tiling === tiling && !r.causal)!;
+  const causal = rows.find((r) => r.N === N && r.tiling === tiling && r.causal)!;
+  return full.timing.ms / causal.timing.ms;
+};
+const body = [
+  `### WebGPU forward on ${adapterName}`,
+  "",
+  `\`deno task bench:gpu\` (Deno ${Deno.version.deno}), B = 1, H = ${H}, d = ${d}, f32, inputs and output on the device; ` +
+  `tiling R×T: R query rows per workgroup, T threads per row ("-noprefetch": without software pipelining). Times: ${
+    timestamps
+      ? "timestamp-query, median pass of a batch (wall-clock time per dispatch beside it)"
+      : "wall clock per dispatch over a batch"
+  }. TFLOP/s = 4·B·H·N²·d / t, half the flops for causal. The SGEMM probe (bench/_sgemm_wgsl.ts, 128 × 128 tiles) ran ` +
+  `${sgemmSize}³ at **${tf(probe.tflops)} TFLOP/s** in the same run.`,
+  "",
+  table(
+    ["N", "tiling", "causal", "ms", "wall ms", "TFLOP/s", "% of SGEMM", "causal speedup"],
+    rows.map((r) => [
+      r.N,
+      r.tiling.name,
+      r.causal ? "yes" : "no",
+      fmt(r.timing.ms, 3),
+      fmt(r.timing.wallMs, 3),
+      tf(r.tflops),
+      `${fmt((100 * r.tflops) / probe.tflops, 0)}%`,
+      r.causal ? `${fmt(speedup(r.N, r.tiling))}×` : "",
+    ]),
+  ),
+].join("\n");
+console.log(`\n${body}`);
+if (write) {
+  const key = `gpu-${adapterName.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "")}`;
+  writeSection("BENCHMARKS.md", key, body);
+  console.log(`\nwrote the section "${key}" of BENCHMARKS.md`);
+}
+gpuDevice.destroy();
