@@ -13,7 +13,7 @@
  *    percentage of the probe, and the causal speedup (non-causal time / causal time). The first
  *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8` lists
  *    rows per workgroup × threads per row, `-noprefetch` after one turns software pipelining off
- *    (default: 64x4, 64x4-noprefetch, 64x8, 32x8).
+ *    (default: 64x4-noprefetch, the default tiling, first: the baselines are compared with it; then 64x4, 64x8, 32x8).
  *
  * Timing: each measurement is a batch of dispatches in one submit, each in its own compute pass;
  * with `timestamp-query` each pass's begin and end are timestamped and the median pass is reported,
@@ -21,6 +21,12 @@
  * within a factor (timestamps in other units than ns, as some drivers report, would show here):
  * where they do not, or where the adapter has no timestamps, the wall time is used. Each batch is
  * sized to run about `--seconds` (default 0.5) after a warm-up.
+ *
+ * 3. baselines beside our first tiling: onnxruntime-web's WebGPU MultiHeadAttention
+ *    (bench/field/_ort_webgpu.ts) at `--ort-sizes` (default 1024, 4096, 16384) when bench/field is
+ *    installed (`npm ci` in bench/field; `--no-ort` skips it), and PyTorch's fp32
+ *    scaled_dot_product_attention read from `--torch=FILE`, the output of bench/probes/torch_sdpa.py
+ *    run on the same machine.
  *
  * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--seconds=0.5`, `--no-write` (do
  * not write BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
@@ -54,7 +60,7 @@ interface Tiling {
   prefetch: boolean;
   name: string;
 }
-const tilings: Tiling[] = option("tilings", quick ? "64x4,64x4-noprefetch" : "64x4,64x4-noprefetch,64x8,32x8")
+const tilings: Tiling[] = option("tilings", quick ? "64x4-noprefetch,64x4" : "64x4-noprefetch,64x4,64x8,32x8")
   .split(",")
   .map((name) => {
     const m = /^(\d+)x(\d+)(-noprefetch)?$/.exec(name);
@@ -248,11 +254,12 @@ interface Inputs {
   buffers: GPUBuffer[];
 }
 
-function inputsOf(N: number): Inputs {
+/** One size's inputs (the same for every engine), uploaded to our device unless `onDevice` is false. */
+function inputsOf(N: number, onDevice = true): Inputs {
   const random = rng(N);
   const shape = [1, N, H, d];
   const host = [randomTensor(random, shape), randomTensor(random, shape), randomTensor(random, shape)];
-  return { N, host, buffers: host.map((t) => upload(t.data)) };
+  return { N, host, buffers: onDevice ? host.map((t) => upload(t.data)) : [] };
 }
 
 async function forward(inputs: Inputs, tiling: Tiling, causal: boolean, check: boolean): Promise<Row> {
@@ -308,6 +315,86 @@ for (const N of sizes) {
   for (const b of inputs.buffers) b.destroy();
 }
 
+// ── 3. onnxruntime-web's WebGPU attention and PyTorch's, beside ours ────────────────────────────
+
+/** Our first tiling's time at (N, causal): what the baselines are compared with. */
+const ours = (N: number, causal: boolean) =>
+  rows.find((r) => r.N === N && r.tiling === tilings[0] && r.causal === causal)!;
+
+interface Baseline {
+  name: string;
+  N: number;
+  causal: boolean;
+  ms?: number;
+  tflops?: number;
+  note?: string;
+}
+const baselines: Baseline[] = [];
+
+// onnxruntime-web 1.30's WebGPU MultiHeadAttention (bench/field/_ort_webgpu.ts), when bench/field is
+// installed (`npm ci` in bench/field; kept out of the main install like the field benchmark).
+const ortSizes = option("ort-sizes", quick ? "128" : "1024,4096,16384").split(",").map(Number)
+  .filter((N) => sizes.includes(N));
+let ortVersion = "";
+if (!flag("no-ort")) {
+  const { startOrtWebGpu } = await import("./field/_ort_webgpu.ts").catch(() => ({ startOrtWebGpu: undefined }));
+  let ort: Awaited<ReturnType<NonNullable<typeof startOrtWebGpu>>> | undefined;
+  try {
+    ort = await startOrtWebGpu?.(H, d, (N) => {
+      const [q, k, v] = inputsOf(N, false).host;
+      return { q: q.data, k: k.data, v: v.data };
+    });
+  } catch (error) {
+    console.log(`onnxruntime-web: not run (${(error as Error).message.split("\n")[0]}); \`npm ci\` in bench/field`);
+  }
+  if (ort) {
+    ortVersion = ort.version;
+    for (const N of ortSizes) {
+      for (const causal of [false, true]) {
+        const flops = 4 * H * N * N * d / (causal ? 2 : 1);
+        try {
+          if (N === ortSizes[0]) {
+            // Its output against the f64 reference on the first 8 queries, as ours is checked.
+            const [q, k, v] = inputsOf(N, false).host;
+            const out = await ort.output(N, causal);
+            const ref = referenceAttention(q, k, v, { causal });
+            let maxError = 0;
+            for (let i = 0; i < 8 * H * d; i++) maxError = Math.max(maxError, Math.abs(out[i] - ref.data[i]));
+            if (!(maxError < 1e-4)) throw new Error(`its output is off by ${maxError}`);
+          }
+          const ms = await ort.time(N, causal, quick ? 2 : 5);
+          baselines.push({ name: `onnxruntime-web ${ort.version} WebGPU`, N, causal, ms, tflops: tflops(flops, ms) });
+        } catch (error) {
+          baselines.push({ name: `onnxruntime-web ${ort.version} WebGPU`, N, causal, note: (error as Error).message });
+        }
+        const b = baselines.at(-1)!;
+        console.log(`onnxruntime-web, N = ${N}, ${causal ? "causal" : "full"}: ${b.ms?.toFixed(3) ?? b.note} ms`);
+      }
+    }
+    await ort.release();
+  }
+}
+
+// PyTorch's fp32 scaled_dot_product_attention on the same machine, from bench/probes/torch_sdpa.py's
+// output (`--torch=FILE`: one JSON object per line), when it was run beside this benchmark.
+const torchFile = option("torch", "");
+let torchDevice = "";
+if (torchFile) {
+  for (const line of Deno.readTextFileSync(torchFile).split("\n").filter((l) => l.trim().startsWith("{"))) {
+    const r = JSON.parse(line);
+    if (r.device) torchDevice = `${r.device}, torch ${r.torch}`;
+    else if (sizes.includes(r.N)) {
+      baselines.push({
+        name: "PyTorch fp32 scaled_dot_product_attention",
+        N: r.N,
+        causal: r.causal,
+        ms: r.ms,
+        tflops: r.tflops,
+      });
+    }
+  }
+}
+
 const speedup = (N: number, tiling: Tiling) => {
   const full = rows.find((r) => r.N === N && r.tiling === tiling && !r.causal)!;
   const causal = rows.find((r) => r.N === N && r.tiling === tiling && r.causal)!;
@@ -338,10 +425,40 @@ const body = [
     ]),
   ),
 ].join("\n");
-console.log(`\n${body}`);
+const baselineBody = baselines.length === 0 ? "" : [
+  "",
+  "",
+  `Baselines on the same machine, against our ${tilings[0].name} tiling at the same N (ours ÷ theirs: > 1 is faster).` +
+  (ortVersion
+    ? ` onnxruntime-web ${ortVersion}: its WebGPU execution provider running one com.microsoft MultiHeadAttention node ` +
+      "(its own flash-attention shader), q, k, v and the output as GPU buffers on its device, no CPU fallback; wall " +
+      "time per session.run until the device is idle, median of 5 after a warm-up."
+    : "") +
+  (torchDevice
+    ? ` PyTorch (${torchDevice}): \`F.scaled_dot_product_attention\` on fp32 [1, H, N, d] tensors, TF32 off, CUDA ` +
+      "events, median of 20 after 3 warm-ups (bench/probes/torch_sdpa.py)."
+    : ""),
+  "",
+  table(
+    ["N", "causal", "baseline", "ms", "TFLOP/s", "ours, TFLOP/s", "ours ÷ theirs"],
+    baselines.map((b) => {
+      const o = ours(b.N, b.causal);
+      return [
+        b.N,
+        b.causal ? "yes" : "no",
+        b.name,
+        b.ms === undefined ? `failed: ${b.note}` : fmt(b.ms, 3),
+        b.tflops === undefined ? "" : tf(b.tflops),
+        tf(o.tflops),
+        b.ms === undefined ? "" : `${fmt(b.ms / o.timing.ms, 2)}×`,
+      ];
+    }),
+  ),
+].join("\n");
+console.log(`\n${body}${baselineBody}`);
 if (write) {
   const key = `gpu-${adapterName.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "")}`;
-  writeSection("BENCHMARKS.md", key, body);
+  writeSection("BENCHMARKS.md", key, body + baselineBody);
   console.log(`\nwrote the section "${key}" of BENCHMARKS.md`);
 }
 gpuDevice.destroy();

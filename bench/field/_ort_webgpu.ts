@@ -88,7 +88,7 @@ export async function startOrtWebGpu(
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC |
           GPUBufferUsage.COPY_DST,
       });
-      device.queue.writeBuffer(buffer, 0, array);
+      device.queue.writeBuffer(buffer, 0, array as Float32Array<ArrayBuffer>);
       buffers.push(buffer);
       tensors[name] = ort.Tensor.fromGpuBuffer(buffer, {
         dataType: "float32",

@@ -31,7 +31,8 @@ export interface GpuTilingTargets {
   keysPerTile?: number;
   /**
    * Load the next K/V tile into registers while the current one is computed (software
-   * pipelining; not with a mask). Changes the schedule, not the result. Default true.
+   * pipelining; not with a mask). Changes the schedule, not the result. Default false: on an
+   * NVIDIA H200 it ran 5–8% slower than the plain order at N = 8K–32K (BENCHMARKS.md).
    */
   prefetch?: boolean;
 }
@@ -69,7 +70,7 @@ export function readTargets(targets: GpuTilingTargets = {}): Required<GpuTilingT
     rowsPerWorkgroup: targets.rowsPerWorkgroup ?? ROWS_PER_WORKGROUP,
     threadsPerRow: T,
     keysPerTile: targets.keysPerTile ?? KEYS_PER_TILE,
-    prefetch: targets.prefetch ?? true,
+    prefetch: targets.prefetch ?? false,
   };
 }
 
