@@ -15,7 +15,9 @@
 
 import { madd } from "./simd";
 
-const LOG2E: f32 = 1.44269504;
+/** log2 e: e^x = 2^(x·log2 e). */
+export const LOG2E: f32 = 1.44269504;
+
 // 1.5·2^23: adding it rounds an f32 of magnitude < 2^22 to the nearest integer.
 const ROUND_MAGIC: f32 = 12582912.0;
 // ln 2 split so that n·LN2_HI is exact for |n| ≤ 2^9.
@@ -54,6 +56,49 @@ const C6: f32 = 0.001384362;
   const e = f32x4.mul(p, twoN);
   // Flush to exactly 0 below X_MIN (covers −∞); the comparison is false for NaN, which stays NaN.
   return v128.andnot(e, f32x4.lt(x, f32x4.splat(X_MIN)));
+}
+
+// 2^x for x ≤ 0: the forward's exponential, e^y = 2^(y·log2 e) with the multiply by log2 e done by
+// the caller (the online softmax's P = exp(S − m) and alpha = exp(m − mNew)). Its range reduction
+// is only x = n + f, n = round(x), f ∈ [−1/2, 1/2], exact, with no ln 2 constants; 2^f is a
+// degree-5 polynomial fitted for relative error on [−1/2, 1/2] (Lawson-reweighted least squares,
+// max 1.1e-7 before f32 rounding), and 2^n is built in the exponent bits. Clamping x at −127 makes
+// the exponent field 0 there, so 2^−127 and below (−∞ included) come out exactly 0 with no extra
+// flush; exp2(0) = 1 exactly; NaN stays NaN (pmax keeps it and every step propagates it).
+// Error bound (tests/exp_test.ts): relative error ≤ 2.5e-7 for x ≥ −126; below that the true
+// value is < 1.2e-38 and the absolute error is under that. With the caller's rounding of y·log2 e,
+// e^y's relative error grows by |y|·2^-24 (at most 5.2e-6 at y = −87, where e^y < 1.7e-38, so it
+// moves no softmax output; 6e-8 at y = −1, where P is largest after 1).
+// With that multiply, 18 vector operations in the baseline build against expNonPositive's 25.
+
+const EXP2_MIN: f32 = -127.0;
+const Q1: f32 = 0.69314706;
+const Q2: f32 = 0.24022217;
+const Q3: f32 = 0.055506151;
+const Q4: f32 = 0.0096729323;
+const Q5: f32 = 0.0013302210;
+
+/** 2^x lane-wise for x ≤ 0 (see above for the contract and the error bound). */
+// @ts-ignore: decorator
+@inline export function exp2NonPositive(x: v128): v128 {
+  const xc = f32x4.pmax(x, f32x4.splat(EXP2_MIN)); // x unless x < −127; NaN stays
+  const t = f32x4.add(xc, f32x4.splat(ROUND_MAGIC)); // n = round(x) in the low mantissa bits of t
+  const f = f32x4.sub(xc, f32x4.sub(t, f32x4.splat(ROUND_MAGIC))); // x − n, exact, in [−1/2, 1/2]
+  let p = madd(f, f32x4.splat(Q5), f32x4.splat(Q4));
+  p = madd(p, f, f32x4.splat(Q3));
+  p = madd(p, f, f32x4.splat(Q2));
+  p = madd(p, f, f32x4.splat(Q1));
+  p = madd(p, f, f32x4.splat(1.0));
+  // 2^n: n + 127 into the exponent field (0, so the product is 0, for n = −127)
+  return f32x4.mul(p, i32x4.shl(i32x4.add(t, i32x4.splat(127)), 23));
+}
+
+/** dst[i] = 2^src[i] for i < n (n a multiple of 4): exposes the forward's exp2 to the tests. */
+export function exp2Into(dstPtr: usize, srcPtr: usize, n: i32): void {
+  for (let i = 0; i < n; i += 4) {
+    const offset = <usize>i << 2;
+    v128.store(dstPtr + offset, exp2NonPositive(v128.load(srcPtr + offset)));
+  }
 }
 
 /** dst[i] = e^src[i] for i < n (n a multiple of 4): exposes the kernel's exp to the tests. */
