@@ -39,7 +39,13 @@ export {
   type KvCacheOptions,
   type ResidentKvCacheOptions,
 } from "./src/kv_cache.ts";
-export { type AttentionPool, type AttentionPoolOptions, createAttentionPool, POOL_MAX_THREADS } from "./src/pool.ts";
+export {
+  type AttentionPool,
+  type AttentionPoolOptions,
+  createAttentionPool,
+  POOL_MAX_THREADS,
+  PoolWorkerError,
+} from "./src/pool.ts";
 export type { Mask } from "./src/tensor.ts";
 export type {
   AttentionOutput,

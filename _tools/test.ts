@@ -8,11 +8,13 @@
  *    example's own test in the runtime it is for (the browser page in headless Chromium, the
  *    Cloudflare worker in workerd, the edge handler in Deno); the WebGPU suite (tests/gpu/) under
  *    Deno, on whatever adapter navigator.gpu gives (lavapipe on machines without a GPU).
+ * 4. the baseline build's digests of a fixed set of calls (tests/digest_test.ts) are the same on
+ *    Node, Deno and Bun.
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
  */
 import { spawn } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import process from "node:process";
 
 interface Outcome {
@@ -86,6 +88,42 @@ function denoCounts(out: string): Outcome | undefined {
   const m = [...out.matchAll(/\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)].at(-1);
   return m ? { passed: Number(m[1]), failed: Number(m[2]) } : undefined;
 }
+
+/**
+ * tests/digest_test.ts wrote .scratch/digest-<runtime>.json in each suite: the baseline build's
+ * SHA-256 per call and output. Passes when all three files exist and agree; else prints which
+ * outputs differ on which runtime.
+ */
+function digestCheck(): Outcome {
+  const name = "the baseline build's digests are the same on node, deno and bun";
+  console.log(`\n── check: ${name}`);
+  const runtimes = ["node", "deno", "bun"];
+  const digests: Record<string, Record<string, string>> = {};
+  const problems: string[] = [];
+  for (const runtime of runtimes) {
+    const file = `${DIGESTS}/digest-${runtime}.json`;
+    if (existsSync(file)) digests[runtime] = JSON.parse(readFileSync(file, "utf8")).digests;
+    else problems.push(`${file} is missing: tests/digest_test.ts did not run (or failed) under ${runtime}`);
+  }
+  if (problems.length === 0) {
+    const keys = new Set(runtimes.flatMap((runtime) => Object.keys(digests[runtime])));
+    for (const key of keys) {
+      const values = runtimes.map((runtime) => digests[runtime][key]);
+      if (new Set(values).size > 1) {
+        problems.push(
+          `${key}: ${runtimes.map((runtime, i) => `${runtime} ${values[i]?.slice(0, 12) ?? "none"}`).join(", ")}`,
+        );
+      }
+    }
+  }
+  for (const problem of problems) console.log(`  ${problem}`);
+  console.log(`── ${name}: ${problems.length === 0 ? "passed" : "FAILED"}`);
+  return problems.length === 0 ? { passed: 1, failed: 0 } : { passed: 0, failed: 1 };
+}
+
+// Digests from an earlier run must not pass the check: each suite writes its own anew.
+const DIGESTS = ".scratch";
+for (const runtime of ["node", "deno", "bun"]) rmSync(`${DIGESTS}/digest-${runtime}.json`, { force: true });
 
 const outcomes: Outcome[] = [];
 outcomes.push(
@@ -199,6 +237,7 @@ outcomes.push(
     (out) => both(lastInt(out, /^\s*(\d+) pass$/gm), lastInt(out, /^\s*(\d+) fail$/gm)),
   ),
 );
+outcomes.push(digestCheck());
 
 const passed = outcomes.reduce((a, o) => a + o.passed, 0);
 const failed = outcomes.reduce((a, o) => a + o.failed, 0);

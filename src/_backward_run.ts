@@ -44,9 +44,11 @@ export function gradientsOf(call: BackwardCall, grads: Gradients): AttentionGrad
   };
 }
 
-/** Validated, planned and reserved: computes the gradients of a backward call on the calling thread. */
-export function runBackwardSync(call: BackwardCall): AttentionGradients {
-  const kernels = loadKernels();
+/**
+ * Validated, planned and reserved: computes the gradients of a backward call on the calling thread.
+ * `kernels` defaults to the package's; tests pass another build's to run the same path on it.
+ */
+export function runBackwardSync(call: BackwardCall, kernels: Kernels = loadKernels()): AttentionGradients {
   const { problem: p } = call;
   const B = ensureBackwardArena(kernels, call.sramBytes, p);
   const plan: BackwardPlan = planBackward(p, call, {

@@ -24,6 +24,12 @@ type Request =
     arity: number;
     /** Byte address of the i32 cursor the Workers take job indices from. */
     cursorPtr: number;
+    /**
+     * Internal, for the pool's tests only (src/_workers.ts's SABOTAGE): "trap" runs the first job
+     * with an SM address past the memory's end, so the instance really traps (an out-of-bounds
+     * access); "throw" throws outside the handler's catch, an uncaught error in this Worker.
+     */
+    sabotage?: "trap" | "throw";
   };
 
 /** The kernels a pool hands out (src/_plan.ts's KernelName; this file imports nothing). */
@@ -55,6 +61,9 @@ async function start(): Promise<void> {
   let sm = 0;
 
   listen((request) => {
+    if (request.type === "run" && request.sabotage === "throw") {
+      throw new Error("an uncaught error injected by the pool's test hook");
+    }
     try {
       if (request.type === "init") {
         memory = request.memory;
@@ -70,16 +79,32 @@ async function start(): Promise<void> {
       const cursor = new Int32Array(memory!.buffer, cursorPtr, 1);
       const table = new Float64Array(memory!.buffer, tablePtr, count * arity);
       let done = 0;
+      if (request.sabotage === "trap") {
+        // 0xFFFFFF00: an SM no memory of the pool reaches (it stays below 4 GiB and is never full).
+        run(0xFFFFFF00, ...table.subarray(0, arity));
+      }
       for (let i = Atomics.add(cursor, 0, 1); i < count; i = Atomics.add(cursor, 0, 1)) {
         run(sm, ...table.subarray(i * arity, (i + 1) * arity));
         done++;
       }
       post({ type: "done", jobs: done });
     } catch (error) {
-      post({ type: "error", message: error instanceof Error ? `${error.name}: ${error.message}` : String(error) });
+      // A WebAssembly.RuntimeError is a trap in the kernels; the pool replaces this Worker either way.
+      const name = error instanceof Error ? error.name : "Error";
+      post({ type: "error", name, message: error instanceof Error ? error.message : String(error) });
     }
   });
-  post({ type: "started" });
+  // Where the runtime has Web Locks (Deno, browsers), this Worker holds a lock named after it for
+  // as long as it lives: the pool asks for the same lock, which it gets only once this Worker is
+  // gone, since web Workers report no event when they end (src/_workers.ts).
+  if (typeof scope.postMessage === "function" && scope.navigator?.locks && typeof scope.name === "string") {
+    scope.navigator.locks.request(scope.name, () => {
+      post({ type: "started" });
+      return new Promise(() => {});
+    });
+  } else {
+    post({ type: "started" });
+  }
 }
 
 start();

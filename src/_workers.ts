@@ -5,14 +5,40 @@
 
 import { WORKER_SOURCE } from "./wasm/worker.generated.ts";
 
+/**
+ * How a Worker was lost without the pool ending it: an uncaught error in it (its `error` event),
+ * or it stopped (Node's `exit`, Bun's `close`, or, with Web Locks, the lock it held was released).
+ */
+export type WorkerLoss = "error" | "exit";
+
+/**
+ * Internal, for the pool's tests only: `pool[SABOTAGE](t, how)` makes Worker t fail during its
+ * next job request. "trap": its instance traps (an out-of-bounds access); "throw": it throws an
+ * uncaught error; "terminate": the pool's handle ends it without telling the pool, as something
+ * outside would, so that the pool learns of it only the way the runtime reports it.
+ */
+export const SABOTAGE: unique symbol = Symbol("flash-attention pool: test-only fault injection");
+
+/** What {@linkcode SABOTAGE} can do to a Worker. */
+export type Sabotage = "trap" | "throw" | "terminate";
+
 /** One Worker, whatever the runtime: a message channel, a failure signal, and a way to end it. */
 export interface WorkerHandle {
   post(message: unknown): void;
   /** Called with every message the Worker posts. */
   onMessage: (message: WorkerMessage) => void;
-  /** Called once if the Worker fails outside a request (an uncaught error, or it exits). */
-  onFailure: (error: Error) => void;
-  terminate(): void;
+  /**
+   * Called when the Worker is lost without the pool ending it (possibly twice: Node reports an
+   * uncaught error, then the exit).
+   */
+  onFailure: (loss: WorkerLoss, detail: string) => void;
+  /**
+   * Ends the Worker. Resolves once the runtime reports it stopped (Node, Bun, and Web Locks
+   * runtimes: Deno, browsers), at once where it cannot tell.
+   */
+  terminate(): Promise<void>;
+  /** Internal, tests only ({@linkcode SABOTAGE}): ends the Worker unannounced. */
+  kill(): void;
   /** Keep the process alive while this Worker runs (Node and Bun; no-op elsewhere). */
   ref(): void;
   /** Let the process exit while this Worker idles (Node and Bun; no-op elsewhere). */
@@ -24,7 +50,7 @@ export type WorkerMessage =
   | { type: "started" }
   | { type: "ready" }
   | { type: "done"; jobs: number }
-  | { type: "error"; message: string };
+  | { type: "error"; name: string; message: string };
 
 // deno-lint-ignore no-explicit-any
 const platform = globalThis as any;
@@ -37,24 +63,49 @@ export async function spawnWorker(name: string): Promise<WorkerHandle> {
       if (message.type === "started") resolve();
       else reject(new Error(`Cannot start a pool Worker as it sent ${JSON.stringify(message)} first`));
     };
-    handle.onFailure = reject;
+    handle.onFailure = (_, detail) => reject(new Error(`Cannot start a pool Worker as it ${detail}`));
   });
   return handle;
 }
 
 function webWorker(name: string): WorkerHandle {
   const url = URL.createObjectURL(new Blob([WORKER_SOURCE], { type: "text/javascript" }));
-  const worker = new platform.Worker(url, { type: "module", name });
+  // A name of its own: with Web Locks the Worker holds a lock of that name while it lives.
+  const unique = `${name} ${crypto.randomUUID()}`;
+  const worker = new platform.Worker(url, { type: "module", name: unique });
+  let ended = false;
+  let stopped = () => {};
+  const gone = new Promise<void>((resolve) => stopped = resolve);
+  // Bun fires `close` when a Worker stops; Deno and browsers fire nothing, but release the Web Lock
+  // the Worker held. Where neither exists, an end the pool did not ask for goes unnoticed.
+  const watch = platform.Bun ? "close" : platform.navigator?.locks ? "lock" : "none";
+  const onStopped = () => {
+    stopped();
+    if (!ended) {
+      ended = true;
+      handle.onFailure("exit", "stopped (it was terminated, or its thread ended)");
+    }
+  };
   const handle: WorkerHandle = {
     post: (message) => worker.postMessage(message),
     onMessage: () => {},
     onFailure: () => {},
-    terminate: () => worker.terminate(),
+    terminate: () => {
+      ended = true;
+      worker.terminate();
+      return watch === "none" ? Promise.resolve() : gone;
+    },
+    kill: () => worker.terminate(),
     ref: () => worker.ref?.(),
     unref: () => worker.unref?.(),
   };
+  if (watch === "close") worker.addEventListener("close", onStopped);
   worker.onmessage = (event: MessageEvent) => {
-    if (event.data?.type === "started") URL.revokeObjectURL(url);
+    if (event.data?.type === "started") {
+      URL.revokeObjectURL(url);
+      // Granted once the Worker, which took the lock before saying "started", is gone.
+      if (watch === "lock") platform.navigator.locks.request(unique, onStopped);
+    }
     handle.onMessage(event.data);
   };
   worker.onerror = (event: ErrorEvent) => {
@@ -62,9 +113,11 @@ function webWorker(name: string): WorkerHandle {
     // A Worker the page's Content-Security-Policy blocks fails with a bare Event: say what to check.
     const why = event.message ??
       "no reason given (in a browser: a Content-Security-Policy needs `worker-src blob:` for the pool's Workers)";
-    handle.onFailure(new Error(`a pool Worker failed: ${why}`));
+    if (!ended) handle.onFailure("error", `failed: ${why}`);
   };
-  worker.onmessageerror = () => handle.onFailure(new Error("a pool Worker sent a message that cannot be read"));
+  worker.onmessageerror = () => {
+    if (!ended) handle.onFailure("error", "sent a message that cannot be read");
+  };
   return handle;
 }
 
@@ -74,6 +127,8 @@ async function nodeWorker(name: string): Promise<WorkerHandle> {
   const { Worker } = await import(specifier);
   const worker = new Worker(new URL(`data:text/javascript,${encodeURIComponent(WORKER_SOURCE)}`), { name });
   let ended = false;
+  let stopped = () => {};
+  const gone = new Promise<void>((resolve) => stopped = resolve);
   const handle: WorkerHandle = {
     post: (message) => worker.postMessage(message),
     onMessage: () => {},
@@ -81,14 +136,19 @@ async function nodeWorker(name: string): Promise<WorkerHandle> {
     terminate: () => {
       ended = true;
       worker.terminate();
+      return gone;
     },
+    kill: () => worker.terminate(),
     ref: () => worker.ref(),
     unref: () => worker.unref(),
   };
   worker.on("message", (message: WorkerMessage) => handle.onMessage(message));
-  worker.on("error", (error: Error) => handle.onFailure(new Error(`a pool Worker failed: ${error.message}`)));
+  worker.on("error", (error: Error) => {
+    if (!ended) handle.onFailure("error", `failed: ${error.message}`);
+  });
   worker.on("exit", (code: number) => {
-    if (!ended) handle.onFailure(new Error(`a pool Worker exited with code ${code}`));
+    stopped();
+    if (!ended) handle.onFailure("exit", `exited with code ${code}`);
   });
   return handle;
 }

@@ -36,7 +36,14 @@ import {
 } from "./_validate.ts";
 import { heapOf } from "./_heap.ts";
 import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } from "./_resident_cache.ts";
-import { spawnWorker, type WorkerHandle, type WorkerMessage } from "./_workers.ts";
+import {
+  SABOTAGE,
+  type Sabotage,
+  spawnWorker,
+  type WorkerHandle,
+  type WorkerLoss,
+  type WorkerMessage,
+} from "./_workers.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import type { KvCacheOptions, ResidentKvCacheOptions } from "./kv_cache.ts";
 import type { AttentionOutput, HalfAttentionOutput } from "./result.ts";
@@ -191,6 +198,54 @@ export interface AttentionPool {
   close(): Promise<void>;
 }
 
+/**
+ * A pool call failed because one of the pool's Workers was lost while working on it: its
+ * WebAssembly instance trapped (`reason: "trap"`), it threw an uncaught error (`"error"`), or it
+ * stopped (`"exit"`: terminated, or its thread ended). Only the calls that Worker was working on
+ * reject; the pool starts a new Worker in its place before the next call, which gives the usual
+ * bits. A KV-cache call with `kNew` has already written its rows into the caches when it rejects.
+ *
+ * @example Usage
+ * ```ts
+ * import { createAttentionPool, PoolWorkerError } from "@flash/attention";
+ *
+ * const t = { data: new Float32Array(4 * 8).fill(0.5), shape: [1, 4, 1, 8] };
+ * const pool = await createAttentionPool({ threads: 2 });
+ * try {
+ *   let o;
+ *   try {
+ *     o = await pool.flashAttention(t, t, t);
+ *   } catch (error) {
+ *     if (!(error instanceof PoolWorkerError)) throw error;
+ *     o = await pool.flashAttention(t, t, t); // once more, on the replacement Worker
+ *   }
+ *   if (o.data.length !== 32) throw new Error("wrong size");
+ * } finally {
+ *   await pool.close();
+ * }
+ * ```
+ */
+export class PoolWorkerError extends Error {
+  /** The lost Worker's index, 0 to `threads` − 1 (its SM; its name is "flash-attention SM <index>"). */
+  readonly worker: number;
+  /** What happened to it. */
+  readonly reason: "trap" | "error" | "exit";
+
+  /**
+   * Creates a PoolWorkerError.
+   *
+   * @param message The full message, naming the Worker and what happened.
+   * @param worker The Worker's index.
+   * @param reason What happened to it.
+   */
+  constructor(message: string, worker: number, reason: "trap" | "error" | "exit") {
+    super(message);
+    this.name = "PoolWorkerError";
+    this.worker = worker;
+    this.reason = reason;
+  }
+}
+
 /** How a pool places and cuts work; tests change it to reach every path on small problems. */
 export interface PoolTuning {
   /**
@@ -320,6 +375,12 @@ function stepped(plan: ForwardPlan) {
 interface Slot {
   worker: WorkerHandle | undefined;
   pending: { resolve: (message: WorkerMessage) => void; reject: (error: Error) => void } | undefined;
+  /** Why the slot has no Worker, once one was lost. */
+  lost: PoolWorkerError | undefined;
+  /** Resolves when the slot's last lost Worker has stopped (where the runtime tells). */
+  stopped: Promise<void>;
+  /** Test-only fault to inject into the Worker's next job request ({@linkcode SABOTAGE}). */
+  sabotage: Sabotage | undefined;
 }
 
 class Pool implements AttentionPool {
@@ -342,7 +403,16 @@ class Pool implements AttentionPool {
   constructor(threads: number, tuning: PoolTuning) {
     this.threads = threads;
     this.#tuning = tuning;
-    this.#slots = Array.from({ length: threads }, () => ({ worker: undefined, pending: undefined }));
+    this.#slots = Array.from(
+      { length: threads },
+      () => ({
+        worker: undefined,
+        pending: undefined,
+        lost: undefined,
+        stopped: Promise.resolve(),
+        sabotage: undefined,
+      }),
+    );
   }
 
   /** Creates the shared memory and starts every Worker on its SM. */
@@ -365,30 +435,52 @@ class Pool implements AttentionPool {
     try {
       await Promise.all(this.#slots.map((_, t) => this.#startWorker(t)));
     } catch (error) {
-      this.#terminate();
+      await this.#terminate();
       throw error;
     }
     this.#idle();
   }
 
   async #startWorker(t: number): Promise<void> {
-    const worker = await spawnWorker(`flash-attention SM ${t}`);
     const slot = this.#slots[t];
+    // A lost Worker may still be running a job: its replacement waits until it has stopped.
+    await slot.stopped;
+    const worker = await spawnWorker(`flash-attention SM ${t}`);
     slot.worker = worker;
-    worker.onMessage = (message) => {
-      const pending = slot.pending;
-      slot.pending = undefined;
-      if (message.type === "error") pending?.reject(new Error(`a pool Worker failed: ${message.message}`));
-      else pending?.resolve(message);
-    };
-    worker.onFailure = (error) => {
-      // The Worker is gone: its slot starts a new one before the next call.
+    slot.lost = undefined;
+    const lose = (reason: PoolWorkerError["reason"], detail: string) => {
+      if (slot.worker !== worker) return; // already lost (Node reports an error, then the exit)
+      const what = reason === "trap" ? "trapped" : reason === "error" ? "failed" : "stopped";
+      const error = new PoolWorkerError(
+        `Cannot compute attention as pool Worker ${t} (flash-attention SM ${t}, of ${this.threads}) ${what}: ` +
+          `${detail}; the pool starts a new Worker in its place before the next call`,
+        t,
+        reason,
+      );
+      // The Worker is gone or cannot be trusted: its slot starts a new one before the next call.
       slot.worker = undefined;
-      worker.terminate();
+      slot.lost = error;
+      slot.stopped = worker.terminate();
       const pending = slot.pending;
       slot.pending = undefined;
       pending?.reject(error);
     };
+    worker.onMessage = (message) => {
+      if (slot.worker !== worker) return;
+      if (message.type === "error") {
+        const trapped = message.name === "RuntimeError";
+        lose(
+          trapped ? "trap" : "error",
+          `${trapped ? "its WebAssembly instance trapped" : "it threw"}: ` +
+            `${message.name}: ${message.message}`,
+        );
+        return;
+      }
+      const pending = slot.pending;
+      slot.pending = undefined;
+      pending?.resolve(message);
+    };
+    worker.onFailure = (loss: WorkerLoss, detail: string) => lose(loss, `it ${detail}`);
     await this.#request(t, {
       type: "init",
       memory: this.#memory,
@@ -397,12 +489,25 @@ class Pool implements AttentionPool {
     });
   }
 
-  #request(t: number, message: unknown): Promise<WorkerMessage> {
+  #request(t: number, message: { type: string; [key: string]: unknown }): Promise<WorkerMessage> {
     const slot = this.#slots[t];
+    const worker = slot.worker;
+    if (worker === undefined) {
+      // Lost while idle, between the phases of this call.
+      return Promise.reject(slot.lost ?? new Error("the pool was closed"));
+    }
+    const sabotage = message.type === "run" ? slot.sabotage : undefined;
+    slot.sabotage = undefined;
     return new Promise((resolve, reject) => {
       slot.pending = { resolve, reject };
-      slot.worker!.post(message);
+      worker.post(sabotage === "trap" || sabotage === "throw" ? { ...message, sabotage } : message);
+      if (sabotage === "terminate") worker.kill();
     });
+  }
+
+  /** Internal, tests only: Worker `t` fails during its next job request (see {@linkcode SABOTAGE}). */
+  [SABOTAGE](t: number, how: Sabotage): void {
+    this.#slots[t].sabotage = how;
   }
 
   #idle(): void {
@@ -413,13 +518,16 @@ class Pool implements AttentionPool {
     for (const slot of this.#slots) slot.worker?.ref();
   }
 
-  #terminate(): void {
-    for (const slot of this.#slots) {
-      slot.worker?.terminate();
+  /** Ends every Worker; resolves when they have stopped (where the runtime tells). */
+  async #terminate(): Promise<void> {
+    const stopping = this.#slots.map((slot) => {
+      const stopped = slot.worker ? Promise.all([slot.stopped, slot.worker.terminate()]) : slot.stopped;
       slot.worker = undefined;
       slot.pending?.reject(new Error("the pool was closed"));
       slot.pending = undefined;
-    }
+      return stopped;
+    });
+    await Promise.all(stopping);
   }
 
   // The interface's overloads type the result by outDtype; one implementation returns whichever the
