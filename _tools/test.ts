@@ -162,7 +162,7 @@ outcomes.push(
 );
 // Node 20 runs the baseline build unless told to validate relaxed SIMD; Deno runs the whole suite
 // on the relaxed build (it fuses), Bun on the baseline (it validates relaxed SIMD without fusing).
-// So Node runs the relaxed build's own tests, the pool's and the backward's once more with the flag.
+// So Node runs the relaxed build's own tests, the pool's (faults included), the backward's and the digest's (its relaxed repeat check) once more with the flag.
 outcomes.push(
   await suite(
     "node, relaxed SIMD (--experimental-wasm-relaxed-simd)",
@@ -175,7 +175,9 @@ outcomes.push(
       "--test-reporter=tap",
       "tests/loader_test.ts",
       "tests/pool_test.ts",
+      "tests/pool_faults_test.ts",
       "tests/backward_test.ts",
+      "tests/digest_test.ts",
     ],
     tapCounts,
   ),
