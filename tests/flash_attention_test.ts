@@ -1,10 +1,11 @@
 import fc from "fast-check";
-import { flashAttention, type FlashAttentionOptions, type Tensor } from "../mod.ts";
+import { flashAttention, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { assertBitwiseEqual, assertFlashTolerance, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
+import { type Case, inputs } from "./_cases.ts";
 
 const kernels = loadKernels();
 
@@ -12,29 +13,6 @@ const kernels = loadKernels();
 function blocks(sramBytes: number, d: number, dv: number): { Br: number; Bc: number } {
   const packed = kernels.blockSizes(sramBytes, d, dv, false);
   return { Br: packed >>> 16, Bc: packed & 0xffff };
-}
-
-interface Case {
-  B: number;
-  H: number;
-  Nq: number;
-  Nk: number;
-  d: number;
-  dv: number;
-  options: FlashAttentionOptions;
-  amplitude: number;
-  seed: number;
-}
-
-function inputs(c: Case): [Tensor, Tensor, Tensor] {
-  const random = rng(c.seed);
-  const bshd = (c.options.layout ?? "bshd") === "bshd";
-  const shape = (N: number, D: number) => bshd ? [c.B, N, c.H, D] : [c.B, c.H, N, D];
-  return [
-    randomTensor(random, shape(c.Nq, c.d), c.amplitude),
-    randomTensor(random, shape(c.Nk, c.d), c.amplitude),
-    randomTensor(random, shape(c.Nk, c.dv)),
-  ];
 }
 
 /** Runs flashAttention on a case and checks O and lse against the f64 reference. */

@@ -18,19 +18,30 @@ import {
   assertBitwiseEqual,
   assertFlashTolerance,
   makeMask,
-  type MaskSpec,
   maxAbsError,
   naiveAttentionF32,
   randomTensor,
   rng,
   test,
 } from "./_util.ts";
+import {
+  buildSpec,
+  type Causal,
+  causalArb,
+  cumulative,
+  type Layout,
+  maskArb,
+  type Model,
+  slopes,
+  softcapArb,
+  type Spec,
+  specArbitrary,
+  varlenInputs,
+  windowArb,
+} from "./_cases.ts";
 
 const kernels = loadKernels();
 const MAX_ARENA = 256 * 1024;
-
-type Causal = boolean | "bottom-right" | "top-left";
-type Layout = "bshd" | "bhsd";
 
 /** An arena between the smallest that fits (Br = 8, Bc = 4) and 256 KiB; t² favours small ones (many tiles). */
 function arenaAt(t: number, d: number, dv: number, masked: boolean): number {
@@ -76,50 +87,19 @@ function assertNoNaN(what: string, ...arrays: ArrayLike<number>[]): void {
 
 // ── Random problems ──────────────────────────────────────────────────────────────────────────
 
-interface Spec {
-  B: number;
-  Hkv: number;
-  group: number;
-  Nq: number;
-  Nk: number;
-  /** Nk = Nq when true; otherwise Nk ≠ Nq is enforced. */
-  sameLength: boolean;
-  d: number;
-  dv: number;
-  layout: Layout;
-  causal: Causal;
-  window: [number, number] | null;
-  scale: number | null;
-  alibi: "none" | "H" | "BH";
-  softcap: number;
-  mask: MaskSpec | null;
-  seqLens: boolean;
-  /** Position of the arena in [smallest, 256 KiB], or null for the default arena. */
+/** A variant problem (tests/_cases.ts) with the arena's position in [smallest, 256 KiB], or null for the default. */
+interface ArenaSpec extends Spec {
   arena: number | null;
-  amplitude: number;
-  seed: number;
 }
 
 /** Head dims 1..47 that are never a multiple of 4 (the kernels pad them). */
 const oddDim = fc.tuple(fc.integer({ min: 0, max: 11 }), fc.integer({ min: 1, max: 3 })).map(([a, r]) => 4 * a + r);
-const causalArb = fc.constantFrom<Causal>(false, true, "bottom-right", "top-left");
-const side = fc.oneof(fc.constant(-1), fc.integer({ min: 0, max: 4 }), fc.integer({ min: 0, max: 60 }));
-const windowArb = fc.tuple(side, side);
+const windowArbitrary = windowArb(60);
 const arenaArb = fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { nil: null });
-const maskArb: fc.Arbitrary<MaskSpec> = fc.record({
-  kind: fc.constantFrom("f32" as const, "u8" as const),
-  rank: fc.constantFrom(1 as const, 2 as const, 3 as const, 4 as const),
-  keep: fc.tuple(fc.boolean(), fc.boolean(), fc.boolean(), fc.oneof(fc.constant(true), fc.boolean())),
-  blocked: fc.constantFrom(0, 0.3, 0.7, 0.97),
-});
-/** Softcaps in the range models use (Gemma 2: 50, Grok: 30); see the pinned test for large ones. */
-const softcapArb = fc.double({ min: 0.1, max: 50, noNaN: true });
-
-type Model = { [K in keyof Spec]: fc.Arbitrary<Spec[K]> };
 
 /** Random problems with every option off except those given. */
-function specs(overrides: Partial<Model>): fc.Arbitrary<Spec> {
-  const base: Model = {
+function specs(overrides: Partial<Model<ArenaSpec>>): fc.Arbitrary<ArenaSpec> {
+  return specArbitrary<ArenaSpec>({
     B: fc.integer({ min: 1, max: 2 }),
     Hkv: fc.integer({ min: 1, max: 3 }),
     group: fc.constant(1),
@@ -139,44 +119,16 @@ function specs(overrides: Partial<Model>): fc.Arbitrary<Spec> {
     arena: arenaArb,
     amplitude: fc.constant(1),
     seed: fc.integer(),
-  };
-  return fc.record({ ...base, ...overrides } as Model).map((s) => {
-    if (s.sameLength) return { ...s, Nk: s.Nq };
-    return s.Nq === s.Nk ? { ...s, Nk: s.Nk + 1 } : s;
-  });
+  }, overrides);
 }
 
-/** Valid key lengths in [0, Nk], with 0 and Nk often. */
-function makeLengths(random: () => number, B: number, Nk: number): Int32Array {
-  return Int32Array.from({ length: B }, () => {
-    const r = random();
-    return r < 0.15 ? 0 : r < 0.35 ? Nk : Math.floor(random() * (Nk + 1));
-  });
-}
-
-function slopes(random: () => number, n: number): Float32Array {
-  return Float32Array.from({ length: n }, () => random());
-}
-
-function build(s: Spec): { q: Tensor; k: Tensor; v: Tensor; options: FlashAttentionOptions } {
-  const random = rng(s.seed);
-  const H = s.Hkv * s.group;
-  const shape = (N: number, heads: number, D: number) => s.layout === "bshd" ? [s.B, N, heads, D] : [s.B, heads, N, D];
-  const q = randomTensor(random, shape(s.Nq, H, s.d), s.amplitude);
-  const k = randomTensor(random, shape(s.Nk, s.Hkv, s.d), s.amplitude);
-  const v = randomTensor(random, shape(s.Nk, s.Hkv, s.dv));
-  const options: FlashAttentionOptions = { layout: s.layout, causal: s.causal };
-  if (s.window) options.windowSize = s.window;
-  if (s.scale !== null) options.scale = s.scale;
-  if (s.alibi !== "none") options.alibiSlopes = slopes(random, s.alibi === "H" ? H : s.B * H);
-  if (s.softcap !== 0) options.softcap = s.softcap;
-  if (s.mask) options.mask = makeMask(random, s.mask, [s.B, H, s.Nq, s.Nk]);
-  if (s.seqLens) options.seqLensK = makeLengths(random, s.B, s.Nk);
+function build(s: ArenaSpec): { q: Tensor; k: Tensor; v: Tensor; options: FlashAttentionOptions } {
+  const { q, k, v, options } = buildSpec(s);
   if (s.arena !== null) options.sramBytes = arenaAt(s.arena, s.d, s.dv, s.mask !== null);
   return { q, k, v, options };
 }
 
-function checkSpec(s: Spec): void {
+function checkSpec(s: ArenaSpec): void {
   const { q, k, v, options } = build(s);
   checkAgainstReference(JSON.stringify(s), q, k, v, options);
 }
@@ -192,7 +144,7 @@ test("GQA/MQA: query head h reads K/V head ⌊h/(H/Hkv)⌋ and matches the refer
 });
 
 test("sliding windows [left, right] (−1 unbounded, bottom-right aligned) match the reference", () => {
-  const arb = specs({ window: windowArb, causal: causalArb, group: fc.integer({ min: 1, max: 3 }) });
+  const arb = specs({ window: windowArbitrary, causal: causalArb, group: fc.integer({ min: 1, max: 3 }) });
   fc.assert(fc.property(arb, checkSpec), runs(2));
 });
 
@@ -219,7 +171,7 @@ test("seqLensK hides the keys past each entry's length and aligns causal and win
   const arb = specs({
     seqLens: fc.constant(true),
     causal: causalArb,
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
     group: fc.integer({ min: 1, max: 3 }),
     B: fc.integer({ min: 1, max: 4 }),
   });
@@ -231,7 +183,7 @@ test('causal "top-left" (j ≤ i), true and "bottom-right" (j ≤ i + Nk − Nq)
     causal: fc.constantFrom<Causal>(true, "bottom-right", "top-left"),
     sameLength: fc.boolean(),
     group: fc.integer({ min: 1, max: 3 }),
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
   });
   fc.assert(fc.property(arb, checkSpec), runs(7));
 });
@@ -243,7 +195,7 @@ test("every option at once (GQA, window, ALiBi, softcap, mask, seqLensK, causal,
     sameLength: fc.boolean(),
     layout: fc.constantFrom<Layout>("bshd", "bhsd"),
     causal: causalArb,
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
     scale: fc.option(fc.double({ min: 0.05, max: 2, noNaN: true }), { nil: null }),
     alibi: fc.constantFrom("none" as const, "H" as const, "BH" as const),
     softcap: fc.oneof(fc.constant(0), softcapArb),
@@ -271,26 +223,13 @@ interface VarlenSpec {
   seed: number;
 }
 
-const cumulative = (ns: number[]) =>
-  Int32Array.from([0, ...ns.map((_, i) => ns.slice(0, i + 1).reduce((a, b) => a + b))]);
-
 function buildVarlen(s: VarlenSpec): { q: Tensor; k: Tensor; v: Tensor; options: FlashAttentionOptions } {
   const random = rng(s.seed);
-  const lengths = s.lengths.map(([a, b]) => [a, b]);
-  // Shapes need totals ≥ 1: give the last sequence a query and a key when the others have none.
-  if (lengths.every(([nq]) => nq === 0)) lengths[lengths.length - 1][0] = 1;
-  if (lengths.every(([, nk]) => nk === 0)) lengths[lengths.length - 1][1] = 1;
-  const cuSeqlensQ = cumulative(lengths.map(([nq]) => nq));
-  const cuSeqlensK = cumulative(lengths.map(([, nk]) => nk));
-  const totalQ = cuSeqlensQ[lengths.length];
-  const totalK = cuSeqlensK[lengths.length];
   const H = s.Hkv * s.group;
-  const q = randomTensor(random, [totalQ, H, s.d]);
-  const k = randomTensor(random, [totalK, s.Hkv, s.d]);
-  const v = randomTensor(random, [totalK, s.Hkv, s.dv]);
+  const { q, k, v, cuSeqlensQ, cuSeqlensK } = varlenInputs(random, s.lengths, s.Hkv, H, s.d, s.dv);
   const options: FlashAttentionOptions = { cuSeqlensQ, cuSeqlensK, causal: s.causal };
   if (s.window) options.windowSize = s.window;
-  if (s.alibi !== "none") options.alibiSlopes = slopes(random, s.alibi === "H" ? H : lengths.length * H);
+  if (s.alibi !== "none") options.alibiSlopes = slopes(random, s.alibi === "H" ? H : s.lengths.length * H);
   if (s.softcap !== 0) options.softcap = s.softcap;
   if (s.arena !== null) options.sramBytes = arenaAt(s.arena, s.d, s.dv, false);
   return { q, k, v, options };
@@ -333,7 +272,7 @@ test("varlen packing with GQA, windows, ALiBi, softcap and causal variants match
   const arb = varlenSpecs({
     group: fc.integer({ min: 1, max: 4 }),
     causal: causalArb,
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
     alibi: fc.constantFrom("none" as const, "H" as const, "BH" as const),
     softcap: fc.oneof(fc.constant(0), softcapArb),
   });
@@ -393,7 +332,7 @@ test("the reference and flashAttention agree with a direct transcription of §5 
     group: fc.integer({ min: 1, max: 3 }),
     sameLength: fc.boolean(),
     causal: causalArb,
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
     alibi: fc.constantFrom("none" as const, "H" as const, "BH" as const),
     softcap: fc.oneof(fc.constant(0), softcapArb),
     mask: fc.option(maskArb, { nil: null }),
@@ -941,7 +880,7 @@ test("split-KV with numSplits ∈ {1, 2, 3, 7} matches the reference, with every
     group: fc.integer({ min: 1, max: 4 }),
     sameLength: fc.boolean(),
     causal: causalArb,
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
     alibi: fc.constantFrom("none" as const, "H" as const, "BH" as const),
     softcap: fc.oneof(fc.constant(0), softcapArb),
     mask: fc.option(maskArb, { nil: null }),

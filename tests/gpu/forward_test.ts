@@ -8,30 +8,8 @@ import type { FlashAttentionOptions, Tensor } from "../../mod.ts";
 import { referenceAttention } from "../../src/reference.ts";
 import { footprintBytes } from "../../src/gpu/_tiling.ts";
 import { assertBitwiseEqual, randomTensor, rng } from "../_util.ts";
+import { type Case, inputs } from "../_cases.ts";
 import { checkAgainstReference, gpuAttention, gpuTest, TILINGS, upload } from "./_gpu.ts";
-
-interface Case {
-  B: number;
-  H: number;
-  Nq: number;
-  Nk: number;
-  d: number;
-  dv: number;
-  options: FlashAttentionOptions;
-  amplitude: number;
-  seed: number;
-}
-
-function inputs(c: Case): [Tensor, Tensor, Tensor] {
-  const random = rng(c.seed);
-  const bshd = (c.options.layout ?? "bshd") === "bshd";
-  const shape = (N: number, D: number) => bshd ? [c.B, N, c.H, D] : [c.B, c.H, N, D];
-  return [
-    randomTensor(random, shape(c.Nq, c.d), c.amplitude),
-    randomTensor(random, shape(c.Nk, c.d), c.amplitude),
-    randomTensor(random, shape(c.Nk, c.dv)),
-  ];
-}
 
 const tilingNames = Object.keys(TILINGS) as (keyof typeof TILINGS)[];
 

@@ -7,55 +7,39 @@
 
 import fc from "fast-check";
 import type { FlashAttentionOptions, Tensor } from "../../mod.ts";
-import { assertBitwiseEqual, makeMask, type MaskSpec, randomTensor, rng } from "../_util.ts";
+import { assertBitwiseEqual, randomTensor, rng } from "../_util.ts";
+import {
+  buildSpec,
+  type Causal,
+  causalArb,
+  maskArb,
+  type Model,
+  softcapArb,
+  type Spec,
+  specArbitrary,
+  varlenInputs,
+  windowArb,
+} from "../_cases.ts";
 import { checkAgainstReference, gpuAttention, gpuTest, TILINGS } from "./_gpu.ts";
 
-type Causal = boolean | "bottom-right" | "top-left";
-
-interface Spec {
-  B: number;
-  Hkv: number;
-  group: number;
-  Nq: number;
-  Nk: number;
-  sameLength: boolean;
-  dims: [number, number];
-  layout: "bshd" | "bhsd";
-  causal: Causal;
-  window: [number, number] | null;
-  scale: number | null;
-  alibi: "none" | "H" | "BH";
-  softcap: number;
-  mask: MaskSpec | null;
-  seqLens: boolean;
+/** A variant problem (tests/_cases.ts) run on one of two small tilings. */
+interface TilingSpec extends Spec {
   tiling: "tiny" | "small";
-  seed: number;
 }
 
-const causalArb = fc.constantFrom<Causal>(false, true, "bottom-right", "top-left");
-const side = fc.oneof(fc.constant(-1), fc.integer({ min: 0, max: 4 }), fc.integer({ min: 0, max: 40 }));
-const windowArb = fc.tuple(side, side);
-const maskArb: fc.Arbitrary<MaskSpec> = fc.record({
-  kind: fc.constantFrom("f32" as const, "u8" as const),
-  rank: fc.constantFrom(1 as const, 2 as const, 3 as const, 4 as const),
-  keep: fc.tuple(fc.boolean(), fc.boolean(), fc.boolean(), fc.oneof(fc.constant(true), fc.boolean())),
-  blocked: fc.constantFrom(0, 0.3, 0.7, 0.97),
-});
-/** Softcaps in the range models use (Gemma 2: 50, Grok: 30). */
-const softcapArb = fc.double({ min: 0.1, max: 50, noNaN: true });
+const windowArbitrary = windowArb(40);
 
-type Model = { [K in keyof Spec]: fc.Arbitrary<Spec[K]> };
-
-/** Random problems with every option off except those given. */
-function specs(overrides: Partial<Model>): fc.Arbitrary<Spec> {
-  const base: Model = {
+/** Random problems with every option off except those given; head dims 5 and 7 (few kernels to compile). */
+function specs(overrides: Partial<Model<TilingSpec>>): fc.Arbitrary<TilingSpec> {
+  return specArbitrary<TilingSpec>({
     B: fc.integer({ min: 1, max: 2 }),
     Hkv: fc.integer({ min: 1, max: 3 }),
     group: fc.constant(1),
     Nq: fc.integer({ min: 1, max: 48 }),
     Nk: fc.integer({ min: 1, max: 60 }),
     sameLength: fc.constant(false),
-    dims: fc.constant([5, 7] as [number, number]),
+    d: fc.constant(5),
+    dv: fc.constant(7),
     layout: fc.constant("bshd" as const),
     causal: fc.constant(false as Causal),
     window: fc.constant(null),
@@ -64,43 +48,14 @@ function specs(overrides: Partial<Model>): fc.Arbitrary<Spec> {
     softcap: fc.constant(0),
     mask: fc.constant(null),
     seqLens: fc.constant(false),
+    amplitude: fc.constant(1),
     tiling: fc.constantFrom("tiny" as const, "small" as const),
     seed: fc.integer(),
-  };
-  return fc.record({ ...base, ...overrides } as Model).map((s) => {
-    if (s.sameLength) return { ...s, Nk: s.Nq };
-    return s.Nq === s.Nk ? { ...s, Nk: s.Nk + 1 } : s;
-  });
+  }, overrides);
 }
 
-/** Valid key lengths in [0, Nk], with 0 and Nk often. */
-function lengths(random: () => number, B: number, Nk: number): Int32Array {
-  return Int32Array.from({ length: B }, () => {
-    const r = random();
-    return r < 0.15 ? 0 : r < 0.35 ? Nk : Math.floor(random() * (Nk + 1));
-  });
-}
-
-function build(s: Spec): { q: Tensor; k: Tensor; v: Tensor; options: FlashAttentionOptions } {
-  const random = rng(s.seed);
-  const H = s.Hkv * s.group;
-  const [d, dv] = s.dims;
-  const shape = (N: number, heads: number, D: number) => s.layout === "bshd" ? [s.B, N, heads, D] : [s.B, heads, N, D];
-  const q = randomTensor(random, shape(s.Nq, H, d));
-  const k = randomTensor(random, shape(s.Nk, s.Hkv, d));
-  const v = randomTensor(random, shape(s.Nk, s.Hkv, dv));
-  const options: FlashAttentionOptions = { layout: s.layout, causal: s.causal };
-  if (s.window) options.windowSize = s.window;
-  if (s.scale !== null) options.scale = s.scale;
-  if (s.alibi !== "none") options.alibiSlopes = Float32Array.from({ length: s.alibi === "H" ? H : s.B * H }, random);
-  if (s.softcap !== 0) options.softcap = s.softcap;
-  if (s.mask) options.mask = makeMask(random, s.mask, [s.B, H, s.Nq, s.Nk]);
-  if (s.seqLens) options.seqLensK = lengths(random, s.B, s.Nk);
-  return { q, k, v, options };
-}
-
-async function checkSpec(s: Spec): Promise<void> {
-  const { q, k, v, options } = build(s);
+async function checkSpec(s: TilingSpec): Promise<void> {
+  const { q, k, v, options } = buildSpec(s);
   await checkAgainstReference(await gpuAttention(TILINGS[s.tiling]), JSON.stringify(s), q, k, v, options);
 }
 
@@ -112,7 +67,7 @@ gpuTest("GPU: GQA/MQA (query head h reads K/V head ⌊h/(H/Hkv)⌋) matches the 
 });
 
 gpuTest("GPU: sliding windows [left, right] with every causal alignment match the reference", async () => {
-  const arb = specs({ window: windowArb, causal: causalArb, group: fc.integer({ min: 1, max: 3 }) });
+  const arb = specs({ window: windowArbitrary, causal: causalArb, group: fc.integer({ min: 1, max: 3 }) });
   await fc.assert(fc.asyncProperty(arb, checkSpec), runs(2));
 });
 
@@ -145,7 +100,7 @@ gpuTest("GPU: seqLensK hides the keys past each entry's length and aligns causal
   const arb = specs({
     seqLens: fc.constant(true),
     causal: causalArb,
-    window: fc.option(windowArb, { nil: null }),
+    window: fc.option(windowArbitrary, { nil: null }),
     group: fc.integer({ min: 1, max: 3 }),
     B: fc.integer({ min: 1, max: 4 }),
   });
@@ -161,7 +116,7 @@ gpuTest(
       sameLength: fc.boolean(),
       layout: fc.constantFrom("bshd" as const, "bhsd" as const),
       causal: causalArb,
-      window: fc.option(windowArb, { nil: null }),
+      window: fc.option(windowArbitrary, { nil: null }),
       scale: fc.option(fc.double({ min: 0.05, max: 2, noNaN: true }), { nil: null }),
       alibi: fc.constantFrom("none" as const, "H" as const, "BH" as const),
       softcap: fc.oneof(fc.constant(0), softcapArb),
@@ -175,33 +130,6 @@ gpuTest(
 
 // ── Varlen ───────────────────────────────────────────────────────────────────────────────────
 
-const cumulative = (ns: number[]) => Int32Array.from([0, ...ns], ((sum) => (x) => (sum += x))(0));
-
-function varlenInputs(
-  random: () => number,
-  pairs: [number, number][],
-  Hkv: number,
-  H: number,
-  [d, dv]: [number, number],
-) {
-  const lengthsQ = pairs.map(([nq]) => nq);
-  const lengthsK = pairs.map(([, nk]) => nk);
-  // Shapes need totals ≥ 1: give the last sequence a query and a key when the others have none.
-  if (!lengthsQ.some((n) => n > 0)) lengthsQ[lengthsQ.length - 1] = 1;
-  if (!lengthsK.some((n) => n > 0)) lengthsK[lengthsK.length - 1] = 1;
-  const cuSeqlensQ = cumulative(lengthsQ);
-  const cuSeqlensK = cumulative(lengthsK);
-  const totalQ = cuSeqlensQ[pairs.length];
-  const totalK = cuSeqlensK[pairs.length];
-  return {
-    q: randomTensor(random, [totalQ, H, d]),
-    k: randomTensor(random, [totalK, Hkv, d]),
-    v: randomTensor(random, [totalK, Hkv, dv]),
-    cuSeqlensQ,
-    cuSeqlensK,
-  };
-}
-
 gpuTest(
   "GPU: varlen packing (empty sequences allowed) with GQA, windows, ALiBi, softcap and causal matches the reference",
   async () => {
@@ -213,7 +141,7 @@ gpuTest(
       Hkv: fc.integer({ min: 1, max: 2 }),
       group: fc.integer({ min: 1, max: 3 }),
       causal: causalArb,
-      window: fc.option(windowArb, { nil: null }),
+      window: fc.option(windowArbitrary, { nil: null }),
       alibi: fc.boolean(),
       softcap: fc.oneof(fc.constant(0), softcapArb),
       seed: fc.integer(),
@@ -222,7 +150,7 @@ gpuTest(
       fc.asyncProperty(arb, async (s) => {
         const random = rng(s.seed);
         const H = s.Hkv * s.group;
-        const { q, k, v, cuSeqlensQ, cuSeqlensK } = varlenInputs(random, s.pairs, s.Hkv, H, [5, 7]);
+        const { q, k, v, cuSeqlensQ, cuSeqlensK } = varlenInputs(random, s.pairs, s.Hkv, H, 5, 7);
         const options: FlashAttentionOptions = { cuSeqlensQ, cuSeqlensK, causal: s.causal };
         if (s.window) options.windowSize = s.window;
         if (s.alibi) options.alibiSlopes = Float32Array.from({ length: s.pairs.length * H }, random);
@@ -244,7 +172,7 @@ gpuTest(
     const random = rng(20);
     const pairs: [number, number][] = [[7, 11], [0, 5], [13, 0], [9, 9]];
     const [Hkv, H] = [2, 4];
-    const { q, k, v, cuSeqlensQ, cuSeqlensK } = varlenInputs(random, pairs, Hkv, H, [5, 7]);
+    const { q, k, v, cuSeqlensQ, cuSeqlensK } = varlenInputs(random, pairs, Hkv, H, 5, 7);
     const packed = await gpu.flashAttention(q, k, v, { cuSeqlensQ, cuSeqlensK, causal: true, returnLse: true });
     const totalQ = q.shape[0];
     for (let b = 0; b < pairs.length; b++) {
