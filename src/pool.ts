@@ -500,8 +500,10 @@ class Pool implements AttentionPool {
     slot.sabotage = undefined;
     return new Promise((resolve, reject) => {
       slot.pending = { resolve, reject };
-      worker.post(sabotage === "trap" || sabotage === "throw" ? { ...message, sabotage } : message);
+      // "terminate" ends the Worker instead of sending the job: sent first, a small job could be
+      // done and answered before the end takes effect, and the call would not see the loss.
       if (sabotage === "terminate") worker.kill();
+      else worker.post(sabotage === "trap" || sabotage === "throw" ? { ...message, sabotage } : message);
     });
   }
 

@@ -35,6 +35,20 @@ export function inputs(c: Case): [Tensor, Tensor, Tensor] {
   ];
 }
 
+/** A [B, N, H, D] tensor transposed to [B, H, N, D] (layout "bshd" to "bhsd"). */
+export function toBhsd(t: Tensor): Tensor {
+  const [b, n, h, x] = t.shape;
+  const data = new Float32Array(t.data.length);
+  for (let i = 0; i < b; i++) {
+    for (let j = 0; j < n; j++) {
+      for (let l = 0; l < h; l++) {
+        for (let c = 0; c < x; c++) data[((i * h + l) * n + j) * x + c] = t.data[((i * n + j) * h + l) * x + c];
+      }
+    }
+  }
+  return { data, shape: [b, h, n, x] };
+}
+
 /** A problem with every variant option as data: GQA groups, windows, ALiBi, softcap, masks, key lengths. */
 export interface Spec {
   B: number;

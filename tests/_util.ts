@@ -1,6 +1,9 @@
 // Test helpers shared by every suite: a runtime-neutral `test`, a seeded PRNG, random tensors,
 // a naive f32 attention and the tolerance rule.
 
+import { spawnSync } from "node:child_process";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
 import type { AttentionOutput, Mask, Tensor } from "../mod.ts";
 import type { ReferenceOptions } from "../src/reference.ts";
 import { referenceForward } from "../src/_reference.ts";
@@ -177,5 +180,28 @@ export function assertSameOutput(what: string, actual: AttentionOutput, expected
       }
       if (sramPeakBytesPerWorker.some((x) => x > sums.sramBytes)) throw new Error(`${what}: a peak exceeds M`);
     }
+  }
+}
+
+/**
+ * Runs the script at `url` in a child process of this runtime (Deno with read permission, Bun, or
+ * Node through tsx) and throws unless it exits with status 0, within a minute, having printed
+ * "closed": a script that closes its pool and must then end on its own.
+ */
+export function assertChildExitsCleanly(url: URL): void {
+  const script = fileURLToPath(url);
+  // deno-lint-ignore no-explicit-any
+  const runtime = globalThis as any;
+  const [cmd, args] = runtime.Deno
+    ? [runtime.Deno.execPath(), ["run", "--allow-read", script]]
+    : runtime.Bun
+    ? [process.execPath, [script]]
+    : [process.execPath, ["--import", "tsx", script]];
+  const child = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000 });
+  if (child.error) throw child.error;
+  if (child.status !== 0 || !child.stdout.includes("closed")) {
+    throw new Error(
+      `the child did not exit cleanly (status ${child.status}, signal ${child.signal}):\n${child.stdout}\n${child.stderr}`,
+    );
   }
 }

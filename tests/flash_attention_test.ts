@@ -5,7 +5,7 @@ import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { assertBitwiseEqual, assertFlashTolerance, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
-import { type Case, inputs } from "./_cases.ts";
+import { type Case, inputs, toBhsd } from "./_cases.ts";
 
 const kernels = loadKernels();
 
@@ -263,29 +263,17 @@ test("streaming heads and query chunks through HBM gives the same bits as copyin
 test("flashAttention() in layout bhsd gives the bits of bshd on transposed data", () => {
   const random = rng(11);
   const [B, Nq, Nk, H, d, dv] = [2, 37, 45, 3, 10, 6];
-  const transpose = (t: Tensor): Tensor => {
-    const [b, n, h, x] = t.shape;
-    const data = new Float32Array(t.data.length);
-    for (let i = 0; i < b; i++) {
-      for (let j = 0; j < n; j++) {
-        for (let l = 0; l < h; l++) {
-          for (let c = 0; c < x; c++) data[((i * h + l) * n + j) * x + c] = t.data[((i * n + j) * h + l) * x + c];
-        }
-      }
-    }
-    return { data, shape: [b, h, n, x] };
-  };
   const q = randomTensor(random, [B, Nq, H, d]);
   const k = randomTensor(random, [B, Nk, H, d]);
   const v = randomTensor(random, [B, Nk, H, dv]);
   const bshd = flashAttention(q, k, v, { causal: true, returnLse: true });
-  const bhsd = flashAttention(transpose(q), transpose(k), transpose(v), {
+  const bhsd = flashAttention(toBhsd(q), toBhsd(k), toBhsd(v), {
     causal: true,
     returnLse: true,
     layout: "bhsd",
   });
   if (bhsd.shape.join() !== [B, H, Nq, dv].join()) throw new Error(`shape ${bhsd.shape}`);
-  assertBitwiseEqual("O", bhsd.data, transpose({ data: bshd.data, shape: bshd.shape }).data);
+  assertBitwiseEqual("O", bhsd.data, toBhsd({ data: bshd.data, shape: bshd.shape }).data);
   assertBitwiseEqual("lse", bhsd.lse.data, bshd.lse.data);
 });
 

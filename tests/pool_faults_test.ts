@@ -6,9 +6,7 @@
 // After each, exactly the affected call rejects with a PoolWorkerError naming the Worker, and the
 // next call gives the synchronous function's bits.
 
-import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import {
   type AttentionPool,
   createAttentionPool,
@@ -18,7 +16,7 @@ import {
 } from "../mod.ts";
 import { POOL_TUNING, startPool } from "../src/pool.ts";
 import { SABOTAGE, type Sabotage } from "../src/_workers.ts";
-import { assertBitwiseEqual, assertSameOutput, randomTensor, rng, test } from "./_util.ts";
+import { assertBitwiseEqual, assertChildExitsCleanly, assertSameOutput, randomTensor, rng, test } from "./_util.ts";
 
 /** Every call on the Workers, however small. */
 const DISPATCH = { ...POOL_TUNING, inlineFlops: 0 };
@@ -152,19 +150,5 @@ test("createAttentionPool()'s pools take the same hook: a real pool recovers too
 });
 
 test("a process whose pool lost Workers each way, then closed it, exits on its own with no Worker left alive", () => {
-  const script = fileURLToPath(new URL("./_pool_faults_exit.ts", import.meta.url));
-  // deno-lint-ignore no-explicit-any
-  const runtime = globalThis as any;
-  const [cmd, args] = runtime.Deno
-    ? [runtime.Deno.execPath(), ["run", "--allow-read", script]]
-    : runtime.Bun
-    ? [process.execPath, [script]]
-    : [process.execPath, ["--import", "tsx", script]];
-  const child = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000 });
-  if (child.error) throw child.error;
-  if (child.status !== 0 || !child.stdout.includes("closed")) {
-    throw new Error(
-      `the child did not exit cleanly (status ${child.status}, signal ${child.signal}):\n${child.stdout}\n${child.stderr}`,
-    );
-  }
+  assertChildExitsCleanly(new URL("./_pool_faults_exit.ts", import.meta.url));
 });

@@ -7,9 +7,7 @@
 // on the Workers.
 
 import fc from "fast-check";
-import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import {
   type AttentionOutput,
   type AttentionPool,
@@ -26,6 +24,7 @@ import { flashAttentionIo } from "../src/io.ts";
 import { POOL_TUNING, startPool } from "../src/pool.ts";
 import {
   assertBitwiseEqual,
+  assertChildExitsCleanly,
   assertSameOutput,
   assertThrows,
   makeMask,
@@ -398,21 +397,7 @@ test("a pool of one Worker and a pool with the default thread count give the sam
 
 test("a process that closes its pool exits on its own, with no Worker left alive", () => {
   // The same runtime runs a child script that starts a pool, computes, closes it and returns.
-  const script = fileURLToPath(new URL("./_pool_exit.ts", import.meta.url));
-  // deno-lint-ignore no-explicit-any
-  const runtime = globalThis as any;
-  const [cmd, args] = runtime.Deno
-    ? [runtime.Deno.execPath(), ["run", "--allow-read", script]]
-    : runtime.Bun
-    ? [process.execPath, [script]]
-    : [process.execPath, ["--import", "tsx", script]];
-  const child = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000 });
-  if (child.error) throw child.error;
-  if (child.status !== 0 || !child.stdout.includes("closed")) {
-    throw new Error(
-      `the child did not exit cleanly (status ${child.status}, signal ${child.signal}):\n${child.stdout}\n${child.stderr}`,
-    );
-  }
+  assertChildExitsCleanly(new URL("./_pool_exit.ts", import.meta.url));
 });
 
 test("assertSameOutput itself catches one flipped bit (the pool tests above can fail)", () => {

@@ -8,7 +8,7 @@ import type { FlashAttentionOptions, Tensor } from "../../mod.ts";
 import { referenceAttention } from "../../src/reference.ts";
 import { footprintBytes } from "../../src/gpu/_tiling.ts";
 import { assertBitwiseEqual, randomTensor, rng } from "../_util.ts";
-import { type Case, inputs } from "../_cases.ts";
+import { type Case, inputs, toBhsd } from "../_cases.ts";
 import { checkAgainstReference, gpuAttention, gpuTest, TILINGS, upload } from "./_gpu.ts";
 
 const tilingNames = Object.keys(TILINGS) as (keyof typeof TILINGS)[];
@@ -249,29 +249,17 @@ gpuTest("GPU flashAttention() in layout bhsd gives the bits of bshd on transpose
   const gpu = await gpuAttention(TILINGS.small);
   const random = rng(11);
   const [B, Nq, Nk, H, d, dv] = [2, 37, 45, 3, 13, 16];
-  const transpose = (t: Tensor): Tensor => {
-    const [b, n, h, x] = t.shape;
-    const data = new Float32Array(t.data.length);
-    for (let i = 0; i < b; i++) {
-      for (let j = 0; j < n; j++) {
-        for (let l = 0; l < h; l++) {
-          for (let c = 0; c < x; c++) data[((i * h + l) * n + j) * x + c] = t.data[((i * n + j) * h + l) * x + c];
-        }
-      }
-    }
-    return { data, shape: [b, h, n, x] };
-  };
   const q = randomTensor(random, [B, Nq, H, d]);
   const k = randomTensor(random, [B, Nk, H, d]);
   const v = randomTensor(random, [B, Nk, H, dv]);
   const bshd = await gpu.flashAttention(q, k, v, { causal: true, returnLse: true });
-  const bhsd = await gpu.flashAttention(transpose(q), transpose(k), transpose(v), {
+  const bhsd = await gpu.flashAttention(toBhsd(q), toBhsd(k), toBhsd(v), {
     causal: true,
     returnLse: true,
     layout: "bhsd",
   });
   if (bhsd.shape.join() !== [B, H, Nq, dv].join()) throw new Error(`shape ${bhsd.shape}`);
-  assertBitwiseEqual("O", bhsd.data, transpose({ data: bshd.data as Float32Array, shape: bshd.shape }).data);
+  assertBitwiseEqual("O", bhsd.data, toBhsd({ data: bshd.data as Float32Array, shape: bshd.shape }).data);
   assertBitwiseEqual("lse", bhsd.lse.data, bshd.lse.data);
 });
 
