@@ -20,6 +20,11 @@ import { assertNoNaN, gpuAttention, gpuTest, TILINGS, upload } from "./_gpu.ts";
 
 type Causal = boolean | "bottom-right" | "top-left";
 const GRADIENTS = ["dq", "dk", "dv"] as const;
+/**
+ * The CPU tests' floor (its reason: where an exact gradient vanishes by cancellation, the naive f32
+ * error is no yardstick). Measured here: over 200 random problems of the property below (another
+ * seed), the largest (error − 3 × naive error) / max(1, G) was 3.4e-7 and the largest error/bound 0.43.
+ */
 const FLOOR = 2e-6;
 
 /** The forward's options (what the oracle takes too): everything but where the gradients go. */
