@@ -156,7 +156,11 @@ export async function runGpuBackward(
 
   const key = backwardKey(kernel);
   const [prep, dqPipeline, dkdvPipeline] = await Promise.all([
-    compiled(ctx, `bwd-prep ${key}`, () => backwardPrepKernel(kernel)),
+    compiled(
+      ctx,
+      `bwd-prep ${kernel.Br},${kernel.dv},${kernel.oKind},${kernel.dOKind}`,
+      () => backwardPrepKernel(kernel),
+    ),
     compiled(ctx, `bwd-dq ${key}`, () => backwardDqKernel(kernel)),
     compiled(ctx, `bwd-dkdv ${key}`, () => backwardDkDvKernel(kernel)),
   ]);

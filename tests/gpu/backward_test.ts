@@ -83,9 +83,16 @@ gpuTest("GPU backward: gradients match the f64 oracle on random problems with ev
     causal: fc.constantFrom<Causal>(false, true, "top-left"),
     window: fc.option(fc.tuple(side, side), { nil: null }),
     scale: fc.option(fc.double({ min: 0.05, max: 1.5, noNaN: true }), { nil: null }),
-    softcap: fc.oneof(fc.constant(0), fc.double({ min: 0.5, max: 50, noNaN: true })),
-    alibi: fc.boolean(),
-    keys: fc.constantFrom("none" as const, "mask" as const, "seqLensK" as const, "varlen" as const),
+    softcapValue: fc.double({ min: 0.5, max: 50, noNaN: true }),
+    // Which score terms are on: four combinations that cover each (every one compiles 3 kernels).
+    terms: fc.constantFrom(
+      { softcap: false, alibi: false, mask: "none" as const },
+      { softcap: true, alibi: true, mask: "none" as const },
+      { softcap: false, alibi: true, mask: "f32" as const },
+      { softcap: true, alibi: false, mask: "u8" as const },
+    ),
+    seqLens: fc.boolean(),
+    varlen: fc.boolean(),
     mask: maskArb,
     lengths: fc.array(fc.tuple(fc.integer({ min: 0, max: 25 }), fc.integer({ min: 0, max: 30 })), {
       minLength: 1,
@@ -101,9 +108,9 @@ gpuTest("GPU backward: gradients match the f64 oracle on random problems with ev
       const options: FlashAttentionBackwardOptions = { causal: s.causal };
       if (s.window) options.windowSize = s.window;
       if (s.scale !== null) options.scale = s.scale;
-      if (s.softcap) options.softcap = s.softcap;
+      if (s.terms.softcap) options.softcap = s.softcapValue;
       let q: Tensor, k: Tensor, v: Tensor;
-      if (s.keys === "varlen") {
+      if (s.varlen && s.terms.mask === "none") {
         const nq = s.lengths.map(([a]) => a);
         const nk = s.lengths.map(([, b]) => b);
         if (!nq.some((n) => n > 0)) nq[0] = 1;
@@ -120,7 +127,7 @@ gpuTest("GPU backward: gradients match the f64 oracle on random problems with ev
             dv,
           ]),
         ];
-        if (s.alibi) options.alibiSlopes = Float32Array.from({ length: nq.length * H }, random);
+        if (s.terms.alibi) options.alibiSlopes = Float32Array.from({ length: nq.length * H }, random);
       } else {
         const shape = (N: number, heads: number, D: number) =>
           s.layout === "bshd" ? [s.B, N, heads, D] : [s.B, heads, N, D];
@@ -133,9 +140,11 @@ gpuTest("GPU backward: gradients match the f64 oracle on random problems with ev
           ),
         ];
         options.layout = s.layout;
-        if (s.alibi) options.alibiSlopes = Float32Array.from({ length: H }, random);
-        if (s.keys === "mask") options.mask = makeMask(random, s.mask, [s.B, H, s.Nq, s.Nk]);
-        if (s.keys === "seqLensK") {
+        if (s.terms.alibi) options.alibiSlopes = Float32Array.from({ length: H }, random);
+        if (s.terms.mask !== "none") {
+          options.mask = makeMask(random, { ...s.mask, kind: s.terms.mask }, [s.B, H, s.Nq, s.Nk]);
+        }
+        if (s.seqLens) {
           options.seqLensK = Int32Array.from({ length: s.B }, () => Math.floor(random() * (s.Nk + 1)));
         }
       }
