@@ -13,7 +13,7 @@
  *    percentage of the probe, and the causal speedup (non-causal time / causal time). The first
  *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8` lists
  *    rows per workgroup × threads per row, `-noprefetch` after one turns software pipelining off
- *    (default: 64x4, 64x4-noprefetch, 64x8, 32x8, 128x2).
+ *    (default: 64x4, 64x4-noprefetch, 64x8, 32x8).
  *
  * Timing: each measurement is a batch of dispatches in one submit, each in its own compute pass;
  * with `timestamp-query` each pass's begin and end are timestamped and the median pass is reported,
@@ -54,7 +54,7 @@ interface Tiling {
   prefetch: boolean;
   name: string;
 }
-const tilings: Tiling[] = option("tilings", quick ? "64x4,64x4-noprefetch" : "64x4,64x4-noprefetch,64x8,32x8,128x2")
+const tilings: Tiling[] = option("tilings", quick ? "64x4,64x4-noprefetch" : "64x4,64x4-noprefetch,64x8,32x8")
   .split(",")
   .map((name) => {
     const m = /^(\d+)x(\d+)(-noprefetch)?$/.exec(name);
