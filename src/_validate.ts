@@ -379,8 +379,9 @@ export const BACKWARD_OPTION_KEYS = [
 
 /**
  * The whole validation of a `flashAttentionBackward` call: q, k, v and the forward's options as
- * `flashAttention` checks them, then `out` (the forward's result, with its lse) and `dOut` against
- * the output's shape, then the gradient buffers and the run options.
+ * `flashAttention` checks them (q, k, v through `readTensor` when a runner passes its own), then
+ * `out` (the forward's result, with its lse) and `dOut` against the output's shape, then the
+ * gradient buffers and the run options.
  */
 export function validateBackwardCall(
   q: unknown,
@@ -389,9 +390,10 @@ export function validateBackwardCall(
   out: unknown,
   dOut: unknown,
   options: unknown,
+  readTensor?: TensorReader,
 ): BackwardCall {
   const opts = checkOptionKeys(options, BACKWARD_OPTION_KEYS);
-  const problem = validateCall(q, k, v, { ...opts, out: undefined });
+  const problem = validateCall(q, k, v, { ...opts, out: undefined }, readTensor);
   const dims = problem.layout === "thd"
     ? "[totalQ, H, dv]"
     : problem.layout === "bhsd"
@@ -462,20 +464,22 @@ function checkGradientBuffers(
     "dOut.data",
     others[1],
   ], ["out.lse.data", others[2]]];
-  for (const [name, like] of [["dq", p.q], ["dk", p.k], ["dv", p.v]] as const) {
+  // Sized by the shapes, not the arrays: a runner's tensors may live elsewhere (GPU buffers).
+  for (const [name, shape] of [["dq", p.qShape], ["dk", p.kShape], ["dv", p.vShape]] as const) {
     const buffer = opts[name];
     if (buffer === undefined) continue;
     if (!(buffer instanceof Float32Array)) {
       throw new TypeError(message(`out.${name} must be a Float32Array: out.${name} is ${describe(buffer)}`));
     }
-    if (buffer.length !== like.length) {
+    const length = product(shape);
+    if (buffer.length !== length) {
       throw new ShapeError(
         message(
-          `out.${name} must hold ${like.length} elements (the size of ${
+          `out.${name} must hold ${length} elements (the size of ${
             name.slice(1)
           }): out.${name}.length is ${buffer.length}`,
         ),
-        String(like.length),
+        String(length),
         String(buffer.length),
       );
     }

@@ -1,8 +1,8 @@
 /**
- * FlashAttention on WebGPU: the forward pass of {@linkcode flashAttention} in a WGSL kernel, with
- * the same options, the same validation and typed errors, the same result type and the same
- * counted HBM traffic as the CPU build. Inputs may be host arrays or GPU buffers, and the output
- * may stay on the device, so a WebGPU model never round-trips through the CPU.
+ * FlashAttention on WebGPU: the forward pass of `flashAttention` in a WGSL kernel, with the same
+ * options, the same validation and typed errors, the same result type and the same counted HBM
+ * traffic as the CPU build, and its backward pass. Inputs may be host arrays or GPU buffers, and
+ * the output may stay on the device, so a WebGPU model never round-trips through the CPU.
  *
  * ```ts ignore
  * import { createGpuAttention } from "@flash/attention/gpu";
@@ -14,9 +14,11 @@
  *
  * @module
  */
+import type { AttentionGradients, FlashAttentionBackwardOptions } from "./backward.ts";
 import type { FlashAttentionOptions } from "./flash_attention.ts";
 import { describe, message } from "./_messages.ts";
-import { validateForwardCall } from "./_validate.ts";
+import { validateBackwardCall, validateForwardCall } from "./_validate.ts";
+import { runGpuBackward } from "./gpu/_backward.ts";
 import type { AttentionOutput, AttentionStats, HalfAttentionOutput } from "./result.ts";
 import type { Dtype, HalfDtype, InputTensor, Tensor } from "./tensor.ts";
 import { type GpuTensor, gpuTensorReader } from "./gpu/_inputs.ts";
@@ -217,6 +219,35 @@ export interface GpuAttention<Buffer extends GpuBufferLike = GpuBufferLike> {
     v: InputTensor | GpuTensor<Buffer>,
     options?: GpuFlashAttentionOptions,
   ): Promise<AttentionOutput>;
+  /**
+   * The backward pass of {@linkcode GpuAttention.flashAttention} on the GPU: ∂L/∂q, ∂L/∂k and
+   * ∂L/∂v by recomputation (FlashAttention-2's backward: no Nq × Nk matrix is stored), with the
+   * options of `flashAttentionBackward`, validated by its own code before any GPU work. Like the
+   * CPU backward it is deterministic (the same bits on every run; it differs from the CPU's in the
+   * last bits), but dQ and dK/dV come from separate kernels instead of atomic adds, and it counts
+   * no traffic: `stats: true` is a TypeError. q, k and v may be GPU tensors; `out` (the forward's
+   * result with lse) and `dOut` are host tensors.
+   *
+   * @param q Queries, as passed to the forward.
+   * @param k Keys.
+   * @param v Values.
+   * @param out The forward's result, run with `returnLse: true` and the same options.
+   * @param dOut ∂L/∂O, shaped like the output.
+   * @param options The forward's options, `out` buffers for the gradients, and `sramBytes`.
+   * @returns The gradients, f32, shaped like q, k and v.
+   * @throws {ShapeError} As `flashAttentionBackward`.
+   * @throws {TypeError} As `flashAttentionBackward`, and for `stats: true`.
+   * @throws {RangeError} As `flashAttentionBackward`, and for `sramBytes` the GPU cannot use.
+   * @throws {GpuUnavailableError} After `destroy()`, or once the device is lost.
+   */
+  flashAttentionBackward(
+    q: InputTensor | GpuTensor<Buffer>,
+    k: InputTensor | GpuTensor<Buffer>,
+    v: InputTensor | GpuTensor<Buffer>,
+    out: AttentionOutput | HalfAttentionOutput,
+    dOut: InputTensor,
+    options?: FlashAttentionBackwardOptions,
+  ): Promise<AttentionGradients>;
   /**
    * The tiling a call with these head dims runs with.
    *
@@ -443,8 +474,30 @@ export async function createGpuAttention<Device extends GpuDeviceLike = GpuDevic
     }
   };
 
+  const backward = async (
+    q: unknown,
+    k: unknown,
+    v: unknown,
+    out: unknown,
+    dOut: unknown,
+    options?: FlashAttentionBackwardOptions,
+  ): Promise<AttentionGradients> => {
+    if (gone) throw new GpuUnavailableError(message(gone));
+    const gpuInputs = new Map<string, GpuBufferLike>();
+    const call = validateBackwardCall(q, k, v, out, dOut, options, gpuTensorReader(gpuInputs));
+    const given = (options as { sramBytes?: unknown } | undefined)?.sramBytes;
+    const sramBytes = given === undefined ? limits.maxComputeWorkgroupStorageSize : call.sramBytes;
+    try {
+      return await runGpuBackward(ctx, call, gpuInputs, sramBytes);
+    } catch (error) {
+      if (gone) throw new GpuUnavailableError(message(gone));
+      throw error;
+    }
+  };
+
   return {
     flashAttention: run as GpuAttention<BufferOf<Device>>["flashAttention"],
+    flashAttentionBackward: backward,
     tiling,
     device,
     adapter: {

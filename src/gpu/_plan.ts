@@ -50,55 +50,14 @@ export function planGpuForward(
   maxPerDimension: number,
   prefetch: boolean,
 ): GpuPlan {
-  const g = p.group;
-  const items: { seq: number; kvh: number; i0: number; weight: number }[] = [];
-  p.sequences.forEach((s, seq) => {
-    if (s.Nq === 0) return;
-    const rows = s.Nq * g;
-    const visible = keyVisibility(s.Nk, p.topLeft ? 0 : s.Nk - s.Nq, p.windowLeft, p.windowRight);
-    for (let i0 = 0; i0 < rows; i0 += b.Br) {
-      const [first, end] = blockKeys(visible, i0, Math.min(b.Br, rows - i0), g);
-      const weight = Math.max(0, end - first);
-      for (let kvh = 0; kvh < p.Hkv; kvh++) items.push({ seq, kvh, i0, weight });
-    }
-  });
-  items.sort((a, z) => z.weight - a.weight); // stable: equal weights keep sequence order
-
+  const items = queryBlocks(p, b.Br);
   const seqTable = ITEM_WORDS * items.length;
   const slopeTable = seqTable + SEQUENCE_WORDS * p.sequences.length;
   const meta = new Uint32Array(slopeTable + (p.alibiSlopes?.length ?? 0));
-  items.forEach((item, n) => meta.set([item.seq, item.kvh, item.i0], ITEM_WORDS * n));
-  const maskB = p.mask?.strides[0] ?? 0;
-  p.sequences.forEach((s, n) => {
-    const row = [
-      s.qBase,
-      s.kBase,
-      s.vBase,
-      s.oBase,
-      s.lseBase,
-      s.Nq,
-      s.Nk,
-      s.b * maskB,
-      (p.topLeft ? 0 : s.Nk - s.Nq) >>> 0, // i32 bits
-      (s.Nk - s.Nq) >>> 0,
-      slopeBase(p, s),
-      s.b,
-    ];
-    meta.set(row, seqTable + SEQUENCE_WORDS * n);
-  });
-  if (p.alibiSlopes) {
-    meta.set(new Uint32Array(p.alibiSlopes.buffer, p.alibiSlopes.byteOffset, p.alibiSlopes.length), slopeTable);
-  }
-
-  const gridX = Math.max(1, Math.min(items.length, maxPerDimension));
-  const gridY = Math.max(1, Math.ceil(items.length / gridX));
-  if (gridY > maxPerDimension) {
-    throw new RangeError(
-      message(
-        `the call needs ${items.length} workgroups, more than the device's ${maxPerDimension}² (maxComputeWorkgroupsPerDimension squared): ${p.shapes}`,
-      ),
-    );
-  }
+  items.forEach((item, n) => meta.set(item, ITEM_WORDS * n));
+  writeSequences(p, meta, seqTable, slopeTable);
+  const [gridX] = grid(items.length, maxPerDimension, p.shapes);
+  const g = p.group;
 
   const params = new ArrayBuffer(4 * PARAM_WORDS);
   const u32 = new Uint32Array(params);
@@ -145,5 +104,68 @@ export function planGpuForward(
     softcap: p.softcap !== 0,
     prefetch: prefetch && p.mask === undefined,
   };
-  return { kernel, params, meta, grid: [gridX, gridY], items: items.length };
+  return { kernel, params, meta, grid: grid(items.length, maxPerDimension, p.shapes), items: items.length };
+}
+
+/**
+ * The work items (sequence, K/V head, first virtual row) of query blocks of Br rows, heaviest first
+ * (most visible keys), so a causal call's long blocks start before the short ones.
+ */
+export function queryBlocks(p: AttentionProblem, Br: number): [number, number, number][] {
+  const items: { item: [number, number, number]; weight: number }[] = [];
+  p.sequences.forEach((s, seq) => {
+    if (s.Nq === 0) return;
+    const rows = s.Nq * p.group;
+    const visible = keyVisibility(s.Nk, p.topLeft ? 0 : s.Nk - s.Nq, p.windowLeft, p.windowRight);
+    for (let i0 = 0; i0 < rows; i0 += Br) {
+      const [first, end] = blockKeys(visible, i0, Math.min(Br, rows - i0), p.group);
+      const weight = Math.max(0, end - first);
+      for (let kvh = 0; kvh < p.Hkv; kvh++) items.push({ item: [seq, kvh, i0], weight });
+    }
+  });
+  items.sort((a, z) => z.weight - a.weight); // stable: equal weights keep sequence order
+  return items.map((x) => x.item);
+}
+
+/**
+ * Writes the sequence table (SEQUENCE_WORDS per sequence: element offsets of q, k, v, O, lse, Nq,
+ * Nk, the mask's batch offset, the visibility and ALiBi offsets as i32 bits, the slopes' offset, b)
+ * at word `seqTable` of `meta`, and the ALiBi slopes' bits at `slopeTable`.
+ */
+export function writeSequences(p: AttentionProblem, meta: Uint32Array, seqTable: number, slopeTable: number): void {
+  const maskB = p.mask?.strides[0] ?? 0;
+  p.sequences.forEach((s, n) => {
+    const row = [
+      s.qBase,
+      s.kBase,
+      s.vBase,
+      s.oBase,
+      s.lseBase,
+      s.Nq,
+      s.Nk,
+      s.b * maskB,
+      (p.topLeft ? 0 : s.Nk - s.Nq) >>> 0, // i32 bits
+      (s.Nk - s.Nq) >>> 0,
+      slopeBase(p, s),
+      s.b,
+    ];
+    meta.set(row, seqTable + SEQUENCE_WORDS * n);
+  });
+  if (p.alibiSlopes) {
+    meta.set(new Uint32Array(p.alibiSlopes.buffer, p.alibiSlopes.byteOffset, p.alibiSlopes.length), slopeTable);
+  }
+}
+
+/** Workgroups in x and y for `items` (x at most maxPerDimension), or the RangeError when they do not fit. */
+export function grid(items: number, maxPerDimension: number, shapes: string): [number, number] {
+  const gridX = Math.max(1, Math.min(items, maxPerDimension));
+  const gridY = Math.max(1, Math.ceil(items / gridX));
+  if (gridY > maxPerDimension) {
+    throw new RangeError(
+      message(
+        `the call needs ${items} workgroups, more than the device's ${maxPerDimension}² (maxComputeWorkgroupsPerDimension squared): ${shapes}`,
+      ),
+    );
+  }
+  return [gridX, gridY];
 }

@@ -111,8 +111,8 @@ export interface PreparedGpuCall {
   releaseInputs(): void;
 }
 
-/** The bytes of a buffer of `size` bytes that some limit refuses, or undefined. */
-function checkBinding(ctx: GpuContext, what: string, bytes: number, shapes: string): void {
+/** Throws the RangeError for a buffer of `bytes` bytes (`what`) that the device cannot bind. */
+export function checkBinding(ctx: GpuContext, what: string, bytes: number, shapes: string): void {
   const { maxStorageBufferBindingSize, maxBufferSize } = ctx.device.limits;
   const limit = Math.min(maxStorageBufferBindingSize, maxBufferSize);
   if (bytes > limit) {

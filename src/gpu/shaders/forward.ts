@@ -32,10 +32,20 @@
 // local, and thread 0 adds the totals to the call's counters once at the end (u64 counters as two
 // u32 words, the carry detected as a wrap of the low word), in the slot order of src/_stats.ts.
 
-/** Element kinds of q, k, v and O (as assembly/half.ts numbers them). */
-export const KIND_F32 = 0;
-export const KIND_F16 = 1;
-export const KIND_BF16 = 2;
+import {
+  bytesOfKind,
+  each,
+  KIND_BF16,
+  KIND_F16,
+  KIND_F32,
+  loader,
+  roundUp4,
+  TANH,
+  VISIBILITY,
+  widening,
+} from "./_wgsl.ts";
+
+export { KIND_BF16, KIND_F16, KIND_F32 };
 /** Mask kinds (as src/_plan.ts numbers them). */
 export const MASK_NONE = 0;
 export const MASK_F32 = 1;
@@ -111,9 +121,6 @@ export function flopsPerUnit(c: { Bc: number; T: number; d: number; dv: number }
   return 2 * (c.Bc / c.T) * (roundUp4(c.d) + roundUp4(c.dv));
 }
 
-const roundUp4 = (x: number) => Math.ceil(x / 4) * 4;
-const bytesOfKind = (kind: number) => kind === KIND_F32 ? 4 : 2;
-
 /** A cache key naming everything the generated text depends on. */
 export function kernelKey(c: ForwardKernelConfig): string {
   return [
@@ -134,18 +141,6 @@ export function kernelKey(c: ForwardKernelConfig): string {
   ].join(",");
 }
 
-/** Repeats `line(i)` for i in [0, n), one per line. */
-function each(n: number, line: (i: number) => string): string {
-  return Array.from({ length: n }, (_, i) => line(i)).join("\n");
-}
-
-/** A loader of elements of `kind` from the read-only binding `name`. */
-function loader(fn: string, name: string, kind: number): string {
-  if (kind === KIND_F32) return `fn ${fn}(e: u32) -> f32 { return ${name}[e]; }`;
-  const widen = kind === KIND_F16 ? "widenF16" : "widenBF16";
-  return `fn ${fn}(e: u32) -> f32 { return ${widen}((${name}[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu); }`;
-}
-
 /** The WGSL of the forward kernel for `c`. */
 export function forwardKernel(c: ForwardKernelConfig): string {
   const D4 = roundUp4(c.d) / 4;
@@ -163,9 +158,6 @@ export function forwardKernel(c: ForwardKernelConfig): string {
   const qVec4 = c.qKind === KIND_F32 && c.d % 4 === 0;
   const kVec4 = c.kKind === KIND_F32 && c.d % 4 === 0;
   const vVec4 = c.vKind === KIND_F32 && c.dv % 4 === 0;
-  const halves = [c.qKind, c.kKind, c.vKind].some((k) => k !== KIND_F32);
-  const f16In = [c.qKind, c.kKind, c.vKind].includes(KIND_F16);
-  const bf16In = [c.qKind, c.kKind, c.vKind].includes(KIND_BF16);
   const arrayOf = (kind: number, vec4: boolean) =>
     vec4 ? "array<vec4<f32>>" : kind === KIND_F32 ? "array<f32>" : "array<u32>";
   const keys = (line: (k: number) => string) => each(KPT, line);
@@ -346,23 +338,7 @@ ${masked ? 'var<workgroup> wgCount: atomic<u32>; // the mask\'s "tile open" flag
 
 fn setF(i: u32, x: f32) { wg[i >> 2u][i & 3u] = x; }
 fn getF(i: u32) -> f32 { return wg[i >> 2u][i & 3u]; }
-${
-    !halves ? "" : `
-// 16-bit elements widen exactly (src/_half.ts's rules): subnormals, signed zeros, infinities and NaN payloads kept.
-${
-      f16In
-        ? `fn widenF16(h: u32) -> f32 {
-  let sign = (h & 0x8000u) << 16u;
-  let e = (h >> 10u) & 31u;
-  let m = h & 0x3ffu;
-  if (e == 31u) { return bitcast<f32>(sign | 0x7f800000u | (m << 13u)); }
-  if (e != 0u) { return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u)); }
-  return bitcast<f32>(sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8)); // m·2⁻²⁴: exact
-}`
-        : ""
-    }
-${bf16In ? "fn widenBF16(h: u32) -> f32 { return bitcast<f32>(h << 16u); }" : ""}`
-  }
+${widening([c.qKind, c.kKind, c.vKind])}
 ${qVec4 ? "" : loader("loadQ", "Q", c.qKind)}
 ${kVec4 ? "" : loader("loadK", "K", c.kKind)}
 ${vVec4 ? "" : loader("loadV", "V", c.vKind)}
@@ -415,34 +391,8 @@ fn bump(total: ptr<function, u32>, x: u32, slot: u32, flush: bool) {
   }
 }
 
-// Visibility (causal, windows, valid keys), as assembly/scores.ts: position i sees key j iff
-// firstKey(i) ≤ j < endKey(i).
-fn firstKey(i: i32, offset: i32, nk: i32) -> i32 {
-  if (P.windowLeft < 0) { return 0; }
-  return clamp(i + offset - P.windowLeft, 0, nk);
-}
-fn endKey(i: i32, offset: i32, nk: i32) -> i32 {
-  if (P.windowRight < 0) { return nk; }
-  return clamp(i + offset + P.windowRight + 1, 0, nk);
-}
-${
-    !c.softcap ? "" : `
-// tanh as assembly/scores.ts computes it: a series below 0.25, (1 − e^(−2|x|))/(1 + e^(−2|x|)) above
-// (WGSL's tanh may be sinh/cosh, which overflows).
-fn tanhf(x: f32) -> f32 {
-  let ax = abs(x);
-  if (ax < 0.25) {
-    let x2 = ax * ax;
-    var p = fma(x2, 62.0 / 2835.0, -17.0 / 315.0);
-    p = fma(p, x2, 2.0 / 15.0);
-    p = fma(p, x2, -1.0 / 3.0);
-    p = fma(p, x2, 1.0);
-    return x * p;
-  }
-  let e = exp(-2.0 * ax);
-  return sign(x) * ((1.0 - e) / (1.0 + e));
-}`
-  }
+${VISIBILITY.trimStart()}
+${c.softcap ? TANH : ""}
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
