@@ -28,6 +28,9 @@
  *    scaled_dot_product_attention read from `--torch=FILE`, the output of bench/probes/torch_sdpa.py
  *    run on the same machine.
  *
+ * 4. the backward (gpu.flashAttentionBackward, default tiling) at `--backward-sizes` (default 1024,
+ *    4096, 16384; `--no-backward` skips it), wall time per call with its transfers.
+ *
  * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--seconds=0.5`, `--no-write` (do
  * not write BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
  */
@@ -35,6 +38,7 @@ import process from "node:process";
 import type { Tensor } from "../mod.ts";
 import { randomTensor, rng } from "../src/_cli/random.ts";
 import { referenceAttention } from "../src/reference.ts";
+import { createGpuAttention } from "../src/gpu.ts";
 import { validateForwardCall } from "../src/_validate.ts";
 import { gpuTensorReader } from "../src/gpu/_inputs.ts";
 import { type GpuContext, prepareGpuCall } from "../src/gpu/_runner.ts";
@@ -395,6 +399,70 @@ if (torchFile) {
   }
 }
 
+// ── 4. The backward ────────────────────────────────────────────────────────────────────────────
+
+// gpu.flashAttentionBackward through the public API on the default tiling: q, k, v as GPU tensors,
+// out and dOut from the host (the API takes them so), the gradients read back. Wall time per call,
+// median of a few after a warm-up, so it includes those transfers (≈ 5·N·H·d·4 bytes, milliseconds
+// at N = 16K against a backward of about a tenth of a second). Flops: 10·B·H·N²·d (the five
+// products of the recomputing backward; dQ and dK/dV recompute S and P in their own kernels, which
+// this count does not credit), half for causal.
+interface BackwardRow {
+  N: number;
+  causal: boolean;
+  ms: number;
+  tflops: number;
+}
+const backwardRows: BackwardRow[] = [];
+const backwardSizes = option("backward-sizes", quick ? "128" : "1024,4096,16384").split(",").map(Number);
+if (!flag("no-backward")) {
+  const gpu = await createGpuAttention({ device: gpuDevice });
+  for (const N of backwardSizes) {
+    const inputs = inputsOf(N);
+    const shape = [1, N, H, d];
+    const [qT, kT, vT] = inputs.buffers.map((buffer) => ({ buffer, shape }));
+    const dOut = randomTensor(rng(N + 1), shape);
+    for (const causal of [false, true]) {
+      const out = await gpu.flashAttention(qT, kT, vT, { causal, returnLse: true });
+      const run = () => gpu.flashAttentionBackward(qT, kT, vT, out, dOut, { causal });
+      await run(); // compiles the kernels
+      const times: number[] = [];
+      for (let i = 0; i < (quick ? 2 : 5); i++) {
+        const start = performance.now();
+        await run();
+        times.push(performance.now() - start);
+      }
+      const ms = median(times);
+      const row = { N, causal, ms, tflops: tflops(10 * H * N * N * d / (causal ? 2 : 1), ms) };
+      backwardRows.push(row);
+      console.log(`backward, N = ${N}, ${causal ? "causal" : "full"}: ${fmt(ms, 3)} ms, ${tf(row.tflops)} TFLOP/s`);
+    }
+    for (const b of inputs.buffers) b.destroy();
+  }
+  gpu.destroy();
+}
+const backwardBody = backwardRows.length === 0 ? "" : [
+  "",
+  "",
+  "The backward (`gpu.flashAttentionBackward`, default tiling): wall time per call including the upload of out " +
+  "and dOut and the read-back of dQ, dK, dV; TFLOP/s = 10·B·H·N²·d / t (half for causal), the forward's time beside it.",
+  "",
+  table(
+    ["N", "causal", "backward ms", "TFLOP/s", "forward ms", "backward ÷ forward time"],
+    backwardRows.map((r) => {
+      const o = ours(r.N, r.causal);
+      return [
+        r.N,
+        r.causal ? "yes" : "no",
+        fmt(r.ms, 3),
+        tf(r.tflops),
+        o ? fmt(o.timing.ms, 3) : "",
+        o ? fmt(r.ms / o.timing.ms, 2) : "",
+      ];
+    }),
+  ),
+].join("\n");
+
 const speedup = (N: number, tiling: Tiling) => {
   const full = rows.find((r) => r.N === N && r.tiling === tiling && !r.causal)!;
   const causal = rows.find((r) => r.N === N && r.tiling === tiling && r.causal)!;
@@ -455,10 +523,10 @@ const baselineBody = baselines.length === 0 ? "" : [
     }),
   ),
 ].join("\n");
-console.log(`\n${body}${baselineBody}`);
+console.log(`\n${body}${baselineBody}${backwardBody}`);
 if (write) {
   const key = `gpu-${adapterName.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "")}`;
-  writeSection("BENCHMARKS.md", key, body + baselineBody);
+  writeSection("BENCHMARKS.md", key, body + baselineBody + backwardBody);
   console.log(`\nwrote the section "${key}" of BENCHMARKS.md`);
 }
 gpuDevice.destroy();
