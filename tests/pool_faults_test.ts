@@ -6,7 +6,6 @@
 // After each, exactly the affected call rejects with a PoolWorkerError naming the Worker, and the
 // next call gives the synchronous function's bits.
 
-import process from "node:process";
 import {
   type AttentionPool,
   createAttentionPool,
