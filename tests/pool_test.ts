@@ -7,7 +7,6 @@
 // on the Workers.
 
 import fc from "fast-check";
-import process from "node:process";
 import {
   type AttentionOutput,
   type AttentionPool,
