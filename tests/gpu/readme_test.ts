@@ -32,7 +32,9 @@ gpuTest("the README's WebGPU example runs verbatim, with no permissions, and pri
   const text = new TextDecoder();
   const [stdout, stderr] = [text.decode(child.stdout), text.decode(child.stderr)];
   if (child.code !== 0) throw new Error(`the example failed (${child.code}):\n${stdout}\n${stderr}`);
-  const normalise = (s: string) => s.replace(/\s+/g, "");
+  // Without colour codes (a FORCE_COLOR in the parent's environment beats NO_COLOR) and whitespace.
+  // deno-lint-ignore no-control-regex
+  const normalise = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, "").replace(/\s+/g, "");
   if (normalise(stdout) !== normalise(promise[1])) {
     throw new Error(`the example printed ${JSON.stringify(stdout)}, the README says ${JSON.stringify(promise[1])}`);
   }
