@@ -218,13 +218,20 @@ ${each(T - 1, (tt) => `      acc = acc + wg[(me * T + ${tt + 1}u) * ${n4}u + i];
 }
 
 /**
- * What the dQ and dK/dV kernels declare alike: the inputs' bindings (1–6), the output's (7, named
- * `output`), the mask's (8), the workgroup scratch of R4 vec4s with its accessors (getF only where
- * `withGet`), the widening of every input kind, the tile loaders, the visibility rule and tanh.
+ * What the dQ and dK/dV kernels declare alike: the head dims (D, DV, and D4, DV4 in vec4s), the
+ * uniform parameters, the inputs' bindings (1–6), the output's (7, named `output`), the mask's (8),
+ * the workgroup scratch of R4 vec4s with its accessors (getF only where `withGet`), the widening of
+ * every input kind, the tile loaders, the visibility rule and tanh.
  */
 function declarations(c: BackwardKernelConfig, output: string, R4: number, withGet: boolean): string {
   const masked = c.maskKind !== MASK_NONE;
-  return `@group(0) @binding(1) var<storage, read> Q: ${arrayOf(c.qKind)};
+  return `const D: u32 = ${c.d}u;
+const DV: u32 = ${c.dv}u;
+const D4: u32 = ${roundUp4(c.d) / 4}u;
+const DV4: u32 = ${roundUp4(c.dv) / 4}u;
+const NEG_INF_BITS: u32 = 0xff800000u;
+${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: ${arrayOf(c.qKind)};
 @group(0) @binding(2) var<storage, read> K: ${arrayOf(c.kKind)};
 @group(0) @binding(3) var<storage, read> V: ${arrayOf(c.vKind)};
 @group(0) @binding(4) var<storage, read> DO: ${arrayOf(c.dOKind)};
@@ -283,12 +290,6 @@ const T: u32 = ${c.T}u;
 const NT: u32 = ${NT}u;
 const BC: i32 = ${c.Bc};
 const KPT: u32 = ${KPT}u;
-const D: u32 = ${c.d}u;
-const DV: u32 = ${c.dv}u;
-const D4: u32 = ${D4}u;
-const DV4: u32 = ${DV4}u;
-const NEG_INF_BITS: u32 = 0xff800000u;
-${PARAMS}
 ${declarations(c, "DQ", R4, true)}
 
 @compute @workgroup_size(${NT})
@@ -420,12 +421,6 @@ const BQ: u32 = ${c.Bq}u;
 const T: u32 = ${c.T}u;
 const NT: u32 = ${NT}u;
 const RPT: u32 = ${RPT}u;
-const D: u32 = ${c.d}u;
-const DV: u32 = ${c.dv}u;
-const D4: u32 = ${D4}u;
-const DV4: u32 = ${DV4}u;
-const NEG_INF_BITS: u32 = 0xff800000u;
-${PARAMS}
 ${declarations(c, "DKV", R4, false)}
 
 @compute @workgroup_size(${NT})
