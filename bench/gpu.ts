@@ -43,7 +43,7 @@ import { validateForwardCall } from "../src/_validate.ts";
 import { gpuTensorReader } from "../src/gpu/_inputs.ts";
 import { type GpuContext, prepareGpuCall } from "../src/gpu/_runner.ts";
 import { readTargets } from "../src/gpu/_tiling.ts";
-import type { GpuBufferLike, GpuDevice } from "../src/gpu/_webgpu.ts";
+import { type GpuBufferLike, type GpuDevice, REQUESTED_LIMITS } from "../src/gpu/_webgpu.ts";
 import { sgemmGrid, sgemmKernel } from "./_sgemm_wgsl.ts";
 import { median, table, writeSection } from "./_report.ts";
 
@@ -84,14 +84,9 @@ if (!adapter) {
   );
   process.exit(1);
 }
-const LIMITS = [
-  "maxComputeWorkgroupStorageSize",
-  "maxComputeInvocationsPerWorkgroup",
-  "maxComputeWorkgroupSizeX",
-  "maxStorageBufferBindingSize",
-  "maxBufferSize",
-  "maxStorageBuffersPerShaderStage",
-] as const;
+// The limits createGpuAttention requests (src/gpu/_webgpu.ts), on a device of our own that can also
+// take timestamp queries.
+const LIMITS = REQUESTED_LIMITS;
 const requiredLimits: Record<string, number> = {};
 for (const name of LIMITS) requiredLimits[name] = adapter.limits[name];
 const timestamps = adapter.features.has("timestamp-query");

@@ -34,6 +34,7 @@ import {
   type GpuDeviceLike,
   type GpuLimits,
   navigatorGpu,
+  REQUESTED_LIMITS,
 } from "./gpu/_webgpu.ts";
 
 export type { GpuBufferLike, GpuDeviceLike, GpuLimits, GpuTensor, GpuTilingTargets };
@@ -270,16 +271,6 @@ export interface GpuAttention<Buffer extends GpuBufferLike = GpuBufferLike> {
    */
   destroy(): void;
 }
-
-/** The limits a requested device asks the adapter for (its own maximum of each). */
-const REQUESTED_LIMITS = [
-  "maxComputeWorkgroupStorageSize",
-  "maxComputeInvocationsPerWorkgroup",
-  "maxComputeWorkgroupSizeX",
-  "maxStorageBufferBindingSize",
-  "maxBufferSize",
-  "maxStorageBuffersPerShaderStage",
-] as const satisfies readonly (keyof GpuLimits)[];
 
 const CREATE_KEYS = ["device", "powerPreference", "tiling"] as const;
 const TILING_KEYS = ["rowsPerWorkgroup", "threadsPerRow", "keysPerTile", "prefetch"] as const;

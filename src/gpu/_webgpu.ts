@@ -37,6 +37,19 @@ export interface GpuLimits {
   readonly maxStorageBuffersPerShaderStage: number;
 }
 
+/**
+ * The limits a device is requested with (the adapter's own maximum of each; a new device's defaults
+ * are lower): by createGpuAttention, and by bench/gpu.ts for its own device.
+ */
+export const REQUESTED_LIMITS = [
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+] as const satisfies readonly (keyof GpuLimits)[];
+
 /** A GPUBuffer, described by the members the GPU backend uses: any GPUBuffer fits. */
 export interface GpuBufferLike {
   /** Its size in bytes. */
