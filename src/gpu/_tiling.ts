@@ -10,7 +10,9 @@
 //   flag     with a mask only: one atomic u32 (16 bytes, WebGPU's rounding), set by the threads
 //            that find an open mask entry in a tile, so the workgroup skips a tile the mask blanks
 // with dP = roundUp(d, 4), dvP = roundUp(dv, 4) and
-//   R = max(Bc·(dP + dvP), 4·Br·T)   (the merge moves at least one vec4 per thread at a time).
+//   R = roundUp(max(Bc·(dP + dvP), 4·Br·T), (Bc/T)·(dP + dvP))
+// (the merge moves at least one vec4 per thread at a time; the kernel declares the scratch as whole
+// slices of one thread slice's keys, (Bc/T)·(dP + dvP) floats each).
 
 /** Query rows per workgroup the tiling aims for (the GPU_NOTES probe's 64). */
 export const ROWS_PER_WORKGROUP = 64;
@@ -55,7 +57,8 @@ const roundUp = (x: number, step: number) => Math.ceil(x / step) * step;
 
 /** The scratch floats R of a tile Br × Bc with T threads per row and head dims d, dv. */
 export function scratchFloats(Br: number, Bc: number, T: number, d: number, dv: number): number {
-  return Math.max(Bc * (roundUp(d, 4) + roundUp(dv, 4)), 4 * Br * T);
+  const slice = (Bc / T) * (roundUp(d, 4) + roundUp(dv, 4));
+  return roundUp(Math.max(T * slice, 4 * Br * T), slice);
 }
 
 /** Exact workgroup memory in bytes of the kernel with this tiling, with or without a mask. */

@@ -19,7 +19,10 @@ const roundUp = (x: number, step: number) => Math.ceil(x / step) * step;
 
 /** The workgroup memory of a tiling as the header of src/gpu/_tiling.ts states it. */
 function statedFootprint(Br: number, Bc: number, T: number, d: number, dv: number, masked: boolean): number {
-  const R = Math.max(Bc * (roundUp(d, 4) + roundUp(dv, 4)), 4 * Br * T);
+  const R = roundUp(
+    Math.max(Bc * (roundUp(d, 4) + roundUp(dv, 4)), 4 * Br * T),
+    (Bc / T) * (roundUp(d, 4) + roundUp(dv, 4)),
+  );
   return 4 * R + (masked ? 16 : 0);
 }
 

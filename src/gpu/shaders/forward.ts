@@ -27,7 +27,10 @@
 // every finite score reaches, so a row's l stays 0 exactly when it sees no key: then O = 0 and
 // lse = −∞ (written as its bits).
 //
-// Workgroup memory: src/gpu/_tiling.ts (R floats of scratch, and with a mask one atomic u32). HBM traffic is
+// Workgroup memory: src/gpu/_tiling.ts (R floats of scratch, and with a mask one atomic u32). The
+// scratch is declared as slices, one per thread slice of a K/V tile: WebGPU clamps every runtime
+// array index into range (naga's Restrict policy), so the products' reads, written as
+// wg[t][constant], pay one clamp of t instead of one per read. HBM traffic is
 // counted per workgroup, not per element: each tile copy adds its bytes to a workgroup-uniform
 // local, and thread 0 adds the totals to the call's counters once at the end (u64 counters as two
 // u32 words, the carry detected as a wrap of the low word), in the slot order of src/_stats.ts.
@@ -148,7 +151,10 @@ export function forwardKernel(c: ForwardKernelConfig): string {
   const KPT = c.Bc / c.T;
   const R4 = c.scratchFloats / 4;
   const NT = c.Br * c.T;
-  if (!Number.isInteger(KPT) || c.scratchFloats % 4 !== 0 || R4 < c.Br * c.T) throw new Error("bad kernel tiling");
+  const S4 = KPT * (D4 + DV4); // vec4s of one thread slice's keys of a K/V tile
+  if (!Number.isInteger(KPT) || c.scratchFloats % 4 !== 0 || R4 < c.Br * c.T || R4 % S4 !== 0) {
+    throw new Error("bad kernel tiling");
+  }
   const QC4 = Math.min(D4, Math.floor(R4 / c.Br)); // Q staging chunk, vec4 columns
   const OC4 = Math.min(DV4, Math.floor(R4 / (c.Br * c.T))); // O merge chunk, vec4 columns
   const masked = c.maskKind !== MASK_NONE;
@@ -178,10 +184,10 @@ export function forwardKernel(c: ForwardKernelConfig): string {
       let rr = i0 + rl;
       x = Q[(qBase + (rr / g) * P.qRow + (kvh * g + rr % g) * P.qHead) / 4u + ${c0}u + e % ${n4}u];
     }
-    wg[e] = x;
+    put(e, x);
   }
   workgroupBarrier();
-${each(n4, (i) => `  q${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
+${each(n4, (i) => `  q${c0 + i} = at(row * ${n4}u + ${i}u);`)}
   workgroupBarrier();`
         : `
   // Qi columns [${4 * c0}, ${4 * (c0 + n4)}) → scratch [row][${W}] → registers
@@ -196,7 +202,7 @@ ${each(n4, (i) => `  q${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
     setF(e, x);
   }
   workgroupBarrier();
-${each(n4, (i) => `  q${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
+${each(n4, (i) => `  q${c0 + i} = at(row * ${n4}u + ${i}u);`)}
   workgroupBarrier();`,
     );
   }
@@ -228,14 +234,18 @@ ${each(n4, (i) => `  q${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
       }`;
         }),
       store: each(perThread, (n) => {
-        const at = `li + ${n * NT + (vec4 ? offset / 4 : offset)}u`;
-        const store = vec4 ? `wg[${at}] = ${r}${n};` : `setF(${at}, ${r}${n});`;
+        // Element e (key e / width) goes to its key's slice, ⌊key / KPT⌋, at [key mod KPT][column].
+        const e = `li + ${n * NT}u`;
+        const perSlice = width * KPT;
+        const store = vec4
+          ? `wg[(${e}) / ${perSlice}u][${offset}u + (${e}) % ${perSlice}u] = ${r}${n};`
+          : `wg[(${e}) / ${perSlice}u][${offset}u + ((${e}) % ${perSlice}u) / 4u][(${e}) % 4u] = ${r}${n};`;
         return (n + 1) * NT > elements ? `      if (li + ${n * NT}u < ${elements}u) { ${store} }` : `      ${store}`;
       }),
     };
   };
   const kCopy = tileCopy("K", kVec4, D4, c.d, 0);
-  const vCopy = tileCopy("V", vVec4, DV4, c.dv, c.Bc * 4 * D4);
+  const vCopy = tileCopy("V", vVec4, DV4, c.dv, KPT * D4);
   const loadTile = (j: string) =>
     `      let ct = min(BC, nk - (${j}));
 ${kCopy.load(j)}
@@ -252,12 +262,12 @@ ${vCopy.load(j)}`;
   // O columns [${4 * c0}, ${
       4 * (c0 + n4)
     }): every thread's f·O_t → scratch [row][t][${n4}], then thread t sums columns ≡ t (mod T)
-${each(n4, (i) => `  wg[(row * T + t) * ${n4}u + ${i}u] = f * o${c0 + i};`)}
+${each(n4, (i) => `  put((row * T + t) * ${n4}u + ${i}u, f * o${c0 + i});`)}
   workgroupBarrier();
   if (live) {
     for (var i = t; i < ${n4}u; i += T) {
-      var acc = wg[row * T * ${n4}u + i];
-${each(c.T - 1, (tt) => `      acc = acc + wg[(row * T + ${tt + 1}u) * ${n4}u + i];`)}
+      var acc = at(row * T * ${n4}u + i);
+${each(c.T - 1, (tt) => `      acc = acc + at((row * T + ${tt + 1}u) * ${n4}u + i);`)}
       let col = 4u * (${c0}u + i);
       for (var k = 0u; k < 4u; k++) {
         if (col + k < DV) { storeO(oRowBase + col + k, acc[k]); }
@@ -310,6 +320,7 @@ const D: u32 = ${c.d}u;
 const DV: u32 = ${c.dv}u;
 const D4: u32 = ${D4}u;
 const DV4: u32 = ${DV4}u;
+const S4: u32 = ${S4}u;
 // The most negative finite f32: where every running max starts.
 const NEG: f32 = -3.40282346638528859812e+38;
 const NEG_INF_BITS: u32 = 0xff800000u;
@@ -333,11 +344,16 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> COUNTERS: array<atomic<u32>>;
 ${masked ? "@group(0) @binding(6) var<storage, read> MASK: array<u32>;" : ""}
 
-var<workgroup> wg: array<vec4<f32>, ${R4}>;
+// The scratch in slices of S4 vec4s: during the key loop, slice t holds thread slice t's keys,
+// K as [key][D4] then V as [key][DV4], so the products index it by t and a constant.
+var<workgroup> wg: array<array<vec4<f32>, S4>, ${R4 / S4}>;
 ${masked ? 'var<workgroup> wgCount: atomic<u32>; // the mask\'s "tile open" flag' : ""}
 
-fn setF(i: u32, x: f32) { wg[i >> 2u][i & 3u] = x; }
-fn getF(i: u32) -> f32 { return wg[i >> 2u][i & 3u]; }
+// The scratch as one flat array of vec4s (and of floats), for the phases outside the key loop.
+fn at(i: u32) -> vec4<f32> { return wg[i / S4][i % S4]; }
+fn put(i: u32, x: vec4<f32>) { wg[i / S4][i % S4] = x; }
+fn setF(i: u32, x: f32) { wg[(i >> 2u) / S4][(i >> 2u) % S4][i & 3u] = x; }
+fn getF(i: u32) -> f32 { return wg[(i >> 2u) / S4][(i >> 2u) % S4][i & 3u]; }
 ${widening([c.qKind, c.kKind, c.vKind])}
 ${qVec4 ? "" : loader("loadQ", "Q", c.qKind)}
 ${kVec4 ? "" : loader("loadK", "K", c.kKind)}
@@ -499,7 +515,7 @@ ${keys((k) => `      var s${k} = 0.0;`)}
 ${
     each(D4, (i) =>
       keys((k) =>
-        `      let k${k}_${i} = wg[(kc0 + ${k}u) * D4 + ${i}u];
+        `      let k${k}_${i} = wg[t][${k * D4 + i}u];
       s${k} = fma(q${i}.x, k${k}_${i}.x, s${k}); s${k} = fma(q${i}.y, k${k}_${i}.y, s${k}); s${k} = fma(q${i}.z, k${k}_${i}.z, s${k}); s${k} = fma(q${i}.w, k${k}_${i}.w, s${k});`
       ))
   }
@@ -517,23 +533,23 @@ ${keys((k) => `      let p${k} = select(0.0, exp(x${k} - mNew), vis${k});`)}
 ${
     each(DV4, (i) =>
       `      o${i} = o${i} * alpha;
-${keys((k) => `      o${i} = fma(vec4<f32>(p${k}), wg[${c.Bc * D4}u + (kc0 + ${k}u) * DV4 + ${i}u], o${i});`)}`)
+${keys((k) => `      o${i} = fma(vec4<f32>(p${k}), wg[t][${KPT * D4 + k * DV4 + i}u], o${i});`)}`)
   }
     }
     workgroupBarrier();
   }
 
   // epilogue: merge the T threads of each row; O = Σ (e^(m_t − M)/L)·O_t, lse = M + ln(L)
-  wg[row * T + t] = vec4<f32>(m, l, bitcast<f32>(units), 0.0);
+  put(row * T + t, vec4<f32>(m, l, bitcast<f32>(units), 0.0));
   workgroupBarrier();
   var M = NEG;
-${each(c.T, (tt) => `  M = max(M, wg[row * T + ${tt}u].x);`)}
+${each(c.T, (tt) => `  M = max(M, at(row * T + ${tt}u).x);`)}
   var L = 0.0;
-${each(c.T, (tt) => `  L = L + exp(wg[row * T + ${tt}u].x - M) * wg[row * T + ${tt}u].y;`)}
+${each(c.T, (tt) => `  L = L + exp(at(row * T + ${tt}u).x - M) * at(row * T + ${tt}u).y;`)}
   var f = 0.0;
   if (L > 0.0) { f = exp(m - M) / L; }
   var flopUnits = 0u;
-  if (li == 0u) { for (var i = 0u; i < NT; i++) { flopUnits = flopUnits + bitcast<u32>(wg[i].z); } }
+  if (li == 0u) { for (var i = 0u; i < NT; i++) { flopUnits = flopUnits + bitcast<u32>(at(i).z); } }
   if (live && t == 0u && P.returnLse != 0u) {
     LSE[lseBase + head * P.lseHead + pos * P.lseRow] = select(NEG_INF_BITS, bitcast<u32>(M + log(L)), L > 0.0);
   }
