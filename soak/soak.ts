@@ -78,11 +78,11 @@ const WARMUP_SHARE = 0.1;
 const CHECKPOINTS = 20;
 /**
  * Most heap growth the fitted slope may project over a phase's calls after the warm-up. Why 2 MiB:
- * with a forced GC before each reading the heap of a healthy run moves by a few hundred KB (code
- * compiled for rarely taken paths, inline caches, the runtime's own caches), without trend; a leak
- * of one small object per call (a 64-byte closure, a result array) over 18,000 calls projects
- * 1.1 MB or more, and any typed array of a result is larger (tried: retaining each call's lse
- * fails the check).
+ * with a forced GC before each reading, the heap of a healthy run moves by a few hundred KB from
+ * checkpoint to checkpoint (code compiled for rarely taken paths, inline caches, the runtimes' own
+ * caches) without a trend; 2 MiB over the 18,000 calls after the default warm-up fails any leak of
+ * more than 116 bytes per call, i.e. any retained result (a typed array and its header), closure
+ * or promise. Tried: retaining each forward's lse fails it. Fewer calls detect less.
  */
 const HEAP_BOUND_BYTES = 2 << 20;
 /** Threads the runtime may start or stop on its own during the pool cycles (its GC and compiler helpers). */
@@ -138,10 +138,14 @@ async function collect(): Promise<void> {
   }
 }
 
-/** JS heap in use after a forced GC. */
+/**
+ * JS memory in use after a forced GC: the heap and the ArrayBuffers' backing stores, which live
+ * outside it (a result's Float32Array; `arrayBuffers` where the runtime reports it, else `external`).
+ */
 async function heapAfterGc(): Promise<number> {
   await collect();
-  return process.memoryUsage().heapUsed;
+  const usage = process.memoryUsage() as { heapUsed: number; arrayBuffers?: number; external?: number };
+  return usage.heapUsed + (usage.arrayBuffers ?? usage.external ?? 0);
 }
 
 /** The process's OS threads (Linux's /proc), or NaN where that cannot be read. */
@@ -236,6 +240,12 @@ class Watch {
       }; last growth at call ${int(this.lastGrowth)}`,
     );
     const after = this.points.filter((p) => p.call >= warmup);
+    if (process.env.SOAK_POINTS) {
+      console.log(
+        phase,
+        after.map((p) => `${p.call}:${(p.heap / 1024).toFixed(0)}K`).join(" "),
+      );
+    }
     const perCall = slope(after.map((p) => p.call), after.map((p) => p.heap));
     const projected = perCall * (total - warmup);
     figures.push([
@@ -463,7 +473,11 @@ function malformed(
     ["an unknown option", () => api.flashAttention(q, k, v, { ...options, isCausal: true } as never), TypeError],
     ["causal 1", () => api.flashAttention(q, k, v, { ...options, causal: 1 } as never), TypeError],
     ["sramBytes 1", () => api.flashAttention(q, k, v, { ...options, sramBytes: 1 }), RangeError],
-    ["out too short", () => api.flashAttention(q, k, v, { ...options, out: new Float32Array(1) }), TypeError],
+    [
+      "out one element too long",
+      () => api.flashAttention(q, k, v, { ...options, out: new Float32Array(q.data.length / spec.d * spec.dv + 1) }),
+      TypeError,
+    ],
     ["windowSize [-2, 0]", () => api.flashAttention(q, k, v, { ...options, windowSize: [-2, 0] }), RangeError],
     [
       "a mask of the wrong shape",
