@@ -10,6 +10,7 @@
  *    Deno, on whatever adapter navigator.gpu gives (lavapipe on machines without a GPU).
  * 4. the baseline build's digests of a fixed set of calls (tests/digest_test.ts) are the same on
  *    Node, Deno and Bun.
+ * 5. with CI=true, the soak (soak/soak.ts) at its default counts on Node: its checks count as tests.
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
  */
@@ -240,6 +241,18 @@ outcomes.push(
   ),
 );
 outcomes.push(digestCheck());
+// The soak measures one process over 22,000 calls and 200 pools (about 70 s on the project's 2-core
+// machines), so only CI runs it; it prints "soak: N passed, M failed".
+if (process.env.CI === "true") {
+  outcomes.push(
+    await suite(
+      "soak (node --expose-gc, default counts)",
+      process.execPath,
+      ["--expose-gc", "--import", "tsx", "soak/soak.ts"],
+      (out) => both(lastInt(out, /^soak: (\d+) passed/gm), lastInt(out, /^soak: \d+ passed, (\d+) failed$/gm)),
+    ),
+  );
+}
 
 const passed = outcomes.reduce((a, o) => a + o.passed, 0);
 const failed = outcomes.reduce((a, o) => a + o.failed, 0);

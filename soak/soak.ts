@@ -87,6 +87,12 @@ const CHECKPOINTS = 20;
 const HEAP_BOUND_BYTES = 2 << 20;
 /** Threads the runtime may start or stop on its own during the pool cycles (its GC and compiler helpers). */
 const THREAD_SLACK = 4;
+/**
+ * Pools that may stay reachable after GC: none on V8; 2 on Bun, whose JavaScriptCore scans the
+ * native stack conservatively, so a stale word can keep the last pool alive (a leak keeps them all).
+ */
+// deno-lint-ignore no-explicit-any
+const REACHABLE_SLACK = (globalThis as any).Bun ? 2 : 0;
 
 /** The bounds of every size the generator draws. */
 const SIZES = { B: 2, Hkv: 2, group: 3, Nq: 48, Nk: 64, d: 40, maxLen: 96, backwardN: 32, backwardD: 24 };
@@ -978,8 +984,8 @@ async function soakCycles(settings: Settings): Promise<void> {
       : `${threadsEnd} threads at the end, ${threadsAfterWarmup} after ${warmup} cycles (a leaked pool keeps 2)`,
   );
   check(
-    "cycles: no pool or shared memory stays reachable after close",
-    alivePools === 0 && aliveMemories === 0,
+    `cycles: no pool or shared memory stays reachable after close (slack ${REACHABLE_SLACK})`,
+    alivePools <= REACHABLE_SLACK && aliveMemories <= REACHABLE_SLACK,
     `${alivePools} pools, ${aliveMemories} memories of ${cycles} still reachable after GC`,
   );
   if (!Number.isNaN(locks)) {
@@ -1011,9 +1017,14 @@ async function main(): Promise<void> {
   }
   console.log(`soak on ${RUNTIME} ${RUNTIME_VERSION}, ${loadKernels().simd} build, seed ${settings.seed}`);
   const started = performance.now();
+  // Bun 1.4.5 ends this process in the pool phase, status 0 and no output, while main() still
+  // awaits (seen right after the largest calls, at the first forced GC; not reproduced in a small
+  // script yet): a ref'd timer keeps it running until main() is done.
+  const keepAlive = setInterval(() => {}, 1 << 30);
   if (settings.calls > 0) await soakSync(settings);
   if (settings.poolCalls > 0) await soakPool(settings);
   if (settings.poolCycles > 0) await soakCycles(settings);
+  clearInterval(keepAlive);
   figures.push(["total time", `${((performance.now() - started) / 1000).toFixed(1)} s`]);
   console.log(`\n| figure (${RUNTIME} ${RUNTIME_VERSION}) | value |\n| --- | --- |`);
   for (const [name, value] of figures) console.log(`| ${name} | ${value} |`);
