@@ -145,22 +145,30 @@ export class ResidentKvCache implements KvCache {
     const { batch, maxLen, kvHeads, headDim, valueDim, dtype } = config;
     const kBytes = bytesOf(dtype) * batch * kvHeads * maxLen * headDim;
     const vBytes = bytesOf(dtype) * batch * kvHeads * maxLen * valueDim;
+    const sizes =
+      `batch ${batch}, maxLen ${maxLen}, kvHeads ${kvHeads}, headDim ${headDim}, valueDim ${valueDim}, dtype ${dtype}`;
     const wanted = Math.max(heap.end, from) + kBytes + vBytes + 128;
     if (!(wanted <= MAX_MEMORY_BYTES)) {
       throw new RangeError(
         `Cannot create a KV cache as its ${
           kBytes + vBytes
-        } bytes do not fit the 4 GiB a wasm32 memory addresses beside what it holds (${heap.end} bytes): batch ${batch}, maxLen ${maxLen}, kvHeads ${kvHeads}, headDim ${headDim}, valueDim ${valueDim}, dtype ${dtype}`,
+        } bytes do not fit the 4 GiB a wasm32 memory addresses beside what it holds (${heap.end} bytes): ${sizes}`,
       );
     }
     const kPtr = heap.allocate(kBytes, from);
     const vPtr = heap.allocate(vBytes, from);
+    const end = Math.max(kPtr + kBytes, vPtr + vBytes);
     try {
-      ensureMemory(memory, Math.max(kPtr + kBytes, vPtr + vBytes), "a KV cache", `${kBytes + vBytes} bytes`);
+      ensureMemory(memory, end, "a KV cache", sizes);
     } catch (error) {
       heap.release(kPtr);
       heap.release(vPtr);
-      throw error;
+      throw new RangeError(
+        `Cannot create a KV cache as its ${
+          kBytes + vBytes
+        } bytes need ${end} bytes of WebAssembly memory and the runtime refused to grow it: ${sizes}`,
+        { cause: error },
+      );
     }
     this.batch = batch;
     this.maxLen = maxLen;

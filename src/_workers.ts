@@ -19,6 +19,12 @@ export type WorkerLoss = "error" | "exit";
  */
 export const SABOTAGE: unique symbol = Symbol("flash-attention pool: test-only fault injection");
 
+/**
+ * Internal, for the soak (soak/soak.ts) and tests only: `pool[POOL_MEMORY]()` is the pool's shared
+ * memory (undefined before it starts), so that they can watch its size.
+ */
+export const POOL_MEMORY: unique symbol = Symbol("flash-attention pool: its shared memory, for the soak");
+
 /** What {@linkcode SABOTAGE} can do to a Worker. */
 export type Sabotage = "trap" | "throw" | "terminate";
 

@@ -37,6 +37,7 @@ import {
 import { heapOf } from "./_heap.ts";
 import { type KvCache, type KvCacheConfig, readCacheConfig, ResidentKvCache } from "./_resident_cache.ts";
 import {
+  POOL_MEMORY,
   SABOTAGE,
   type Sabotage,
   spawnWorker,
@@ -258,6 +259,11 @@ export interface PoolTuning {
   slabBudgetBytes: number;
   /** Jobs per Worker to aim for, so that uneven jobs (causal rows) still end together. */
   jobsPerThread: number;
+  /**
+   * The shared memory's maximum in bytes (a multiple of 64 KiB); default: 4 GiB, or less where the
+   * runtime cannot reserve that much. Tests set a small one to see a refused grow.
+   */
+  memoryMaxBytes?: number;
 }
 
 /** The pool's tuning. */
@@ -350,20 +356,29 @@ async function hardwareConcurrency(): Promise<number> {
 }
 
 /**
- * A shared memory of `initial` pages that may grow to 4 GiB, or to less where the runtime cannot
- * reserve that much address space up front (a shared memory never moves, so its maximum is
- * reserved at once): 1 GiB, then 256 MiB. A call that would need more fails as a refused grow.
+ * A shared memory of `initial` pages that may grow to `maximumBytes`, by default 4 GiB or less where
+ * the runtime cannot reserve that much address space up front (a shared memory never moves, so its
+ * maximum is reserved at once): 1 GiB, then 256 MiB. A call that would need more fails as a refused
+ * grow. Where the runtime cannot make even the smallest, a RangeError names the bytes asked for.
  */
-function sharedMemory(initial: number): WebAssembly.Memory {
+export function sharedMemory(initial: number, maximumBytes?: number): WebAssembly.Memory {
+  const maxima = maximumBytes === undefined ? [MAX_MEMORY_BYTES, 1 << 30, 256 << 20] : [maximumBytes];
   let failure: unknown;
-  for (const maximum of [MAX_MEMORY_BYTES / PAGE_BYTES, 16384, 4096]) {
+  for (const bytes of maxima) {
     try {
-      return new WebAssembly.Memory({ initial, maximum: Math.max(initial, maximum), shared: true });
+      return new WebAssembly.Memory({ initial, maximum: Math.max(initial, bytes / PAGE_BYTES), shared: true });
     } catch (error) {
       failure = error;
     }
   }
-  throw failure;
+  throw new RangeError(
+    `Cannot create an attention pool as the runtime refused its shared WebAssembly memory of ${
+      initial * PAGE_BYTES
+    } bytes (the Workers' SMs), growable to ${Math.max(initial * PAGE_BYTES, maxima.at(-1)!)} bytes: ${
+      failure instanceof Error ? failure.message : String(failure)
+    }`,
+    { cause: failure },
+  );
 }
 
 /** A forward plan with each phase's jobs and merges as steps. */
@@ -431,7 +446,7 @@ class Pool implements AttentionPool {
     this.#smPtr = raw.smPtr();
     this.#smBytes = raw.smBytes();
     this.#hbmPtr = this.#smPtr + this.threads * this.#smBytes;
-    this.#memory = sharedMemory(Math.ceil(this.#hbmPtr / PAGE_BYTES));
+    this.#memory = sharedMemory(Math.ceil(this.#hbmPtr / PAGE_BYTES), this.#tuning.memoryMaxBytes);
     try {
       await Promise.all(this.#slots.map((_, t) => this.#startWorker(t)));
     } catch (error) {
@@ -505,6 +520,11 @@ class Pool implements AttentionPool {
       if (sabotage === "terminate") worker.kill();
       else worker.post(sabotage === "trap" || sabotage === "throw" ? { ...message, sabotage } : message);
     });
+  }
+
+  /** Internal, the soak and tests only: the shared memory (see {@linkcode POOL_MEMORY}). */
+  [POOL_MEMORY](): WebAssembly.Memory | undefined {
+    return this.#memory;
   }
 
   /** Internal, tests only: Worker `t` fails during its next job request (see {@linkcode SABOTAGE}). */
@@ -654,6 +674,8 @@ class Pool implements AttentionPool {
     blocks: { sramBytes: number; Br: number; Bc: number },
   ): Promise<AttentionOutput> {
     const { problem: p } = call;
+    // The memory first: a refused grow must fail the call before its result arrays exist.
+    ensureMemory(this.#memory!, this.#tableEnd(stepped(plan)), planScope(plan), p.shapes);
     const results = allocateResults(p, call.out);
     const perWorker = await this.#runPhases(stepped(plan), results, planScope(plan), p.shapes, () => {
       if (call.append) appendRows(call.append);
@@ -701,6 +723,8 @@ class Pool implements AttentionPool {
     });
     const scope = "the backward of one sequence of this call";
     checkAddressable(this.#tableEnd(plan), `${scope}, with its job table,`, p.shapes);
+    // The memory first: a refused grow must fail the call before it zeroes the caller's gradient buffers.
+    ensureMemory(this.#memory!, this.#tableEnd(plan), scope, p.shapes);
     const grads = allocateGradients(call);
     const perWorker = await this.#runPhases(plan, grads, scope, p.shapes, () => {});
     const result = gradientsOf(call, grads);
