@@ -17,6 +17,7 @@ import { convertInto, widened } from "../../src/_half.ts";
 import { naiveAttentionBackward } from "../_naive_backward.ts";
 import { assertBitwiseEqual, makeMask, type MaskSpec, maxAbsError, randomTensor, rng } from "../_util.ts";
 import { assertNoNaN, gpuAttention, gpuTest, TILINGS, upload } from "./_gpu.ts";
+import type { GpuTilingTargets } from "../../src/gpu.ts";
 
 type Causal = boolean | "bottom-right" | "top-left";
 const GRADIENTS = ["dq", "dk", "dv"] as const;
@@ -41,8 +42,9 @@ async function checkGradients(
   v: Tensor,
   options: FlashAttentionBackwardOptions,
   seed: number,
+  tiling: GpuTilingTargets | undefined = TILINGS.small,
 ): Promise<AttentionGradients> {
-  const gpu = await gpuAttention(TILINGS.small);
+  const gpu = await gpuAttention(tiling);
   const semantic = semanticOf(options);
   const out = await gpu.flashAttention(q, k, v, { ...semantic, returnLse: true });
   const dOut = randomTensor(rng(seed), [...out.shape]);
@@ -152,6 +154,18 @@ gpuTest("GPU backward: gradients match the f64 oracle on random problems with ev
     }),
     { seed: 0x6b0, numRuns: 50 },
   );
+});
+
+gpuTest("GPU backward: the default tiling at d = 64 (the benchmark's shape) matches the f64 oracle", async () => {
+  // 64-key blocks whose K and V stay in workgroup memory, query tiles of several rows per thread,
+  // and a last block and tile that are partly empty.
+  const random = rng(71);
+  const q = randomTensor(random, [1, 150, 2, 64]);
+  const k = randomTensor(random, [1, 141, 2, 64]);
+  const v = randomTensor(random, [1, 141, 2, 64]);
+  for (const causal of [false, true]) {
+    await checkGradients(`d 64, causal ${causal}`, q, k, v, { causal }, 0x71, undefined);
+  }
 });
 
 gpuTest("GPU backward: the gradients are the same bits on every call", async () => {
