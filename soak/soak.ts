@@ -1017,14 +1017,9 @@ async function main(): Promise<void> {
   }
   console.log(`soak on ${RUNTIME} ${RUNTIME_VERSION}, ${loadKernels().simd} build, seed ${settings.seed}`);
   const started = performance.now();
-  // Bun 1.4.5 ends this process in the pool phase, status 0 and no output, while main() still
-  // awaits (seen right after the largest calls, at the first forced GC; not reproduced in a small
-  // script yet): a ref'd timer keeps it running until main() is done.
-  const keepAlive = setInterval(() => {}, 1 << 30);
   if (settings.calls > 0) await soakSync(settings);
   if (settings.poolCalls > 0) await soakPool(settings);
   if (settings.poolCycles > 0) await soakCycles(settings);
-  clearInterval(keepAlive);
   figures.push(["total time", `${((performance.now() - started) / 1000).toFixed(1)} s`]);
   console.log(`\n| figure (${RUNTIME} ${RUNTIME_VERSION}) | value |\n| --- | --- |`);
   for (const [name, value] of figures) console.log(`| ${name} | ${value} |`);

@@ -40,7 +40,8 @@ export interface WorkerHandle {
   onFailure: (loss: WorkerLoss, detail: string) => void;
   /**
    * Ends the Worker. Resolves once the runtime reports it stopped (Node, Bun, and Web Locks
-   * runtimes: Deno, browsers), at once where it cannot tell.
+   * runtimes: Deno, browsers), at once where it cannot tell. The Worker keeps the process alive
+   * until then, even if it was unref'd.
    */
   terminate(): Promise<void>;
   /** Internal, tests only ({@linkcode SABOTAGE}): ends the Worker unannounced. */
@@ -98,6 +99,9 @@ function webWorker(name: string): WorkerHandle {
     onFailure: () => {},
     terminate: () => {
       ended = true;
+      // Ref'd until it has stopped: the pool awaits `gone`, and Bun lets the process exit with an
+      // unref'd Worker's `close` still to come (status 0, mid-await); Node keeps it alive anyway.
+      worker.ref?.();
       worker.terminate();
       return watch === "none" ? Promise.resolve() : gone;
     },

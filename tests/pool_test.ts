@@ -399,6 +399,12 @@ test("a process that closes its pool exits on its own, with no Worker left alive
   assertChildExitsCleanly(new URL("./_pool_exit.ts", import.meta.url));
 });
 
+test("a process awaiting a pool from a function it does not await stays alive until close resolves", () => {
+  // Start, a call, a lost Worker and its replacement, close: each awaited with nothing else keeping
+  // the process running. Bun ended it inside `await pool.close()` while the pool's Workers were unref'd.
+  assertChildExitsCleanly(new URL("./_pool_await_exit.ts", import.meta.url));
+});
+
 test("assertSameOutput itself catches one flipped bit (the pool tests above can fail)", () => {
   const a = { data: new Float32Array([1, 2, 3]), shape: [1, 1, 1, 3] };
   const b = { data: new Float32Array([1, 2, 3]), shape: [1, 1, 1, 3] };
