@@ -798,3 +798,26 @@ test("the IO functions reject a malformed shape or options with a typed error na
   // A good call still counts afterwards.
   if (!(flashAttentionIo(good).totalBytes > 0)) throw new Error("no traffic for a good call");
 });
+
+test("IO counts past 2^53 bytes are a RangeError, not inexact numbers (found by the fuzzer)", () => {
+  // 2^30 sequences of 2^14 heads: about 2^57 bytes, beyond what a number holds exactly.
+  const shape = { B: 2 ** 30, H: 2 ** 14, Nq: 64, Nk: 64, d: 16 };
+  for (
+    const [name, fn] of [
+      ["standardAttentionIo", standardAttentionIo],
+      ["flashAttentionIo", flashAttentionIo],
+      ["flashAttentionBackwardIo", flashAttentionBackwardIo],
+    ] as const
+  ) {
+    try {
+      fn(shape);
+    } catch (error) {
+      if (error instanceof RangeError && error.message.includes("cannot be counted exactly")) continue;
+      throw new Error(`${name}: ${String(error)}`);
+    }
+    throw new Error(`${name}: counted ${JSON.stringify(shape)} without an error`);
+  }
+  // Just below: exact, and no error.
+  const io = flashAttentionIo({ B: 2 ** 20, H: 16, Nq: 64, Nk: 64, d: 16 });
+  if (!Number.isSafeInteger(io.totalBytes)) throw new Error(`${io.totalBytes}`);
+});
