@@ -221,7 +221,7 @@ const FORWARD_OPTION_ABUSES: Record<string, OptionAbuse> = {
   },
   "bad alibiSlopes": (b, _t, pick) => {
     const H = b.Hkv * b.group;
-    const value = pickOf([new Float32Array(H + 1), new Float64Array(H), Array(H).fill(0.5), "x"], pick);
+    const value = pickOf([new Float32Array(b.B * H + 1), new Float64Array(H), Array(H).fill(0.5), "x"], pick);
     return { options: { alibiSlopes: value }, expect: { type: TypeError, names: "alibiSlopes" } };
   },
   "bad seqLensK": (b, _t, pick) => {
@@ -579,7 +579,7 @@ const ioProperty = fc.property(
       [shape, { maskElementBytes: pickOf([2, 3, -1, "1"], pick) }, range("maskElementBytes")],
       [shape, { sramBytes: pickOf([0, 1.5, 2 ** 40], pick) }, range("sramBytes")],
       // Sizes whose counts pass 2^53: the model cannot count them exactly.
-      [{ ...shape, B: 2 ** 26, H: 2 ** 14, Hkv: 2 ** 14, Nq: 64, Nk: 2 ** (pick % 12) }, {}, range("exact")],
+      [{ ...shape, B: 2 ** 30, H: 2 ** 14, Hkv: 2 ** 14, Nq: 64, Nk: 2 ** (pick % 12) }, {}, range("exactly")],
     ];
     const [s, o, expect] = cases[kind];
     let threw = false;
