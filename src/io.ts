@@ -523,27 +523,30 @@ function sequenceBackwardIo(
   read.o += size.o * rows * dv;
   read.dOut += size.dOut * rows * dv;
   written.D += 4 * rows;
+  // Every key block: its K and V rows read once, its dK and dV rows written once.
+  read.k += size.k * Nk * d;
+  read.v += size.v * Nk * dv;
+  written.dk += 4 * Nk * d;
+  written.dv += 4 * Nk * dv;
   let tilesComputed = 0;
-  for (let j0 = 0; j0 < Nk; j0 += B) {
-    const cols = Math.min(B, Nk - j0);
-    read.k += size.k * cols * d;
-    read.v += size.v * cols * dv;
-    written.dk += 4 * cols * d;
-    written.dv += 4 * cols * dv;
-    for (let i0 = 0; i0 < rows; i0 += B) {
-      const rowsHere = Math.min(B, rows - i0);
-      const [first, end] = blockKeys(visible, i0, rowsHere, g);
-      if (first >= end || first >= j0 + cols || end <= j0) continue;
-      tilesComputed++;
-      read.q += size.q * rowsHere * d;
-      read.dOut += size.dOut * rowsHere * dv;
-      read.lse += 4 * rowsHere;
-      read.D += 4 * rowsHere;
-      if (options.alibi) read.slopes += 4 * rowsHere;
-      read.mask += maskBytes * rowsHere * cols;
-      read.partial += 4 * rowsHere * d; // the segment's partial dQ rows, read and written back
-      written.partial += 4 * rowsHere * d;
-    }
+  // The tiles of a query block are the key blocks that meet its keys [first, end): counted per
+  // query block, in O(Tr) rather than O(Tr·Tc), so that long sequences are modelled in little time.
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const rowsHere = Math.min(B, rows - i0);
+    const [first, end] = blockKeys(visible, i0, rowsHere, g);
+    if (first >= end) continue;
+    const jBegin = Math.floor(first / B) * B;
+    const tiles = Math.ceil(end / B) - jBegin / B;
+    const cols = Math.min(Nk, Math.ceil(end / B) * B) - jBegin; // the keys of those key blocks
+    tilesComputed += tiles;
+    read.q += tiles * size.q * rowsHere * d;
+    read.dOut += tiles * size.dOut * rowsHere * dv;
+    read.lse += tiles * 4 * rowsHere;
+    read.D += tiles * 4 * rowsHere;
+    if (options.alibi) read.slopes += tiles * 4 * rowsHere;
+    read.mask += maskBytes * rowsHere * cols;
+    read.partial += tiles * 4 * rowsHere * d; // the segment's partial dQ rows, read and written back
+    written.partial += tiles * 4 * rowsHere * d;
   }
   // The merge: every segment's partial dQ read, dQ written once.
   const segments = segmentsOf(Nq, Nk, g, B, visible).length;

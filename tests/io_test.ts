@@ -821,3 +821,17 @@ test("IO counts past 2^53 bytes are a RangeError, not inexact numbers (found by 
   const io = flashAttentionIo({ B: 2 ** 20, H: 16, Nq: 64, Nk: 64, d: 16 });
   if (!Number.isSafeInteger(io.totalBytes)) throw new Error(`${io.totalBytes}`);
 });
+
+test("flashAttentionBackwardIo() models a 16M-token sequence without walking its 10^10 tiles one by one (found by the fuzzer)", () => {
+  // Before, the model and the dQ segments visited every (query block, key block) pair: this call took
+  // hours (and `flash-attention io --seq 1000000 --backward` 15 s). Now it visits each query block once.
+  const N = 2 ** 24;
+  const io = flashAttentionBackwardIo({ B: 1, H: 1, Nq: N, Nk: N, d: 8 });
+  const B = io.Br;
+  const blocks = Math.ceil(N / B);
+  if (io.tilesComputed !== blocks * blocks || io.tilesSkipped !== 0) throw new Error(`tiles ${io.tilesComputed}`);
+  if (io.read.q !== 4 * blocks * N * 8 || io.read.k !== 4 * N * 8) throw new Error(`read ${JSON.stringify(io.read)}`);
+  // Causal: query block i meets key blocks 0 … i (square blocks, Nq = Nk).
+  const causal = flashAttentionBackwardIo({ B: 1, H: 1, Nq: N, Nk: N, d: 8 }, { causal: true });
+  if (causal.tilesComputed !== (blocks * (blocks + 1)) / 2) throw new Error(`causal tiles ${causal.tilesComputed}`);
+});
