@@ -645,6 +645,71 @@ function handlerProperty(handler: Handler): fc.IAsyncProperty<unknown> {
   );
 }
 
+// ── The command line ─────────────────────────────────────────────────────────────────────
+
+const CLI_FLAGS = [
+  "--seq",
+  "--seq-k",
+  "--batch",
+  "--heads",
+  "--kv-heads",
+  "--dim",
+  "--dim-v",
+  "--sram",
+  "--bytes-per-element",
+  "--causal",
+  "--lse",
+  "--backward",
+  "--json",
+  "--cases",
+  "--sequence",
+  "-x",
+];
+const CLI_VALUES = [
+  "0",
+  "1",
+  "2",
+  "8",
+  "64",
+  "1024",
+  "-3",
+  "1.5",
+  "abc",
+  "",
+  "99999999999",
+  "2147483647",
+  "1e3",
+  "128k",
+];
+
+/**
+ * `flash-attention` (src/cli.ts's main) on random command lines: `io` with any flags and values, and
+ * `check` or `bench` with at least one flag they do not know (so that they stop before working).
+ * Every run ends with 0, 1 (an error, named by its type) or 2 (a usage error), and never throws.
+ */
+const cliProperty = fc.asyncProperty(
+  fc.constantFrom("io", "check", "bench", "nope", "--help", "--version"),
+  fc.array(fc.tuple(fc.constantFrom(...CLI_FLAGS), fc.option(fc.constantFrom(...CLI_VALUES))), { maxLength: 6 }),
+  async (command, flags) => {
+    const { main } = await import("../src/_cli/main.ts");
+    const args = [command, ...flags.flatMap(([flag, value]) => (value === null ? [flag] : [flag, value]))];
+    if ((command === "check" || command === "bench") && !args.includes("-x")) args.push("--no-such-flag");
+    let [stdout, stderr] = ["", ""];
+    const code = await main(args, {
+      stdout: { write: (text: string) => (stdout += text) },
+      stderr: { write: (text: string) => (stderr += text) },
+    });
+    if (code === 1 && !/(TypeError|RangeError|ShapeError): Cannot compute attention as/.test(stderr)) {
+      throw new Error(`${args.join(" ")}: exit 1 without a typed error: ${stderr}`);
+    }
+    if (code === 2 && !stderr.includes("--help")) throw new Error(`${args.join(" ")}: exit 2 without a usage hint`);
+    if (code !== 0 && code !== 1 && code !== 2) throw new Error(`${args.join(" ")}: exit ${code}`);
+    if (code === 0 && command === "io" && args.includes("--json") && !args.includes("--help") && !args.includes("-h")) {
+      JSON.parse(stdout);
+    }
+  },
+);
+
 // ── The properties ───────────────────────────────────────────────────────────────────────
 
 /** The malformed-call properties; the pool's and the handler's use the given instances. */
@@ -693,5 +758,9 @@ export function malformedProperties(pool: AttentionPool, handler: Handler): Fuzz
       ),
     },
     { name: "edge handler: malformed requests get 4xx with the error named", property: handlerProperty(handler) },
+    {
+      name: "command line: any arguments end with 0, 1 (a typed error) or 2 (usage), never a crash",
+      property: cliProperty,
+    },
   ];
 }

@@ -315,7 +315,7 @@ function cpuBlocks(sramBytes = DEFAULT_SRAM_BYTES, d: number, dv: number, masked
   const kernels = loadKernels();
   const packed = kernels.blockSizes(sramBytes, d, dv, masked);
   if (packed === 0) {
-    throw new RangeError(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`);
+    throw new RangeError(message(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`));
   }
   const Br = packed >>> 16;
   const Bc = packed & 0xffff;
@@ -492,7 +492,9 @@ export function flashAttentionBackwardIo(shape: AttentionShape, options: Backwar
   const kernels = loadKernels();
   const B = kernels.backwardBlockSize(sramBytes, d, dv, maskBytes > 0);
   if (B === 0) {
-    throw new RangeError(`sramBytes ${sramBytes} cannot hold the backward's smallest blocks for d = ${d}, dv = ${dv}`);
+    throw new RangeError(
+      message(`sramBytes ${sramBytes} cannot hold the backward's smallest blocks for d = ${d}, dv = ${dv}`),
+    );
   }
   const total = sumSequences(
     sequenceLengths(shape, options),

@@ -835,3 +835,16 @@ test("flashAttentionBackwardIo() models a 16M-token sequence without walking its
   const causal = flashAttentionBackwardIo({ B: 1, H: 1, Nq: N, Nk: N, d: 8 }, { causal: true });
   if (causal.tilesComputed !== (blocks * (blocks + 1)) / 2) throw new Error(`causal tiles ${causal.tilesComputed}`);
 });
+
+test("an arena too small for the IO model's blocks is a RangeError with the library's prefix (found by the fuzzer)", () => {
+  const shape = { B: 1, H: 1, Nq: 8, Nk: 8, d: 64 };
+  for (const fn of [flashAttentionIo, flashAttentionBackwardIo]) {
+    try {
+      fn(shape, { sramBytes: 64 });
+    } catch (error) {
+      if (error instanceof RangeError && error.message.startsWith("Cannot compute attention as sramBytes 64")) continue;
+      throw new Error(`${fn.name}: ${String(error)}`);
+    }
+    throw new Error(`${fn.name}: no error`);
+  }
+});
