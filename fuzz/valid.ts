@@ -17,6 +17,7 @@ import {
   flashAttentionWithKvCache,
   type HalfAttentionOutput,
   type InputTensor,
+  type KvCache,
   type Tensor,
 } from "../mod.ts";
 import { flashAttentionBackwardIo, flashAttentionIo, standardAttentionIo } from "../src/io.ts";
@@ -318,32 +319,36 @@ function kvChecked(c: KvCase) {
     false,
   );
   // The same attention on a cache that lives in WebAssembly memory: the same bits.
-  const cache = createKvCache({
-    batch: c.B,
-    maxLen: c.maxLen,
-    kvHeads: c.Hkv,
-    headDim: c.d,
-    valueDim: c.dv,
-    dtype: c.dtype,
-  });
+  const cache = residentCache(createKvCache, c, x, seqLensK);
   try {
-    const rows = Math.max(...seqLensK);
-    if (rows > 0) {
-      const take = (t: Tensor, D: number) => {
-        const data = new Float32Array(c.B * rows * c.Hkv * D);
-        for (let b = 0; b < c.B; b++) {
-          data.set(t.data.subarray(b * c.maxLen * c.Hkv * D, (b * c.maxLen + rows) * c.Hkv * D), b * rows * c.Hkv * D);
-        }
-        return asDtype({ data, shape: [c.B, rows, c.Hkv, D] }, c.dtype);
-      };
-      cache.append(take(x.kAfter, c.d), take(x.vAfter, c.dv), seqLensK);
-    }
-    const resident = flashAttentionWithKvCache(x.q, cache, x.options);
-    assertSameOutput("a resident cache vs caller-owned caches", resident, o);
+    assertSameOutput("a resident cache vs caller-owned caches", flashAttentionWithKvCache(x.q, cache, x.options), o);
   } finally {
     cache.free();
   }
-  return { x, o, kC, vC };
+  return { x, o, kC, vC, seqLensK };
+}
+
+/** A cache from `create` holding the first seqLensK[b] rows of entry b of the caches after the append. */
+function residentCache(
+  create: typeof createKvCache,
+  c: KvCase,
+  x: ReturnType<typeof buildKv>,
+  seqLensK: Int32Array,
+): KvCache {
+  const config = { batch: c.B, maxLen: c.maxLen, kvHeads: c.Hkv, headDim: c.d, valueDim: c.dv, dtype: c.dtype };
+  const cache = create(config);
+  const rows = Math.max(...seqLensK);
+  if (rows > 0) {
+    const take = (t: Tensor, D: number) => {
+      const data = new Float32Array(c.B * rows * c.Hkv * D);
+      for (let b = 0; b < c.B; b++) {
+        data.set(t.data.subarray(b * c.maxLen * c.Hkv * D, (b * c.maxLen + rows) * c.Hkv * D), b * rows * c.Hkv * D);
+      }
+      return asDtype({ data, shape: [c.B, rows, c.Hkv, D] }, c.dtype);
+    };
+    cache.append(take(x.kAfter, c.d), take(x.vAfter, c.dv), seqLensK);
+  }
+  return cache;
 }
 
 // ── Backward ─────────────────────────────────────────────────────────────────────────────
@@ -537,7 +542,8 @@ export function validProperties(pool: AttentionPool, handler: Handler): FuzzProp
           forward.out as AttentionOutput,
         );
         const splits = { ...kv, numSplits: Math.max(1, kv.numSplits) };
-        const { x, o } = kvChecked(splits);
+        const kvResult = kvChecked(splits);
+        const { x, o } = kvResult;
         const [kC, vC] = [asDtype(x.kCache, kv.dtype), asDtype(x.vCache, kv.dtype)];
         const appendOptions = x.Nnew > 0 ? { kNew: x.kNew, vNew: x.vNew } : {};
         const pooled = await pool.flashAttentionWithKvCache(x.q, kC, vC, {
@@ -547,6 +553,12 @@ export function validProperties(pool: AttentionPool, handler: Handler): FuzzProp
           ...appendOptions,
         });
         assertSameOutput("pool KV cache", pooled, o);
+        const cache = residentCache(pool.createKvCache.bind(pool), splits, x, kvResult.seqLensK);
+        try {
+          assertSameOutput("pool resident KV cache", await pool.flashAttentionWithKvCache(x.q, cache, x.options), o);
+        } finally {
+          cache.free();
+        }
         const b = backwardChecked(bw);
         const grads = await pool.flashAttentionBackward(b.q, b.k, b.v, b.o, b.dO, b.options);
         for (const name of GRADIENTS) assertBitwiseEqual(`pool backward ${name}`, grads[name].data, b.grads[name].data);
