@@ -48,7 +48,7 @@ console.log(`fuzz: seed ${seed}, ${seconds} s, on ${runtime}`);
 // Two Workers, and every call on them however small (the default sends small calls inline).
 const pool = await startPool(2, { ...POOL_TUNING, inlineFlops: 0 });
 const { createHandler } = await import("../examples/edge/handler.ts");
-const handler: Handler = createHandler({ maxBodyBytes: 1 << 20, maxWork: 1e8 });
+const handler: Handler = createHandler({ maxBodyBytes: 64 << 20, maxWork: 1e9 });
 const properties = [...validProperties(pool, handler), ...malformedProperties(pool, handler)]
   .filter((p) => only === undefined || p.name.includes(only));
 let outcomes;
