@@ -360,7 +360,6 @@ const smallForwardArb = forwardCaseArb.map((c) => ({
   d: Math.min(c.d, 10),
   dv: Math.min(c.dv, 10),
   varlen: c.varlen?.map(([a, b]) => [Math.min(a, 8), Math.min(b, 8)] as [number, number]) ?? null,
-  dtypes: ["f32", "f32", "f32"] as [Dtype, Dtype, Dtype],
   outDtype: "f32" as const,
   returnLse: true,
   edges: [],
@@ -369,7 +368,10 @@ const smallForwardArb = forwardCaseArb.map((c) => ({
 const GRADIENTS = ["dq", "dk", "dv"] as const;
 
 function backwardChecked(c: ForwardCase) {
-  const { q, k, v, options } = buildForward(c) as { q: Tensor; k: Tensor; v: Tensor; options: FlashAttentionOptions };
+  // The oracles take f32 values: the widened ones. 16-bit q, k, v must give the same bits as those.
+  const built = buildForward(c);
+  const [q, k, v] = built.f32;
+  const options = built.options;
   const semantic = semanticOf(options);
   const o = flashAttention(q, k, v, { ...semantic, returnLse: true } as FlashAttentionOptions & { returnLse: true });
   const dO = randomTensor(rng(c.seed ^ 0x5eed), [...o.shape]);
@@ -377,6 +379,10 @@ function backwardChecked(c: ForwardCase) {
   const grads = flashAttentionBackward(q, k, v, o, dO, backwardOptions);
   const again = flashAttentionBackward(q, k, v, o, dO, backwardOptions);
   for (const name of GRADIENTS) assertBitwiseEqual(`a repeated backward: ${name}`, again[name].data, grads[name].data);
+  if (c.dtypes.some((dtype) => dtype !== "f32")) {
+    const half = flashAttentionBackward(built.q, built.k, built.v, o, dO, { ...semantic });
+    for (const name of GRADIENTS) assertBitwiseEqual(`16-bit inputs: ${name}`, half[name].data, grads[name].data);
+  }
   const exact = naiveAttentionBackward(q, k, v, dO, semantic, "f64");
   const f32 = naiveAttentionBackward(q, k, v, dO, semantic, "f32");
   const magnitude = Math.max(1, ...GRADIENTS.map((name) => Math.max(0, ...Array.from(exact[name], Math.abs))));
