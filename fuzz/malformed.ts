@@ -19,6 +19,7 @@ import {
 } from "../mod.ts";
 import { flashAttentionBackwardIo, flashAttentionIo, standardAttentionIo } from "../src/io.ts";
 import { assertBitwiseEqual, randomTensor, rng } from "../tests/_util.ts";
+import { createLoader } from "../src/wasm/loader.ts";
 import { backed } from "./_gen.ts";
 import type { FuzzProperty } from "./_runner.ts";
 import type { Handler } from "./valid.ts";
@@ -710,6 +711,33 @@ const cliProperty = fc.asyncProperty(
   },
 );
 
+// ── init ─────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * `init` of a fresh loader (the package's is already loaded, and then ignores its source) with any
+ * value: it resolves (options { simd }), or rejects with a TypeError that names the problem in the
+ * library's words, or with a CompileError for bytes that are no module; the kernels load after.
+ */
+const initProperty = fc.asyncProperty(
+  fc.oneof(
+    fc.anything({ maxDepth: 1 }),
+    fc.uint8Array({ maxLength: 24 }).map((bytes) => Uint8Array.from([0, 97, 115, 109, ...bytes])),
+    fc.record({ simd: fc.oneof(fc.string({ maxLength: 4 }), fc.constantFrom("auto", "baseline")) }),
+  ),
+  async (source) => {
+    const loader = createLoader();
+    try {
+      await loader.init(source as never);
+    } catch (error) {
+      const named = error instanceof TypeError && error.message.startsWith("Cannot initialise @flash/attention as");
+      if (!named && !(error instanceof WebAssembly.CompileError)) {
+        throw new Error(`init(${fc.stringify(source)}): ${String(error)}`);
+      }
+    }
+    if (loader.loadKernels().headDimMax() !== 256) throw new Error("the kernels did not load after a failed init");
+  },
+);
+
 // ── The properties ───────────────────────────────────────────────────────────────────────
 
 /** The malformed-call properties; the pool's and the handler's use the given instances. */
@@ -761,6 +789,10 @@ export function malformedProperties(pool: AttentionPool, handler: Handler): Fuzz
     {
       name: "command line: any arguments end with 0, 1 (a typed error) or 2 (usage), never a crash",
       property: cliProperty,
+    },
+    {
+      name: "init: any source resolves or rejects with a typed error, and the kernels load after",
+      property: initProperty,
     },
   ];
 }
