@@ -10,7 +10,9 @@
  *    Deno, on whatever adapter navigator.gpu gives (lavapipe on machines without a GPU).
  * 4. the baseline build's digests of a fixed set of calls (tests/digest_test.ts) are the same on
  *    Node, Deno and Bun.
- * 5. with CI=true, the soak (soak/soak.ts) on Node with 50 pool cycles instead of 200: its checks count as tests.
+ * 5. with CI=true only: the soak (soak/soak.ts) on Node with 50 pool cycles instead of 200, its checks
+ *    counting as tests; and the fuzzer (fuzz/fuzz.ts) under Node for FUZZ_SECONDS with the fixed seed
+ *    FUZZ_SEED, each of its properties counting as one test.
  * Each check counts as one test; each suite adds its own counts. The last line is the total:
  * "N passed, N failed". Exit code 1 if anything failed.
  */
@@ -251,6 +253,25 @@ if (process.env.CI === "true") {
       process.execPath,
       ["--expose-gc", "--import", "tsx", "soak/soak.ts", "--pool-cycles", "50"],
       (out) => both(lastInt(out, /^soak: (\d+) passed/gm), lastInt(out, /^soak: \d+ passed, (\d+) failed$/gm)),
+    ),
+  );
+}
+// The fuzzer is seeded and time-bounded; CI runs it for a fixed time with a fixed seed, so a failure
+// there reproduces with `npm run fuzz -- --seed=<FUZZ_SEED>`. Without CI=true it is left to `npm run fuzz`.
+const FUZZ_SEED = 20261203;
+const FUZZ_SECONDS = 120;
+if (process.env.CI === "true") {
+  outcomes.push(
+    await suite(
+      `fuzz (node, ${FUZZ_SECONDS} s, seed ${FUZZ_SEED})`,
+      process.execPath,
+      ["--import", "tsx", "fuzz/fuzz.ts", `--seed=${FUZZ_SEED}`, `--seconds=${FUZZ_SECONDS}`],
+      // "fuzz: N cases, M properties passed, F failed"
+      (out) =>
+        both(
+          lastInt(out, /^fuzz: \d+ cases, (\d+) properties passed/gm),
+          lastInt(out, /properties passed, (\d+) failed$/gm),
+        ),
     ),
   );
 }

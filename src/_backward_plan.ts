@@ -193,13 +193,18 @@ export function segmentsOf(Nq: number, Nk: number, g: number, B: number, visible
   if (Nk === 0) return [];
   const rows = Nq * g;
   const blocks = Math.ceil(Nk / B);
-  // Tiles per key block (at least 1, so that blocks no query sees still spread out).
-  const work = new Array<number>(blocks).fill(1);
+  // Tiles per key block (at least 1, so that blocks no query sees still spread out): each query
+  // block adds 1 to the key blocks it meets, recorded as a difference array and summed once, so the
+  // count takes O(Tr + Tc) steps rather than O(Tr·Tc) (the IO model runs this for long sequences).
+  const delta = new Float64Array(blocks + 1);
   for (let i0 = 0; i0 < rows; i0 += B) {
     const [lo, hi] = blockKeys(visible, i0, Math.min(B, rows - i0), g);
     if (lo >= hi) continue;
-    for (let j = Math.floor(lo / B); j < Math.ceil(hi / B); j++) work[j]++;
+    delta[Math.floor(lo / B)]++;
+    delta[Math.ceil(hi / B)]--;
   }
+  const work = new Array<number>(blocks);
+  for (let j = 0, running = 1; j < blocks; j++) work[j] = running += delta[j];
   const total = work.reduce((a, w) => a + w, 0);
   const count = Math.min(DQ_SEGMENTS, blocks);
   const ranges: [number, number][] = [];

@@ -24,7 +24,8 @@ const Float16ArrayConstructor: (new (buffer: ArrayBufferLike, byteOffset: number
 
 /** Whether `value` is a `Float16Array` of this runtime. */
 export function isFloat16Array(value: unknown): boolean {
-  return Float16ArrayConstructor !== undefined && value instanceof Float16ArrayConstructor;
+  // ArrayBuffer.isView: a Proxy of one passes instanceof but is no typed array
+  return Float16ArrayConstructor !== undefined && value instanceof Float16ArrayConstructor && ArrayBuffer.isView(value);
 }
 
 /** The bits of a `Float16Array` (or of any 2-byte typed array), without copying. */

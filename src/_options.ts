@@ -6,7 +6,7 @@ import { bitsOf, type ElementData, isFloat16Array } from "./_half.ts";
 import { ARENA_MAX_BYTES, DEFAULT_SRAM_BYTES, HEAD_DIM_MAX } from "./_limits.ts";
 import { describe, formatShape, message } from "./_messages.ts";
 import type { AttentionProblem, OutBuffer, ValidMask } from "./_problem.ts";
-import { checkTensor } from "./_shapes.ts";
+import { checkTensor, detachedError, isArrayOf, isDetached } from "./_shapes.ts";
 import type { Dtype, Layout, Tensor } from "./tensor.ts";
 
 /** Options that change what attention computes, shared by every attention function. */
@@ -87,9 +87,14 @@ function readNonNegative(name: string, value: unknown, fallback: number): number
   return x;
 }
 
-/** `scale`: finite, ≥ 0, within f32; default 1/sqrt(d). */
+/** `scale`: finite, ≥ 0, within f32, and not a positive number that f32 rounds to 0; default 1/sqrt(d). */
 export function readScale(value: unknown, d: number): number {
-  return readNonNegative("scale", value, 1 / Math.sqrt(d));
+  const scale = readNonNegative("scale", value, 1 / Math.sqrt(d));
+  if (scale > 0 && Math.fround(scale) === 0) {
+    // the kernels would multiply by 0 (0·∞ = NaN) where the f64 reference multiplies by the scale
+    throw new RangeError(message(`scale must be 0 or at least the smallest f32, 1.4e-45: scale is ${scale}`));
+  }
+  return scale;
 }
 
 /** `softcap`: finite, ≥ 0, within f32, and not a positive number that f32 rounds to 0 (0: off). */
@@ -144,7 +149,7 @@ export function readWindow(value: unknown, causal: boolean | string, reach: numb
 /** `alibiSlopes`: a Float32Array of length H or B·H. */
 export function readSlopes(value: unknown, H: number, B: number, varlen: boolean): Float32Array | undefined {
   if (value === undefined) return undefined;
-  if (!(value instanceof Float32Array)) {
+  if (!isArrayOf(value, Float32Array)) {
     throw new TypeError(message(`alibiSlopes must be a Float32Array: alibiSlopes is ${describe(value)}`));
   }
   if (value.length !== H && value.length !== B * H) {
@@ -213,12 +218,13 @@ export function readOutDtype(value: unknown): Dtype {
  */
 export function checkOut(out: unknown, p: AttentionProblem): OutBuffer | undefined {
   if (out === undefined) return undefined;
+  if (ArrayBuffer.isView(out) && isDetached(out)) throw detachedError("out");
   const dtype = p.dtypes.o;
   let view: ElementData | undefined;
   if (dtype === "f32") {
-    if (out instanceof Float32Array) view = out;
-  } else if (out instanceof Uint16Array) {
-    view = out;
+    if (isArrayOf(out, Float32Array)) view = out as Float32Array;
+  } else if (isArrayOf(out, Uint16Array)) {
+    view = out as Uint16Array;
   } else if (dtype === "f16" && isFloat16Array(out)) {
     view = bitsOf(out as Uint16Array);
   }

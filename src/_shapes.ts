@@ -9,6 +9,37 @@ import type { Dtype, Layout } from "./tensor.ts";
 
 const product = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
+/**
+ * Whether `value` is a typed array of `type` itself: `instanceof` alone also admits a Proxy of one
+ * (or an object whose prototype is one), whose elements cannot be copied as a typed array's.
+ */
+export function isArrayOf<T extends ArrayBufferView>(
+  value: unknown,
+  type: abstract new (...args: never[]) => T,
+): value is T {
+  return value instanceof type && ArrayBuffer.isView(value);
+}
+
+/** Whether a view's buffer was detached (transferred, e.g. by `structuredClone(x, { transfer })`). */
+export function isDetached(view: ArrayBufferView): boolean {
+  if (view.byteLength !== 0) return false;
+  const buffer = view.buffer as ArrayBufferLike & { detached?: boolean };
+  if (typeof buffer.detached === "boolean") return buffer.detached;
+  try {
+    new Uint8Array(buffer); // a detached buffer cannot be viewed (Node 20 has no `detached`)
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+/** The TypeError for an array whose buffer was detached. */
+export function detachedError(name: string): TypeError {
+  return new TypeError(
+    message(`${name} must be readable: its ArrayBuffer is detached (it was transferred), so it holds no elements`),
+  );
+}
+
 /** Checks a tensor's type, rank, dims and length; `dims` names the axes for messages. */
 export function checkTensor(
   name: string,
@@ -18,7 +49,7 @@ export function checkTensor(
   types: readonly (Float32ArrayConstructor | Uint8ArrayConstructor)[] = [Float32Array],
 ): { data: Float32Array; shape: number[] } {
   const { data, shape } = fieldsOf(name, t);
-  if (!types.some((type) => data instanceof type)) {
+  if (!types.some((type) => isArrayOf<ArrayBufferView>(data, type))) {
     const allowed = types.map((type) => type.name).join(" or ");
     throw new TypeError(message(`${name}.data must be a ${allowed}: ${name}.data is ${describe(data)}`));
   }
@@ -56,14 +87,14 @@ function readDtype(name: string, data: unknown, dtype: unknown): Dtype {
   if (dtype !== undefined && dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") {
     throw new TypeError(message(`${name}.dtype must be "f32", "f16" or "bf16": ${name}.dtype is ${describe(dtype)}`));
   }
-  if (data instanceof Float32Array) {
+  if (isArrayOf(data, Float32Array)) {
     if (dtype === undefined || dtype === "f32") return "f32";
     const forms = dtype === "f16" ? "a Uint16Array of raw bits or a Float16Array" : "a Uint16Array of raw bits";
     throw new TypeError(
       message(`${name}.data must be ${forms} when ${name}.dtype is "${dtype}": ${name}.data is a Float32Array`),
     );
   }
-  if (data instanceof Uint16Array) {
+  if (isArrayOf(data, Uint16Array)) {
     if (dtype === "f16" || dtype === "bf16") return dtype;
     throw new TypeError(
       message(
@@ -90,14 +121,20 @@ function fieldsOf(name: string, t: unknown): { data: unknown; shape: unknown } {
     throw new TypeError(message(`${name} must be a tensor { data, shape }: ${name} is ${describe(t)}`));
   }
   const { data, shape } = t as { data?: unknown; shape?: unknown };
+  if (ArrayBuffer.isView(data) && isDetached(data)) throw detachedError(`${name}.data`);
   return { data, shape };
 }
 
-/** Checks a shape's rank and dims, and that it holds `length` elements; returns a copy. */
-export function checkShape(name: string, shape: unknown, length: number, dims: string, rank: number): number[] {
-  if (!Array.isArray(shape)) {
-    throw new TypeError(message(`${name}.shape must be an array: ${name}.shape is ${describe(shape)}`));
+/**
+ * Checks a shape's rank and dims, and that it holds `length` elements; returns a copy. The shape is
+ * read once, into the copy that is checked and returned: a Proxy that answers differently on a
+ * later read cannot pass the checks with one shape and run with another.
+ */
+export function checkShape(name: string, value: unknown, length: number, dims: string, rank: number): number[] {
+  if (!Array.isArray(value)) {
+    throw new TypeError(message(`${name}.shape must be an array: ${name}.shape is ${describe(value)}`));
   }
+  const shape: unknown[] = Array.from(value);
   if (shape.length !== rank) {
     throw new ShapeError(
       message(`${name} must have rank ${rank} (${dims}): ${name}.shape is ${formatShape(shape)}`),
@@ -105,14 +142,14 @@ export function checkShape(name: string, shape: unknown, length: number, dims: s
       formatShape(shape),
     );
   }
-  if (!shape.every((x) => Number.isSafeInteger(x) && x > 0)) {
+  if (!shape.every((x) => Number.isSafeInteger(x) && (x as number) > 0)) {
     throw new ShapeError(
       message(`${name}.shape must hold positive integers: ${name}.shape is ${formatShape(shape)}`),
       dims,
       formatShape(shape),
     );
   }
-  const size = product(shape);
+  const size = product(shape as number[]);
   if (length !== size) {
     throw new ShapeError(
       message(
@@ -124,12 +161,12 @@ export function checkShape(name: string, shape: unknown, length: number, dims: s
       String(length),
     );
   }
-  return [...shape];
+  return shape as number[];
 }
 
 /** Checks an Int32Array option of a given length. */
 export function checkInt32Array(name: string, value: unknown, length: number, lengthText: string): Int32Array {
-  if (!(value instanceof Int32Array)) {
+  if (!isArrayOf(value, Int32Array)) {
     throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
   }
   if (value.length !== length) {
@@ -160,7 +197,7 @@ export function checkSeqLensK(value: unknown, B: number, bName: string, Nk: numb
 
 /** Checks varlen offsets: an Int32Array of length B + 1 ≥ 2, from 0, non-decreasing, ending at `total`. */
 export function checkCumulative(name: string, value: unknown, total: number, totalName: string): Int32Array {
-  if (!(value instanceof Int32Array)) {
+  if (!isArrayOf(value, Int32Array)) {
     throw new TypeError(message(`${name} must be an Int32Array: ${name} is ${describe(value)}`));
   }
   if (value.length < 2) {

@@ -36,6 +36,7 @@ import {
   checkQkv,
   checkTensor,
   type ElementTensor,
+  isArrayOf,
   outputShape,
   product,
   type QkvShapes,
@@ -468,7 +469,7 @@ function checkGradientBuffers(
   for (const [name, shape] of [["dq", p.qShape], ["dk", p.kShape], ["dv", p.vShape]] as const) {
     const buffer = opts[name];
     if (buffer === undefined) continue;
-    if (!(buffer instanceof Float32Array)) {
+    if (!isArrayOf(buffer, Float32Array)) {
       throw new TypeError(message(`out.${name} must be a Float32Array: out.${name} is ${describe(buffer)}`));
     }
     const length = product(shape);

@@ -14,7 +14,10 @@ export type { AttentionOutput, HalfAttentionOutput };
 
 /** Options of {@linkcode flashAttention}. */
 export interface FlashAttentionOptions {
-  /** Multiplies Q·Kᵀ before the softmax. Default `1 / sqrt(d)`; must be finite and ≥ 0. */
+  /**
+   * Multiplies Q·Kᵀ before the softmax. Default `1 / sqrt(d)`; must be finite, ≥ 0 and within f32
+   * (0, or at least 1.4e-45: a positive scale that f32 rounds to 0 is a RangeError).
+   */
   scale?: number;
   /**
    * Causal masking. `true` or `"bottom-right"`: FlashAttention ≥ 2.1's alignment, query i sees key j

@@ -189,8 +189,9 @@ export interface IoOptions extends StandardIoOptions {
  * @throws {ShapeError} If seqLensK's length is not shape.B, or a cuSeqlens' length is not
  *   shape.B + 1 (or below 2).
  * @throws {RangeError} If a size is not an integer in range (H, d ≥ 1; B, Nq, Nk ≥ 0), H is not a multiple of
- *   Hkv, maskElementBytes is not 0, 1 or 4, seqLensK holds a length outside [0, Nk], or the cuSeqlens do not start
- *   at 0, decrease, or do not end at shape.Nq and shape.Nk.
+ *   Hkv, maskElementBytes is not 0, 1 or 4, seqLensK holds a length outside [0, Nk], the cuSeqlens do not start
+ *   at 0, decrease, or do not end at shape.Nq and shape.Nk, or the total passes `Number.MAX_SAFE_INTEGER` bytes
+ *   (too large to count exactly).
  *
  * @example Usage
  * ```ts
@@ -226,7 +227,24 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
     read.v += computes * size.v * heads * Nk * dv;
     written.o += size.o * heads * Nq * dv;
   }
-  return { read, written, totalBytes: sumBytes(read) + sumBytes(written) };
+  return exact(shape, { read, written, totalBytes: sumBytes(read) + sumBytes(written) });
+}
+
+/**
+ * `counts` when its total is a safe integer (every count then is: they are non-negative integers
+ * summing to it); otherwise the RangeError that says the shape is too large to count exactly.
+ */
+function exact<T extends { totalBytes: number }>(shape: AttentionShape, counts: T): T {
+  if (!Number.isSafeInteger(counts.totalBytes)) {
+    throw new RangeError(
+      message(
+        `the traffic of shape ${
+          JSON.stringify(shape)
+        } cannot be counted exactly: its bytes pass Number.MAX_SAFE_INTEGER (2^53 − 1), where numbers stop being exact integers`,
+      ),
+    );
+  }
+  return counts;
 }
 
 /**
@@ -251,8 +269,8 @@ export function standardAttentionIo(shape: AttentionShape, options: StandardIoOp
  * @param options Causal/window visibility, arena size, lse, mask, ALiBi and sequence lengths.
  * @returns Bytes per tensor, the tiling and the tile counts.
  * @throws {RangeError} If the arena cannot hold the smallest blocks for these head dims, numSplits
- *   is negative or not an integer, or the sequence lengths are out of range (as
- *   {@linkcode standardAttentionIo}).
+ *   is negative or not an integer, or the sequence lengths are out of range or the total too large to count
+ *   exactly (as {@linkcode standardAttentionIo}).
  * @throws {TypeError} If numSplits is not a number or is combined with varlen packing, and as
  *   {@linkcode standardAttentionIo} for sequence options of the wrong type or that do not combine.
  * @throws {ShapeError} As {@linkcode standardAttentionIo}, for sequence options of the wrong length.
@@ -289,7 +307,7 @@ export function flashAttentionIo(shape: AttentionShape, options: IoOptions = {})
     zeroBytes,
     (Nq, Nk) => sequenceIo(Nq, Nk, g, Br, Bc, d, dv, options, numSplits, streamedRows),
   );
-  return withTiling(total, sramBytes, sramPeakBytes, Br, Bc);
+  return exact(shape, withTiling(total, sramBytes, sramPeakBytes, Br, Bc));
 }
 
 /** The blocks the CPU kernels derive from an arena of `sramBytes` (default DEFAULT_SRAM_BYTES), and its use. */
@@ -297,7 +315,7 @@ function cpuBlocks(sramBytes = DEFAULT_SRAM_BYTES, d: number, dv: number, masked
   const kernels = loadKernels();
   const packed = kernels.blockSizes(sramBytes, d, dv, masked);
   if (packed === 0) {
-    throw new RangeError(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`);
+    throw new RangeError(message(`sramBytes ${sramBytes} cannot hold the smallest blocks for d = ${d}, dv = ${dv}`));
   }
   const Br = packed >>> 16;
   const Bc = packed & 0xffff;
@@ -474,7 +492,9 @@ export function flashAttentionBackwardIo(shape: AttentionShape, options: Backwar
   const kernels = loadKernels();
   const B = kernels.backwardBlockSize(sramBytes, d, dv, maskBytes > 0);
   if (B === 0) {
-    throw new RangeError(`sramBytes ${sramBytes} cannot hold the backward's smallest blocks for d = ${d}, dv = ${dv}`);
+    throw new RangeError(
+      message(`sramBytes ${sramBytes} cannot hold the backward's smallest blocks for d = ${d}, dv = ${dv}`),
+    );
   }
   const total = sumSequences(
     sequenceLengths(shape, options),
@@ -482,7 +502,7 @@ export function flashAttentionBackwardIo(shape: AttentionShape, options: Backwar
     zeroBackwardBytes,
     (Nq, Nk) => sequenceBackwardIo(Nq, Nk, g, B, d, dv, options),
   );
-  return withTiling(total, sramBytes, kernels.backwardArenaBytes(B, d, dv, maskBytes > 0), B, B);
+  return exact(shape, withTiling(total, sramBytes, kernels.backwardArenaBytes(B, d, dv, maskBytes > 0), B, B));
 }
 
 /** The backward traffic of one (sequence, K/V head), blocks B × B. */
@@ -505,27 +525,30 @@ function sequenceBackwardIo(
   read.o += size.o * rows * dv;
   read.dOut += size.dOut * rows * dv;
   written.D += 4 * rows;
+  // Every key block: its K and V rows read once, its dK and dV rows written once.
+  read.k += size.k * Nk * d;
+  read.v += size.v * Nk * dv;
+  written.dk += 4 * Nk * d;
+  written.dv += 4 * Nk * dv;
   let tilesComputed = 0;
-  for (let j0 = 0; j0 < Nk; j0 += B) {
-    const cols = Math.min(B, Nk - j0);
-    read.k += size.k * cols * d;
-    read.v += size.v * cols * dv;
-    written.dk += 4 * cols * d;
-    written.dv += 4 * cols * dv;
-    for (let i0 = 0; i0 < rows; i0 += B) {
-      const rowsHere = Math.min(B, rows - i0);
-      const [first, end] = blockKeys(visible, i0, rowsHere, g);
-      if (first >= end || first >= j0 + cols || end <= j0) continue;
-      tilesComputed++;
-      read.q += size.q * rowsHere * d;
-      read.dOut += size.dOut * rowsHere * dv;
-      read.lse += 4 * rowsHere;
-      read.D += 4 * rowsHere;
-      if (options.alibi) read.slopes += 4 * rowsHere;
-      read.mask += maskBytes * rowsHere * cols;
-      read.partial += 4 * rowsHere * d; // the segment's partial dQ rows, read and written back
-      written.partial += 4 * rowsHere * d;
-    }
+  // The tiles of a query block are the key blocks that meet its keys [first, end): counted per
+  // query block, in O(Tr) rather than O(Tr·Tc), so that long sequences are modelled in little time.
+  for (let i0 = 0; i0 < rows; i0 += B) {
+    const rowsHere = Math.min(B, rows - i0);
+    const [first, end] = blockKeys(visible, i0, rowsHere, g);
+    if (first >= end) continue;
+    const jBegin = Math.floor(first / B) * B;
+    const tiles = Math.ceil(end / B) - jBegin / B;
+    const cols = Math.min(Nk, Math.ceil(end / B) * B) - jBegin; // the keys of those key blocks
+    tilesComputed += tiles;
+    read.q += tiles * size.q * rowsHere * d;
+    read.dOut += tiles * size.dOut * rowsHere * dv;
+    read.lse += tiles * 4 * rowsHere;
+    read.D += tiles * 4 * rowsHere;
+    if (options.alibi) read.slopes += tiles * 4 * rowsHere;
+    read.mask += maskBytes * rowsHere * cols;
+    read.partial += tiles * 4 * rowsHere * d; // the segment's partial dQ rows, read and written back
+    written.partial += tiles * 4 * rowsHere * d;
   }
   // The merge: every segment's partial dQ read, dQ written once.
   const segments = segmentsOf(Nq, Nk, g, B, visible).length;

@@ -20,7 +20,10 @@ export type HalfDtype = "f16" | "bf16";
  * `data.length` must equal the product of `shape`.
  */
 export interface Tensor {
-  /** The elements, row-major. */
+  /**
+   * The elements, row-major: a `Float32Array` itself (not a `Proxy` of one), at any byte offset of an
+   * `ArrayBuffer` or a `SharedArrayBuffer`, not detached. It is read only during the call.
+   */
   data: Float32Array;
   /** The size of each dimension. */
   shape: readonly number[];
@@ -47,7 +50,7 @@ export interface Float16ArrayLike extends ArrayBufferView {
  * left out), where the runtime has one.
  */
 export interface HalfTensor {
-  /** The elements' bits, row-major, or a `Float16Array`. */
+  /** The elements' bits, row-major, or a `Float16Array`; any backing buffer, as {@linkcode Tensor}'s data. */
   data: Uint16Array | Float16ArrayLike;
   /** The size of each dimension. */
   shape: readonly number[];

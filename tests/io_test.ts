@@ -798,3 +798,53 @@ test("the IO functions reject a malformed shape or options with a typed error na
   // A good call still counts afterwards.
   if (!(flashAttentionIo(good).totalBytes > 0)) throw new Error("no traffic for a good call");
 });
+
+test("IO counts past 2^53 bytes are a RangeError, not inexact numbers (found by the fuzzer)", () => {
+  // 2^30 sequences of 2^14 heads: about 2^57 bytes, beyond what a number holds exactly.
+  const shape = { B: 2 ** 30, H: 2 ** 14, Nq: 64, Nk: 64, d: 16 };
+  for (
+    const [name, fn] of [
+      ["standardAttentionIo", standardAttentionIo],
+      ["flashAttentionIo", flashAttentionIo],
+      ["flashAttentionBackwardIo", flashAttentionBackwardIo],
+    ] as const
+  ) {
+    try {
+      fn(shape);
+    } catch (error) {
+      if (error instanceof RangeError && error.message.includes("cannot be counted exactly")) continue;
+      throw new Error(`${name}: ${String(error)}`);
+    }
+    throw new Error(`${name}: counted ${JSON.stringify(shape)} without an error`);
+  }
+  // Just below: exact, and no error.
+  const io = flashAttentionIo({ B: 2 ** 20, H: 16, Nq: 64, Nk: 64, d: 16 });
+  if (!Number.isSafeInteger(io.totalBytes)) throw new Error(`${io.totalBytes}`);
+});
+
+test("flashAttentionBackwardIo() models a 16M-token sequence without walking its 10^10 tiles one by one (found by the fuzzer)", () => {
+  // Before, the model and the dQ segments visited every (query block, key block) pair: this call took
+  // hours (and `flash-attention io --seq 1000000 --backward` 15 s). Now it visits each query block once.
+  const N = 2 ** 24;
+  const io = flashAttentionBackwardIo({ B: 1, H: 1, Nq: N, Nk: N, d: 8 });
+  const B = io.Br;
+  const blocks = Math.ceil(N / B);
+  if (io.tilesComputed !== blocks * blocks || io.tilesSkipped !== 0) throw new Error(`tiles ${io.tilesComputed}`);
+  if (io.read.q !== 4 * blocks * N * 8 || io.read.k !== 4 * N * 8) throw new Error(`read ${JSON.stringify(io.read)}`);
+  // Causal: query block i meets key blocks 0 … i (square blocks, Nq = Nk).
+  const causal = flashAttentionBackwardIo({ B: 1, H: 1, Nq: N, Nk: N, d: 8 }, { causal: true });
+  if (causal.tilesComputed !== (blocks * (blocks + 1)) / 2) throw new Error(`causal tiles ${causal.tilesComputed}`);
+});
+
+test("an arena too small for the IO model's blocks is a RangeError with the library's prefix (found by the fuzzer)", () => {
+  const shape = { B: 1, H: 1, Nq: 8, Nk: 8, d: 64 };
+  for (const fn of [flashAttentionIo, flashAttentionBackwardIo]) {
+    try {
+      fn(shape, { sramBytes: 64 });
+    } catch (error) {
+      if (error instanceof RangeError && error.message.startsWith("Cannot compute attention as sramBytes 64")) continue;
+      throw new Error(`${fn.name}: ${String(error)}`);
+    }
+    throw new Error(`${fn.name}: no error`);
+  }
+});

@@ -45,6 +45,32 @@ test("init() rejects bytes that are not the kernels, and the embedded module sti
   if (loader.loadKernels().headDimMax() !== 256) throw new Error("fallback to the embedded module failed");
 });
 
+test("init() rejects a source that is neither bytes, a module nor options with a TypeError naming it (found by the fuzzer)", async () => {
+  for (
+    const [source, described] of [["wasm", "string"], [5, "number"], [null, "null"], [[0, 97], "an object (Array)"]]
+  ) {
+    const loader = createLoader();
+    let caught: unknown;
+    try {
+      await loader.init(source as never);
+    } catch (error) {
+      caught = error;
+    }
+    if (!(caught instanceof TypeError) || !caught.message.includes(`source must be the module's bytes`)) {
+      throw new Error(`${described}: ${String(caught)}`);
+    }
+    if (!caught.message.endsWith(`source is ${described}`)) throw new Error(caught.message);
+    if (loader.loadKernels().headDimMax() !== 256) {
+      throw new Error(
+        `${described}: the embedded module did not load after`,
+      );
+    }
+  }
+  // Options made with Object.create(null) are options too.
+  const info = await createLoader().init(Object.assign(Object.create(null), { simd: "baseline" }));
+  if (info.simd !== "baseline") throw new Error(`options without a prototype: ${info.simd}`);
+});
+
 test("flashAttention() works without init() (synchronous compilation on first use)", () => {
   const t = randomTensor(rng(1), [1, 4, 1, 4]);
   const o = flashAttention(t, t, t);

@@ -250,3 +250,113 @@ test("after every kind of failed call the module computes the same bits as befor
     assertBitwiseEqual(`lse after ${what}`, again.lse.data, good.lse.data);
   }
 });
+
+// ── Found by the fuzzer (fuzz/, issue 13) ──────────────────────────────────────────────────
+
+test("a Proxy around a typed array is a TypeError naming the argument, not an internal error", () => {
+  // A Proxy passes `instanceof Float32Array` but is no typed array: its elements cannot be copied.
+  const proxied = { data: new Proxy(q.data, {}), shape: q.shape };
+  assertThrows(call(proxied, k, v), TypeError, "q.data must be a Float32Array: q.data is an object (Float32Array)");
+  assertThrows(call(q, k, v, { alibiSlopes: new Proxy(new Float32Array(3), {}) }), TypeError, "alibiSlopes must be");
+  assertThrows(call(q, k, v, { seqLensK: new Proxy(new Int32Array(2), {}) }), TypeError, "seqLensK must be");
+  assertThrows(call(q, k, v, { out: new Proxy(new Float32Array(good.data.length), {}) }), TypeError, "out must be");
+  const mask = { data: new Proxy(new Uint8Array(12), {}), shape: [12] };
+  assertThrows(call(q, k, v, { mask }), TypeError, "mask.data must be");
+  assertBitwiseEqual("O after the Proxies", flashAttention(q, k, v, { causal: true }).data, good.data);
+});
+
+test("a shape is read once: a Proxy that answers differently later runs with the shape that was checked", () => {
+  // Each dim answers truthfully twice, then 2: checked with one shape, the call must not run with another.
+  const shifty = (t: Tensor): Tensor => {
+    const reads = new Map<PropertyKey, number>();
+    const shape = new Proxy([...t.shape], {
+      get(target, key, receiver) {
+        const n = (reads.get(key) ?? 0) + 1;
+        reads.set(key, n);
+        return key === "0" && n > 2 ? 1 : Reflect.get(target, key, receiver);
+      },
+    });
+    return { data: t.data, shape };
+  };
+  const o = flashAttention(shifty(q), shifty(k), shifty(v), { causal: true, returnLse: true });
+  assertBitwiseEqual("O", o.data, good.data);
+  assertBitwiseEqual("lse", o.lse.data, good.lse.data);
+});
+
+test("data whose ArrayBuffer was transferred (detached) is a TypeError that says so", () => {
+  const gone = (data: Float32Array) => {
+    const copy = data.slice();
+    structuredClone(copy.buffer, { transfer: [copy.buffer] });
+    return copy;
+  };
+  assertThrows(
+    call({ data: gone(q.data), shape: q.shape }, k, v),
+    TypeError,
+    "q.data must be readable: its ArrayBuffer is detached",
+  );
+  assertThrows(call(q, k, { data: gone(v.data), shape: v.shape }), TypeError, "v.data must be readable");
+  assertThrows(call(q, k, v, { out: gone(good.data) }), TypeError, "out must be readable: its ArrayBuffer is detached");
+  assertBitwiseEqual("O after the detached buffers", flashAttention(q, k, v, { causal: true }).data, good.data);
+});
+
+test("data in a SharedArrayBuffer or at a byte offset is accepted and gives the same bits", () => {
+  const shared = (data: Float32Array, offset: number) => {
+    const view = new Float32Array(new SharedArrayBuffer(4 * (data.length + offset)), 4 * offset, data.length);
+    view.set(data);
+    return view;
+  };
+  const o = flashAttention(
+    { data: shared(q.data, 0), shape: q.shape },
+    { data: shared(k.data, 3), shape: k.shape },
+    { data: shared(v.data, 1), shape: v.shape },
+    { causal: true, returnLse: true, out: shared(new Float32Array(good.data.length), 5) },
+  );
+  assertBitwiseEqual("O", o.data, good.data);
+  assertBitwiseEqual("lse", o.lse.data, good.lse.data);
+  // out may share a SharedArrayBuffer with an input, as long as their bytes do not overlap.
+  const both = new Float32Array(new SharedArrayBuffer(4 * (q.data.length + good.data.length)));
+  both.set(q.data);
+  const into = both.subarray(q.data.length);
+  flashAttention({ data: both.subarray(0, q.data.length), shape: q.shape }, k, v, { causal: true, out: into });
+  assertBitwiseEqual("O beside q", into, good.data);
+  assertThrows(
+    call({ data: both.subarray(0, q.data.length), shape: q.shape }, k, v, { out: both.subarray(1, 1 + into.length) }),
+    TypeError,
+    "out must not share memory with q",
+  );
+});
+
+test("a positive scale that f32 rounds to 0 is a RangeError, as for softcap", () => {
+  // The kernels multiply by f32(scale): 0·∞ would be NaN where the f64 reference has 5e-324·∞ = ∞.
+  assertThrows(call(q, k, v, { scale: 5e-324 }), RangeError, "scale must be 0 or at least the smallest f32, 1.4e-45");
+  assertThrows(call(q, k, v, { scale: 7e-46 }), RangeError, "scale is 7e-46");
+  for (const scale of [0, 1.401298464324817e-45, 1e-45]) flashAttention(q, k, v, { scale });
+});
+
+test("a getter that throws inside the options or a tensor throws the caller's own error, and nothing changes", () => {
+  const own = new Error("the caller's own");
+  const throwing = (key: string) =>
+    Object.defineProperty({ causal: true }, key, {
+      enumerable: true,
+      get() {
+        throw own;
+      },
+    });
+  for (const key of ["scale", "mask", "out", "sramBytes", "returnLse"]) {
+    let caught: unknown;
+    try {
+      flashAttention(q, k, v, throwing(key) as never);
+    } catch (error) {
+      caught = error;
+    }
+    if (caught !== own) throw new Error(`${key}: expected the caller's error, got ${String(caught)}`);
+  }
+  let caught: unknown;
+  try {
+    flashAttention(throwing("data") as never, k, v);
+  } catch (error) {
+    caught = error;
+  }
+  if (caught !== own) throw new Error(`q.data: expected the caller's error, got ${String(caught)}`);
+  assertBitwiseEqual("O after the getters", flashAttention(q, k, v, { causal: true }).data, good.data);
+});

@@ -380,7 +380,9 @@ function instantiateEmbeddedSync(simd: "auto" | SimdBuild): Kernels {
 
 /** Whether init's argument is its options rather than a module or bytes. */
 function isOptions(value: unknown): value is InitOptions {
-  return typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype;
+  if (typeof value !== "object" || value === null) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null; // a literal, or Object.create(null)
 }
 
 /** One set of kernels and the ways to make it ready. */
@@ -426,6 +428,20 @@ export function createLoader(): KernelLoader {
         return { simd: kernels.simd };
       }
       const given = options === undefined ? source : undefined;
+      const bytes = given instanceof ArrayBuffer || ArrayBuffer.isView(given) ||
+        (typeof SharedArrayBuffer !== "undefined" && given instanceof SharedArrayBuffer);
+      if (given !== undefined && !bytes && !(given instanceof WebAssembly.Module)) {
+        throw new TypeError(
+          "Cannot initialise @flash/attention as source must be the module's bytes (an ArrayBuffer or a typed " +
+            `array), a WebAssembly.Module or options { simd }: source is ${
+              given === null
+                ? "null"
+                : typeof given === "object"
+                ? `an object (${given.constructor?.name})`
+                : typeof given
+            }`,
+        );
+      }
       let ready: Kernels;
       if (given !== undefined || (preset !== undefined && simd === "auto")) {
         const module = given instanceof WebAssembly.Module || given === undefined
@@ -468,8 +484,8 @@ const packageLoader = createLoader();
  *   options choosing an embedded build; by default the embedded build `simd: "auto"` picks.
  * @returns A promise of the build that runs.
  * @throws {WebAssembly.CompileError} If `source` is not a valid module for this runtime.
- * @throws {TypeError} If `source` is a module that does not export the kernels, or the options
- *   are malformed.
+ * @throws {TypeError} If `source` is none of bytes, a module and options, is a module that does not
+ *   export the kernels, or the options are malformed.
  * @throws {Error} If `simd: "relaxed"` is asked where relaxed SIMD does not validate, or a build
  *   other than the one already running is asked.
  *
