@@ -15,12 +15,10 @@ import {
   type BackwardKernelConfig,
   backwardKey,
   backwardPrepKernel,
-  dkdvScratchFloats,
 } from "./shaders/backward.ts";
 import { ITEM_WORDS, SEQUENCE_WORDS } from "./shaders/forward.ts";
 import { grid, maskKindOf, queryBlocks, writeSequences } from "./_plan.ts";
 import { blocksFor, checkBinding, type GpuContext } from "./_runner.ts";
-import { MIN_ROWS } from "./_tiling.ts";
 import { BUFFER_USAGE, type GpuBufferLike, type GpuPipelineLike, MAP_READ } from "./_webgpu.ts";
 
 const roundUp4 = (bytes: number) => Math.max(4, Math.ceil(bytes / 4) * 4);
@@ -52,44 +50,6 @@ function writeArray(ctx: GpuContext, buffer: GpuBufferLike, data: ArrayBufferVie
  * Runs a validated backward call on the GPU. `gpuInputs` holds the GPU buffers of q, k, v given as
  * GPU tensors; everything else is uploaded. `stats` is refused (the GPU backward counts nothing).
  */
-/**
- * The dK/dV kernel's blocks (shaders/backward.ts): Bk keys per workgroup, whose K and V rows stay in
- * workgroup memory, and query tiles of Bq rows, T threads per key (the tiling's threadsPerRow), each
- * owning Bq/T rows of every tile. Its exact workgroup memory is
- *   16·(Bk·(D4 + DV4) + roundUp(max(Bq·(D4 + DV4 + 1), Bk·T), (Bq/T)·(D4 + DV4 + 1)))   bytes
- * (D4, DV4: the head dims in vec4s; the last vec4 of a row holds its lse, D and slope; the merge of
- * the T partial dK, dV rows needs Bk·T vec4s). Bk starts at rowsPerWorkgroup and halves down to 8
- * while no tile fits; for that Bk, Bq is the largest multiple of T up to keysPerTile that fits.
- */
-function dkdvBlocks(
-  ctx: GpuContext,
-  sramBytes: number,
-  d: number,
-  dv: number,
-  shapes: string,
-): { Bk: number; Bq: number; scratchFloats: number } {
-  const { rowsPerWorkgroup, threadsPerRow: T, keysPerTile } = ctx.targets;
-  const invocations = Math.min(
-    ctx.device.limits.maxComputeInvocationsPerWorkgroup,
-    ctx.device.limits.maxComputeWorkgroupSizeX,
-  );
-  const width = Math.ceil(d / 4) + Math.ceil(dv / 4);
-  const bytes = (Bk: number, Bq: number) => 16 * Bk * width + 4 * dkdvScratchFloats(Bk, Bq, T, d, dv);
-  for (let Bk = rowsPerWorkgroup; Bk >= MIN_ROWS; Bk = Bk >> 1) {
-    if (Bk * T > invocations) continue;
-    for (let Bq = Math.floor(keysPerTile / T) * T; Bq >= T; Bq -= T) {
-      if (bytes(Bk, Bq) <= sramBytes) return { Bk, Bq, scratchFloats: dkdvScratchFloats(Bk, Bq, T, d, dv) };
-    }
-  }
-  throw new RangeError(
-    message(
-      `sramBytes is ${sramBytes}, too small for head dims d = ${d}, dv = ${dv} in the GPU backward: its dK/dV ` +
-        `kernel's smallest tile (${MIN_ROWS} keys, ${T} query rows) needs ${bytes(MIN_ROWS, T)} bytes of workgroup ` +
-        `storage (${shapes})`,
-    ),
-  );
-}
-
 export async function runGpuBackward(
   ctx: GpuContext,
   call: BackwardCall,
@@ -105,14 +65,16 @@ export async function runGpuBackward(
   const { device } = ctx;
   const limits = device.limits;
   const dq = blocksFor(ctx, sramBytes, p.d, p.dv, false, p.shapes);
-  const kv = dkdvBlocks(ctx, sramBytes, p.d, p.dv, p.shapes);
+  // The dK/dV kernel stages per query row its Q and dO rows and one more vec4 (lse, D, slope): the
+  // forward's footprint rule with dv + 4 in place of dv (keys per workgroup as Br, rows per tile as Bc).
+  const kv = blocksFor(ctx, sramBytes, p.d, p.dv + 4, false, p.shapes);
   const kernel: BackwardKernelConfig = {
     Br: dq.Br,
     Bc: dq.Bc,
     T: dq.T,
     scratchFloats: dq.scratchFloats,
-    Bk: kv.Bk,
-    Bq: kv.Bq,
+    Bk: kv.Br,
+    Bq: kv.Bc,
     kvScratchFloats: kv.scratchFloats,
     d: p.d,
     dv: p.dv,
@@ -131,7 +93,7 @@ export async function runGpuBackward(
   const kItems: [number, number, number][] = [];
   p.sequences.forEach((s, seq) => {
     if (s.Nq === 0) return;
-    for (let j0 = 0; j0 < s.Nk; j0 += kv.Bk) for (let kvh = 0; kvh < p.Hkv; kvh++) kItems.push([seq, kvh, j0]);
+    for (let j0 = 0; j0 < s.Nk; j0 += kv.Br) for (let kvh = 0; kvh < p.Hkv; kvh++) kItems.push([seq, kvh, j0]);
   });
   const kItemsAt = ITEM_WORDS * qItems.length;
   const seqTable = kItemsAt + ITEM_WORDS * kItems.length;

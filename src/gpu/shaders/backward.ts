@@ -200,12 +200,12 @@ function mergeAndStore(
   // ${name} columns [${4 * c0}, ${
       4 * (c0 + n4)
     }): every thread's partial → scratch, then thread t sums columns ≡ t (mod T)
-${each(n4, (i) => `  put((me * T + t) * ${n4}u + ${i}u, ${name}${c0 + i});`)}
+${each(n4, (i) => `  wg[(me * T + t) * ${n4}u + ${i}u] = ${name}${c0 + i};`)}
   workgroupBarrier();
   if (${liveName}) {
     for (var i = t; i < ${n4}u; i += T) {
-      var acc = at(me * T * ${n4}u + i);
-${each(T - 1, (tt) => `      acc = acc + at((me * T + ${tt + 1}u) * ${n4}u + i);`)}
+      var acc = wg[me * T * ${n4}u + i];
+${each(T - 1, (tt) => `      acc = acc + wg[(me * T + ${tt + 1}u) * ${n4}u + i];`)}
       let col = 4u * (${c0}u + i);
       for (var k = 0u; k < 4u; k++) {
         ${store("col + k", "acc[k]")}
@@ -220,11 +220,10 @@ ${each(T - 1, (tt) => `      acc = acc + at((me * T + ${tt + 1}u) * ${n4}u + i);
 /**
  * What the dQ and dK/dV kernels declare alike: the head dims (D, DV, and D4, DV4 in vec4s), the
  * uniform parameters, the inputs' bindings (1–6), the output's (7, named `output`), the mask's (8),
- * the workgroup memory (`scratch`: each kernel's own declarations, with the flat accessors at, put
- * and setF that mergeAndStore and the staging use), the widening of every input kind, the tile
- * loaders, the visibility rule and tanh.
+ * the workgroup scratch of R4 vec4s with its accessors (getF only where `withGet`), the widening of
+ * every input kind, the tile loaders, the visibility rule and tanh.
  */
-function declarations(c: BackwardKernelConfig, output: string, scratch: string): string {
+function declarations(c: BackwardKernelConfig, output: string, R4: number, withGet: boolean): string {
   const masked = c.maskKind !== MASK_NONE;
   return `const D: u32 = ${c.d}u;
 const DV: u32 = ${c.dv}u;
@@ -241,8 +240,11 @@ ${PARAMS}
 @group(0) @binding(7) var<storage, read_write> ${output}: array<f32>;
 ${masked ? "@group(0) @binding(8) var<storage, read> MASK: array<u32>;" : ""}
 
-${scratch}
-${widening([c.qKind, c.kKind, c.vKind, c.dOKind])}
+var<workgroup> wg: array<vec4<f32>, ${R4}>;
+fn setF(i: u32, x: f32) { wg[i >> 2u][i & 3u] = x; }
+${withGet ? "fn getF(i: u32) -> f32 { return wg[i >> 2u][i & 3u]; }\n" : ""}${
+    widening([c.qKind, c.kKind, c.vKind, c.dOKind])
+  }
 ${loader("loadQ", "Q", c.qKind)}
 ${loader("loadK", "K", c.kKind)}
 ${loader("loadV", "V", c.vKind)}
@@ -258,8 +260,6 @@ export function backwardDqKernel(c: BackwardKernelConfig): string {
   const KPT = c.Bc / c.T;
   const NT = c.Br * c.T;
   const R4 = c.scratchFloats / 4;
-  const S4 = KPT * (D4 + DV4); // vec4s of one thread slice's keys of a K/V tile
-  if (R4 % S4 !== 0) throw new Error("bad backward tiling");
   const keys = (line: (k: number) => string) => each(KPT, line);
   // Q and dO rows → registers, through the scratch in chunks of vec4 columns.
   const stage = (reg: string, D4n: number, dim: number, load: string, base: string) => {
@@ -279,7 +279,7 @@ export function backwardDqKernel(c: BackwardKernelConfig): string {
     setF(e, x);
   }
   workgroupBarrier();
-${each(n4, (i) => `  ${reg}${c0 + i} = at(row * ${n4}u + ${i}u);`)}
+${each(n4, (i) => `  ${reg}${c0 + i} = wg[row * ${n4}u + ${i}u];`)}
   workgroupBarrier();`);
     }
     return parts.join("\n");
@@ -290,20 +290,7 @@ const T: u32 = ${c.T}u;
 const NT: u32 = ${NT}u;
 const BC: i32 = ${c.Bc};
 const KPT: u32 = ${KPT}u;
-const S4: u32 = ${S4}u;
-${
-    declarations(
-      c,
-      "DQ",
-      `// The scratch in slices of S4 vec4s: during the key loop, slice t holds thread slice t's keys,
-// K as [key][D4] then V as [key][DV4] (the forward's layout, for the same reason).
-var<workgroup> wg: array<array<vec4<f32>, S4>, ${R4 / S4}>;
-fn at(i: u32) -> vec4<f32> { return wg[i / S4][i % S4]; }
-fn put(i: u32, x: vec4<f32>) { wg[i / S4][i % S4] = x; }
-fn setF(i: u32, x: f32) { wg[(i >> 2u) / S4][(i >> 2u) % S4][i & 3u] = x; }
-fn getF(i: u32) -> f32 { return wg[(i >> 2u) / S4][(i >> 2u) % S4][i & 3u]; }`,
-    )
-  }
+${declarations(c, "DQ", R4, true)}
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -360,14 +347,14 @@ ${each(D4, (i) => `  var dq${i} = vec4<f32>(0.0);`)}
       let col = e % ${4 * D4}u;
       var x = 0.0;
       if (jl < cols && col < D) { x = loadK(kBase + u32(j0 + jl) * P.kRow + col); }
-      wg[u32(jl) / KPT][(u32(jl) % KPT) * D4 + col / 4u][col % 4u] = x;
+      setF(e, x);
     }
     for (var e = li; e < ${c.Bc * 4 * DV4}u; e += NT) {
       let jl = i32(e / ${4 * DV4}u);
       let col = e % ${4 * DV4}u;
       var x = 0.0;
       if (jl < cols && col < DV) { x = loadV(vBase + u32(j0 + jl) * P.vRow + col); }
-      wg[u32(jl) / KPT][${KPT * D4}u + (u32(jl) % KPT) * DV4 + col / 4u][col % 4u] = x;
+      setF(${c.Bc * 4 * D4}u + e, x);
     }
     workgroupBarrier();
     let kEnd = min(kFirst + i32(KPT), j0 + cols);
@@ -377,14 +364,14 @@ ${keys((k) => `      var s${k} = 0.0;\n      var dp${k} = 0.0;`)}
 ${
     each(D4, (i) =>
       keys((k) =>
-        `      let k${k}_${i} = wg[t][${k * D4 + i}u];
+        `      let k${k}_${i} = wg[(kc0 + ${k}u) * D4 + ${i}u];
       s${k} = fma(q${i}.x, k${k}_${i}.x, s${k}); s${k} = fma(q${i}.y, k${k}_${i}.y, s${k}); s${k} = fma(q${i}.z, k${k}_${i}.z, s${k}); s${k} = fma(q${i}.w, k${k}_${i}.w, s${k});`
       ))
   }
 ${
     each(DV4, (i) =>
       keys((k) =>
-        `      let v${k}_${i} = wg[t][${KPT * D4 + k * DV4 + i}u];
+        `      let v${k}_${i} = wg[${c.Bc * D4}u + (kc0 + ${k}u) * DV4 + ${i}u];
       dp${k} = fma(o${i}.x, v${k}_${i}.x, dp${k}); dp${k} = fma(o${i}.y, v${k}_${i}.y, dp${k}); dp${k} = fma(o${i}.z, v${k}_${i}.z, dp${k}); dp${k} = fma(o${i}.w, v${k}_${i}.w, dp${k});`
       ))
   }
@@ -419,50 +406,22 @@ ${
 `;
 }
 
-/** Floats of the dK/dV kernel's query-tile scratch: whole slices of RPT rows (src/gpu/_backward.ts). */
-export function dkdvScratchFloats(Bk: number, Bq: number, T: number, d: number, dv: number): number {
-  const slice = (Bq / T) * (roundUp4(d) / 4 + roundUp4(dv) / 4 + 1);
-  return 4 * Math.ceil(Math.max(T * slice, Bk * T) / slice) * slice;
-}
-
-/**
- * The dKdV kernel. Workgroup memory: the block's K and V as kv[column vec4][key], staged once, and
- * the query tile in slices, one per thread slice of RPT = Bq/T rows, each [row][Q | dO] then one
- * (lse, D, slope) vec4 per row, so the products read kv[constant][me] and wg[t][constant]: WebGPU
- * clamps every runtime array index, once per slice here instead of once per read (as the forward).
- * A thread keeps only its dK and dV rows in registers and runs its RPT rows side by side, each with
- * its own score and dP accumulator (independent chains, not one row's 64 dependent FMAs at a time).
- */
+/** The dKdV kernel. */
 export function backwardDkDvKernel(c: BackwardKernelConfig): string {
   const D4 = roundUp4(c.d) / 4;
   const DV4 = roundUp4(c.dv) / 4;
   const RPT = c.Bq / c.T;
   const NT = c.Bk * c.T;
-  const S = RPT * (D4 + DV4 + 1); // vec4s of one slice of the query tile
   const R4 = c.kvScratchFloats / 4;
-  if (!Number.isInteger(RPT) || R4 % S !== 0 || R4 < c.Bk * c.T) throw new Error("bad backward tiling");
-  const dOff = RPT * D4; // dO rows after the slice's Q rows (vec4 index within a slice)
-  const ldOff = RPT * (D4 + DV4); // (lse, D, slope) of each row after them
-  const rows = (line: (r: number) => string) => each(RPT, line);
-  const masked = c.maskKind !== MASK_NONE;
+  const dOff = c.Bq * D4; // dO tile after the Q tile (vec4 index)
+  const ldOff = c.Bq * (D4 + DV4); // (lse, D, slope) of each row after it
   return `// @generated by src/gpu/shaders/backward.ts: dK, dV, ${c.Bk} keys × ${c.Bq} query rows, ${c.T} threads per key, d = ${c.d}, dv = ${c.dv}
 const BK: u32 = ${c.Bk}u;
 const BQ: u32 = ${c.Bq}u;
 const T: u32 = ${c.T}u;
 const NT: u32 = ${NT}u;
 const RPT: u32 = ${RPT}u;
-const S: u32 = ${S}u;
-${
-    declarations(
-      c,
-      "DKV",
-      `var<workgroup> kv: array<array<vec4<f32>, ${c.Bk}>, ${D4 + DV4}>;
-var<workgroup> wg: array<array<vec4<f32>, ${S}>, ${R4 / S}>;
-fn at(i: u32) -> vec4<f32> { return wg[i / S][i % S]; }
-fn put(i: u32, x: vec4<f32>) { wg[i / S][i % S] = x; }
-fn setF(i: u32, x: f32) { wg[(i >> 2u) / S][(i >> 2u) % S][i & 3u] = x; }`,
-    )
-  }
+${declarations(c, "DKV", R4, false)}
 
 @compute @workgroup_size(${NT})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -477,20 +436,30 @@ ${SEQUENCE}
   let j = j0 + i32(me);
   let keysHere = min(i32(BK), nk - j0);
   let liveKey = i32(me) < keysHere;
-  // The block's K and V → kv[column vec4][key] (zeros past the block's keys and the head dims)
-  for (var e = li; e < BK * ${4 * D4}u; e += NT) {
-    let key = e / ${4 * D4}u;
-    let col = e % ${4 * D4}u;
-    var x = 0.0;
-    if (i32(key) < keysHere && col < D) { x = loadK(kBase + u32(j0 + i32(key)) * P.kRow + col); }
-    kv[col / 4u][key][col % 4u] = x;
+  // This thread's key row, K and V, in registers (zeros for a key past the block).
+${each(D4, (i) => `  var k${i} = vec4<f32>(0.0);`)}
+${each(DV4, (i) => `  var v${i} = vec4<f32>(0.0);`)}
+  if (liveKey) {
+${
+    each(
+      D4,
+      (i) =>
+        `    k${i} = vec4<f32>(${
+          [0, 1, 2, 3].map((x) => 4 * i + x < c.d ? `loadK(kBase + u32(j) * P.kRow + ${4 * i + x}u)` : "0.0").join(", ")
+        });`,
+    )
   }
-  for (var e = li; e < BK * ${4 * DV4}u; e += NT) {
-    let key = e / ${4 * DV4}u;
-    let col = e % ${4 * DV4}u;
-    var x = 0.0;
-    if (i32(key) < keysHere && col < DV) { x = loadV(vBase + u32(j0 + i32(key)) * P.vRow + col); }
-    kv[${D4}u + col / 4u][key][col % 4u] = x;
+${
+    each(
+      DV4,
+      (i) =>
+        `    v${i} = vec4<f32>(${
+          [0, 1, 2, 3].map((x) => 4 * i + x < c.dv ? `loadV(vBase + u32(j) * P.vRow + ${4 * i + x}u)` : "0.0").join(
+            ", ",
+          )
+        });`,
+    )
+  }
   }
 ${each(D4, (i) => `  var dk${i} = vec4<f32>(0.0);`)}
 ${each(DV4, (i) => `  var dv${i} = vec4<f32>(0.0);`)}
@@ -502,8 +471,8 @@ ${each(DV4, (i) => `  var dv${i} = vec4<f32>(0.0);`)}
     let tileFirst = firstKey(i32(r0 / g), visOffset, nk);
     let tileEnd = endKey(i32((r0 + rowsHere - 1u) / g), visOffset, nk);
     if (tileFirst >= tileEnd || tileFirst >= blockEnd || tileEnd <= j0) { continue; }
-    // Qi, dOi → the slices [row][Q | dO], (lse, D, slope) per row after them; zeros past the rows and dims
-    for (var e = li; e < BQ * ${4 * D4}u; e += NT) {
+    // Qi → scratch [row][${4 * D4}], dOi → [row][${4 * DV4}] after it, (lse, D, slope) per row after that
+    for (var e = li; e < ${c.Bq * 4 * D4}u; e += NT) {
       let rl = e / ${4 * D4}u;
       let col = e % ${4 * D4}u;
       var x = 0.0;
@@ -511,9 +480,9 @@ ${each(DV4, (i) => `  var dv${i} = vec4<f32>(0.0);`)}
         let rr = r0 + rl;
         x = loadQ(qBase + (rr / g) * P.qRow + (kvh * g + rr % g) * P.qHead + col);
       }
-      wg[rl / RPT][(rl % RPT) * ${D4}u + col / 4u][col % 4u] = x;
+      setF(e, x);
     }
-    for (var e = li; e < BQ * ${4 * DV4}u; e += NT) {
+    for (var e = li; e < ${c.Bq * 4 * DV4}u; e += NT) {
       let rl = e / ${4 * DV4}u;
       let col = e % ${4 * DV4}u;
       var x = 0.0;
@@ -521,7 +490,7 @@ ${each(DV4, (i) => `  var dv${i} = vec4<f32>(0.0);`)}
         let rr = r0 + rl;
         x = loadDO(oBase + (rr / g) * P.oRow + (kvh * g + rr % g) * P.oHead + col);
       }
-      wg[rl / RPT][${dOff}u + (rl % RPT) * ${DV4}u + col / 4u][col % 4u] = x;
+      setF(${4 * dOff}u + e, x);
     }
     for (var rl = li; rl < BQ; rl += NT) {
       var ld = vec4<f32>(bitcast<f32>(NEG_INF_BITS), 0.0, 0.0, 0.0);
@@ -532,85 +501,50 @@ ${each(DV4, (i) => `  var dv${i} = vec4<f32>(0.0);`)}
     c.alibi ? "bitcast<f32>(META[P.slopeTable + slopeBase + kvh * g + rr % g])" : "0.0"
   }, 0.0);
       }
-      wg[rl / RPT][${ldOff}u + rl % RPT] = ld;
+      wg[${ldOff}u + rl] = ld;
     }
     workgroupBarrier();
     if (liveKey) {
-      // Which of this thread's rows see key j (and their mask entries)
-${
-    rows((r) =>
-      `      let ld${r} = wg[t][${ldOff + r}u];
-      var ok${r} = false;
-      var bias${r} = 0.0;
-      {
-        let rl = t * RPT + ${r}u;
+      for (var i = 0u; i < RPT; i++) {
+        let rl = t * RPT + i;
         let rr = r0 + rl;
         let pos = rr / g;
         let head = kvh * g + rr % g;
-        if (rl < rowsHere && bitcast<u32>(ld${r}.x) != NEG_INF_BITS && j >= firstKey(i32(pos), visOffset, nk) && j < endKey(i32(pos), visOffset, nk)) {
-          ${
-        masked
-          ? `${maskEntry(c, "open", "bias", "j")}
-          ok${r} = open;
-          bias${r} = bias;`
-          : `ok${r} = true;`
-      }
+        let ld = wg[${ldOff}u + rl];
+        let visible = rl < rowsHere && j >= firstKey(i32(pos), visOffset, nk) && j < endKey(i32(pos), visOffset, nk);
+        if (visible && bitcast<u32>(ld.x) != NEG_INF_BITS) {
+          ${maskEntry(c, "open", "bias", "j")}
+          if (open) {
+            // S = scale·q·k (softcap, − ALiBi, + mask); P = exp(S − lse)
+            var s = 0.0;
+${
+    each(
+      D4,
+      (i) =>
+        `            let q${i} = wg[rl * D4 + ${i}u];
+            s = fma(q${i}.x, k${i}.x, s); s = fma(q${i}.y, k${i}.y, s); s = fma(q${i}.z, k${i}.z, s); s = fma(q${i}.w, k${i}.w, s);`,
+    )
+  }
+            let slope = ld.z;
+            ${transform(c, "s", "x", "th", "slope", "j")}
+            ${c.maskKind === MASK_F32 ? "x = x + bias;" : ""}
+            let p = exp(x - ld.x);
+            // dV += P·dO; dP = dO·v; dS = P ∘ (dP − D); dK += scale·dS·q
+            var dp = 0.0;
+${
+    each(
+      DV4,
+      (i) =>
+        `            let do${i} = wg[${dOff}u + rl * DV4 + ${i}u];
+            dv${i} = fma(vec4<f32>(p), do${i}, dv${i});
+            dp = fma(do${i}.x, v${i}.x, dp); dp = fma(do${i}.y, v${i}.y, dp); dp = fma(do${i}.z, v${i}.z, dp); dp = fma(do${i}.w, v${i}.w, dp);`,
+    )
+  }
+            let ds = P.scale * (p * (dp - ld.y))${c.softcap ? " * (1.0 - th * th)" : ""};
+${each(D4, (i) => `            dk${i} = fma(vec4<f32>(ds), q${i}, dk${i});`)}
+          }
         }
-      }`
-    )
-  }
-      // S = q·k for each row
-${
-    rows((r) =>
-      `      var s${r} = 0.0;
-      var dp${r} = 0.0;`
-    )
-  }
-${
-    each(D4, (i) =>
-      `      let k_${i} = kv[${i}u][me];
-${
-        rows((r) =>
-          `      { let q = wg[t][${
-            r * D4 + i
-          }u]; s${r} = fma(q.x, k_${i}.x, s${r}); s${r} = fma(q.y, k_${i}.y, s${r}); s${r} = fma(q.z, k_${i}.z, s${r}); s${r} = fma(q.w, k_${i}.w, s${r}); }`
-        )
-      }`)
-  }
-      // scale, softcap, − ALiBi, + mask; P = exp(S − lse) where the row sees the key
-${
-    rows((r) =>
-      `      var p${r} = 0.0;
-      var th${r} = 0.0;
-      {
-        let pos = (r0 + t * RPT + ${r}u) / g;
-        let slope = ld${r}.z;
-        ${transform(c, `s${r}`, "x", "th", "slope", "j")}
-        ${c.maskKind === MASK_F32 ? `x = x + bias${r};` : ""}
-        if (ok${r}) { p${r} = exp(x - ld${r}.x); }
-        th${r} = th;
-      }`
-    )
-  }
-      // dV += P·dO; dP = dO·v
-${
-    each(DV4, (i) =>
-      `      let v_${i} = kv[${D4 + i}u][me];
-${
-        rows((r) =>
-          `      { let o = wg[t][${
-            dOff + r * DV4 + i
-          }u]; dv${i} = fma(vec4<f32>(p${r}), o, dv${i}); dp${r} = fma(o.x, v_${i}.x, dp${r}); dp${r} = fma(o.y, v_${i}.y, dp${r}); dp${r} = fma(o.z, v_${i}.z, dp${r}); dp${r} = fma(o.w, v_${i}.w, dp${r}); }`
-        )
-      }`)
-  }
-      // dS = P ∘ (dP − D) (· (1 − tanh²) with softcap); dK += scale·dS·q
-${
-    rows((r) =>
-      `      let ds${r} = P.scale * (p${r} * (dp${r} - ld${r}.y))${c.softcap ? ` * (1.0 - th${r} * th${r})` : ""};`
-    )
-  }
-${each(D4, (i) => rows((r) => `      dk${i} = fma(vec4<f32>(ds${r}), wg[t][${r * D4 + i}u], dk${i});`))}
+      }
     }
     workgroupBarrier();
   }
