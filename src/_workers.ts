@@ -3,6 +3,7 @@
 // otherwise. The Worker's code is embedded (src/wasm/worker.generated.ts), so nothing is read
 // from disk or fetched.
 
+import { MAX_MEMORY_BYTES, PAGE_BYTES } from "./_limits.ts";
 import { WORKER_SOURCE } from "./wasm/worker.generated.ts";
 
 /**
@@ -161,4 +162,30 @@ async function nodeWorker(name: string): Promise<WorkerHandle> {
     if (!ended) handle.onFailure("exit", `exited with code ${code}`);
   });
   return handle;
+}
+
+/**
+ * A shared memory of `initial` pages that may grow to `maximumBytes`, by default 4 GiB or less where
+ * the runtime cannot reserve that much address space up front (a shared memory never moves, so its
+ * maximum is reserved at once): 1 GiB, then 256 MiB. A call that would need more fails as a refused
+ * grow. Where the runtime cannot make even the smallest, a RangeError names the bytes asked for.
+ */
+export function sharedMemory(initial: number, maximumBytes?: number): WebAssembly.Memory {
+  const maxima = maximumBytes === undefined ? [MAX_MEMORY_BYTES, 1 << 30, 256 << 20] : [maximumBytes];
+  let failure: unknown;
+  for (const bytes of maxima) {
+    try {
+      return new WebAssembly.Memory({ initial, maximum: Math.max(initial, bytes / PAGE_BYTES), shared: true });
+    } catch (error) {
+      failure = error;
+    }
+  }
+  throw new RangeError(
+    `Cannot create an attention pool as the runtime refused its shared WebAssembly memory of ${
+      initial * PAGE_BYTES
+    } bytes (the Workers' SMs), growable to ${Math.max(initial * PAGE_BYTES, maxima.at(-1)!)} bytes: ${
+      failure instanceof Error ? failure.message : String(failure)
+    }`,
+    { cause: failure },
+  );
 }

@@ -7,7 +7,7 @@
  */
 import { ensureArena } from "./_blocks.ts";
 import { ensureMemory } from "./_forward.ts";
-import { HEAD_DIM_MAX, MAX_MEMORY_BYTES, PAGE_BYTES } from "./_limits.ts";
+import { HEAD_DIM_MAX, PAGE_BYTES } from "./_limits.ts";
 import {
   align,
   allocateResults,
@@ -40,6 +40,7 @@ import {
   POOL_MEMORY,
   SABOTAGE,
   type Sabotage,
+  sharedMemory,
   spawnWorker,
   type WorkerHandle,
   type WorkerLoss,
@@ -353,32 +354,6 @@ async function hardwareConcurrency(): Promise<number> {
   const specifier = "node:os"; // Node 20 has no navigator
   const os = await import(specifier);
   return os.availableParallelism?.() ?? os.cpus().length;
-}
-
-/**
- * A shared memory of `initial` pages that may grow to `maximumBytes`, by default 4 GiB or less where
- * the runtime cannot reserve that much address space up front (a shared memory never moves, so its
- * maximum is reserved at once): 1 GiB, then 256 MiB. A call that would need more fails as a refused
- * grow. Where the runtime cannot make even the smallest, a RangeError names the bytes asked for.
- */
-export function sharedMemory(initial: number, maximumBytes?: number): WebAssembly.Memory {
-  const maxima = maximumBytes === undefined ? [MAX_MEMORY_BYTES, 1 << 30, 256 << 20] : [maximumBytes];
-  let failure: unknown;
-  for (const bytes of maxima) {
-    try {
-      return new WebAssembly.Memory({ initial, maximum: Math.max(initial, bytes / PAGE_BYTES), shared: true });
-    } catch (error) {
-      failure = error;
-    }
-  }
-  throw new RangeError(
-    `Cannot create an attention pool as the runtime refused its shared WebAssembly memory of ${
-      initial * PAGE_BYTES
-    } bytes (the Workers' SMs), growable to ${Math.max(initial * PAGE_BYTES, maxima.at(-1)!)} bytes: ${
-      failure instanceof Error ? failure.message : String(failure)
-    }`,
-    { cause: failure },
-  );
 }
 
 /** A forward plan with each phase's jobs and merges as steps. */
