@@ -30,7 +30,8 @@
  *    run on the same machine.
  *
  * 4. the backward (gpu.flashAttentionBackward, default tiling) at `--backward-sizes` (default 1024,
- *    4096, 16384; `--no-backward` skips it), wall time per call with its transfers.
+ *    4096, 16384; `--no-backward` skips it), wall time per call with its transfers, and each of its
+ *    three passes (D, dQ, dK/dV) by timestamp-query where the adapter has it.
  *
  * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--seconds=0.5`, `--no-write` (do
  * not write BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
@@ -40,7 +41,8 @@ import type { Tensor } from "../mod.ts";
 import { randomTensor, rng } from "../src/_cli/random.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { createGpuAttention } from "../src/gpu.ts";
-import { validateForwardCall } from "../src/_validate.ts";
+import { validateBackwardCall, validateForwardCall } from "../src/_validate.ts";
+import { BACKWARD_PASSES, runGpuBackward } from "../src/gpu/_backward.ts";
 import { gpuTensorReader } from "../src/gpu/_inputs.ts";
 import { type GpuContext, prepareGpuCall } from "../src/gpu/_runner.ts";
 import { readTargets } from "../src/gpu/_tiling.ts";
@@ -426,11 +428,16 @@ interface BackwardRow {
   causal: boolean;
   ms: number;
   tflops: number;
+  /** Median milliseconds of each pass (BACKWARD_PASSES) from timestamps, where the adapter has them. */
+  passMs: number[];
 }
 const backwardRows: BackwardRow[] = [];
 const backwardSizes = option("backward-sizes", quick ? "128" : "1024,4096,16384").split(",").map(Number);
 if (!flag("no-backward")) {
   const gpu = await createGpuAttention({ device: gpuDevice });
+  // The backward runs through the runner the public call uses (after the same validation), so that
+  // each of its passes can be timestamped as well.
+  const ctx: GpuContext = { device, targets: readTargets(), pipelines: new Map() };
   for (const N of backwardSizes) {
     const inputs = inputsOf(N);
     const shape = [1, N, H, d];
@@ -438,8 +445,16 @@ if (!flag("no-backward")) {
     const dOut = randomTensor(rng(N + 1), shape);
     for (const causal of [false, true]) {
       const out = await gpu.flashAttention(qT, kT, vT, { causal, returnLse: true });
-      const run = () => gpu.flashAttentionBackward(qT, kT, vT, out, dOut, { causal });
+      const found = new Map<string, GpuBufferLike>();
+      const call = validateBackwardCall(qT, kT, vT, out, dOut, { causal }, gpuTensorReader(found));
+      const passes: number[][] = [];
+      const run = async () => {
+        const ms: number[] = [];
+        await runGpuBackward(ctx, call, found, gpuDevice.limits.maxComputeWorkgroupStorageSize, ms);
+        passes.push(ms);
+      };
       await run(); // compiles the kernels
+      passes.length = 0;
       const times: number[] = [];
       for (let i = 0; i < (quick ? 2 : 5); i++) {
         const start = performance.now();
@@ -447,9 +462,15 @@ if (!flag("no-backward")) {
         times.push(performance.now() - start);
       }
       const ms = median(times);
-      const row = { N, causal, ms, tflops: tflops(10 * H * N * N * d / (causal ? 2 : 1), ms) };
+      const passMs = passes[0].length === 0 ? [] : BACKWARD_PASSES.map((_, n) => median(passes.map((p) => p[n])));
+      const row = { N, causal, ms, tflops: tflops(10 * H * N * N * d / (causal ? 2 : 1), ms), passMs };
       backwardRows.push(row);
-      console.log(`backward, N = ${N}, ${causal ? "causal" : "full"}: ${fmt(ms, 3)} ms, ${tf(row.tflops)} TFLOP/s`);
+      console.log(
+        `backward, N = ${N}, ${causal ? "causal" : "full"}: ${fmt(ms, 3)} ms, ${tf(row.tflops)} TFLOP/s` +
+          (passMs.length === 0
+            ? ""
+            : `; passes ${BACKWARD_PASSES.map((name, n) => `${name} ${fmt(passMs[n], 3)} ms`).join(", ")}`),
+      );
     }
     for (const b of inputs.buffers) b.destroy();
   }
@@ -459,10 +480,19 @@ const backwardBody = backwardRows.length === 0 ? "" : [
   "",
   "",
   "The backward (`gpu.flashAttentionBackward`, default tiling): wall time per call including the upload of out " +
-  "and dOut and the read-back of dQ, dK, dV; TFLOP/s = 10·B·H·N²·d / t (half for causal), the forward's time beside it.",
+  "and dOut and the read-back of dQ, dK, dV; TFLOP/s = 10·B·H·N²·d / t (half for causal), the forward's time beside it; " +
+  "each of its three passes timed by timestamp-query (median over the calls).",
   "",
   table(
-    ["N", "causal", "backward ms", "TFLOP/s", "forward ms", "backward ÷ forward time"],
+    [
+      "N",
+      "causal",
+      "backward ms",
+      "TFLOP/s",
+      "forward ms",
+      "backward ÷ forward time",
+      ...BACKWARD_PASSES.map((n) => `${n}, ms`),
+    ],
     backwardRows.map((r) => {
       const o = ours(r.N, r.causal);
       return [
@@ -472,6 +502,7 @@ const backwardBody = backwardRows.length === 0 ? "" : [
         tf(r.tflops),
         o ? fmt(o.timing.ms, 3) : "",
         o ? fmt(r.ms / o.timing.ms, 2) : "",
+        ...BACKWARD_PASSES.map((_, n) => r.passMs.length === 0 ? "" : fmt(r.passMs[n], 3)),
       ];
     }),
   ),

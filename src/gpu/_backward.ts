@@ -46,15 +46,21 @@ function writeArray(ctx: GpuContext, buffer: GpuBufferLike, data: ArrayBufferVie
   }
 }
 
+/** The backward's passes, in dispatch order (what `passMs` of runGpuBackward reports). */
+export const BACKWARD_PASSES = ["D = rowsum(dO ∘ O)", "dQ", "dK, dV"] as const;
+
 /**
  * Runs a validated backward call on the GPU. `gpuInputs` holds the GPU buffers of q, k, v given as
  * GPU tensors; everything else is uploaded. `stats` is refused (the GPU backward counts nothing).
+ * With `passMs` (benchmarks: bench/gpu.ts) on a device that has `timestamp-query`, each pass of
+ * BACKWARD_PASSES is timestamped and its milliseconds pushed there.
  */
 export async function runGpuBackward(
   ctx: GpuContext,
   call: BackwardCall,
   gpuInputs: Map<string, GpuBufferLike>,
   sramBytes: number,
+  passMs?: number[],
 ): Promise<AttentionGradients> {
   const p = call.problem;
   if (call.stats) {
@@ -210,19 +216,38 @@ export async function runGpuBackward(
     const dkdvGroup = group(dkdvPipeline, [paramBuffer, q, k, v, dO, ld, metaBuffer, dkvBuffer, mask]);
     const dqStage = buffer(4 * qLength, BUFFER_USAGE.MAP_READ | BUFFER_USAGE.COPY_DST, "dQ readback");
     const dkvStage = buffer(4 * (kLength + vLength), BUFFER_USAGE.MAP_READ | BUFFER_USAGE.COPY_DST, "dK, dV readback");
+    const timed = passMs !== undefined && device.features.has("timestamp-query") && device.createQuerySet !== undefined;
+    const querySet = timed
+      ? device.createQuerySet!({ type: "timestamp", count: 2 * BACKWARD_PASSES.length })
+      : undefined;
+    const ticksBytes = 16 * BACKWARD_PASSES.length;
+    const ticks = timed
+      ? buffer(ticksBytes, BUFFER_USAGE.QUERY_RESOLVE | BUFFER_USAGE.COPY_SRC, "timestamps")
+      : undefined;
+    const ticksStage = timed
+      ? buffer(ticksBytes, BUFFER_USAGE.MAP_READ | BUFFER_USAGE.COPY_DST, "timestamps")
+      : undefined;
     const encoder = device.createCommandEncoder();
     for (
-      const [pipeline, bindGroup, [x, y]] of [[prep, prepGroup, qGrid], [dqPipeline, dqGroup, qGrid], [
+      const [n, [pipeline, bindGroup, [x, y]]] of ([[prep, prepGroup, qGrid], [dqPipeline, dqGroup, qGrid], [
         dkdvPipeline,
         dkdvGroup,
         kGrid,
-      ]] as const
+      ]] as const).entries()
     ) {
-      const pass = encoder.beginComputePass();
+      const pass = encoder.beginComputePass(
+        querySet
+          ? { timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * n, endOfPassWriteIndex: 2 * n + 1 } }
+          : undefined,
+      );
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, bindGroup);
       pass.dispatchWorkgroups(x, y);
       pass.end();
+    }
+    if (querySet) {
+      encoder.resolveQuerySet!(querySet, 0, 2 * BACKWARD_PASSES.length, ticks!, 0);
+      encoder.copyBufferToBuffer(ticks!, 0, ticksStage!, 0, ticksBytes);
     }
     encoder.copyBufferToBuffer(dqBuffer, 0, dqStage, 0, dqStage.size);
     encoder.copyBufferToBuffer(dkvBuffer, 0, dkvStage, 0, dkvStage.size);
@@ -236,7 +261,12 @@ export async function runGpuBackward(
         ),
       );
     }
-    await Promise.all([dqStage.mapAsync(MAP_READ), dkvStage.mapAsync(MAP_READ)]);
+    await Promise.all([dqStage.mapAsync(MAP_READ), dkvStage.mapAsync(MAP_READ), ticksStage?.mapAsync(MAP_READ)]);
+    if (ticksStage) {
+      const t = new BigUint64Array(ticksStage.getMappedRange());
+      for (let n = 0; n < BACKWARD_PASSES.length; n++) passMs!.push(Number(t[2 * n + 1] - t[2 * n]) / 1e6);
+      querySet!.destroy();
+    }
     const dqData = call.out.dq ?? new Float32Array(qLength);
     const dkData = call.out.dk ?? new Float32Array(kLength);
     const dvData = call.out.dv ?? new Float32Array(vLength);

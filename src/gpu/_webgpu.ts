@@ -133,6 +133,7 @@ export interface GpuDevice extends GpuDeviceLike {
   createComputePipelineAsync(descriptor: unknown): Promise<GpuPipelineLike>;
   createBindGroup(descriptor: unknown): unknown;
   createCommandEncoder(descriptor?: unknown): GpuEncoderLike;
+  createQuerySet?(descriptor: { type: "timestamp"; count: number }): { destroy(): unknown };
   pushErrorScope(filter: "validation" | "out-of-memory" | "internal"): unknown;
   popErrorScope(): Promise<GpuErrorLike | null>;
   destroy(): unknown;
