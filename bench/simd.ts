@@ -16,8 +16,9 @@
  *    the relaxed-SIMD flag), deno (as it runs, and with V8's wasm bounds checks off, the test-only
  *    flag that shows what the bounds checks cost) and bun.
  *
- * `--child` prints one JSON line of part 3's measurements and exits; `--quick` shrinks everything.
- * Writes its tables into BENCHMARKS.md.
+ * `--child` prints one JSON line of part 3's measurements and exits; `--quick` shrinks everything;
+ * `--sram=BYTES` runs the forwards with that arena instead of the default (bench/arena.ts compares
+ * two). Writes its tables into BENCHMARKS.md.
  */
 import { spawnSync } from "node:child_process";
 import process from "node:process";
@@ -30,6 +31,9 @@ import { cpuName, median, quantile, random, runtimeKey, runtimeName, table, writ
 
 const quick = process.argv.includes("--quick");
 const child = process.argv.includes("--child");
+const sramArg = process.argv.find((a) => a.startsWith("--sram="));
+/** The forwards' arena (`--sram=BYTES`), or undefined for the library's default. */
+const sramBytes = sramArg === undefined ? undefined : Number(sramArg.slice("--sram=".length));
 const [H, d] = [8, 64];
 const flopsOf = (N: number) => 4 * H * N * N * d;
 const gflops = (flops: number, ms: number) => flops / ms / 1e6;
@@ -50,7 +54,7 @@ function forwardRunner(kernels: Kernels, call: AttentionCall): () => void {
 
 function callOf(N: number): AttentionCall {
   const q = random([1, N, H, d], 1), k = random([1, N, H, d], 2), v = random([1, N, H, d], 3);
-  return validateForwardCall(q, k, v, {});
+  return validateForwardCall(q, k, v, sramBytes === undefined ? {} : { sramBytes });
 }
 
 const PROBE = { M: 64, N: 1024, K: 64, repeats: 40 };
@@ -142,8 +146,9 @@ if (child) {
 
 const log = (line = "") => console.log(line);
 const sections: string[] = [];
-const header =
-  `${runtimeName()} on ${cpuName()}; B = 1, H = ${H}, d = ${d}, not causal, f32; GFLOP/s = 4·B·H·N²·d / time.`;
+const header = `${runtimeName()} on ${cpuName()}; B = 1, H = ${H}, d = ${d}, not causal, f32, ${
+  sramBytes === undefined ? "the default arena" : `a ${sramBytes}-byte arena`
+}; GFLOP/s = 4·B·H·N²·d / time.`;
 log(`Relaxed SIMD against the baseline, and the SGEMM ceiling: ${header}`);
 if (!relaxedSimdValidates()) {
   log(
@@ -252,7 +257,7 @@ if (!relaxedSimdValidates()) {
       args: ["run", "-A", "--v8-flags=--no-wasm-bounds-checks", "bench/simd.ts", "--child"],
     },
     { name: "bun", cmd: "node_modules/.bin/bun", args: ["bench/simd.ts", "--child"] },
-  ].map((c) => ({ ...c, args: quick ? [...c.args, "--quick"] : c.args }));
+  ].map((c) => ({ ...c, args: [...c.args, ...(quick ? ["--quick"] : []), ...(sramArg ? [sramArg] : [])] }));
   const rows: (string | number)[][] = [];
   let nodeBaseline = NaN;
   for (const c of children) {
