@@ -13,9 +13,10 @@
 // working set is the sequence itself, O(N·d). Consecutive sequences share a phase while their slabs
 // total at most slabBudgetBytes; a larger sequence gets a phase of its own.
 
-import { bytesOf, ELEMENT_KIND, type ElementData } from "./_half.ts";
+import { bytesOf, ELEMENT_KIND, type ElementData, viewOf } from "./_half.ts";
 import {
   checkAddressable,
+  copyRows,
   elementKinds,
   elementSizes,
   maskElementBytes,
@@ -277,6 +278,48 @@ export function planBackward(p: AttentionProblem, inputs: BackwardInputs, config
   return { phases, endPtr };
 }
 
+/** Which of Q and dO a slab stages group-major (see groupMajor). */
+interface Grouped {
+  q: boolean;
+  dO: boolean;
+}
+
+/**
+ * Whether Q and dO are staged group-major, [position][head of the group][dim] per K/V head group, so
+ * that a group's virtual rows (position ⌊r/g⌋ of its head r mod g) are contiguous: the dK/dV
+ * kernel streams them once per key segment, and rows spread over the tensor (bshd: a position every
+ * H·d elements; bhsd with g > 1: the group's heads Nq·d apart) defeat the CPU's prefetchers and TLB,
+ * as K and V did in the forward (src/_plan.ts, headMajor). Only where the caller's layout does not
+ * already keep them together; the staging copies every element once either way.
+ */
+function groupMajor(p: AttentionProblem, s: Sequence, e: { q: number; o: number }): Grouped {
+  const g = p.group;
+  const together = (strides: { row: number; head: number }, dim: number) =>
+    strides.row === g * dim && (g === 1 || strides.head === dim);
+  return {
+    q: !together(p.qStrides, p.d) && e.q >= p.H * s.Nq * p.d,
+    dO: !together(p.oStrides, p.dv) && e.o >= p.H * s.Nq * p.dv,
+  };
+}
+
+/** Copies a sequence's rows of `data` (at `base`, with `strides`) group-major into `hbm` from element `at`. */
+function stageGrouped(
+  hbm: ElementData,
+  at: number,
+  data: ElementData,
+  base: number,
+  strides: { row: number; head: number },
+  p: AttentionProblem,
+  s: Sequence,
+  dim: number,
+): void {
+  const g = p.group;
+  for (let h = 0; h < p.H; h++) {
+    const group = at + Math.floor(h / g) * s.Nq * g * dim + (h % g) * dim;
+    copyRows(hbm, group, g * dim, data, base + h * strides.head, strides.row, s.Nq, dim);
+  }
+}
+
 function planSlabs(
   p: AttentionProblem,
   inputs: BackwardInputs,
@@ -286,7 +329,7 @@ function planSlabs(
   const prep: number[][] = [];
   const dkdv: number[][] = [];
   const merge: number[][] = [];
-  const slabs: { s: Sequence; e: SlabExtents; ptrs: Record<string, number> }[] = [];
+  const slabs: { s: Sequence; e: SlabExtents; ptrs: Record<string, number>; grouped: Grouped }[] = [];
   const elementBytes = maskElementBytes(p);
   const m = p.mask?.strides ?? [0, 0, 0, 0];
   const g = p.group;
@@ -314,15 +357,24 @@ function planSlabs(
       maskPtr: elementBytes * e.mask,
       slopesPtr: p.alibiSlopes ? 4 * p.H : 0,
     });
+    const grouped = groupMajor(p, s, e);
     for (let kvh = 0; kvh < p.Hkv; kvh++) {
       const h0 = kvh * g; // first query head of the group
+      // Q and dO of the group: staged group-major ([position][head of the group][dim]) where the
+      // caller's layout does not already keep a group's virtual rows together (groupMajor).
+      const q = grouped.q
+        ? { ptr: ptrs.qPtr + size.q * kvh * s.Nq * g * p.d, row: g * p.d, head: p.d }
+        : { ptr: ptrs.qPtr + size.q * h0 * p.qStrides.head, row: p.qStrides.row, head: p.qStrides.head };
+      const dO = grouped.dO
+        ? { ptr: ptrs.dOPtr + size.dO * kvh * s.Nq * g * p.dv, row: g * p.dv, head: p.dv }
+        : { ptr: ptrs.dOPtr + size.dO * h0 * p.oStrides.head, row: p.oStrides.row, head: p.oStrides.head };
       prep.push([
         ptrs.oPtr + size.o * h0 * p.oStrides.head,
         p.oStrides.row,
         p.oStrides.head,
-        ptrs.dOPtr + size.dO * h0 * p.oStrides.head,
-        p.oStrides.row,
-        p.oStrides.head,
+        dO.ptr,
+        dO.row,
+        dO.head,
         ptrs.dPtr + 4 * h0 * s.Nq,
         1,
         s.Nq,
@@ -336,16 +388,16 @@ function planSlabs(
         dOKind,
       ]);
       const group: BackwardJob = {
-        qPtr: ptrs.qPtr + size.q * h0 * p.qStrides.head,
-        qRowStride: p.qStrides.row,
-        qHeadStride: p.qStrides.head,
+        qPtr: q.ptr,
+        qRowStride: q.row,
+        qHeadStride: q.head,
         kPtr: ptrs.kPtr + size.k * kvh * p.kStrides.head,
         kRowStride: p.kStrides.row,
         vPtr: ptrs.vPtr + size.v * kvh * p.vStrides.head,
         vRowStride: p.vStrides.row,
-        dOPtr: ptrs.dOPtr + size.dO * h0 * p.oStrides.head,
-        dORowStride: p.oStrides.row,
-        dOHeadStride: p.oStrides.head,
+        dOPtr: dO.ptr,
+        dORowStride: dO.row,
+        dOHeadStride: dO.head,
         lsePtr: ptrs.lsePtr + 4 * h0 * s.Nq,
         dPtr: ptrs.dPtr + 4 * h0 * s.Nq,
         lseRowStride: 1,
@@ -415,7 +467,7 @@ function planSlabs(
         ]);
       }
     }
-    slabs.push({ s, e, ptrs });
+    slabs.push({ s, e, ptrs, grouped });
     at = ptrs.end;
   }
   return {
@@ -427,12 +479,17 @@ function planSlabs(
     endPtr: at,
     stage(memory) {
       const hbm = new Float32Array(memory);
-      for (const { s, e, ptrs } of slabs) {
-        stageArray(memory, ptrs.qPtr, p.q.subarray(s.qBase, s.qBase + e.q));
+      for (const { s, e, ptrs, grouped } of slabs) {
+        if (grouped.q) {
+          stageGrouped(viewOf(memory, p.dtypes.q), ptrs.qPtr / size.q, p.q, s.qBase, p.qStrides, p, s, p.d);
+        } else stageArray(memory, ptrs.qPtr, p.q.subarray(s.qBase, s.qBase + e.q));
         stageArray(memory, ptrs.kPtr, p.k.subarray(s.kBase, s.kBase + e.k));
         stageArray(memory, ptrs.vPtr, p.v.subarray(s.vBase, s.vBase + e.v));
         stageArray(memory, ptrs.oPtr, inputs.o.subarray(s.oBase, s.oBase + e.o));
-        stageArray(memory, ptrs.dOPtr, inputs.dOut.subarray(s.oBase, s.oBase + e.o));
+        if (grouped.dO) {
+          const hbmDO = viewOf(memory, inputs.dOutDtype);
+          stageGrouped(hbmDO, ptrs.dOPtr / size.dO, inputs.dOut, s.oBase, p.oStrides, p, s, p.dv);
+        } else stageArray(memory, ptrs.dOPtr, inputs.dOut.subarray(s.oBase, s.oBase + e.o));
         for (let h = 0; h < p.H; h++) {
           const from = s.lseBase + h * p.lseStrides.head;
           hbm.set(inputs.lse.subarray(from, from + s.Nq), ptrs.lsePtr / 4 + h * s.Nq);

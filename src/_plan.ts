@@ -334,7 +334,7 @@ export function place<K extends string>(base: number, sizes: Record<K, number>):
 }
 
 /** Copies `rows` rows of `cols` elements between arrays with the given row strides. */
-function copyRows<T extends Float32Array | Uint16Array | Uint8Array>(
+export function copyRows<T extends Float32Array | Uint16Array | Uint8Array>(
   dst: T,
   dstAt: number,
   dstStride: number,
