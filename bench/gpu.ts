@@ -11,9 +11,10 @@
  * 2. the forward at N = 1024 … 32768 (B = 1, H = 8, d = 64), causal and not, for each tiling asked
  *    for, inputs and output on the device, as TFLOP/s (4·B·H·N²·d, half for causal), as a
  *    percentage of the probe, and the causal speedup (non-causal time / causal time). The first
- *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8` lists
- *    rows per workgroup × threads per row, `-noprefetch` after one turns software pipelining off
- *    (default: 64x4-noprefetch, the default tiling, first: the baselines are compared with it; then 64x4, 64x8, 32x8).
+ *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8,64x4/32` lists
+ *    rows per workgroup × threads per row (/ keys per tile, default 64), `-noprefetch` after one turns software pipelining off
+ *    (default: 64x2/32-noprefetch, the default tiling, first: the baselines are compared with it; then
+ *    128x1/32-noprefetch, and 64x4/64-noprefetch, the default until 2026-12).
  *
  * Timing: each measurement is a batch of dispatches in one submit, each in its own compute pass;
  * with `timestamp-query` each pass's begin and end are timestamped and the median pass is reported,
@@ -29,9 +30,10 @@
  *    scaled_dot_product_attention read from `--torch=FILE`, the output of bench/probes/torch_sdpa.py
  *    run on the same machine.
  *
- * 4. the backward (gpu.flashAttentionBackward, default tiling) at `--backward-sizes` (default 1024,
- *    4096, 16384; `--no-backward` skips it), wall time per call with its transfers, and each of its
- *    three passes (D, dQ, dK/dV) by timestamp-query where the adapter has it.
+ * 4. the backward (gpu.flashAttentionBackward, default tiling, or `--backward-tiling=64x2/32`) at
+ *    `--backward-sizes` (default 1024, 4096, 16384; `--no-backward` skips it), wall time per call with
+ *    its transfers, and each of its three passes (D, dQ, dK/dV) by timestamp-query where the adapter
+ *    has it.
  *
  * Other flags: `--sizes=1024,4096` (the N to run), `--heads=8`, `--seconds=0.5`, `--no-write` (do
  * not write BENCHMARKS.md; `--quick` never writes). Writes a section `gpu-<adapter>` of BENCHMARKS.md.
@@ -60,19 +62,34 @@ const seconds = Number(option("seconds", quick ? "0.02" : "0.5"));
 const H = Number(option("heads", quick ? "2" : "8"));
 const d = 64;
 const sizes = option("sizes", quick ? "128,256" : "1024,2048,4096,8192,16384,32768").split(",").map(Number);
-/** A tiling to run: rows per workgroup, threads per row, pipelining. */
+/** A tiling to run: rows per workgroup, threads per row, keys per tile, pipelining. */
 interface Tiling {
   rows: number;
   T: number;
+  Bc: number | undefined;
   prefetch: boolean;
   name: string;
 }
-const tilings: Tiling[] = option("tilings", quick ? "64x4-noprefetch,64x4" : "64x4-noprefetch,64x4,64x8,32x8")
+const tilings: Tiling[] = option(
+  "tilings",
+  quick ? "64x2/32-noprefetch,64x4/64" : "64x2/32-noprefetch,128x1/32-noprefetch,64x4/64-noprefetch",
+)
   .split(",")
-  .map((name) => {
-    const m = /^(\d+)x(\d+)(-noprefetch)?$/.exec(name);
-    if (!m) throw new Error(`--tilings: "${name}" is not ROWSxTHREADS or ROWSxTHREADS-noprefetch`);
-    return { rows: Number(m[1]), T: Number(m[2]), prefetch: m[3] === undefined, name };
+  .map((name) => tilingOf(name, "--tilings"));
+/** A tiling named ROWSxTHREADS[/KEYS][-noprefetch]. */
+function tilingOf(name: string, flagName: string): Tiling {
+  const m = /^(\d+)x(\d+)(?:\/(\d+))?(-noprefetch)?$/.exec(name);
+  if (!m) throw new Error(`${flagName}: "${name}" is not ROWSxTHREADS[/KEYS][-noprefetch]`);
+  const Bc = m[3] === undefined ? undefined : Number(m[3]);
+  return { rows: Number(m[1]), T: Number(m[2]), Bc, prefetch: m[4] === undefined, name };
+}
+/** The tiling targets of a named tiling. */
+const targetsOf = (tiling: Tiling) =>
+  readTargets({
+    threadsPerRow: tiling.T,
+    rowsPerWorkgroup: tiling.rows,
+    keysPerTile: tiling.Bc,
+    prefetch: tiling.prefetch,
   });
 const sgemmSize = quick ? 256 : 4096;
 /** Seconds of untimed dispatches before each measurement, and its timed batches (the fastest is kept). */
@@ -283,7 +300,7 @@ async function forward(inputs: Inputs, tiling: Tiling, causal: boolean, check: b
   const { N, host, buffers } = inputs;
   const ctx: GpuContext = {
     device,
-    targets: readTargets({ threadsPerRow: tiling.T, rowsPerWorkgroup: tiling.rows, prefetch: tiling.prefetch }),
+    targets: targetsOf(tiling),
     pipelines: new Map(),
   };
   const shape = [1, N, H, d];
@@ -432,12 +449,14 @@ interface BackwardRow {
   passMs: number[];
 }
 const backwardRows: BackwardRow[] = [];
+const backwardTiling = option("backward-tiling", "");
 const backwardSizes = option("backward-sizes", quick ? "128" : "1024,4096,16384").split(",").map(Number);
 if (!flag("no-backward")) {
   const gpu = await createGpuAttention({ device: gpuDevice });
   // The backward runs through the runner the public call uses (after the same validation), so that
   // each of its passes can be timestamped as well.
-  const ctx: GpuContext = { device, targets: readTargets(), pipelines: new Map() };
+  const targets = backwardTiling === "" ? readTargets() : targetsOf(tilingOf(backwardTiling, "--backward-tiling"));
+  const ctx: GpuContext = { device, targets, pipelines: new Map() };
   for (const N of backwardSizes) {
     const inputs = inputsOf(N);
     const shape = [1, N, H, d];
@@ -479,7 +498,9 @@ if (!flag("no-backward")) {
 const backwardBody = backwardRows.length === 0 ? "" : [
   "",
   "",
-  "The backward (`gpu.flashAttentionBackward`, default tiling): wall time per call including the upload of out " +
+  `The backward (\`gpu.flashAttentionBackward\`, ${
+    backwardTiling === "" ? "default tiling" : backwardTiling
+  }): wall time per call including the upload of out ` +
   "and dOut and the read-back of dQ, dK, dV; TFLOP/s = 10·B·H·N²·d / t (half for causal), the forward's time beside it; " +
   "each of its three passes timed by timestamp-query (median over the calls).",
   "",

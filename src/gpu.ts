@@ -102,7 +102,7 @@ export interface GpuAttentionOutput<Buffer extends GpuBufferLike = GpuBufferLike
 
 /**
  * The tiling the kernel uses for some head dims: what `flashAttentionIo`'s `blocks` option takes.
- * Each workgroup runs Br·T threads, T = `tiling.threadsPerRow` of {@linkcode createGpuAttention} (default 4).
+ * Each workgroup runs Br·T threads, T = `tiling.threadsPerRow` of {@linkcode createGpuAttention} (default 2).
  */
 export interface GpuTiling {
   /** Workgroup memory budget in bytes (the call's `sramBytes`). */

@@ -14,12 +14,18 @@
 // (the merge moves at least one vec4 per thread at a time; the kernel declares the scratch as whole
 // slices of one thread slice's keys, (Bc/T)·(dP + dvP) floats each).
 
-/** Query rows per workgroup the tiling aims for (the GPU_NOTES probe's 64). */
+// The defaults, 64 rows × 2 threads per row × 32 keys per tile (128 threads, 16 KiB of workgroup
+// memory, which fits WebGPU's default limit), from a sweep of 17 shapes on an NVIDIA H200
+// (BENCHMARKS.md): 25.1–26.1 TFLOP/s at N = 8K–32K against 22.6–23.7 for the earlier 64 × 4 × 64,
+// and faster at N ≤ 2K. 128 × 1 × 32 runs 3–5% faster without causal at N ≥ 4K but needs twice the
+// queries to fill the GPU, and with causal at N = 4K its 256 workgroups of very unequal work ran at
+// 10–15 TFLOP/s against 13–24 here.
+/** Query rows per workgroup the tiling aims for. */
 export const ROWS_PER_WORKGROUP = 64;
 /** Threads that share one query row, each owning a slice of Bc/T keys of every tile. */
-export const THREADS_PER_ROW = 4;
+export const THREADS_PER_ROW = 2;
 /** Keys per tile the tiling aims for. */
-export const KEYS_PER_TILE = 64;
+export const KEYS_PER_TILE = 32;
 /** The fewest query rows per workgroup the rule will go down to. */
 export const MIN_ROWS = 8;
 
@@ -27,9 +33,9 @@ export const MIN_ROWS = 8;
 export interface GpuTilingTargets {
   /** Query rows per workgroup to aim for (halved until the tile fits). Default 64. */
   rowsPerWorkgroup?: number;
-  /** Threads per query row (1, 2, 4, 8 or 16). Default 4. */
+  /** Threads per query row (1, 2, 4, 8 or 16). Default 2. */
   threadsPerRow?: number;
-  /** Keys per tile to aim for (a multiple of threadsPerRow). Default 64. */
+  /** Keys per tile to aim for (a multiple of threadsPerRow). Default 32. */
   keysPerTile?: number;
   /**
    * Load the next K/V tile into registers while the current one is computed (software

@@ -111,7 +111,7 @@ export const TILINGS = {
   tiny: { rowsPerWorkgroup: 8, threadsPerRow: 2, keysPerTile: 4 },
   /** 16 rows, 4 threads per row, 16 keys per tile. */
   small: { rowsPerWorkgroup: 16, threadsPerRow: 4, keysPerTile: 16 },
-  /** The default's 64 rows with 8 threads per row and 32 keys per tile. */
+  /** 64 rows with 8 threads per row and 32 keys per tile. */
   wide: { rowsPerWorkgroup: 64, threadsPerRow: 8, keysPerTile: 32 },
 } as const satisfies Record<string, GpuTilingTargets>;
 

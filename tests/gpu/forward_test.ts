@@ -86,14 +86,14 @@ gpuTest(
 );
 
 gpuTest(
-  "GPU flashAttention() with the default tiling matches the reference at d = 64 around its 64 × 64 tiles",
+  "GPU flashAttention() with the default tiling matches the reference at d = 64 around its 64 × 32 tiles",
   async () => {
-    // The benchmark's head dim on the kernel the benchmark runs (64 rows, 4 threads per row, 64 keys).
+    // The benchmark's head dim on the kernel the benchmark runs (64 rows, 2 threads per row, 32 keys).
     const gpu = await gpuAttention();
     const { Br, Bc } = gpu.tiling(64);
-    if (gpu.adapter.maxWorkgroupStorageBytes >= 32768 && (Br !== 64 || Bc !== 64)) throw new Error(`${Br} × ${Bc}`);
+    if (gpu.adapter.maxWorkgroupStorageBytes >= 16384 && (Br !== 64 || Bc !== 32)) throw new Error(`${Br} × ${Bc}`);
     let seed = 100;
-    for (const [Nq, Nk] of [[1, 1], [63, 65], [64, 64], [65, 200], [130, 129]]) {
+    for (const [Nq, Nk] of [[1, 1], [31, 33], [63, 65], [64, 32], [65, 200], [130, 129]]) {
       for (const causal of [false, true]) {
         const c: Case = { B: 1, H: 2, Nq, Nk, d: 64, dv: 64, options: { causal }, amplitude: 1, seed: seed++ };
         const [q, k, v] = inputs(c);
