@@ -12,7 +12,8 @@
  *    for, inputs and output on the device, as TFLOP/s (4·B·H·N²·d, half for causal), as a
  *    percentage of the probe, and the causal speedup (non-causal time / causal time). The first
  *    size's output is checked against the f64 reference. Tilings: `--tilings=64x4,64x8,64x4/32` lists
- *    rows per workgroup × threads per row (/ keys per tile, default 64), `-noprefetch` after one turns software pipelining off
+ *    rows per workgroup × threads per row (/ keys per tile, default the library's), `-noprefetch` after one turns
+ *    software pipelining off
  *    (default: 64x2/32-noprefetch, the default tiling, first: the baselines are compared with it; then
  *    128x1/32-noprefetch, and 64x4/64-noprefetch, the default until 2026-12).
  *
