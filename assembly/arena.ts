@@ -12,7 +12,9 @@
 //
 // Arena layout of one call, in floats from arenaPtr(sm), regions in this order, each a multiple of
 // 4 floats so that every region starts 16-byte aligned:
-//   QiT    d × Br      query tile, transposed: the score GEMM runs its vector lanes along queries
+//   QiT    d × Br      query tile, transposed and packed in panels of 8 queries (d × 8 each, so a
+//                      score strip reads its operand contiguously): the score GEMM runs its vector
+//                      lanes along queries
 //   Kj     Bc × d      key tile (rows past the valid keys rounded up to 4 are zero)
 //   Vj     Bc × dvP    value tile, rows padded with zeros to dvP = roundUp(dv, 8)
 //   S      Bc × Br     scores, transposed (column r is query r); P overwrites S in place

@@ -322,8 +322,8 @@ export function backwardDkDv(
 
       // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, a row per query, per strip of 8 keys.
       for (let c = 0; c < ldk; c += 8) {
-        scoresStrip(tS, tKT, ldk, tQ, dP, c, 0, rows4, scale);
-        scoresStrip(tDP, tVT, ldk, tDO, dvP, c, 0, rows4, 1);
+        scoresStrip(tS, ldk, addr(tKT, c), ldk, tQ, dP, c, 0, rows4, scale);
+        scoresStrip(tDP, ldk, addr(tVT, c), ldk, tDO, dvP, c, 0, rows4, 1);
       }
       flops += <u64>(2 * rows4 * ldk * (dP + dvP));
 
@@ -371,7 +371,7 @@ export function backwardDkDv(
 
       // dQ = scale·dS·Kj for this tile, a row per query, per strip of 8 columns; then added to the
       // segment's partial dQ in HBM.
-      for (let x = 0; x < dP; x += 8) scoresStrip(tDQ, tK, dP, tDP, ldk, x, 0, rows4, scale);
+      for (let x = 0; x < dP; x += 8) scoresStrip(tDQ, dP, addr(tK, x), dP, tDP, ldk, x, 0, rows4, scale);
       flops += <u64>(2 * rows4 * ldk * dP);
       addRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tDQ, dP, rowsHere, d, TENSOR_PARTIAL);
     }

@@ -167,7 +167,15 @@ export function forward(
     const thin = isThin(rowsHere, d, dv);
     const thinRows = thinRowsOf(rowsHere); // the rows a thin block computes: 1, 2 or 4
     if (thin) loadVirtualRows(sm, QiT, d, thinRows, d, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
-    else loadRowsTransposed(sm, QiT, ldq, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
+    else {
+      // Qiᵀ in panels of BR_STEP queries: panel p holds rows 8p..8p+7 as d × 8 (k-major), so a
+      // score strip reads its operand contiguously (scoresStrip); rows past rowsHere are zero.
+      for (let p = 0; p < ldq; p += BR_STEP) {
+        const panel = QiT + (<usize>(p * d) << 2);
+        const panelRows = imin(BR_STEP, rowsHere - p);
+        loadRowsTransposed(sm, panel, BR_STEP, qPtr, qRowStride, qHeadStride, g, i0 + p, panelRows, d, TENSOR_Q, qKind);
+      }
+    }
     if (slopesPtr != 0) loadRowsTransposed(sm, slopes, ldq, slopesPtr, 0, 1, g, i0, rowsHere, 1, TENSOR_SLOPES);
     memory.fill(O, 0, <usize>(roundUp(rowsHere, 4) * dvP) << 2);
     for (let r = 0; r < rowsHere; r += 4) {
@@ -220,8 +228,9 @@ export function forward(
         const cEnd = imin(cols4, roundUp(imax(0, i32At(rowEnd, last) - j0), 4));
         if (cBegin < cEnd) {
           const stripRows = last - r < 4 ? 4 : BR_STEP;
-          if (stripRows == 4) scoresStrip4(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
-          else scoresStrip(S, QiT, ldq, Kj, d, r, cBegin, cEnd, scale);
+          const panel = QiT + (<usize>(r * d) << 2); // strip r's panel of Qiᵀ (r is a multiple of BR_STEP)
+          if (stripRows == 4) scoresStrip4(S, ldq, panel, BR_STEP, Kj, d, r, cBegin, cEnd, scale);
+          else scoresStrip(S, ldq, panel, BR_STEP, Kj, d, r, cBegin, cEnd, scale);
           flops += <u64>(2 * stripRows * (cEnd - cBegin) * d);
         }
       }

@@ -187,7 +187,58 @@ export function loadRowsTransposed(
   const shift = elementShift(kind);
   let pos = r0 / g;
   let head = r0 - pos * g;
-  for (let r = 0; r < rows; r++) {
+  let r = 0;
+  if (kind == ELEMENT_F32) {
+    // Four rows at a time: a 4 × 4 block read as four row vectors and written as four column
+    // vectors (lanes along the rows), so every load and store moves 16 bytes.
+    const colsV = cols & ~3;
+    for (; r + 4 <= rows; r += 4) {
+      const s0 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
+      if (++head == g) {
+        head = 0;
+        pos++;
+      }
+      const s1 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
+      if (++head == g) {
+        head = 0;
+        pos++;
+      }
+      const s2 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
+      if (++head == g) {
+        head = 0;
+        pos++;
+      }
+      const s3 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
+      if (++head == g) {
+        head = 0;
+        pos++;
+      }
+      const d = dst + (<usize>r << 2);
+      for (let c = 0; c < colsV; c += 4) {
+        const at = <usize>c << 2;
+        const x0 = v128.load(s0 + at), x1 = v128.load(s1 + at), x2 = v128.load(s2 + at), x3 = v128.load(s3 + at);
+        const lo01 = v128.shuffle<f32>(x0, x1, 0, 4, 1, 5); // x0[0] x1[0] x0[1] x1[1]
+        const lo23 = v128.shuffle<f32>(x2, x3, 0, 4, 1, 5);
+        const hi01 = v128.shuffle<f32>(x0, x1, 2, 6, 3, 7); // x0[2] x1[2] x0[3] x1[3]
+        const hi23 = v128.shuffle<f32>(x2, x3, 2, 6, 3, 7);
+        const out = d + (<usize>(c * dstStride) << 2);
+        const step = <usize>dstStride << 2;
+        v128.store(out, v128.shuffle<f32>(lo01, lo23, 0, 1, 4, 5));
+        v128.store(out + step, v128.shuffle<f32>(lo01, lo23, 2, 3, 6, 7));
+        v128.store(out + 2 * step, v128.shuffle<f32>(hi01, hi23, 0, 1, 4, 5));
+        v128.store(out + 3 * step, v128.shuffle<f32>(hi01, hi23, 2, 3, 6, 7));
+      }
+      for (let c = colsV; c < cols; c++) {
+        const out = d + (<usize>(c * dstStride) << 2);
+        const at = <usize>c << 2;
+        store<f32>(out, load<f32>(s0 + at));
+        store<f32>(out, load<f32>(s1 + at), 4);
+        store<f32>(out, load<f32>(s2 + at), 8);
+        store<f32>(out, load<f32>(s3 + at), 12);
+      }
+    }
+  }
+  for (; r < rows; r++) {
     const s = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << shift);
     const d = dst + (<usize>r << 2);
     if (kind == ELEMENT_F32) {

@@ -19,18 +19,22 @@
 }
 
 /**
- * Sᵀ = scale · Kj · QiT for one strip of 8 queries:
- *   S[c·ldq + r0 + t] = scale · Σ_k Kj[c·d + k] · QiT[k·ldq + r0 + t]   for c ∈ [cBegin, cEnd), t < 8.
- * cBegin and cEnd are multiples of 4; Kj rows up to cEnd exist (zero past the valid keys).
+ * Sᵀ = scale · Kj · Qᵀ for one strip of 8 queries r0..r0+7, whose operand starts at `Qs`:
+ *   S[c·ldq + r0 + t] = scale · Σ_k Kj[c·d + k] · Qs[k·qStep + t]   for c ∈ [cBegin, cEnd), t < 8.
+ * The forward passes a packed panel of Qiᵀ (qStep = 8: the strip's 8 queries of each k are 32
+ * contiguous bytes, like the SGEMM probe's packed B); the backward a column strip of a transposed
+ * tile (qStep = its row stride). cBegin and cEnd are multiples of 4; Kj rows up to cEnd exist
+ * (zero past the valid keys).
  */
 export function scoresStrip(
-  S: usize, QiT: usize, ldq: i32, Kj: usize, d: i32,
+  S: usize, ldq: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
   r0: i32, cBegin: i32, cEnd: i32, scale: f32,
 ): void {
   const scaleV = f32x4.splat(scale);
   const qRowBytes = <usize>ldq << 2;
+  const qStepBytes = <usize>qStep << 2;
   const kRowBytes = <usize>d << 2;
-  const qStrip = QiT + (<usize>r0 << 2);
+  const qStrip = Qs;
   for (let c = cBegin; c < cEnd; c += 4) {
     let a00 = f32x4.splat(0), a01 = f32x4.splat(0);
     let a10 = f32x4.splat(0), a11 = f32x4.splat(0);
@@ -54,7 +58,7 @@ export function scoresStrip(
       x = v128.load32_splat(k + 3 * kRowBytes);
       a30 = madd(x, q0, a30);
       a31 = madd(x, q1, a31);
-      q += qRowBytes;
+      q += qStepBytes;
     }
     const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
     v128.store(s, f32x4.mul(a00, scaleV));
@@ -75,13 +79,14 @@ export function scoresStrip(
  * (8 accumulators), then 4 keys for a remainder.
  */
 export function scoresStrip4(
-  S: usize, QiT: usize, ldq: i32, Kj: usize, d: i32,
+  S: usize, ldq: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
   r0: i32, cBegin: i32, cEnd: i32, scale: f32,
 ): void {
   const scaleV = f32x4.splat(scale);
   const qRowBytes = <usize>ldq << 2;
+  const qStepBytes = <usize>qStep << 2;
   const kRowBytes = <usize>d << 2;
-  const qStrip = QiT + (<usize>r0 << 2);
+  const qStrip = Qs;
   let c = cBegin;
   for (; c + 8 <= cEnd; c += 8) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -99,7 +104,7 @@ export function scoresStrip4(
       a5 = madd(v128.load32_splat(k + 5 * kRowBytes), q0, a5);
       a6 = madd(v128.load32_splat(k + 6 * kRowBytes), q0, a6);
       a7 = madd(v128.load32_splat(k + 7 * kRowBytes), q0, a7);
-      q += qRowBytes;
+      q += qStepBytes;
     }
     const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
     v128.store(s, f32x4.mul(a0, scaleV));
@@ -122,7 +127,7 @@ export function scoresStrip4(
       a1 = madd(v128.load32_splat(k + kRowBytes), q0, a1);
       a2 = madd(v128.load32_splat(k + 2 * kRowBytes), q0, a2);
       a3 = madd(v128.load32_splat(k + 3 * kRowBytes), q0, a3);
-      q += qRowBytes;
+      q += qStepBytes;
     }
     const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
     v128.store(s, f32x4.mul(a0, scaleV));
