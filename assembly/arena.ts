@@ -17,8 +17,11 @@
 //                      lanes along queries
 //   Kj     Bc × d      key tile (rows past the valid keys rounded up to 4 are zero)
 //   Vj     Bc × dvP    value tile, rows padded with zeros to dvP = roundUp(dv, 8)
-//   S      Bc × Br     scores, transposed (column r is query r); P overwrites S in place
-//   Mask   Bc × Br     the mask tile, transposed like S (only when the call has a mask)
+//   S      Bc × Br     scores, transposed, in panels of 4 queries (Bc × 4 each: query r of key c
+//                      at (r/4)·4·Bc + 4c + r mod 4), so the softmax and the value product read a
+//                      group of 4 queries contiguously; P overwrites S in place
+//   Mask   Bc × Br     the mask tile, transposed (query r of key c at c·ldq + r; only when the call
+//                      has a mask)
 //   O      Br × dvP    output accumulator
 //   m, l, alpha        Br each: running max, running sum, this tile's rescale factor
 //   slope  Br          ALiBi slope of each query row

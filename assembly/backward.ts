@@ -322,8 +322,8 @@ export function backwardDkDv(
 
       // S = scale·Qi·Kjᵀ and dP = dOi·Vjᵀ, a row per query, per strip of 8 keys.
       for (let c = 0; c < ldk; c += 8) {
-        scoresStrip(tS, ldk, addr(tKT, c), ldk, tQ, dP, c, 0, rows4, scale);
-        scoresStrip(tDP, ldk, addr(tVT, c), ldk, tDO, dvP, c, 0, rows4, 1);
+        scoresStrip(addr(tS, c), ldk, 4, addr(tKT, c), ldk, tQ, dP, 0, rows4, scale);
+        scoresStrip(addr(tDP, c), ldk, 4, addr(tVT, c), ldk, tDO, dvP, 0, rows4, 1);
       }
       flops += <u64>(2 * rows4 * ldk * (dP + dvP));
 
@@ -364,14 +364,14 @@ export function backwardDkDv(
 
       // dV += Pᵀ·dOi and dK += dSᵀ·Qi, per group of 4 keys, summing over the rows in order.
       for (let c = 0; c < cols4; c += 4) {
-        accumulateValues(tAccV, dvP, tS, ldk, tDO, c, 0, rows4, tOnes);
-        accumulateValues(tAccK, dP, tDP, ldk, tQ, c, 0, rows4, tOnes);
+        accumulateValues(tAccV, dvP, addr(tS, c), ldk, tDO, c, 0, rows4, tOnes);
+        accumulateValues(tAccK, dP, addr(tDP, c), ldk, tQ, c, 0, rows4, tOnes);
       }
       flops += <u64>(2 * cols4 * rows4 * (dP + dvP));
 
       // dQ = scale·dS·Kj for this tile, a row per query, per strip of 8 columns; then added to the
       // segment's partial dQ in HBM.
-      for (let x = 0; x < dP; x += 8) scoresStrip(tDQ, dP, addr(tK, x), dP, tDP, ldk, x, 0, rows4, scale);
+      for (let x = 0; x < dP; x += 8) scoresStrip(addr(tDQ, x), dP, 4, addr(tK, x), dP, tDP, ldk, 0, rows4, scale);
       flops += <u64>(2 * rows4 * ldk * dP);
       addRows(sm, dqPtr, dqRowStride, dqHeadStride, g, i0, tDQ, dP, rowsHere, d, TENSOR_PARTIAL);
     }

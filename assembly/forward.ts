@@ -161,7 +161,7 @@ export function forward(
 
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = imin(Br, rows - i0);
-    const ldq = roundUp(rowsHere, BR_STEP); // row stride of QiT, S and the mask tile for this block
+    const ldq = roundUp(rowsHere, BR_STEP); // queries in QiT's panels, and the mask tile's row stride
     // A thin block (stream.ts) keeps Q row-major (thinRows × d, padding rows zero), streams K and
     // copies the V rows it sees; any other stages Qiᵀ and copies whole K and V tiles.
     const thin = isThin(rowsHere, d, dv);
@@ -210,7 +210,7 @@ export function forward(
         const cBegin = imax(0, i32At(rowFirst, 0) - j0);
         const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
         if (cBegin < cEnd) {
-          scoresStreamed(S, ldq, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, thinRows, cBegin, cEnd, scale);
+          scoresStreamed(S, 4, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, thinRows, cBegin, cEnd, scale);
           countStreamed(sm, TENSOR_K, (cEnd - cBegin) * d * elementBytes(kKind));
           flops += <u64>(2 * thinRows * (cEnd - cBegin) * d);
         }
@@ -229,8 +229,9 @@ export function forward(
         if (cBegin < cEnd) {
           const stripRows = last - r < 4 ? 4 : BR_STEP;
           const panel = QiT + (<usize>(r * d) << 2); // strip r's panel of Qiᵀ (r is a multiple of BR_STEP)
-          if (stripRows == 4) scoresStrip4(S, ldq, panel, BR_STEP, Kj, d, r, cBegin, cEnd, scale);
-          else scoresStrip(S, ldq, panel, BR_STEP, Kj, d, r, cBegin, cEnd, scale);
+          const sPanel = addr(S, r * Bc); // Sᵀ's panel of queries r..r+3; the next holds r+4..r+7
+          if (stripRows == 4) scoresStrip4(sPanel, 4, panel, BR_STEP, Kj, d, cBegin, cEnd, scale);
+          else scoresStrip(sPanel, 4, 4 * Bc, panel, BR_STEP, Kj, d, cBegin, cEnd, scale);
           flops += <u64>(2 * stripRows * (cEnd - cBegin) * d);
         }
       }
@@ -249,19 +250,21 @@ export function forward(
         const alibiPos = v128.load(addr(rowPos, r));
         const slope = v128.load(addr(slopes, r));
         const mOld = v128.load(addr(m, r));
-        const rowBytes = <usize>ldq << 2;
-        const sBegin = addr(S, gBegin * ldq + r);
-        const sEnd = addr(S, gEnd * ldq + r);
+        // The group's scores: Sᵀ's panel of queries r..r+3, 4 contiguous floats per key.
+        const sPanel = addr(S, r * Bc);
+        const keyBytes: usize = 16;
+        const sBegin = addr(sPanel, gBegin * 4);
+        const sEnd = addr(sPanel, gEnd * 4);
 
         // S ← softcap·tanh(S/softcap) − slope·|i + alibiOffset − j| + mask, −∞ where not visible;
         // mNew = max(m, rowmax(S))
         let rowMax = negInf;
         if (!transformed && allBegin <= gBegin && gEnd <= allEnd) {
           // Every row of the group sees every column in range and nothing transforms the scores.
-          for (let s = sBegin; s < sEnd; s += rowBytes) rowMax = f32x4.pmax(rowMax, v128.load(s));
+          for (let s = sBegin; s < sEnd; s += keyBytes) rowMax = f32x4.pmax(rowMax, v128.load(s));
         } else {
           let c = gBegin;
-          for (let s = sBegin; s < sEnd; s += rowBytes) {
+          for (let s = sBegin; s < sEnd; s += keyBytes) {
             let x = v128.load(s);
             if (softcap != 0) x = f32x4.mul(softcapV, tanh(f32x4.div(x, softcapV)));
             x = addBiases(x, slopesPtr != 0, slope, alibiPos, i32x4.splat(j0 + c), masked ? addr(maskTile, c * ldq + r) : 0);
@@ -281,7 +284,7 @@ export function forward(
 
         // P = exp(S − mNew), as 2^((S − mNew)·log2 e) (exp.ts); rowsum(P)
         let rowSum = zero;
-        for (let s = sBegin; s < sEnd; s += rowBytes) {
+        for (let s = sBegin; s < sEnd; s += keyBytes) {
           const p = exp2NonPositive(f32x4.mul(f32x4.sub(v128.load(s), mUse), log2eV));
           v128.store(s, p);
           rowSum = f32x4.add(rowSum, p);
@@ -297,9 +300,9 @@ export function forward(
         if (thin) {
           const vRows = vTile + (<usize>(gBegin * vRowStride) << elementShift(vKind));
           loadRows(sm, addr(Vj, gBegin * dvP), dvP, gEnd - gBegin, dvP, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
-          accumulateFewValues(O, dvP, S, ldq, Vj, thinRows, gBegin, gEnd, addr(alphas, r));
+          accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r));
         } else {
-          accumulateValues(O, dvP, S, ldq, Vj, r, gBegin, gEnd, addr(alphas, r));
+          accumulateValues(O, dvP, sPanel, 4, Vj, r, gBegin, gEnd, addr(alphas, r));
         }
         flops += <u64>(2 * (thin ? thinRows : 4) * (gEnd - gBegin) * dvP);
       }

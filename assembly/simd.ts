@@ -19,28 +19,33 @@
 }
 
 /**
- * Sᵀ = scale · Kj · Qᵀ for one strip of 8 queries r0..r0+7, whose operand starts at `Qs`:
- *   S[c·ldq + r0 + t] = scale · Σ_k Kj[c·d + k] · Qs[k·qStep + t]   for c ∈ [cBegin, cEnd), t < 8.
- * The forward passes a packed panel of Qiᵀ (qStep = 8: the strip's 8 queries of each k are 32
- * contiguous bytes, like the SGEMM probe's packed B); the backward a column strip of a transposed
- * tile (qStep = its row stride). cBegin and cEnd are multiples of 4; Kj rows up to cEnd exist
- * (zero past the valid keys).
+ * Sᵀ = scale · Kj · Qᵀ for one strip of 8 queries, whose operand starts at `Qs` and whose scores
+ * go to `S` (the address of key 0's first 4 queries):
+ *   S[c·sStep + t]         = scale · Σ_k Kj[c·d + k] · Qs[k·qStep + t]       for t < 4,
+ *   S[c·sStep + sHalf + t] = scale · Σ_k Kj[c·d + k] · Qs[k·qStep + 4 + t]   for t < 4,
+ * for c ∈ [cBegin, cEnd). The forward passes a packed panel of Qiᵀ (qStep = 8: the strip's 8
+ * queries of each k are 32 contiguous bytes, like the SGEMM probe's packed B) and writes Sᵀ in
+ * panels of 4 queries (sStep = 4, sHalf = the panel's size), so that the softmax and the value
+ * product read each group of 4 queries contiguously; the backward passes a column strip of a
+ * transposed tile (qStep = its row stride) and a row-major output (sStep = its row stride,
+ * sHalf = 4). cBegin and cEnd are multiples of 4; Kj rows up to cEnd exist (zero past the valid
+ * keys).
  */
 export function scoresStrip(
-  S: usize, ldq: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
-  r0: i32, cBegin: i32, cEnd: i32, scale: f32,
+  S: usize, sStep: i32, sHalf: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
+  cBegin: i32, cEnd: i32, scale: f32,
 ): void {
   const scaleV = f32x4.splat(scale);
-  const qRowBytes = <usize>ldq << 2;
+  const sStepBytes = <usize>sStep << 2;
+  const sHalfBytes = <usize>sHalf << 2;
   const qStepBytes = <usize>qStep << 2;
   const kRowBytes = <usize>d << 2;
-  const qStrip = Qs;
   for (let c = cBegin; c < cEnd; c += 4) {
     let a00 = f32x4.splat(0), a01 = f32x4.splat(0);
     let a10 = f32x4.splat(0), a11 = f32x4.splat(0);
     let a20 = f32x4.splat(0), a21 = f32x4.splat(0);
     let a30 = f32x4.splat(0), a31 = f32x4.splat(0);
-    let q = qStrip;
+    let q = Qs;
     let k = Kj + <usize>c * kRowBytes;
     const kEnd = k + kRowBytes;
     for (; k < kEnd; k += 4) {
@@ -60,30 +65,31 @@ export function scoresStrip(
       a31 = madd(x, q1, a31);
       q += qStepBytes;
     }
-    const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
-    v128.store(s, f32x4.mul(a00, scaleV));
-    v128.store(s, f32x4.mul(a01, scaleV), 16);
-    v128.store(s + qRowBytes, f32x4.mul(a10, scaleV));
-    v128.store(s + qRowBytes, f32x4.mul(a11, scaleV), 16);
-    v128.store(s + 2 * qRowBytes, f32x4.mul(a20, scaleV));
-    v128.store(s + 2 * qRowBytes, f32x4.mul(a21, scaleV), 16);
-    v128.store(s + 3 * qRowBytes, f32x4.mul(a30, scaleV));
-    v128.store(s + 3 * qRowBytes, f32x4.mul(a31, scaleV), 16);
+    const s0 = S + <usize>c * sStepBytes; // queries 0..3 of key c
+    const s1 = s0 + sHalfBytes; // queries 4..7
+    v128.store(s0, f32x4.mul(a00, scaleV));
+    v128.store(s1, f32x4.mul(a01, scaleV));
+    v128.store(s0 + sStepBytes, f32x4.mul(a10, scaleV));
+    v128.store(s1 + sStepBytes, f32x4.mul(a11, scaleV));
+    v128.store(s0 + 2 * sStepBytes, f32x4.mul(a20, scaleV));
+    v128.store(s1 + 2 * sStepBytes, f32x4.mul(a21, scaleV));
+    v128.store(s0 + 3 * sStepBytes, f32x4.mul(a30, scaleV));
+    v128.store(s1 + 3 * sStepBytes, f32x4.mul(a31, scaleV));
   }
 }
 
 /**
  * Sᵀ for a strip of only 4 queries (the last strip of a block with rowsHere mod 8 in 1..4, and a
- * decode step's whole block): the same sums as scoresStrip for rows r0..r0+3, in the same order
- * (so the same bits), at half the work of an 8-row strip. Register block: 8 keys × 4 queries
+ * decode step's whole block): the same sums as scoresStrip for its queries 0..3, in the same order
+ * (so the same bits), at half the work of an 8-row strip, to S[c·sStep + t] for t < 4. Register block: 8 keys × 4 queries
  * (8 accumulators), then 4 keys for a remainder.
  */
 export function scoresStrip4(
-  S: usize, ldq: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
-  r0: i32, cBegin: i32, cEnd: i32, scale: f32,
+  S: usize, sStep: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
+  cBegin: i32, cEnd: i32, scale: f32,
 ): void {
   const scaleV = f32x4.splat(scale);
-  const qRowBytes = <usize>ldq << 2;
+  const sStepBytes = <usize>sStep << 2;
   const qStepBytes = <usize>qStep << 2;
   const kRowBytes = <usize>d << 2;
   const qStrip = Qs;
@@ -106,15 +112,15 @@ export function scoresStrip4(
       a7 = madd(v128.load32_splat(k + 7 * kRowBytes), q0, a7);
       q += qStepBytes;
     }
-    const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
+    const s = S + <usize>c * sStepBytes;
     v128.store(s, f32x4.mul(a0, scaleV));
-    v128.store(s + qRowBytes, f32x4.mul(a1, scaleV));
-    v128.store(s + 2 * qRowBytes, f32x4.mul(a2, scaleV));
-    v128.store(s + 3 * qRowBytes, f32x4.mul(a3, scaleV));
-    v128.store(s + 4 * qRowBytes, f32x4.mul(a4, scaleV));
-    v128.store(s + 5 * qRowBytes, f32x4.mul(a5, scaleV));
-    v128.store(s + 6 * qRowBytes, f32x4.mul(a6, scaleV));
-    v128.store(s + 7 * qRowBytes, f32x4.mul(a7, scaleV));
+    v128.store(s + sStepBytes, f32x4.mul(a1, scaleV));
+    v128.store(s + 2 * sStepBytes, f32x4.mul(a2, scaleV));
+    v128.store(s + 3 * sStepBytes, f32x4.mul(a3, scaleV));
+    v128.store(s + 4 * sStepBytes, f32x4.mul(a4, scaleV));
+    v128.store(s + 5 * sStepBytes, f32x4.mul(a5, scaleV));
+    v128.store(s + 6 * sStepBytes, f32x4.mul(a6, scaleV));
+    v128.store(s + 7 * sStepBytes, f32x4.mul(a7, scaleV));
   }
   for (; c < cEnd; c += 4) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -129,33 +135,36 @@ export function scoresStrip4(
       a3 = madd(v128.load32_splat(k + 3 * kRowBytes), q0, a3);
       q += qStepBytes;
     }
-    const s = S + ((<usize>c * <usize>ldq + <usize>r0) << 2);
+    const s = S + <usize>c * sStepBytes;
     v128.store(s, f32x4.mul(a0, scaleV));
-    v128.store(s + qRowBytes, f32x4.mul(a1, scaleV));
-    v128.store(s + 2 * qRowBytes, f32x4.mul(a2, scaleV));
-    v128.store(s + 3 * qRowBytes, f32x4.mul(a3, scaleV));
+    v128.store(s + sStepBytes, f32x4.mul(a1, scaleV));
+    v128.store(s + 2 * sStepBytes, f32x4.mul(a2, scaleV));
+    v128.store(s + 3 * sStepBytes, f32x4.mul(a3, scaleV));
   }
 }
 
 /**
- * O = alpha·O + P·Vj for the 4 queries r0..r0+3 over keys [kBegin, kEnd):
- *   O[(r0+t)·dvP + c] = alpha[t]·O[(r0+t)·dvP + c] + Σ_k P[k·ldq + r0 + t] · Vj[k·dvP + c]
- * for every c < dvP (a multiple of 8). P is the transposed probability tile (it overwrote Sᵀ);
- * alpha holds the 4 rescale factors at the arena address alphaPtr.
+ * O = alpha·O + P·Vj for the 4 queries r0..r0+3 over keys [kBegin, kEnd), where `P` is the
+ * address of key 0's probabilities of these 4 queries and `pStep` the floats between keys:
+ *   O[(r0+t)·dvP + c] = alpha[t]·O[(r0+t)·dvP + c] + Σ_k P[k·pStep + t] · Vj[k·dvP + c]
+ * for every c < dvP (a multiple of 8). The forward passes a panel of its transposed probability
+ * tile (P overwrote Sᵀ; pStep = 4, so the 4 probabilities of each key are 16 contiguous bytes);
+ * the backward a column of a row-major tile (pStep = its row stride). alpha holds the 4 rescale
+ * factors at the arena address alphaPtr.
  */
 export function accumulateValues(
-  O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize,
+  O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
-  accumulateRows(O, dvP, P, ldq, Vj, 4, r0, kBegin, kEnd, alphaPtr);
+  accumulateRows(O, dvP, P, pStep, Vj, 4, r0, kBegin, kEnd, alphaPtr);
 }
 
-function accumulateValues1(O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, ldq, Vj, 1, 0, kBegin, kEnd, alphaPtr);
+function accumulateValues1(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 1, 0, kBegin, kEnd, alphaPtr);
 }
 
-function accumulateValues2(O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, ldq, Vj, 2, 0, kBegin, kEnd, alphaPtr);
+function accumulateValues2(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 2, 0, kBegin, kEnd, alphaPtr);
 }
 
 /**
@@ -163,11 +172,11 @@ function accumulateValues2(O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, kB
  * thinRowsOf), the others untouched: one specialised loop per count.
  */
 export function accumulateFewValues(
-  O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
+  O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
-  if (rows == 1) accumulateValues1(O, dvP, P, ldq, Vj, kBegin, kEnd, alphaPtr);
-  else if (rows == 2) accumulateValues2(O, dvP, P, ldq, Vj, kBegin, kEnd, alphaPtr);
-  else accumulateValues(O, dvP, P, ldq, Vj, 0, kBegin, kEnd, alphaPtr);
+  if (rows == 1) accumulateValues1(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+  else if (rows == 2) accumulateValues2(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+  else accumulateValues(O, dvP, P, pStep, Vj, 0, kBegin, kEnd, alphaPtr);
 }
 
 /**
@@ -176,7 +185,7 @@ export function accumulateFewValues(
  */
 // @ts-ignore: decorator
 @inline function accumulateRows(
-  O: usize, dvP: i32, P: usize, ldq: i32, Vj: usize, R: i32,
+  O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, R: i32,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
   const a0 = v128.load32_splat(alphaPtr);
@@ -184,8 +193,8 @@ export function accumulateFewValues(
   const a2 = v128.load32_splat(alphaPtr, 8);
   const a3 = v128.load32_splat(alphaPtr, 12);
   const oRowBytes = <usize>dvP << 2;
-  const pRowBytes = <usize>ldq << 2;
-  const pStart = P + ((<usize>kBegin * <usize>ldq + <usize>r0) << 2);
+  const pRowBytes = <usize>pStep << 2;
+  const pStart = P + <usize>kBegin * pRowBytes;
   const pEnd = pStart + <usize>(kEnd - kBegin) * pRowBytes;
   const o0 = O + <usize>r0 * oRowBytes;
   const zero = f32x4.splat(0);
