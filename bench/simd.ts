@@ -167,7 +167,7 @@ if (!relaxedSimdValidates()) {
     const call = callOf(N);
     const runs = [forwardRunner(base, call), probes[0]];
     if (relaxedKernels) runs.push(forwardRunner(relaxedKernels, call), probes[1]);
-    const t = interleaved(runs, quick ? 3 : N >= 4096 ? 6 : 10);
+    const t = interleaved(runs, quick ? 3 : N >= 4096 ? 12 : 24, 2);
     const [gBase, gProbe] = [gflops(flopsOf(N), median(t[0])), gflops(probeFlops, median(t[1]))];
     // The forward's share of its probe, per round: (flops/time) ÷ (probe flops/probe time).
     const share = (fwd: number[], probe: number[]) => medianRatio(probe, fwd) * flopsOf(N) / probeFlops;
@@ -222,11 +222,14 @@ if (!relaxedSimdValidates()) {
         await probeRunner(build === "relaxed" ? ASC_RELAXED_FLAGS : ASC_FLAGS),
         exp.run,
       ],
-      quick ? 3 : 8,
+      quick ? 3 : 16,
     );
+    // Shares of the forward's time, each the median over rounds of that round's ratio (as in part
+    // 1), so that a slow moment of the host moves a whole round, not one side of a ratio.
     const total = median(t[0]);
-    const products = median(t[1]) * flopsOf(N) / probeFlops;
-    const expMs = median(t[2]) / exp.n * H * N * N;
+    const shareOf = (part: (r: number) => number) => median(t[0].map((forward, r) => part(r) / forward));
+    const products = total * shareOf((r) => t[1][r] * flopsOf(N) / probeFlops);
+    const expMs = total * shareOf((r) => t[2][r] / exp.n * H * N * N);
     const rest = total - products - expMs;
     const pct = (x: number) => `${fmt(x)} ms (${fmt(100 * x / total, 0)}%)`;
     rows.push([build, fmt(total), pct(products), pct(expMs), pct(rest)]);
@@ -235,7 +238,8 @@ if (!relaxedSimdValidates()) {
     `### Where the forward's time goes (N = ${N}, ${runtimeName()})\n\n` +
       "A model from rates measured in this run: the products (4·H·N²·d flops) at the SGEMM probe's rate, exp at the " +
       "kernels' own rate (exp2Into, the forward's 2^x) for the H·N² scores, and the rest — row max and sum, the rescale of O, the tile " +
-      "copies, loop overhead — as what remains of the measured time.\n\n" +
+      "copies, loop overhead — as what remains of the measured time. Shares are medians of per-round ratios (16 " +
+      "rounds); ms are those shares of the median forward.\n\n" +
       table(["build", "forward ms", "products at the probe's rate", "exp", "the rest"], rows),
   );
 }
