@@ -10,7 +10,9 @@
 // sharing one K/V head (GQA), virtual row r is query position ⌊r/g⌋ of head r mod g, so a tile of
 // rows covers all heads of the group for consecutive positions. Its element offset is
 //   ⌊r/g⌋·rowStride + (r mod g)·headStride,
-// which the copies below step from row to row (head, then position) instead of dividing per row.
+// which the copies below step from row to row (head, then position) instead of dividing per row;
+// virtualRowAt divides, for loadRowsTransposed's blocks of 4 rows (4 divisions against 4 rows of
+// copying).
 //
 // Each streaming multiprocessor (SM: one thread's counters and arena, see arena.ts) counts into its
 // own block, at the SM's first byte (little-endian u64): bytesRead[TENSOR_SLOTS],
@@ -165,6 +167,13 @@ export function loadVirtualRows(
   countRead(counters, tensor, rows * cols * elementBytes(kind));
 }
 
+/** Byte address of f32 virtual row `row` (header) of the tensor at `src`. */
+// @ts-ignore: decorator
+@inline function virtualRowAt(src: usize, rowStride: i32, headStride: i32, g: i32, row: i32): usize {
+  const pos = row / g;
+  return src + ((<usize>pos * <usize>rowStride + <usize>(row - pos * g) * <usize>headStride) << 2);
+}
+
 /**
  * HBM → arena, transposed: for virtual rows r0 ≤ r < r0 + rows, dst[c·dstStride + (r − r0)] =
  * src[offset of virtual row r + c] (an element of `kind`, as an f32) for c < cols, and zero for
@@ -185,34 +194,17 @@ export function loadRowsTransposed(
   kind: i32 = ELEMENT_F32,
 ): void {
   const shift = elementShift(kind);
-  let pos = r0 / g;
-  let head = r0 - pos * g;
   let r = 0;
   if (kind == ELEMENT_F32) {
     // Four rows at a time: a 4 × 4 block read as four row vectors and written as four column
     // vectors (lanes along the rows), so every load and store moves 16 bytes.
     const colsV = cols & ~3;
+    const step = <usize>dstStride << 2; // between the four columns' vectors
     for (; r + 4 <= rows; r += 4) {
-      const s0 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
-      if (++head == g) {
-        head = 0;
-        pos++;
-      }
-      const s1 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
-      if (++head == g) {
-        head = 0;
-        pos++;
-      }
-      const s2 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
-      if (++head == g) {
-        head = 0;
-        pos++;
-      }
-      const s3 = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << 2);
-      if (++head == g) {
-        head = 0;
-        pos++;
-      }
+      const s0 = virtualRowAt(src, rowStride, headStride, g, r0 + r);
+      const s1 = virtualRowAt(src, rowStride, headStride, g, r0 + r + 1);
+      const s2 = virtualRowAt(src, rowStride, headStride, g, r0 + r + 2);
+      const s3 = virtualRowAt(src, rowStride, headStride, g, r0 + r + 3);
       const d = dst + (<usize>r << 2);
       for (let c = 0; c < colsV; c += 4) {
         const at = <usize>c << 2;
@@ -222,7 +214,6 @@ export function loadRowsTransposed(
         const hi01 = v128.shuffle<f32>(x0, x1, 2, 6, 3, 7); // x0[2] x1[2] x0[3] x1[3]
         const hi23 = v128.shuffle<f32>(x2, x3, 2, 6, 3, 7);
         const out = d + (<usize>(c * dstStride) << 2);
-        const step = <usize>dstStride << 2;
         v128.store(out, v128.shuffle<f32>(lo01, lo23, 0, 1, 4, 5));
         v128.store(out + step, v128.shuffle<f32>(lo01, lo23, 2, 3, 6, 7));
         v128.store(out + 2 * step, v128.shuffle<f32>(hi01, hi23, 0, 1, 4, 5));
@@ -238,6 +229,8 @@ export function loadRowsTransposed(
       }
     }
   }
+  let pos = (r0 + r) / g; // the remaining rows (all of them for 16-bit kinds), stepped
+  let head = r0 + r - pos * g;
   for (; r < rows; r++) {
     const s = src + ((<usize>pos * <usize>rowStride + <usize>head * <usize>headStride) << shift);
     const d = dst + (<usize>r << 2);

@@ -92,12 +92,11 @@ export function scoresStrip4(
   const sStepBytes = <usize>sStep << 2;
   const qStepBytes = <usize>qStep << 2;
   const kRowBytes = <usize>d << 2;
-  const qStrip = Qs;
   let c = cBegin;
   for (; c + 8 <= cEnd; c += 8) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
     let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
-    let q = qStrip;
+    let q = Qs;
     let k = Kj + <usize>c * kRowBytes;
     const kEnd = k + kRowBytes;
     for (; k < kEnd; k += 4) {
@@ -124,7 +123,7 @@ export function scoresStrip4(
   }
   for (; c < cEnd; c += 4) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    let q = qStrip;
+    let q = Qs;
     let k = Kj + <usize>c * kRowBytes;
     const kEnd = k + kRowBytes;
     for (; k < kEnd; k += 4) {
