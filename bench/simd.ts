@@ -227,9 +227,8 @@ if (!relaxedSimdValidates()) {
     // Shares of the forward's time, each the median over rounds of that round's ratio (as in part
     // 1), so that a slow moment of the host moves a whole round, not one side of a ratio.
     const total = median(t[0]);
-    const shareOf = (part: (r: number) => number) => median(t[0].map((forward, r) => part(r) / forward));
-    const products = total * shareOf((r) => t[1][r] * flopsOf(N) / probeFlops);
-    const expMs = total * shareOf((r) => t[2][r] / exp.n * H * N * N);
+    const products = total * medianRatio(t[1], t[0]) * flopsOf(N) / probeFlops;
+    const expMs = total * medianRatio(t[2], t[0]) / exp.n * H * N * N;
     const rest = total - products - expMs;
     const pct = (x: number) => `${fmt(x)} ms (${fmt(100 * x / total, 0)}%)`;
     rows.push([build, fmt(total), pct(products), pct(expMs), pct(rest)]);

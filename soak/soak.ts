@@ -152,6 +152,8 @@ function jsBytes(): number {
 
 /** Most forced collections one reading may take while the figure still falls. */
 const MAX_COLLECTIONS = 8;
+/** Bytes a reading lost to the later collections, where that was over 1 MiB (reported as a figure). */
+const late: number[] = [];
 
 /**
  * JS memory in use after a forced GC: the heap and the ArrayBuffers' backing stores, which live
@@ -174,9 +176,6 @@ async function heapAfterGc(): Promise<number> {
   if (first - lowest > 1 << 20) late.push(first - lowest);
   return lowest;
 }
-
-/** Bytes a reading lost to the later collections, where that was over 1 MiB (reported as a figure). */
-const late: number[] = [];
 
 /** The process's OS threads (Linux's /proc), or NaN where that cannot be read. */
 function osThreads(): number {
