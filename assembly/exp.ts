@@ -58,46 +58,53 @@ const C6: f32 = 0.001384362;
   return v128.andnot(e, f32x4.lt(x, f32x4.splat(X_MIN)));
 }
 
-// 2^x for x ≤ 0: the forward's exponential, e^y = 2^(y·log2 e) with the multiply by log2 e done by
-// the caller (the online softmax's P = exp(S − m) and alpha = exp(m − mNew)). Its range reduction
-// is only x = n + f, n = round(x), f ∈ [−1/2, 1/2], exact, with no ln 2 constants; 2^f is a
-// degree-5 polynomial fitted for relative error on [−1/2, 1/2] (Lawson-reweighted least squares,
-// max 1.1e-7 before f32 rounding), and 2^n is built in the exponent bits. Clamping x at −127 makes
-// the exponent field 0 there, so 2^−127 and below (−∞ included) come out exactly 0 with no extra
-// flush; exp2(0) = 1 exactly; NaN stays NaN (pmax keeps it and every step propagates it).
-// Error bound (tests/exp_test.ts): relative error ≤ 2.5e-7 for x ≥ −126; below that the true
-// value is < 1.2e-38 and the absolute error is under that. With the caller's rounding of y·log2 e,
-// e^y's relative error grows by |y|·2^-24 (at most 5.2e-6 at y = −87, where e^y < 1.7e-38, so it
-// moves no softmax output; 6e-8 at y = −1, where P is largest after 1).
-// With that multiply, 18 vector operations in the baseline build against expNonPositive's 25.
+// e^x for x ≤ 0 as 2^(x·log2 e): the forward's exponential (the online softmax's P = exp(S − m) and
+// alpha = exp(m − mNew)). Range reduction: x·log2 e = n + f with n = round(x·log2 e) and
+// f ∈ [−1/2, 1/2]; 2^f is a degree-5 polynomial fitted for relative error on [−1/2, 1/2]
+// (Lawson-reweighted least squares, max 1.1e-7 before f32 rounding) and 2^n is built in the exponent
+// bits. The multiply by log2 e rides in the reduction's two multiply-adds: t = x·log2 e + M with
+// M = 1.5·2^23 + 127 leaves n + 127 in t's low mantissa bits, so t shifted left by 23 is 2^n itself,
+// and f = x·log2 e + (M − t). In the relaxed build both are fused (x·log2 e is never rounded on its
+// own: 12 vector operations); in the baseline the product is rounded once and shared (15
+// operations), with exactly the bits of rounding y = x·log2 e first and then taking 2^y.
+// Clamping x at X2_MIN (where x·log2 e = −127.0004) makes n + 127 = 0, the exponent field 0, so
+// every x ≤ X2_MIN (−∞ included) and any x with n = −127 come out exactly 0 with no extra flush;
+// e^0 = 1 exactly; NaN stays NaN (pmax keeps it and every step propagates it).
+// Error bound (tests/exp_test.ts): relative error ≤ 2.5e-7 + |x|·7.5e-8 for x ≥ −87.3. The second
+// term is log2 e's: the f32 constant's own error (1.3e-8 relative, |x|·1.4e-8 in e^x) and, in the
+// baseline, the rounding of x·log2 e (|x|·2^-24); it reaches 6.5e-6 only at x = −87, where
+// e^x < 1.7e-38 and moves no softmax output, and is 7.5e-8 at x = −1, where P is largest after 1.
+// Below −87.3 the true value is < 1.2e-38 and the absolute error under that.
 
-const EXP2_MIN: f32 = -127.0;
+const X2_MIN: f32 = -88.03; // (−88.03)·log2 e = −127.0004: rounds to n = −127
+const ROUND_MAGIC_BIASED: f32 = 12583039.0; // 1.5·2^23 + 127
 const Q1: f32 = 0.69314706;
 const Q2: f32 = 0.24022217;
 const Q3: f32 = 0.055506151;
 const Q4: f32 = 0.0096729323;
 const Q5: f32 = 0.0013302210;
 
-/** 2^x lane-wise for x ≤ 0 (see above for the contract and the error bound). */
+/** e^x lane-wise for x ≤ 0 through 2^(x·log2 e) (see above for the contract and the error bound). */
 // @ts-ignore: decorator
-@inline export function exp2NonPositive(x: v128): v128 {
-  const xc = f32x4.pmax(x, f32x4.splat(EXP2_MIN)); // x unless x < −127; NaN stays
-  const t = f32x4.add(xc, f32x4.splat(ROUND_MAGIC)); // n = round(x) in the low mantissa bits of t
-  const f = f32x4.sub(xc, f32x4.sub(t, f32x4.splat(ROUND_MAGIC))); // x − n, exact, in [−1/2, 1/2]
+@inline export function expBase2(x: v128): v128 {
+  const xc = f32x4.pmax(x, f32x4.splat(X2_MIN)); // x unless x < X2_MIN; NaN stays
+  const log2e = f32x4.splat(LOG2E);
+  const t = madd(xc, log2e, f32x4.splat(ROUND_MAGIC_BIASED)); // n + 127 in the low mantissa bits of t
+  const f = madd(xc, log2e, f32x4.sub(f32x4.splat(ROUND_MAGIC_BIASED), t)); // x·log2 e − n, in [−1/2, 1/2]
   let p = madd(f, f32x4.splat(Q5), f32x4.splat(Q4));
   p = madd(p, f, f32x4.splat(Q3));
   p = madd(p, f, f32x4.splat(Q2));
   p = madd(p, f, f32x4.splat(Q1));
   p = madd(p, f, f32x4.splat(1.0));
-  // 2^n: n + 127 into the exponent field (0, so the product is 0, for n = −127)
-  return f32x4.mul(p, i32x4.shl(i32x4.add(t, i32x4.splat(127)), 23));
+  // 2^n: n + 127 shifted into the exponent field (0, so the product is 0, for n = −127)
+  return f32x4.mul(p, i32x4.shl(t, 23));
 }
 
-/** dst[i] = 2^src[i] for i < n (n a multiple of 4): exposes the forward's exp2 to the tests. */
-export function exp2Into(dstPtr: usize, srcPtr: usize, n: i32): void {
+/** dst[i] = e^src[i] for i < n (n a multiple of 4) by expBase2: exposes the forward's exp to the tests. */
+export function expBase2Into(dstPtr: usize, srcPtr: usize, n: i32): void {
   for (let i = 0; i < n; i += 4) {
     const offset = <usize>i << 2;
-    v128.store(dstPtr + offset, exp2NonPositive(v128.load(srcPtr + offset)));
+    v128.store(dstPtr + offset, expBase2(v128.load(srcPtr + offset)));
   }
 }
 

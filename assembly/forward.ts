@@ -43,7 +43,7 @@ import {
   regionOffset,
   roundUp,
 } from "./arena";
-import { LOG2E, exp2NonPositive } from "./exp";
+import { expBase2 } from "./exp";
 import { addBiases, addr, i32At, imax, imin, rowRanges, tanh } from "./scores";
 import {
   MASK_NONE,
@@ -147,7 +147,6 @@ export function forward(
   const rowEnd = addr(arena, regionOffset(REGION_ROW_END, Br, Bc, d, dv, masked)); // i32 per row
   const rowPos = addr(arena, regionOffset(REGION_ROW_POS, Br, Bc, d, dv, masked)); // i32 per row
   const transformed = softcap != 0 || slopesPtr != 0 || masked;
-  const log2eV = f32x4.splat(LOG2E);
   countMax(sm, ARENA_PEAK, regionOffset(REGION_END, Br, Bc, d, dv, masked) << 2);
   const negInf = f32x4.splat(-Infinity);
   const zero = f32x4.splat(0);
@@ -282,16 +281,16 @@ export function forward(
         // A row that has seen no finite score keeps m = −∞; subtract 0 instead so exp gives 0, not NaN.
         const mUse = v128.bitselect(zero, mNew, f32x4.eq(mNew, negInf));
 
-        // P = exp(S − mNew), as 2^((S − mNew)·log2 e) (exp.ts); rowsum(P)
+        // P = exp(S − mNew) (as 2^((S − mNew)·log2 e), exp.ts); rowsum(P)
         let rowSum = zero;
         for (let s = sBegin; s < sEnd; s += keyBytes) {
-          const p = exp2NonPositive(f32x4.mul(f32x4.sub(v128.load(s), mUse), log2eV));
+          const p = expBase2(f32x4.sub(v128.load(s), mUse));
           v128.store(s, p);
           rowSum = f32x4.add(rowSum, p);
         }
 
         // alpha = exp(m − mNew); l = alpha·l + rowsum(P); m = mNew
-        const alpha = exp2NonPositive(f32x4.mul(f32x4.sub(mOld, mUse), log2eV));
+        const alpha = expBase2(f32x4.sub(mOld, mUse));
         v128.store(addr(l, r), madd(alpha, v128.load(addr(l, r)), rowSum));
         v128.store(addr(m, r), mNew);
         v128.store(addr(alphas, r), alpha);

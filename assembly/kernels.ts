@@ -4,7 +4,7 @@
 
 export { arenaBytes, arenaMaxBytes, arenaPtr, blockSizes, headDimMax, hbmPtr, smBytes, smPtr } from "./arena";
 export { backwardArenaBytes, backwardBlockSize, backwardDkDv, backwardDqMerge, backwardPrep } from "./backward";
-export { exp2Into, expInto } from "./exp";
+export { expBase2Into, expInto } from "./exp";
 export { forward } from "./forward";
 export { narrowInto, widenInto } from "./half";
 export { resetCounters } from "./hbm";

@@ -10,7 +10,7 @@
  *    in both builds, timed in alternating pairs; GFLOP/s by 4·B·H·N²·d, the relaxed/baseline
  *    ratio (median of per-pair ratios) and each build as a percentage of its own probe.
  * 2. Where the forward's time goes, at N = 2048: the products at the probe's rate, exp at the
- *    kernels' own rate (exp2Into, the forward's 2^x, timed here), and the rest (row max and sum, the rescale of O, the
+ *    kernels' own rate (expBase2Into, the forward's exp, timed here), and the rest (row max and sum, the rescale of O, the
  *    tile copies, loop overhead) as what remains. A model from measured rates, not a profiler.
  * 3. The runtimes: the same measurement at N = 2048 in child processes of node (with and without
  *    the relaxed-SIMD flag), deno (as it runs, and with V8's wasm bounds checks off, the test-only
@@ -105,7 +105,7 @@ function interleaved(runs: (() => void)[], rounds: number, warmup = 1): number[]
 /** The median over rounds of a[r] / b[r]. */
 const medianRatio = (a: number[], b: number[]) => median(a.map((x, r) => x / b[r]));
 
-/** One run of the forward's exponential (exp2Into over n = 2¹⁸ non-positive floats in the kernels' HBM). */
+/** One run of the forward's exponential (expBase2Into over n = 2¹⁸ non-positive floats in the kernels' HBM). */
 function expRunner(kernels: Kernels): { run: () => void; n: number } {
   const n = 1 << 18;
   const src = kernels.hbmPtr();
@@ -115,7 +115,7 @@ function expRunner(kernels: Kernels): { run: () => void; n: number } {
   if (memory.buffer.byteLength < need) memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
   const x = new Float32Array(memory.buffer, src, n);
   for (let i = 0; i < n; i++) x[i] = -((i * 37) % 1000) / 50;
-  return { run: () => kernels.exp2Into(dst, src, n), n };
+  return { run: () => kernels.expBase2Into(dst, src, n), n };
 }
 
 /** Part 3's measurement in this process: the probe and the forward at N = 2048, both builds where they run. */
@@ -236,7 +236,7 @@ if (!relaxedSimdValidates()) {
   sections.push(
     `### Where the forward's time goes (N = ${N}, ${runtimeName()})\n\n` +
       "A model from rates measured in this run: the products (4·H·N²·d flops) at the SGEMM probe's rate, exp at the " +
-      "kernels' own rate (exp2Into, the forward's 2^x) for the H·N² scores, and the rest — row max and sum, the rescale of O, the tile " +
+      "kernels' own rate (expBase2Into, the forward's exp) for the H·N² scores, and the rest — row max and sum, the rescale of O, the tile " +
       "copies, loop overhead — as what remains of the measured time. Shares are medians of per-round ratios (16 " +
       "rounds); ms are those shares of the median forward.\n\n" +
       table(["build", "forward ms", "products at the probe's rate", "exp", "the rest"], rows),

@@ -37,7 +37,7 @@ export interface RawKernels {
   streamedRows(d: number, dv: number): number;
   resetCounters(sm: number): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
-  exp2Into(dstPtr: number, srcPtr: number, n: number): void;
+  expBase2Into(dstPtr: number, srcPtr: number, n: number): void;
   widenInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
   narrowInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
   forward(sm: number, ...args: ForwardParameters): void;
@@ -222,8 +222,8 @@ export interface Kernels {
   countersPtr(): number;
   resetCounters(): void;
   expInto(dstPtr: number, srcPtr: number, n: number): void;
-  /** The forward's exponential, 2^x (assembly/exp.ts), on n floats at srcPtr into dstPtr. */
-  exp2Into(dstPtr: number, srcPtr: number, n: number): void;
+  /** The forward's exponential, e^x through 2^(x·log2 e) (assembly/exp.ts, expBase2), on n floats at srcPtr into dstPtr. */
+  expBase2Into(dstPtr: number, srcPtr: number, n: number): void;
   /** The tile copies' widening (assembly/half.ts): n elements of `kind` at srcPtr as f32 at dstPtr. */
   widenInto(dstPtr: number, srcPtr: number, n: number, kind: number): void;
   /** The tile copies' narrowing: n f32 at srcPtr as elements of `kind`, rounded to nearest even. */
@@ -257,7 +257,7 @@ export function bindFirstSm(raw: RawKernels): Kernels {
     countersPtr: () => sm,
     resetCounters: () => raw.resetCounters(sm),
     expInto: (dstPtr, srcPtr, n) => raw.expInto(dstPtr, srcPtr, n),
-    exp2Into: (dstPtr, srcPtr, n) => raw.exp2Into(dstPtr, srcPtr, n),
+    expBase2Into: (dstPtr, srcPtr, n) => raw.expBase2Into(dstPtr, srcPtr, n),
     widenInto: (dstPtr, srcPtr, n, kind) => raw.widenInto(dstPtr, srcPtr, n, kind),
     narrowInto: (dstPtr, srcPtr, n, kind) => raw.narrowInto(dstPtr, srcPtr, n, kind),
     forward: (...args) => raw.forward(sm, ...args),
@@ -527,7 +527,7 @@ export const REQUIRED_EXPORTS = [
   "streamedRows",
   "resetCounters",
   "expInto",
-  "exp2Into",
+  "expBase2Into",
   "forward",
   "mergeSplits",
   "backwardBlockSize",
