@@ -65,7 +65,7 @@ const C6: f32 = 0.001384362;
 // bits. The multiply by log2 e rides in the reduction's two multiply-adds: t = x·log2 e + M with
 // M = 1.5·2^23 + 127 leaves n + 127 in t's low mantissa bits, so t shifted left by 23 is 2^n itself,
 // and f = x·log2 e + (M − t). In the relaxed build both are fused (x·log2 e is never rounded on its
-// own: 12 vector operations); in the baseline the product is rounded once and shared (15
+// own: 11 vector operations); in the baseline the product is rounded once and shared (17
 // operations), with exactly the bits of rounding y = x·log2 e first and then taking 2^y.
 // Clamping x at X2_MIN (where x·log2 e = −127.0004) makes n + 127 = 0, the exponent field 0, so
 // every x ≤ X2_MIN (−∞ included) and any x with n = −127 come out exactly 0 with no extra flush;
