@@ -68,7 +68,7 @@ import {
   storeRows,
 } from "./hbm";
 import { ELEMENT_F32, elementBytes, elementShift } from "./half";
-import { accumulateFewValues, accumulateValues, madd, scoresStrip, scoresStrip4 } from "./simd";
+import { accumulateFewValues, accumulateValues, madd, scoresStrip4, scoresStripMax } from "./simd";
 import { isThin, scoresStreamed, thinRowsOf } from "./stream";
 
 /**
@@ -219,7 +219,9 @@ export function forward(
       }
 
       // S = scale·Qi·Kjᵀ, per strip of 8 rows over the columns the strip can see (a last strip of
-      // at most 4 rows, such as a decode step's, computes only those 4).
+      // at most 4 rows, such as a decode step's, computes only those 4). Each strip also leaves its
+      // rows' running max of the scores it stored in `alphas` (free until alpha is written below);
+      // the softmax takes it in place of its own max pass where the strip saw the whole block.
       const stripsEnd = thin ? 0 : rowsHere; // a thin block's scores are done
       for (let r = 0; r < stripsEnd; r += BR_STEP) {
         const last = imin(r + BR_STEP, rowsHere) - 1;
@@ -229,8 +231,9 @@ export function forward(
           const stripRows = last - r < 4 ? 4 : BR_STEP;
           const panel = QiT + (<usize>(r * d) << 2); // strip r's panel of Qiᵀ (r is a multiple of BR_STEP)
           const sPanel = addr(S, r * Bc); // Sᵀ's panel of queries r..r+3; the next holds r+4..r+7
-          if (stripRows == 4) scoresStrip4(sPanel, 4, panel, BR_STEP, Kj, d, cBegin, cEnd, scale);
-          else scoresStrip(sPanel, 4, 4 * Bc, panel, BR_STEP, Kj, d, cBegin, cEnd, scale);
+          const maxPtr = addr(alphas, r);
+          if (stripRows == 4) scoresStrip4(sPanel, 4, panel, BR_STEP, Kj, d, cBegin, cEnd, scale, maxPtr);
+          else scoresStripMax(sPanel, 4, 4 * Bc, panel, BR_STEP, Kj, d, cBegin, cEnd, scale, maxPtr);
           flops += <u64>(2 * stripRows * (cEnd - cBegin) * d);
         }
       }
@@ -258,7 +261,10 @@ export function forward(
         // S ← softcap·tanh(S/softcap) − slope·|i + alibiOffset − j| + mask, −∞ where not visible;
         // mNew = max(m, rowmax(S))
         let rowMax = negInf;
-        if (!transformed && allBegin <= gBegin && gEnd <= allEnd) {
+        if (!transformed && !thin && stripSeesBlock(rowFirst, rowEnd, r & ~(BR_STEP - 1), rowsHere, j0, cols)) {
+          // The group's strip computed every column of the block and kept the max of what it stored.
+          rowMax = v128.load(addr(alphas, r));
+        } else if (!transformed && allBegin <= gBegin && gEnd <= allEnd) {
           // Every row of the group sees every column in range and nothing transforms the scores.
           for (let s = sBegin; s < sEnd; s += keyBytes) rowMax = f32x4.pmax(rowMax, v128.load(s));
         } else {
@@ -332,4 +338,17 @@ export function forward(
   countAdd(sm, TILES_COMPUTED, tilesComputed);
   countAdd(sm, TILES_SKIPPED_MASK, tilesSkipped);
   countAdd(sm, FLOPS, flops);
+}
+
+/**
+ * Whether the strip of query rows starting at r8 (a multiple of BR_STEP) computed its scores over
+ * the whole key block [j0, j0 + cols): cols a multiple of 4 (no padding keys in its columns) and
+ * every row of the strip seeing every key (rows' first visible keys and ends are nondecreasing, so
+ * the strip's last row has the latest first key and its first row the earliest end). Its strip then
+ * ran over exactly the columns [0, cols) that each of its groups' softmax covers.
+ */
+// @ts-ignore: decorator
+@inline function stripSeesBlock(rowFirst: usize, rowEnd: usize, r8: i32, rowsHere: i32, j0: i32, cols: i32): bool {
+  const last = imin(r8 + BR_STEP, rowsHere) - 1;
+  return (cols & 3) == 0 && i32At(rowFirst, last) <= j0 && i32At(rowEnd, r8) >= j0 + cols;
 }

@@ -35,6 +35,39 @@ export function scoresStrip(
   S: usize, sStep: i32, sHalf: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
   cBegin: i32, cEnd: i32, scale: f32,
 ): void {
+  scoresStripOf(S, sStep, sHalf, Qs, qStep, Kj, d, cBegin, cEnd, scale, 0, false);
+}
+
+/**
+ * scoresStrip that also leaves each query's running max of its scores at `maxPtr` (8 floats:
+ * max over c ∈ [cBegin, cEnd) of the stored S, taken as pmax(max, S_c) for ascending c from −∞,
+ * the online softmax's own order, so the bits, NaN handling included, are those of a separate
+ * pass over the stored scores). Saves that pass, one load and one pmax per 4 scores. The maxima
+ * stay in memory, updated once per 4 keys: held in two more registers through the k loop they
+ * made the baseline build 1–3% slower (13 live v128 with mul+add's temporary; paired runs).
+ */
+export function scoresStripMax(
+  S: usize, sStep: i32, sHalf: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
+  cBegin: i32, cEnd: i32, scale: f32, maxPtr: usize,
+): void {
+  scoresStripOf(S, sStep, sHalf, Qs, qStep, Kj, d, cBegin, cEnd, scale, maxPtr, true);
+}
+
+/** pmax(pmax(pmax(pmax(m, a), b), c), e): the running max over 4 consecutive keys, in key order. */
+// @ts-ignore: decorator
+@inline function max4(m: v128, a: v128, b: v128, c: v128, e: v128): v128 {
+  return f32x4.pmax(f32x4.pmax(f32x4.pmax(f32x4.pmax(m, a), b), c), e);
+}
+
+// @ts-ignore: decorator
+@inline function scoresStripOf(
+  S: usize, sStep: i32, sHalf: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
+  cBegin: i32, cEnd: i32, scale: f32, maxPtr: usize, withMax: bool,
+): void {
+  if (withMax) {
+    v128.store(maxPtr, f32x4.splat(-Infinity));
+    v128.store(maxPtr, f32x4.splat(-Infinity), 16);
+  }
   const scaleV = f32x4.splat(scale);
   const sStepBytes = <usize>sStep << 2;
   const sHalfBytes = <usize>sHalf << 2;
@@ -67,31 +100,45 @@ export function scoresStrip(
     }
     const s0 = S + <usize>c * sStepBytes; // queries 0..3 of key c
     const s1 = s0 + sHalfBytes; // queries 4..7
-    v128.store(s0, f32x4.mul(a00, scaleV));
-    v128.store(s1, f32x4.mul(a01, scaleV));
-    v128.store(s0 + sStepBytes, f32x4.mul(a10, scaleV));
-    v128.store(s1 + sStepBytes, f32x4.mul(a11, scaleV));
-    v128.store(s0 + 2 * sStepBytes, f32x4.mul(a20, scaleV));
-    v128.store(s1 + 2 * sStepBytes, f32x4.mul(a21, scaleV));
-    v128.store(s0 + 3 * sStepBytes, f32x4.mul(a30, scaleV));
-    v128.store(s1 + 3 * sStepBytes, f32x4.mul(a31, scaleV));
+    a00 = f32x4.mul(a00, scaleV);
+    a01 = f32x4.mul(a01, scaleV);
+    a10 = f32x4.mul(a10, scaleV);
+    a11 = f32x4.mul(a11, scaleV);
+    a20 = f32x4.mul(a20, scaleV);
+    a21 = f32x4.mul(a21, scaleV);
+    a30 = f32x4.mul(a30, scaleV);
+    a31 = f32x4.mul(a31, scaleV);
+    v128.store(s0, a00);
+    v128.store(s1, a01);
+    v128.store(s0 + sStepBytes, a10);
+    v128.store(s1 + sStepBytes, a11);
+    v128.store(s0 + 2 * sStepBytes, a20);
+    v128.store(s1 + 2 * sStepBytes, a21);
+    v128.store(s0 + 3 * sStepBytes, a30);
+    v128.store(s1 + 3 * sStepBytes, a31);
+    if (withMax) {
+      v128.store(maxPtr, max4(v128.load(maxPtr), a00, a10, a20, a30));
+      v128.store(maxPtr, max4(v128.load(maxPtr, 16), a01, a11, a21, a31), 16);
+    }
   }
 }
 
 /**
  * Sᵀ for a strip of only 4 queries (the last strip of a block with rowsHere mod 8 in 1..4, and a
  * decode step's whole block): the same sums as scoresStrip for its queries 0..3, in the same order
- * (so the same bits), at half the work of an 8-row strip, to S[c·sStep + t] for t < 4. Register block: 8 keys × 4 queries
+ * (so the same bits), at half the work of an 8-row strip, to S[c·sStep + t] for t < 4, with the 4
+ * running maxima at `maxPtr` as scoresStripMax leaves them. Register block: 8 keys × 4 queries
  * (8 accumulators), then 4 keys for a remainder.
  */
 export function scoresStrip4(
   S: usize, sStep: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
-  cBegin: i32, cEnd: i32, scale: f32,
+  cBegin: i32, cEnd: i32, scale: f32, maxPtr: usize,
 ): void {
   const scaleV = f32x4.splat(scale);
   const sStepBytes = <usize>sStep << 2;
   const qStepBytes = <usize>qStep << 2;
   const kRowBytes = <usize>d << 2;
+  let max = f32x4.splat(-Infinity);
   let c = cBegin;
   for (; c + 8 <= cEnd; c += 8) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -112,14 +159,23 @@ export function scoresStrip4(
       q += qStepBytes;
     }
     const s = S + <usize>c * sStepBytes;
-    v128.store(s, f32x4.mul(a0, scaleV));
-    v128.store(s + sStepBytes, f32x4.mul(a1, scaleV));
-    v128.store(s + 2 * sStepBytes, f32x4.mul(a2, scaleV));
-    v128.store(s + 3 * sStepBytes, f32x4.mul(a3, scaleV));
-    v128.store(s + 4 * sStepBytes, f32x4.mul(a4, scaleV));
-    v128.store(s + 5 * sStepBytes, f32x4.mul(a5, scaleV));
-    v128.store(s + 6 * sStepBytes, f32x4.mul(a6, scaleV));
-    v128.store(s + 7 * sStepBytes, f32x4.mul(a7, scaleV));
+    a0 = f32x4.mul(a0, scaleV);
+    a1 = f32x4.mul(a1, scaleV);
+    a2 = f32x4.mul(a2, scaleV);
+    a3 = f32x4.mul(a3, scaleV);
+    a4 = f32x4.mul(a4, scaleV);
+    a5 = f32x4.mul(a5, scaleV);
+    a6 = f32x4.mul(a6, scaleV);
+    a7 = f32x4.mul(a7, scaleV);
+    v128.store(s, a0);
+    v128.store(s + sStepBytes, a1);
+    v128.store(s + 2 * sStepBytes, a2);
+    v128.store(s + 3 * sStepBytes, a3);
+    v128.store(s + 4 * sStepBytes, a4);
+    v128.store(s + 5 * sStepBytes, a5);
+    v128.store(s + 6 * sStepBytes, a6);
+    v128.store(s + 7 * sStepBytes, a7);
+    max = max4(max4(max, a0, a1, a2, a3), a4, a5, a6, a7);
   }
   for (; c < cEnd; c += 4) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -135,11 +191,17 @@ export function scoresStrip4(
       q += qStepBytes;
     }
     const s = S + <usize>c * sStepBytes;
-    v128.store(s, f32x4.mul(a0, scaleV));
-    v128.store(s + sStepBytes, f32x4.mul(a1, scaleV));
-    v128.store(s + 2 * sStepBytes, f32x4.mul(a2, scaleV));
-    v128.store(s + 3 * sStepBytes, f32x4.mul(a3, scaleV));
+    a0 = f32x4.mul(a0, scaleV);
+    a1 = f32x4.mul(a1, scaleV);
+    a2 = f32x4.mul(a2, scaleV);
+    a3 = f32x4.mul(a3, scaleV);
+    v128.store(s, a0);
+    v128.store(s + sStepBytes, a1);
+    v128.store(s + 2 * sStepBytes, a2);
+    v128.store(s + 3 * sStepBytes, a3);
+    max = max4(max, a0, a1, a2, a3);
   }
+  v128.store(maxPtr, max);
 }
 
 /**

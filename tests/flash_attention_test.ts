@@ -278,8 +278,14 @@ test("flashAttention() in layout bhsd gives the bits of bshd on transposed data"
 });
 
 test("flashAttention() propagates NaN and Infinity in the inputs as naive attention does, without throwing", () => {
+  // 20 × 30: the softmax takes each row max in its own pass (30 keys, not a multiple of 4); 16 × 64: every strip of 8
+  // queries sees its whole key block, so the score strips hand it their running max instead.
+  for (const [Nq, Nk] of [[20, 30], [16, 64]]) propagatesNonFinite(Nq, Nk);
+});
+
+function propagatesNonFinite(Nq: number, Nk: number): void {
   const random = rng(12);
-  const [Nq, Nk, d, dv] = [20, 30, 8, 4];
+  const [d, dv] = [8, 4];
   const fresh = () => [
     randomTensor(random, [1, Nq, 1, d]),
     randomTensor(random, [1, Nk, 1, d]),
@@ -313,4 +319,31 @@ test("flashAttention() propagates NaN and Infinity in the inputs as naive attent
   v.data[3 * dv + 1] = NaN;
   o = flashAttention(q, k, v).data;
   for (let i = 0; i < Nq; i++) if (!Number.isNaN(o[i * dv + 1])) throw new Error(`row ${i} lost the NaN`);
+}
+
+test("flashAttention(): the row max the score strips keep gives the bits of the softmax's own max pass", () => {
+  // Unmasked, 64 keys (one key block, a multiple of 4): the strips keep the max. An all-true boolean mask changes no
+  // score but sends every block through the masked path, which takes the max in a separate pass over the stored
+  // scores. Both tile the same way here (one key block of all 64 keys, rows independent), so O and lse must agree bit
+  // for bit: a max other than the pass's changes the rounding of every exp(S − m) (a strip handing over the wrong
+  // group's max fails here), with NaN scores in head 1's rows and huge ones in head 0's.
+  const random = rng(31);
+  const [B, Nq, H, Nk, d] = [1, 24, 2, 64, 16];
+  const q = randomTensor(random, [B, Nq, H, d]), k = randomTensor(random, [B, Nk, H, d]);
+  const v = randomTensor(random, [B, Nk, H, d]);
+  k.data[(37 * H + 1) * d + 3] = NaN; // head 1, key 37: a NaN score for every query of head 1
+  q.data[(9 * H) * d] = 1e30; // head 0, query 9: huge scores, some +∞
+  const mask = { data: new Uint8Array(Nq * Nk).fill(1), shape: [Nq, Nk] };
+  const plain = flashAttention(q, k, v, { returnLse: true });
+  const masked = flashAttention(q, k, v, { returnLse: true, mask });
+  assertBitwiseEqual("O", plain.data as Float32Array, masked.data as Float32Array);
+  assertBitwiseEqual("lse", plain.lse!.data as Float32Array, masked.lse!.data as Float32Array);
+  // and the test sees both kinds of row: head 1's rows are NaN, head 0's finite except where the reference has NaN
+  const ref = referenceAttention(q, k, v).data;
+  for (let i = 0; i < plain.data.length; i++) {
+    if (Number.isNaN(plain.data[i]) !== Number.isNaN(ref[i])) {
+      throw new Error(`element ${i}: ${plain.data[i]} vs ${ref[i]}`);
+    }
+  }
+  if (!plain.data.some(Number.isNaN) || plain.data.every(Number.isNaN)) throw new Error("expected NaN and finite rows");
 });
