@@ -87,9 +87,13 @@ async function probeRunner(flags: readonly string[]): Promise<() => void> {
 /**
  * Times several calls in rounds, each round calling every one once (in rotating order), so that
  * their ratios are taken moments apart on a noisy host. Returns each call's times, by round.
+ * Untimed rounds come first: at least `warmup` of them and at least WARMUP_MS of calls, so that
+ * V8's background tier-up of the kernels (Liftoff to TurboFan, which can take the other core of
+ * a 2-core host for a while) is over before anything is timed.
  */
 function interleaved(runs: (() => void)[], rounds: number, warmup = 1): number[][] {
-  for (let w = 0; w < warmup; w++) for (const run of runs) run();
+  const warmupStart = performance.now();
+  for (let w = 0; w < warmup || performance.now() - warmupStart < WARMUP_MS; w++) for (const run of runs) run();
   const times = runs.map(() => [] as number[]);
   for (let round = 0; round < rounds; round++) {
     for (let j = 0; j < runs.length; j++) {
@@ -101,6 +105,9 @@ function interleaved(runs: (() => void)[], rounds: number, warmup = 1): number[]
   }
   return times;
 }
+
+/** The least time of untimed calls before each measurement (interleaved). */
+const WARMUP_MS = quick ? 0 : 1500;
 
 /** The median over rounds of a[r] / b[r]. */
 const medianRatio = (a: number[], b: number[]) => median(a.map((x, r) => x / b[r]));
