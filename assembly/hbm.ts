@@ -117,10 +117,16 @@ export function loadRows(
   kind: i32 = ELEMENT_F32,
 ): void {
   const shift = elementShift(kind);
-  for (let r = 0; r < rows; r++) {
-    const d = dst + (<usize>(r * dstStride) << 2);
-    widenRow(d, src + ((<usize>r * <usize>srcStride) << shift), cols, kind);
-    if (dstCols > cols) memory.fill(d + (<usize>cols << 2), 0, <usize>(dstCols - cols) << 2);
+  if (kind == ELEMENT_F32 && srcStride == cols && dstStride == cols && dstCols == cols) {
+    // f32 rows contiguous on both sides (a head-major K or V tile): one block copy, which engines
+    // run as a library memmove, several times the speed of a v128 loop.
+    memory.copy(dst, src, <usize>(rows * cols) << 2);
+  } else {
+    for (let r = 0; r < rows; r++) {
+      const d = dst + (<usize>(r * dstStride) << 2);
+      widenRow(d, src + ((<usize>r * <usize>srcStride) << shift), cols, kind);
+      if (dstCols > cols) memory.fill(d + (<usize>cols << 2), 0, <usize>(dstCols - cols) << 2);
+    }
   }
   for (let r = rows; r < dstRows; r++) {
     memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
