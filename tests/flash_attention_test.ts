@@ -277,6 +277,45 @@ test("flashAttention() in layout bhsd gives the bits of bshd on transposed data"
   assertBitwiseEqual("lse", bhsd.lse.data, bshd.lse.data);
 });
 
+test("flashAttention() stages bshd K and V head-major through its staging area in chunks: the bits of bhsd", () => {
+  // K of 1,126,400 bytes (f32) and 1,075,200 (bf16) pass the 1 MiB staging area in two chunks (1024 + 76 and
+  // 2048 + 52 positions, H = 4 over Hkv = 2 heads); V fits in one. bhsd is copied in whole and read in place.
+  const random = rng(17);
+  const transpose16 = (data: Uint16Array, [b, n, h, x]: readonly number[]) => {
+    const out = new Uint16Array(data.length);
+    for (let i = 0; i < b * n * h; i++) {
+      const [bi, j, l] = [Math.floor(i / (n * h)), Math.floor(i / h) % n, i % h];
+      out.set(data.subarray(i * x, (i + 1) * x), ((bi * h + l) * n + j) * x);
+    }
+    return out;
+  };
+  for (const [dtype, Nk] of [["f32", 1100], ["bf16", 2100]] as const) {
+    const [B, Nq, H, Hkv, d, dv] = [1, 8, 4, 2, 128, 64];
+    const q = randomTensor(random, [B, Nq, H, d]);
+    const [kf, vf] = [randomTensor(random, [B, Nk, Hkv, d]), randomTensor(random, [B, Nk, Hkv, dv])];
+    const half = (t: Tensor) => {
+      const bits = new Uint16Array(t.data.length);
+      const words = new Uint32Array((t.data as Float32Array).buffer);
+      for (let i = 0; i < bits.length; i++) bits[i] = words[i] >>> 16; // truncation: any bf16 values do
+      return bits;
+    };
+    const [k, v] = dtype === "f32" ? [kf, vf] : [
+      { data: half(kf), shape: kf.shape, dtype } as unknown as Tensor,
+      { data: half(vf), shape: vf.shape, dtype } as unknown as Tensor,
+    ];
+    const bhsdOf = (t: Tensor) =>
+      dtype === "f32" ? toBhsd(t) : ({
+        data: transpose16(t.data as unknown as Uint16Array, t.shape),
+        shape: [t.shape[0], t.shape[2], t.shape[1], t.shape[3]],
+        dtype,
+      } as unknown as Tensor);
+    const bshd = flashAttention(q, k, v, { returnLse: true });
+    const bhsd = flashAttention(toBhsd(q), bhsdOf(k), bhsdOf(v), { returnLse: true, layout: "bhsd" });
+    assertBitwiseEqual(`O ${dtype}`, bhsd.data, toBhsd({ data: bshd.data, shape: bshd.shape }).data);
+    assertBitwiseEqual(`lse ${dtype}`, bhsd.lse.data, bshd.lse.data);
+  }
+});
+
 test("flashAttention() propagates NaN and Infinity in the inputs as naive attention does, without throwing", () => {
   // 20 × 30: the softmax takes each row max in its own pass (30 keys, not a multiple of 4); 16 × 64: every strip of 8
   // queries sees its whole key block, so the score strips hand it their running max instead.
