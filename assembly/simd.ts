@@ -59,6 +59,24 @@ export function scoresStripMax(
   return f32x4.pmax(f32x4.pmax(f32x4.pmax(f32x4.pmax(m, a), b), c), e);
 }
 
+/**
+ * Stores scale·a, scale·b, scale·c, scale·e, the scores of 4 consecutive keys, at s, s + step,
+ * s + 2·step and s + 3·step, and returns the running max m folded over them in key order (max4):
+ * scoresStrip4's epilogue, for its 8-key blocks (twice) and its 4-key remainder.
+ */
+// @ts-ignore: decorator
+@inline function storeScores4(s: usize, step: usize, a: v128, b: v128, c: v128, e: v128, scaleV: v128, m: v128): v128 {
+  a = f32x4.mul(a, scaleV);
+  b = f32x4.mul(b, scaleV);
+  c = f32x4.mul(c, scaleV);
+  e = f32x4.mul(e, scaleV);
+  v128.store(s, a);
+  v128.store(s + step, b);
+  v128.store(s + 2 * step, c);
+  v128.store(s + 3 * step, e);
+  return max4(m, a, b, c, e);
+}
+
 // @ts-ignore: decorator
 @inline function scoresStripOf(
   S: usize, sStep: i32, sHalf: i32, Qs: usize, qStep: i32, Kj: usize, d: i32,
@@ -159,23 +177,8 @@ export function scoresStrip4(
       q += qStepBytes;
     }
     const s = S + <usize>c * sStepBytes;
-    a0 = f32x4.mul(a0, scaleV);
-    a1 = f32x4.mul(a1, scaleV);
-    a2 = f32x4.mul(a2, scaleV);
-    a3 = f32x4.mul(a3, scaleV);
-    a4 = f32x4.mul(a4, scaleV);
-    a5 = f32x4.mul(a5, scaleV);
-    a6 = f32x4.mul(a6, scaleV);
-    a7 = f32x4.mul(a7, scaleV);
-    v128.store(s, a0);
-    v128.store(s + sStepBytes, a1);
-    v128.store(s + 2 * sStepBytes, a2);
-    v128.store(s + 3 * sStepBytes, a3);
-    v128.store(s + 4 * sStepBytes, a4);
-    v128.store(s + 5 * sStepBytes, a5);
-    v128.store(s + 6 * sStepBytes, a6);
-    v128.store(s + 7 * sStepBytes, a7);
-    max = max4(max4(max, a0, a1, a2, a3), a4, a5, a6, a7);
+    max = storeScores4(s, sStepBytes, a0, a1, a2, a3, scaleV, max);
+    max = storeScores4(s + 4 * sStepBytes, sStepBytes, a4, a5, a6, a7, scaleV, max);
   }
   for (; c < cEnd; c += 4) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -190,16 +193,7 @@ export function scoresStrip4(
       a3 = madd(v128.load32_splat(k + 3 * kRowBytes), q0, a3);
       q += qStepBytes;
     }
-    const s = S + <usize>c * sStepBytes;
-    a0 = f32x4.mul(a0, scaleV);
-    a1 = f32x4.mul(a1, scaleV);
-    a2 = f32x4.mul(a2, scaleV);
-    a3 = f32x4.mul(a3, scaleV);
-    v128.store(s, a0);
-    v128.store(s + sStepBytes, a1);
-    v128.store(s + 2 * sStepBytes, a2);
-    v128.store(s + 3 * sStepBytes, a3);
-    max = max4(max, a0, a1, a2, a3);
+    max = storeScores4(S + <usize>c * sStepBytes, sStepBytes, a0, a1, a2, a3, scaleV, max);
   }
   v128.store(maxPtr, max);
 }
