@@ -4,7 +4,7 @@
 // dims and seeds.
 
 import fc from "fast-check";
-import type { FlashAttentionOptions, Tensor } from "../mod.ts";
+import type { FlashAttentionOptions, HalfTensor, Tensor } from "../mod.ts";
 import { makeMask, type MaskSpec, randomTensor, rng } from "./_util.ts";
 
 export type Causal = boolean | "bottom-right" | "top-left";
@@ -35,18 +35,22 @@ export function inputs(c: Case): [Tensor, Tensor, Tensor] {
   ];
 }
 
-/** A [B, N, H, D] tensor transposed to [B, H, N, D] (layout "bshd" to "bhsd"). */
-export function toBhsd(t: Tensor): Tensor {
+/**
+ * A [B, N, H, D] tensor transposed to [B, H, N, D] (layout "bshd" to "bhsd"): f32, or 16-bit with its
+ * element type and dtype kept.
+ */
+export function toBhsd<T extends Tensor | HalfTensor>(t: T): T {
   const [b, n, h, x] = t.shape;
-  const data = new Float32Array(t.data.length);
+  const src = t.data as Float32Array;
+  const data = new (src.constructor as Float32ArrayConstructor)(src.length);
   for (let i = 0; i < b; i++) {
     for (let j = 0; j < n; j++) {
       for (let l = 0; l < h; l++) {
-        for (let c = 0; c < x; c++) data[((i * h + l) * n + j) * x + c] = t.data[((i * n + j) * h + l) * x + c];
+        for (let c = 0; c < x; c++) data[((i * h + l) * n + j) * x + c] = src[((i * n + j) * h + l) * x + c];
       }
     }
   }
-  return { data, shape: [b, h, n, x] };
+  return { ...t, data, shape: [b, h, n, x] };
 }
 
 /** A problem with every variant option as data: GQA groups, windows, ALiBi, softcap, masks, key lengths. */

@@ -1,5 +1,5 @@
 import fc from "fast-check";
-import { flashAttention, type Tensor } from "../mod.ts";
+import { flashAttention, type InputTensor, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
@@ -281,14 +281,6 @@ test("flashAttention() stages bshd K and V head-major through its staging area i
   // K of 1,126,400 bytes (f32) and 1,075,200 (bf16) pass the 1 MiB staging area in two chunks (1024 + 76 and
   // 2048 + 52 positions, H = 4 over Hkv = 2 heads); V fits in one. bhsd is copied in whole and read in place.
   const random = rng(17);
-  const transpose16 = (data: Uint16Array, [b, n, h, x]: readonly number[]) => {
-    const out = new Uint16Array(data.length);
-    for (let i = 0; i < b * n * h; i++) {
-      const [bi, j, l] = [Math.floor(i / (n * h)), Math.floor(i / h) % n, i % h];
-      out.set(data.subarray(i * x, (i + 1) * x), ((bi * h + l) * n + j) * x);
-    }
-    return out;
-  };
   for (const [dtype, Nk] of [["f32", 1100], ["bf16", 2100]] as const) {
     const [B, Nq, H, Hkv, d, dv] = [1, 8, 4, 2, 128, 64];
     const q = randomTensor(random, [B, Nq, H, d]);
@@ -299,18 +291,11 @@ test("flashAttention() stages bshd K and V head-major through its staging area i
       for (let i = 0; i < bits.length; i++) bits[i] = words[i] >>> 16; // truncation: any bf16 values do
       return bits;
     };
-    const [k, v] = dtype === "f32" ? [kf, vf] : [
-      { data: half(kf), shape: kf.shape, dtype } as unknown as Tensor,
-      { data: half(vf), shape: vf.shape, dtype } as unknown as Tensor,
-    ];
-    const bhsdOf = (t: Tensor) =>
-      dtype === "f32" ? toBhsd(t) : ({
-        data: transpose16(t.data as unknown as Uint16Array, t.shape),
-        shape: [t.shape[0], t.shape[2], t.shape[1], t.shape[3]],
-        dtype,
-      } as unknown as Tensor);
+    const [k, v]: InputTensor[] = dtype === "f32"
+      ? [kf, vf]
+      : [{ data: half(kf), shape: kf.shape, dtype }, { data: half(vf), shape: vf.shape, dtype }];
     const bshd = flashAttention(q, k, v, { returnLse: true });
-    const bhsd = flashAttention(toBhsd(q), bhsdOf(k), bhsdOf(v), { returnLse: true, layout: "bhsd" });
+    const bhsd = flashAttention(toBhsd(q), toBhsd(k), toBhsd(v), { returnLse: true, layout: "bhsd" });
     assertBitwiseEqual(`O ${dtype}`, bhsd.data, toBhsd({ data: bshd.data, shape: bshd.shape }).data);
     assertBitwiseEqual(`lse ${dtype}`, bhsd.lse.data, bshd.lse.data);
   }
