@@ -8,9 +8,10 @@
 // Loop order: query blocks Qi (Br virtual rows) outside, key/value blocks Kj, Vj (Bc keys)
 // inside; the online-softmax state (m, l, O) of a query block stays in the arena for the whole
 // inner loop, so no Nq × Nk matrix ever exists. Tile sizes and arena layout: arena.ts. Every HBM
-// access is a counted tile copy (hbm.ts), except a thin block's K: a block of at most 4 rows reuses
-// no K tile across rows, so its score product streams K rows from HBM (stream.ts); it reads, and
-// copies, the K and V rows of only the keys it sees.
+// access is a counted tile copy (hbm.ts), except a thin block's K when it streams: a block of at
+// most 4 rows reuses no K tile across rows, so its score product reads K rows from HBM (stream.ts)
+// or, with copyThin, from a copy of them as stored in the arena; it reads only the K and V rows of
+// the keys it sees.
 //
 // Visibility (causal and sliding windows): position i sees key j iff
 //   keyBegin ≤ j < keyEnd  and  i + visOffset − windowLeft ≤ j ≤ i + visOffset + windowRight,
@@ -63,13 +64,14 @@ import {
   countStreamed,
   loadMaskTile,
   loadRows,
+  loadRowsAsStored,
   loadRowsTransposed,
   loadVirtualRows,
   storeRows,
 } from "./hbm";
-import { ELEMENT_F32, elementBytes, elementShift } from "./half";
+import { ELEMENT_F16, ELEMENT_F32, elementBytes, elementShift } from "./half";
 import { accumulateFewValues, accumulateValues, madd, scoresStrip4, scoresStripMax } from "./simd";
-import { isThin, scoresStreamed, thinRowsOf } from "./stream";
+import { isThin, scoresThin, thinRowsOf } from "./stream";
 
 /**
  * Attention of one K/V head and its g query heads, on the SM at `sm` (its arena and counters,
@@ -80,8 +82,9 @@ import { isThin, scoresStreamed, thinRowsOf } from "./stream";
  * mask element of (row, key) is at maskPtr + (offset of virtual row `row`, hbm.ts) + key·maskColStride, of type maskKind.
  * With `partial` (a split of split-KV) O and lse are counted as partial results, not outputs.
  * Q, K, V and O hold elements of qKind, kKind, vKind and oKind (half.ts: f32, f16 or bf16), widened
- * into the arena's f32 by the tile copies and O rounded on its way out; partial results and lse
- * are always f32 (a split's O ignores oKind).
+ * into the arena's f32 by the tile copies (a thin block's K and V with copyThin: in registers,
+ * stream.ts) and O rounded on its way out; partial results and lse are always f32 (a split's O
+ * ignores oKind). copyThin: how a thin block reads K and V (stream.ts; same bits either way).
  * The caller guarantees 1 ≤ d, dv ≤ HEAD_DIM_MAX and blockSizes(sramBytes, d, dv, masked) ≠ 0.
  */
 export function forward(
@@ -123,6 +126,7 @@ export function forward(
   kKind: i32,
   vKind: i32,
   oKind: i32,
+  copyThin: bool,
 ): void {
   const masked = maskKind != MASK_NONE;
   const blocks = blockSizes(sramBytes, d, dv, masked);
@@ -161,8 +165,8 @@ export function forward(
   for (let i0 = 0; i0 < rows; i0 += Br) {
     const rowsHere = imin(Br, rows - i0);
     const ldq = roundUp(rowsHere, BR_STEP); // queries in QiT's panels, and the mask tile's row stride
-    // A thin block (stream.ts) keeps Q row-major (thinRows × d, padding rows zero), streams K and
-    // copies the V rows it sees; any other stages Qiᵀ and copies whole K and V tiles.
+    // A thin block (stream.ts) keeps Q row-major (thinRows × d, padding rows zero) and reads the K
+    // and V rows it sees; any other stages Qiᵀ and copies whole K and V tiles.
     const thin = isThin(rowsHere, d, dv);
     const thinRows = thinRowsOf(rowsHere); // the rows a thin block computes: 1, 2 or 4
     if (thin) loadVirtualRows(sm, QiT, d, thinRows, d, qPtr, qRowStride, qHeadStride, g, i0, rowsHere, d, TENSOR_Q, qKind);
@@ -209,8 +213,16 @@ export function forward(
         const cBegin = imax(0, i32At(rowFirst, 0) - j0);
         const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
         if (cBegin < cEnd) {
-          scoresStreamed(S, 4, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, thinRows, cBegin, cEnd, scale);
-          countStreamed(sm, TENSOR_K, (cEnd - cBegin) * d * elementBytes(kKind));
+          if (copyThin) {
+            // K rows as stored into Kj (at most Bc rows of d elements of at most 4 bytes: inside)
+            const kRowBytes = <usize>d << elementShift(kKind);
+            const kRows = kTile + (<usize>(cBegin * kRowStride) << elementShift(kKind));
+            loadRowsAsStored(sm, Kj + <usize>cBegin * kRowBytes, kRows, kRowStride, cEnd - cBegin, d, TENSOR_K, kKind);
+            scoresThin(S, 4, QiT, d, Kj, kRowBytes, kKind, thinRows, cBegin, cEnd, scale);
+          } else {
+            scoresThin(S, 4, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, thinRows, cBegin, cEnd, scale);
+            countStreamed(sm, TENSOR_K, (cEnd - cBegin) * d * elementBytes(kKind));
+          }
           flops += <u64>(2 * thinRows * (cEnd - cBegin) * d);
         }
       } else {
@@ -304,8 +316,15 @@ export function forward(
         // O = alpha·O + P·Vj (a thin block copies only the rows of Vj it sees, [gBegin, gEnd))
         if (thin) {
           const vRows = vTile + (<usize>(gBegin * vRowStride) << elementShift(vKind));
-          loadRows(sm, addr(Vj, gBegin * dvP), dvP, gEnd - gBegin, dvP, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
-          accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r));
+          if (copyThin && vKind != ELEMENT_F16) {
+            // V rows as stored (dv = dvP for a thin block), widened in the value product's registers
+            const vRowBytes = <usize>dvP << elementShift(vKind);
+            loadRowsAsStored(sm, Vj + <usize>gBegin * vRowBytes, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
+            accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), vKind);
+          } else {
+            loadRows(sm, addr(Vj, gBegin * dvP), dvP, gEnd - gBegin, dvP, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
+            accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), ELEMENT_F32);
+          }
         } else {
           accumulateValues(O, dvP, sPanel, 4, Vj, r, gBegin, gEnd, addr(alphas, r));
         }

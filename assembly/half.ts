@@ -2,9 +2,11 @@
 // them and the f32 the arena computes in.
 //
 // Tensors in HBM are f32, IEEE binary16 ("f16": 1 sign, 5 exponent, 10 mantissa bits) or bfloat16
-// ("bf16": the upper half of an f32, 1 + 8 + 7 bits). The arena and all arithmetic stay f32: the
-// tile copies of hbm.ts widen 16-bit elements on their way into the arena (widenRow, widenOne) and
-// narrow f32 results on their way out (narrowRow). These are the only conversions the kernels make.
+// ("bf16": the upper half of an f32, 1 + 8 + 7 bits). All arithmetic stays f32: the tile copies of
+// hbm.ts widen 16-bit elements on their way into the arena (widenRow, widenOne) and narrow f32
+// results on their way out (narrowRow); a thin query block's products widen the K and V rows it
+// reads in registers (widen4, widenBf16Low and widenBf16High; stream.ts). These are the only
+// conversions the kernels make, and all give a value the same bits.
 //
 // Widening is exact: every f16 and bf16 value is an f32. Signed zeros, subnormals and infinities
 // map to the same values; a NaN stays a NaN with its sign, and its payload shifted into the top of
@@ -105,14 +107,32 @@ const TWO_POW_112: f32 = reinterpret<f32>(<u32>0x77800000);
 
 /**
  * Four elements of `kind` at `src` (16 bytes of f32, 8 of f16 or bf16) as an f32x4, in order. The
- * one vector widening: widenRow uses it for the tile copies, and stream.ts for the K and V rows it
- * reads into registers, so a value gives the same f32 whichever way it travels.
+ * vector widening of four loaded elements: widenRow uses it for the tile copies, and stream.ts for
+ * the K rows it reads into registers; widenBf16Low and widenBf16High do the same shift on eight
+ * bf16 loaded at once. A value gives the same f32 whichever way it travels.
  */
 // @ts-ignore: decorator
 @inline export function widen4(src: usize, kind: i32): v128 {
   if (kind == ELEMENT_F32) return v128.load(src);
   if (kind == ELEMENT_BF16) return i32x4.shl(v128.load16x4_u(src), 16); // bf16 → f32 is a 16-bit shift
   return f16Lanes(v128.load16x4_u(src));
+}
+
+/**
+ * Elements 0..3 of the eight bf16 in `x` as f32, the bits widen4 gives them: zero-extended, then
+ * shifted into the high half. Used where eight are loaded at once (a thin block's value product,
+ * simd.ts); unlike an interleave with a zero vector it keeps no extra vector live, which there made
+ * V8 spill an accumulator.
+ */
+// @ts-ignore: decorator
+@inline export function widenBf16Low(x: v128): v128 {
+  return i32x4.shl(i32x4.extend_low_i16x8_u(x), 16);
+}
+
+/** widenBf16Low for elements 4..7 of `x`. */
+// @ts-ignore: decorator
+@inline export function widenBf16High(x: v128): v128 {
+  return i32x4.shl(i32x4.extend_high_i16x8_u(x), 16);
 }
 
 /**

@@ -1,5 +1,5 @@
-// HBM ↔ SRAM tile copies: with stream.ts (a thin query block's K, read into registers), the only
-// code that reads or writes the tensors in linear memory.
+// HBM ↔ SRAM tile copies: with stream.ts (a thin query block's K when it streams, read into
+// registers), the only code that reads or writes the tensors in linear memory.
 //
 // The module's linear memory plays HBM: the host places Q, K, V, O, lse and masks there. Kernels
 // compute only on the arena (arena.ts), and every byte they move between the two goes through the
@@ -19,11 +19,13 @@
 // bytesWritten[TENSOR_SLOTS], then the tile counters (TILES_*). The copy routines take that
 // block's address, `counters`, so SMs running in parallel never share a counter.
 //
-// Element kinds (half.ts): a tensor in HBM holds f32, f16 or bf16 elements; the arena always holds
-// f32. The copies that read or write q, k, v, O and dO take the tensor's `kind` (f32 when left
-// out), address its rows in elements of that size, widen 16-bit elements into f32 on the way in
-// (widenRow, widenOne) and round f32 results to 16 bits on the way out (narrowRow), and count the
-// bytes the tensor really occupies: 2 per element for f16 and bf16, 4 for f32.
+// Element kinds (half.ts): a tensor in HBM holds f32, f16 or bf16 elements; the arena holds f32,
+// except the K and V rows a thin block copies as stored (loadRowsAsStored, stream.ts), which its
+// products widen in registers. The copies that read or write q, k, v, O and dO take the tensor's
+// `kind` (f32 when left out), address its rows in elements of that size, widen 16-bit elements into
+// f32 on the way in (widenRow, widenOne) and round f32 results to 16 bits on the way out
+// (narrowRow), and count the bytes the tensor really occupies: 2 per element for f16 and bf16, 4
+// for f32.
 
 import { ELEMENT_F32, elementBytes, elementShift, narrowRow, widenOne, widenRow } from "./half";
 
@@ -130,6 +132,32 @@ export function loadRows(
   }
   for (let r = rows; r < dstRows; r++) {
     memory.fill(dst + (<usize>(r * dstStride) << 2), 0, <usize>dstCols << 2);
+  }
+  countRead(counters, tensor, rows * cols * elementBytes(kind));
+}
+
+/**
+ * HBM → arena without conversion: `rows` rows of `cols` elements of `kind` (source row stride
+ * `srcStride` elements) to `dst` as they are, rows contiguous (cols elements apart). For a thin
+ * query block's K and V rows when it copies them (stream.ts): its products widen them in
+ * registers. One block copy when the source rows are contiguous too, else one per row.
+ */
+export function loadRowsAsStored(
+  counters: usize,
+  dst: usize,
+  src: usize,
+  srcStride: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
+  kind: i32,
+): void {
+  const shift = elementShift(kind);
+  const rowBytes = <usize>cols << shift;
+  if (srcStride == cols) memory.copy(dst, src, rowBytes * <usize>rows);
+  else {
+    const srcRowBytes = <usize>srcStride << shift;
+    for (let r = 0; r < rows; r++) memory.copy(dst + <usize>r * rowBytes, src + <usize>r * srcRowBytes, rowBytes);
   }
   countRead(counters, tensor, rows * cols * elementBytes(kind));
 }

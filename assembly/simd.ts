@@ -8,6 +8,8 @@
 // addresses; dimensions are validated by the host and the loop bounds stay inside the tiles laid
 // out in arena.ts.
 
+import { ELEMENT_BF16, ELEMENT_F32, elementShift, widenBf16High, widenBf16Low } from "./half";
+
 /**
  * a·b + c, lane-wise: relaxed_madd in the relaxed-SIMD build, mul then add otherwise. The choice
  * is made at compile time (ASC_FEATURE_RELAXED_SIMD is a constant), so each build has one path.
@@ -211,43 +213,67 @@ export function accumulateValues(
   O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize,
   r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
 ): void {
-  accumulateRows(O, dvP, P, pStep, Vj, 4, r0, kBegin, kEnd, alphaPtr);
+  accumulateRows(O, dvP, P, pStep, Vj, 4, r0, kBegin, kEnd, alphaPtr, ELEMENT_F32);
 }
 
-function accumulateValues1(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, pStep, Vj, 1, 0, kBegin, kEnd, alphaPtr);
+// One function per (rows, element kind of Vj: f32 or bf16), each with both constants inside its
+// loops.
+
+function accumulateF32x1(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 1, 0, kBegin, kEnd, alphaPtr, ELEMENT_F32);
 }
 
-function accumulateValues2(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
-  accumulateRows(O, dvP, P, pStep, Vj, 2, 0, kBegin, kEnd, alphaPtr);
+function accumulateF32x2(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 2, 0, kBegin, kEnd, alphaPtr, ELEMENT_F32);
+}
+
+function accumulateBf16x1(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 1, 0, kBegin, kEnd, alphaPtr, ELEMENT_BF16);
+}
+
+function accumulateBf16x2(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 2, 0, kBegin, kEnd, alphaPtr, ELEMENT_BF16);
+}
+
+function accumulateBf16x4(O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, kBegin: i32, kEnd: i32, alphaPtr: usize): void {
+  accumulateRows(O, dvP, P, pStep, Vj, 4, 0, kBegin, kEnd, alphaPtr, ELEMENT_BF16);
 }
 
 /**
  * accumulateValues for the first `rows` ∈ {1, 2, 4} of rows 0..3 (a thin block's, stream.ts's
- * thinRowsOf), the others untouched: one specialised loop per count.
+ * thinRowsOf), the others untouched, with Vj's rows holding dvP elements of `kind` (f32, or bf16
+ * as stored in HBM and widened in registers: stream.ts).
  */
 export function accumulateFewValues(
-  O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
+  O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, rows: i32, kBegin: i32, kEnd: i32, alphaPtr: usize, kind: i32,
 ): void {
-  if (rows == 1) accumulateValues1(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
-  else if (rows == 2) accumulateValues2(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
-  else accumulateValues(O, dvP, P, pStep, Vj, 0, kBegin, kEnd, alphaPtr);
+  if (kind == ELEMENT_F32) {
+    if (rows == 1) accumulateF32x1(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+    else if (rows == 2) accumulateF32x2(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+    else accumulateValues(O, dvP, P, pStep, Vj, 0, kBegin, kEnd, alphaPtr);
+  } else {
+    if (rows == 1) accumulateBf16x1(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+    else if (rows == 2) accumulateBf16x2(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+    else accumulateBf16x4(O, dvP, P, pStep, Vj, kBegin, kEnd, alphaPtr);
+  }
 }
 
 /**
- * The value product of accumulateValues for the first R ∈ {1, 2, 4} of its 4 rows. The same
- * operations in the same order for every R, so a row's bits do not depend on R.
+ * The value product of accumulateValues for the first R ∈ {1, 2, 4} of its 4 rows, with Vj's
+ * elements of `kind` (f32 or bf16, dvP per row). The same operations in the same order for every R
+ * and kind, so a row's bits depend on neither (a bf16 value widens to the f32 of the same value).
  */
 // @ts-ignore: decorator
 @inline function accumulateRows(
   O: usize, dvP: i32, P: usize, pStep: i32, Vj: usize, R: i32,
-  r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize,
+  r0: i32, kBegin: i32, kEnd: i32, alphaPtr: usize, kind: i32,
 ): void {
   const a0 = v128.load32_splat(alphaPtr);
   const a1 = v128.load32_splat(alphaPtr, 4);
   const a2 = v128.load32_splat(alphaPtr, 8);
   const a3 = v128.load32_splat(alphaPtr, 12);
   const oRowBytes = <usize>dvP << 2;
+  const vRowBytes = <usize>dvP << elementShift(kind);
   const pRowBytes = <usize>pStep << 2;
   const pStart = P + <usize>kBegin * pRowBytes;
   const pEnd = pStart + <usize>(kEnd - kBegin) * pRowBytes;
@@ -268,10 +294,17 @@ export function accumulateFewValues(
       a30 = f32x4.mul(v128.load(o + 3 * oRowBytes), a3);
       a31 = f32x4.mul(v128.load(o + 3 * oRowBytes, 16), a3);
     }
-    let v = Vj + <usize>kBegin * oRowBytes + c;
+    let v = Vj + <usize>kBegin * vRowBytes + ((c >> 2) << elementShift(kind));
     for (let p = pStart; p < pEnd; p += pRowBytes) {
-      const v0 = v128.load(v);
-      const v1 = v128.load(v, 16);
+      let v0: v128, v1: v128;
+      if (kind == ELEMENT_BF16) {
+        const x = v128.load(v); // eight bf16: this chunk's 8 columns of key row k
+        v0 = widenBf16Low(x);
+        v1 = widenBf16High(x);
+      } else {
+        v0 = v128.load(v);
+        v1 = v128.load(v, 16);
+      }
       let x = v128.load32_splat(p);
       a00 = madd(x, v0, a00);
       a01 = madd(x, v1, a01);
@@ -288,7 +321,7 @@ export function accumulateFewValues(
         a30 = madd(x, v0, a30);
         a31 = madd(x, v1, a31);
       }
-      v += oRowBytes;
+      v += vRowBytes;
     }
     v128.store(o, a00);
     v128.store(o, a01, 16);

@@ -1,15 +1,24 @@
-// The score product of a thin query block: K streamed from HBM into registers.
+// The score product of a thin query block, and how such a block reads K and V.
 //
 // A query block of at most THIN_ROWS virtual rows (a decode step: one position of the g ≤ 4 heads
 // that share a K/V head; or the last few rows of a longer call) uses each key exactly once, by one
-// register block. Staging its K tile in the arena would buy no reuse and cost a store and a load
-// per element, with the copy's memory stalls in series with the arithmetic. So the scores of such a
-// block read K rows straight from HBM into registers, as FlashDecoding does on a GPU, and only the
-// keys some row of the block can see: the union [first, end) of its rows' visible ranges (hbm.ts's
-// countStreamed counts them, one addition per tile). Its V rows go through the tile copy as usual,
-// but also only those keys' (forward.ts): the value product walks V down its columns, an access
-// the hardware prefetchers follow far better in the arena than in HBM (measured: streaming V too
-// made f32 decode steps slower). Everything else (Q, S, m, l, O, masks, biases) stays in the arena.
+// register block, so a widened f32 copy of its K and V tiles would buy no reuse. It reads only the
+// keys some row of the block can see, the union [first, end) of its rows' visible ranges, in one
+// of two ways that the host picks per call (the kernel's copyThin, from CACHED_KV_BYTES in
+// src/_plan.ts):
+// - streaming (the call's K and V fit in the CPU's caches): the score product reads K rows
+//   straight from HBM into registers, as FlashDecoding does on a GPU (hbm.ts's countStreamed
+//   counts them, one addition per tile); V rows are widened into the arena by the tile copy.
+// - copying (larger K and V, which come from DRAM): the K and V rows are copied into the arena as
+//   stored, 16-bit elements still 16-bit (hbm.ts's loadRowsAsStored, one memory.copy per tile when
+//   rows are contiguous), and both products widen them in registers (f16 V excepted: its widening
+//   needs more constants than the value product has registers for, so its rows are widened by the
+//   tile copy). Engines run memory.copy as a library memmove that keeps many more cache misses in
+//   flight than a product loop reading HBM does: on decode steps with 16 MiB and more of K and V
+//   this made f32 steps 7–23% faster and bf16 ones 9–14%; with 8 MiB, which the caches hold,
+//   streaming was 11% faster in f32 (bench:decode-dtype, BENCHMARKS.md).
+// Both ways run the same operations in the same order on the same values: same bits, same bytes.
+// Everything else (Q, S, m, l, O, masks, biases) stays in the arena.
 //
 // This file and hbm.ts are the only code that reads tensors in HBM. Elements of 16-bit kinds are
 // widened by half.ts's widen4, four at a time and in order, so a 16-bit K gives the bits of an f32
@@ -58,7 +67,7 @@ export function streamedRows(d: i32, dv: i32): i32 {
  * tile:
  *   S[c·ldq + t] = scale · Σ_k K[c][k] · Q[t·d + k]   for t < R, and 0 for R ≤ t < 4,
  * with Q row-major in the arena (R × d; with R = 4, rows past the block are zero) and key row c of
- * the tile at K + c·kRowBytes in HBM, elements of `kind`. Lanes run along k: each (row, key) sum is
+ * the tile at K + c·kRowBytes, elements of `kind`, in HBM (streaming) or in the arena (copying). Lanes run along k: each (row, key) sum is
  * four partial sums, lane j over k ≡ j mod 4 in order, added by laneSums — the same operations for
  * every R, so a row's scores do not depend on how many rows its block has. Register blocks: 4 rows
  * × 2 keys (8 accumulators, 2 key vectors, a query vector), or R ≤ 2 rows × 4 keys.
@@ -177,7 +186,7 @@ function scoresF16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: us
 }
 
 /** scoresRows for K of `kind` and a block of `rows` ∈ {1, 2, 4} (thinRowsOf) rows. */
-export function scoresStreamed(
+export function scoresThin(
   S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32, rows: i32,
   cBegin: i32, cEnd: i32, scale: f32,
 ): void {

@@ -5,6 +5,7 @@ import { PAGE_BYTES } from "./_limits.ts";
 import { message } from "./_messages.ts";
 import {
   allocateResults,
+  CACHED_KV_BYTES,
   CHUNK_BYTES,
   type ForwardPlan,
   forwardSteps,
@@ -28,6 +29,8 @@ export interface ForwardConfig {
   numSplits: number;
   /** Placement threshold; tests lower it to exercise streaming on small shapes. */
   slabBudgetBytes?: number;
+  /** K and V bytes up to which thin blocks stream K (CACHED_KV_BYTES); tests lower it to exercise the copy. */
+  cachedKvBytes?: number;
 }
 
 /** Output and (when asked for) lse of a forward call. */
@@ -44,6 +47,7 @@ export function planSync(kernels: Kernels, p: AttentionProblem, config: ForwardC
     slabBudgetBytes: config.slabBudgetBytes ?? SLAB_BUDGET_BYTES,
     chunkBytes: CHUNK_BYTES,
     jobsPerGroup: 1,
+    cachedKvBytes: config.cachedKvBytes ?? CACHED_KV_BYTES,
   });
 }
 

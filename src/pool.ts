@@ -11,6 +11,7 @@ import { HEAD_DIM_MAX, PAGE_BYTES } from "./_limits.ts";
 import {
   align,
   allocateResults,
+  CACHED_KV_BYTES,
   checkAddressable,
   CHUNK_BYTES,
   type ForwardPlan,
@@ -265,6 +266,8 @@ export interface PoolTuning {
    * runtime cannot reserve that much. Tests set a small one to see a refused grow.
    */
   memoryMaxBytes?: number;
+  /** K and V bytes up to which thin blocks stream K; default CACHED_KV_BYTES. Tests lower it. */
+  cachedKvBytes?: number;
 }
 
 /** The pool's tuning. */
@@ -625,6 +628,7 @@ class Pool implements AttentionPool {
       slabBudgetBytes: this.#tuning.slabBudgetBytes,
       chunkBytes: CHUNK_BYTES * this.threads,
       jobsPerGroup: Math.ceil((this.#tuning.jobsPerThread * this.threads) / Math.max(1, groups)),
+      cachedKvBytes: this.#tuning.cachedKvBytes ?? CACHED_KV_BYTES,
     });
     checkAddressable(this.#tableEnd(stepped(plan)), `${planScope(plan)}, with its job table,`, p.shapes);
     return plan;

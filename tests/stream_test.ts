@@ -1,14 +1,21 @@
 // Thin query blocks: at most 4 virtual rows (a decode step, or the last rows of a longer call) with
-// d a multiple of 4 and dv of 8 stream K and V from HBM into registers and read only the keys some
-// row of the block sees (assembly/stream.ts). These tests aim at that path: its results against the
-// f64 reference with every option that changes which keys a row sees, and the claim that keys
-// outside the block's view are never read.
+// d a multiple of 4 and dv of 8 read only the keys some row of the block sees (assembly/stream.ts):
+// K streamed from HBM into registers, or, when the call's K and V exceed CACHED_KV_BYTES, K and V
+// rows copied as stored into the arena and widened in registers. These tests aim at that path: its
+// results against the f64 reference with every option that changes which keys a row sees, the
+// claim that keys outside the block's view are never read, and the two ways of reading K and V
+// giving the same bits and bytes.
 //
 // Tolerance: the flash-attention rule of tests/_util.ts (error vs f64 ≤ 2 × the naive f32 error
 // + 1e-6). The IO counters of thin blocks are checked against a brute-force count in io_test.ts.
 
 import fc from "fast-check";
-import { flashAttention, type FlashAttentionOptions, type Tensor } from "../mod.ts";
+import { flashAttention, type FlashAttentionOptions, type HalfTensor, type Tensor } from "../mod.ts";
+import { ensureArena } from "../src/_blocks.ts";
+import { runForward } from "../src/_forward.ts";
+import { POOL_TUNING, startPool } from "../src/pool.ts";
+import { readStats } from "../src/_stats.ts";
+import { validateForwardCall } from "../src/_validate.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import {
@@ -143,5 +150,141 @@ test("a row's thin-block result does not depend on how many rows its block has (
       assertBitwiseEqual(`g = ${g}, heads ${h}…: O`, part.data, four.data.slice(h * dv, (h + g) * dv));
       assertBitwiseEqual(`g = ${g}, heads ${h}…: lse`, part.lse.data, four.lse.data.slice(h, h + g));
     }
+  }
+});
+
+/** A tensor's elements as `dtype`: f32 as is; bf16 as the top half of each f32 (truncated: any finite bits do). */
+function stored(t: Tensor, dtype: "f32" | "bf16" | "f16", random: () => number): Tensor | HalfTensor {
+  if (dtype === "f32") return t;
+  if (dtype === "bf16") {
+    const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
+    return { data: Uint16Array.from(bits, (x) => x >>> 16), shape: t.shape, dtype };
+  }
+  // f16: sign, an exponent giving 2^-4 … 2^1 and a random mantissa (normal numbers, none rounded)
+  const data = Uint16Array.from(
+    t.data,
+    () => (random() < 0.5 ? 0x8000 : 0) | ((11 + Math.floor(random() * 6)) << 10) | Math.floor(random() * 1024),
+  );
+  return { data, shape: t.shape, dtype };
+}
+
+/**
+ * The synchronous runner on a validated call with the given K/V threshold (undefined: the default,
+ * under which these small calls stream K): O, lse and the counters.
+ */
+function runThin(
+  q: Tensor,
+  k: Tensor | HalfTensor,
+  v: Tensor | HalfTensor,
+  options: FlashAttentionOptions,
+  numSplits: number,
+  cachedKvBytes: number | undefined,
+) {
+  const call = validateForwardCall(q, k, v, { ...options, returnLse: true });
+  const { Br, Bc } = ensureArena(kernels, call.sramBytes, call.problem);
+  kernels.resetCounters();
+  const config = { sramBytes: call.sramBytes, Br, Bc, out: undefined, numSplits, cachedKvBytes };
+  const result = runForward(kernels, call.problem, config);
+  return { ...result, stats: readStats(kernels, call.problem, config) };
+}
+
+test("thin blocks that copy K and V rows into the arena give the bits and bytes of those that stream K", () => {
+  // Both ways run scoresRows' and accumulateRows' operations in the same order on the same f32
+  // values (16-bit elements widened in registers either way), and read the same rows: the keys
+  // some row of the block sees. cachedKvBytes = 0 makes every call copy.
+  fc.assert(
+    fc.property(
+      thinCases,
+      fc.constantFrom("f32" as const, "bf16" as const, "f16" as const),
+      fc.constantFrom("f32" as const, "bf16" as const, "f16" as const),
+      fc.constantFrom(1, 3),
+      (c, kDtype, vDtype, numSplits) => {
+        const random = rng(c.seed);
+        const H = c.Hkv * c.g;
+        const positions = Math.max(1, Math.floor(c.Nq / c.g));
+        const Nq = c.long ? 8 + positions : positions;
+        const q = randomTensor(random, [c.B, Nq, H, c.d]);
+        const k = stored(randomTensor(random, [c.B, c.Nk, c.Hkv, c.d]), kDtype, random);
+        const v = stored(randomTensor(random, [c.B, c.Nk, c.Hkv, c.dv]), vDtype, random);
+        const options: FlashAttentionOptions = {
+          causal: c.window ? undefined : c.causal,
+          windowSize: c.window,
+          softcap: c.softcap,
+          mask: c.mask === "none"
+            ? undefined
+            : makeMask(random, { kind: c.mask, rank: 4, keep: [true, true, true, true], blocked: 0.2 }, [
+              c.B,
+              H,
+              Nq,
+              c.Nk,
+            ]),
+          seqLensK: c.seqLensK ? Int32Array.from({ length: c.B }, () => Math.floor(random() * (c.Nk + 1))) : undefined,
+          sramBytes: c.smallArena ? kernels.arenaBytes(8, 4, c.d, c.dv, c.mask !== "none") : undefined,
+        };
+        const streaming = runThin(q, k, v, options, numSplits, undefined);
+        const copying = runThin(q, k, v, options, numSplits, 0);
+        const what = JSON.stringify({ ...c, Nq, kDtype, vDtype, numSplits });
+        assertBitwiseEqual(`O of ${what}`, copying.o as Float32Array, streaming.o as Float32Array);
+        assertBitwiseEqual(`lse of ${what}`, copying.lse!, streaming.lse!);
+        const [counted, expected] = [JSON.stringify(copying.stats), JSON.stringify(streaming.stats)];
+        if (counted !== expected) throw new Error(`counters of ${what}: ${counted}, streaming ${expected}`);
+      },
+    ),
+    { seed: 0xc0b1, numRuns: 80, includeErrorInReport: true },
+  );
+});
+
+test("a decode step copies its K rows as stored into the arena above the K/V threshold, and only there", () => {
+  // The bits and bytes above cannot tell the two ways apart, so this looks in the arena: after a
+  // copying step it holds the bytes of the last K row the step read (f32 or bf16, as stored); a
+  // streaming step leaves K out of the arena (its tile copies write f32 rows of V only).
+  const random = rng(81);
+  const [Nk, Hkv, g, d, dv] = [100, 2, 2, 16, 8];
+  for (const dtype of ["f32", "bf16"] as const) {
+    const q = randomTensor(random, [1, 1, Hkv * g, d]);
+    const k = stored(randomTensor(random, [1, Nk, Hkv, d]), dtype, random);
+    const v = randomTensor(random, [1, Nk, Hkv, dv]);
+    // the last head's last key row, as stored in k ([1, Nk, Hkv, d])
+    const bytes = dtype === "f32" ? 4 : 2;
+    const last = new Uint8Array(k.data.buffer, k.data.byteOffset + (Nk * Hkv - 1) * d * bytes, d * bytes);
+    for (const cachedKvBytes of [undefined, 0]) {
+      const arena = new Uint8Array(kernels.memory.buffer, kernels.arenaPtr(), kernels.arenaMaxBytes());
+      arena.fill(0xff);
+      runThin(q, k, v, {}, 1, cachedKvBytes);
+      const after = new Uint8Array(kernels.memory.buffer, kernels.arenaPtr(), kernels.arenaMaxBytes());
+      const holds = indexOfBytes(after, last) >= 0;
+      if (holds !== (cachedKvBytes === 0)) {
+        throw new Error(
+          `${dtype}, cachedKvBytes ${cachedKvBytes}: the arena ${holds ? "holds" : "lacks"} the last K row`,
+        );
+      }
+    }
+  }
+});
+
+/** The first index of `needle` in `hay`, or −1. */
+function indexOfBytes(hay: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = 0; i + needle.length <= hay.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+test("the pool's thin blocks copy K and V above its K/V threshold and give the synchronous bits", async () => {
+  const random = rng(82);
+  const [B, Nk, Hkv, g, d, dv] = [2, 300, 2, 4, 32, 16];
+  const q = randomTensor(random, [B, 1, Hkv * g, d]);
+  const k = stored(randomTensor(random, [B, Nk, Hkv, d]), "bf16", random);
+  const v = stored(randomTensor(random, [B, Nk, Hkv, dv]), "bf16", random);
+  const options = { returnLse: true, seqLensK: new Int32Array([300, 171]) };
+  const expected = flashAttention(q, k, v, options);
+  const pool = await startPool(2, { ...POOL_TUNING, inlineFlops: 0, cachedKvBytes: 0 });
+  try {
+    const got = await pool.flashAttention(q, k, v, options);
+    assertBitwiseEqual("O", got.data, expected.data);
+    assertBitwiseEqual("lse", got.lse!.data, expected.lse!.data);
+  } finally {
+    await pool.close();
   }
 });

@@ -180,6 +180,7 @@ export type ForwardParameters = [
   kKind: number,
   vKind: number,
   oKind: number,
+  copyThin: number | boolean,
 ];
 
 /** The merge kernel's parameters after its SM (assembly/merge.ts). */
