@@ -22,12 +22,13 @@
  */
 import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { ASC_FLAGS, ASC_RELAXED_FLAGS, compile } from "../_tools/_asc.ts";
+import { ASC_FLAGS, ASC_RELAXED_FLAGS } from "../_tools/_asc.ts";
 import type { AttentionCall } from "../src/_problem.ts";
 import { attend, prepare } from "../src/_run.ts";
 import { validateForwardCall } from "../src/_validate.ts";
 import { createLoader, type Kernels, relaxedSimdValidates, type SimdBuild } from "../src/wasm/loader.ts";
 import { cpuName, median, quantile, random, runtimeKey, runtimeName, table, writeSection } from "./_report.ts";
+import { probeFlops, probeRunner } from "./_sgemm_probe.ts";
 
 const quick = process.argv.includes("--quick");
 const child = process.argv.includes("--child");
@@ -55,33 +56,6 @@ function forwardRunner(kernels: Kernels, call: AttentionCall): () => void {
 function callOf(N: number): AttentionCall {
   const q = random([1, N, H, d], 1), k = random([1, N, H, d], 2), v = random([1, N, H, d], 3);
   return validateForwardCall(q, k, v, sramBytes === undefined ? {} : { sramBytes });
-}
-
-const PROBE = { M: 64, N: 1024, K: 64, repeats: 40 };
-/** Flops of one probe run (PROBE.repeats products). */
-const probeFlops = 2 * PROBE.M * PROBE.N * PROBE.K * PROBE.repeats;
-
-/**
- * One run of the packed SGEMM probe built with `flags` (M = 64, N = 1024, K = 64: a Q·Kᵀ tile
- * row, PROBE.repeats times), warmed up to the optimising tier.
- */
-async function probeRunner(flags: readonly string[]): Promise<() => void> {
-  const { M, N, K, repeats } = PROBE;
-  const wasm = await compile(".", flags, "bench/probes/sgemm.ts");
-  const { instance } = await WebAssembly.instantiate(wasm as Uint8Array<ArrayBuffer>, {});
-  const probe = instance.exports as unknown as {
-    memory: WebAssembly.Memory;
-    sgemm(C: number, A: number, B: number, M: number, N: number, K: number): void;
-  };
-  const [A, B, C] = [65536, 65536 + 4 * M * K, 65536 + 4 * (M * K + K * N)];
-  probe.memory.grow(Math.ceil((C + 4 * M * N) / 65536) + 1);
-  const f32 = new Float32Array(probe.memory.buffer);
-  for (let i = A / 4; i < C / 4; i++) f32[i] = ((i * 7919) % 97) / 97 - 0.5;
-  const run = () => {
-    for (let r = 0; r < repeats; r++) probe.sgemm(C, A, B, M, N, K);
-  };
-  for (let i = 0; i < 20; i++) run();
-  return run;
 }
 
 /**
