@@ -16,9 +16,9 @@
  *    the relaxed-SIMD flag), deno (as it runs, and with V8's wasm bounds checks off, the test-only
  *    flag that shows what the bounds checks cost) and bun.
  *
- * `--child` prints one JSON line of part 3's measurements and exits; `--quick` shrinks everything;
- * `--sram=BYTES` runs the forwards with that arena instead of the default (bench/arena.ts compares
- * two). Writes its tables into BENCHMARKS.md.
+ * `--child` prints one JSON line of part 3's measurements and exits; `--quick` shrinks everything
+ * and writes nothing; `--sram=BYTES` runs the forwards with that arena instead of the default
+ * (bench/arena.ts compares two). Writes its tables into BENCHMARKS.md.
  */
 import { spawnSync } from "node:child_process";
 import process from "node:process";
@@ -285,6 +285,8 @@ if (!relaxedSimdValidates()) {
   );
 }
 
-writeSection("BENCHMARKS.md", `simd-${runtimeKey()}`, sections.join("\n\n"));
 log("\n" + sections.join("\n\n"));
-log("\nwrote BENCHMARKS.md");
+if (!quick) {
+  writeSection("BENCHMARKS.md", `simd-${runtimeKey()}`, sections.join("\n\n"));
+  log("\nwrote BENCHMARKS.md");
+}
