@@ -57,38 +57,43 @@ const thinCases = fc.record({
   seed: fc.integer(),
 });
 
+type ThinCase = typeof thinCases extends fc.Arbitrary<infer T> ? T : never;
+
+/**
+ * One thin-block problem: Nq·g ≤ 4 rows, one thin block; or a long call, 8 more positions, so that
+ * with the smallest arena (Br = 8) the last block has Nq·g mod 8 ∈ 1..4 rows. K and V stored as
+ * kDtype and vDtype; sramBytes is the smallest arena or undefined (the default).
+ */
+function thinProblem(c: ThinCase, kDtype: StoredDtype = "f32", vDtype: StoredDtype = "f32") {
+  const random = rng(c.seed);
+  const H = c.Hkv * c.g;
+  const positions = Math.max(1, Math.floor(c.Nq / c.g));
+  const Nq = c.long ? 8 + positions : positions;
+  const q = randomTensor(random, [c.B, Nq, H, c.d]);
+  const k = stored(randomTensor(random, [c.B, c.Nk, c.Hkv, c.d]), kDtype, random);
+  const v = stored(randomTensor(random, [c.B, c.Nk, c.Hkv, c.dv]), vDtype, random);
+  const mask = c.mask === "none"
+    ? undefined
+    : makeMask(random, { kind: c.mask, rank: 4, keep: [true, true, true, true], blocked: 0.2 }, [c.B, H, Nq, c.Nk]);
+  const options: FlashAttentionOptions = {
+    causal: c.window ? undefined : c.causal,
+    windowSize: c.window,
+    softcap: c.softcap,
+    alibiSlopes: c.alibi ? Float32Array.from({ length: H }, (_, h) => 0.5 ** (h + 1)) : undefined,
+    mask,
+    seqLensK: c.seqLensK ? Int32Array.from({ length: c.B }, () => Math.floor(random() * (c.Nk + 1))) : undefined,
+  };
+  const sramBytes = c.smallArena ? kernels.arenaBytes(8, 4, c.d, c.dv, mask !== undefined) : undefined;
+  return { q, k, v, options, sramBytes, Nq };
+}
+
 test("thin query blocks match the f64 reference with causal, windows, softcap, ALiBi, masks and seqLensK", () => {
   fc.assert(
     fc.property(thinCases, (c) => {
-      const random = rng(c.seed);
-      const H = c.Hkv * c.g;
-      // Nq·g ≤ 4 rows: one thin block. A long call: 8 more positions, so that with the smallest
-      // arena (Br = 8) the last block has Nq·g mod 8 ∈ 1..4 rows.
-      const positions = Math.max(1, Math.floor(c.Nq / c.g));
-      const Nq = c.long ? 8 + positions : positions;
-      const q = randomTensor(random, [c.B, Nq, H, c.d]);
-      const k = randomTensor(random, [c.B, c.Nk, c.Hkv, c.d]);
-      const v = randomTensor(random, [c.B, c.Nk, c.Hkv, c.dv]);
-      const options: FlashAttentionOptions = {
-        causal: c.window ? undefined : c.causal,
-        windowSize: c.window,
-        softcap: c.softcap,
-        alibiSlopes: c.alibi ? Float32Array.from({ length: H }, (_, h) => 0.5 ** (h + 1)) : undefined,
-        mask: c.mask === "none"
-          ? undefined
-          : makeMask(random, { kind: c.mask, rank: 4, keep: [true, true, true, true], blocked: 0.2 }, [
-            c.B,
-            H,
-            Nq,
-            c.Nk,
-          ]),
-        seqLensK: c.seqLensK ? Int32Array.from({ length: c.B }, () => Math.floor(random() * (c.Nk + 1))) : undefined,
-      };
-      const masked = options.mask !== undefined;
-      const sramBytes = c.smallArena ? kernels.arenaBytes(8, 4, c.d, c.dv, masked) : undefined;
+      const { q, k, v, options, sramBytes, Nq } = thinProblem(c);
       const o = flashAttention(q, k, v, { ...options, sramBytes, returnLse: true });
       const ref = referenceAttention(q, k, v, { ...options, returnLse: true });
-      const naive = naiveAttentionF32(q, k, v, options);
+      const naive = naiveAttentionF32(q, k as Tensor, v as Tensor, options); // thinProblem's default: f32 K and V
       const what = JSON.stringify({ ...c, Nq });
       assertFlashTolerance(`O of ${what}`, o.data, ref.data, naive.data);
       assertFlashTolerance(`lse of ${what}`, o.lse.data, ref.lse.data, naive.lse);
@@ -153,8 +158,10 @@ test("a row's thin-block result does not depend on how many rows its block has (
   }
 });
 
+type StoredDtype = "f32" | "bf16" | "f16";
+
 /** A tensor's elements as `dtype`: f32 as is; bf16 as the top half of each f32 (truncated: any finite bits do). */
-function stored(t: Tensor, dtype: "f32" | "bf16" | "f16", random: () => number): Tensor | HalfTensor {
+function stored(t: Tensor, dtype: StoredDtype, random: () => number): Tensor | HalfTensor {
   if (dtype === "f32") return t;
   if (dtype === "bf16") {
     const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
@@ -199,28 +206,8 @@ test("thin blocks that copy K and V rows into the arena give the bits and bytes 
       fc.constantFrom("f32" as const, "bf16" as const, "f16" as const),
       fc.constantFrom(1, 3),
       (c, kDtype, vDtype, numSplits) => {
-        const random = rng(c.seed);
-        const H = c.Hkv * c.g;
-        const positions = Math.max(1, Math.floor(c.Nq / c.g));
-        const Nq = c.long ? 8 + positions : positions;
-        const q = randomTensor(random, [c.B, Nq, H, c.d]);
-        const k = stored(randomTensor(random, [c.B, c.Nk, c.Hkv, c.d]), kDtype, random);
-        const v = stored(randomTensor(random, [c.B, c.Nk, c.Hkv, c.dv]), vDtype, random);
-        const options: FlashAttentionOptions = {
-          causal: c.window ? undefined : c.causal,
-          windowSize: c.window,
-          softcap: c.softcap,
-          mask: c.mask === "none"
-            ? undefined
-            : makeMask(random, { kind: c.mask, rank: 4, keep: [true, true, true, true], blocked: 0.2 }, [
-              c.B,
-              H,
-              Nq,
-              c.Nk,
-            ]),
-          seqLensK: c.seqLensK ? Int32Array.from({ length: c.B }, () => Math.floor(random() * (c.Nk + 1))) : undefined,
-          sramBytes: c.smallArena ? kernels.arenaBytes(8, 4, c.d, c.dv, c.mask !== "none") : undefined,
-        };
+        const { q, k, v, options: plain, sramBytes, Nq } = thinProblem(c, kDtype, vDtype);
+        const options = { ...plain, sramBytes };
         const streaming = runThin(q, k, v, options, numSplits, undefined);
         const copying = runThin(q, k, v, options, numSplits, 0);
         const what = JSON.stringify({ ...c, Nq, kDtype, vDtype, numSplits });
