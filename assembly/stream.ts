@@ -9,13 +9,15 @@
 // - streaming (the call's K and V fit in the CPU's caches): the score product reads K rows
 //   straight from HBM into registers, as FlashDecoding does on a GPU (hbm.ts's countStreamed
 //   counts them, one addition per tile); V rows are widened into the arena by the tile copy.
-// - copying (larger K and V, which come from DRAM): the K and V rows are copied into the arena as
-//   stored, 16-bit elements still 16-bit (hbm.ts's loadRowsAsStored, one memory.copy per tile when
-//   rows are contiguous), and both products widen them in registers (f16 V excepted: its widening
-//   needs more constants than the value product has registers for, so its rows are widened by the
-//   tile copy). Engines run memory.copy as a library memmove that keeps many more cache misses in
-//   flight than a product loop reading HBM does: on decode steps with 16 MiB and more of K and V
-//   this made f32 steps 7–23% faster and bf16 ones 9–14%; with 8 MiB, which the caches hold,
+// - copying (larger K and V, which come from DRAM): f32 and bf16 K and V rows are copied into the
+//   arena as stored (hbm.ts's loadRowsAsStored, one memory.copy per tile when rows are
+//   contiguous), and both products widen bf16 in registers. f16 rows are widened by the tile copy
+//   instead: in the products, f16's widening (half.ts's f16Lanes, nine operations and five
+//   constants per four values) made V8 spill (0.62× for V), while the tile copy widens eight at a
+//   time in four operations per four values when none is Infinity or NaN. Engines run memory.copy
+//   as a library memmove that keeps many more cache misses in flight than a product loop reading
+//   HBM does: on decode steps with 16 MiB and more of K and V this made f32 steps 7–23% faster and
+//   bf16 ones 9–14% (f16, with its faster widening, 11%); with 8 MiB, which the caches hold,
 //   streaming was 11% faster in f32 (bench:decode-dtype, BENCHMARKS.md).
 // Both ways run the same operations in the same order on the same values: same bits, same bytes.
 // Everything else (Q, S, m, l, O, masks, biases) stays in the arena.

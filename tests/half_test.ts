@@ -136,22 +136,32 @@ const f32Bits = (x: Float32Array) => new Uint32Array(x.buffer, x.byteOffset, x.l
 
 test("widening turns every f16 and bf16 bit pattern into its exact value, NaN payloads kept", () => {
   const all = Uint16Array.from({ length: 65536 }, (_, h) => h);
+  // The same patterns shuffled: f16's widening takes a shorter path for a group of eight without
+  // Infinity or NaN, so in order (groups all finite or all not) and shuffled (groups that mix them).
+  const shuffled = all.slice();
+  const random = rng(136);
+  for (let i = shuffled.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [shuffled[i], shuffled[j]] = [shuffled[j], shuffled[i]];
+  }
   for (const dtype of ["f16", "bf16"] as const) {
     const mantissaBits = FORMATS[dtype].mantissaBits;
-    // SIMD lanes (the whole array) and the scalar tail (three elements per call), which is also the
-    // conversion the transposed tile copies make element by element (widenOne)
-    for (const chunk of [all.length, 3]) {
-      const got = kernelWiden(all, dtype, chunk);
+    // SIMD lanes (the whole array; 13 elements per call: a group of eight, one of four and one
+    // element) and the scalar tail (three per call), which is also the conversion the transposed
+    // tile copies make element by element (widenOne)
+    for (const [patterns, chunk] of [[all, all.length], [all, 13], [all, 3], [shuffled, all.length]] as const) {
+      const got = kernelWiden(patterns, dtype, chunk);
       const bits = f32Bits(got);
-      for (let h = 0; h < 65536; h++) {
+      for (let i = 0; i < 65536; i++) {
+        const h = patterns[i];
         const expected = halfValue(h, dtype);
         if (Number.isNaN(expected)) {
           // sign and payload where an f32 keeps them: the top of the mantissa
           const payload = (h & ((1 << mantissaBits) - 1)) << (23 - mantissaBits);
           const wanted = ((h & 0x8000) << 16 | 0x7f800000 | payload) >>> 0;
-          if (bits[h] !== wanted) throw new Error(`${dtype} 0x${h.toString(16)}: bits 0x${bits[h].toString(16)}`);
-        } else if (!Object.is(got[h], expected)) {
-          throw new Error(`${dtype} 0x${h.toString(16)} (chunk ${chunk}): ${got[h]}, expected ${expected}`);
+          if (bits[i] !== wanted) throw new Error(`${dtype} 0x${h.toString(16)}: bits 0x${bits[i].toString(16)}`);
+        } else if (!Object.is(got[i], expected)) {
+          throw new Error(`${dtype} 0x${h.toString(16)} (chunk ${chunk}): ${got[i]}, expected ${expected}`);
         }
       }
     }
