@@ -209,17 +209,17 @@ export function forward(
       const kTile = kPtr + (<usize>(j0 * kRowStride) << elementShift(kKind));
       const vTile = vPtr + (<usize>(j0 * vRowStride) << elementShift(vKind));
       if (thin) {
-        // Sᵀ over the keys some row sees, [cBegin, cEnd), read from HBM.
+        // Sᵀ over the keys some row sees, [cBegin, cEnd): f16 K widened into Kj by the tile copy,
+        // f32 and bf16 K copied as stored with copyThin, else read from HBM (stream.ts says why).
         const cBegin = imax(0, i32At(rowFirst, 0) - j0);
         const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
         if (cBegin < cEnd) {
           const kRows = kTile + (<usize>(cBegin * kRowStride) << elementShift(kKind));
-          if (copyThin && kKind == ELEMENT_F16) {
-            // f16 K widened into Kj as f32 by the tile copy (stream.ts says why)
+          if (kKind == ELEMENT_F16) {
             loadRows(sm, addr(Kj, cBegin * d), d, cEnd - cBegin, d, kRows, kRowStride, cEnd - cBegin, d, TENSOR_K, kKind);
             scoresThin(S, 4, QiT, d, Kj, <usize>d << 2, ELEMENT_F32, thinRows, cBegin, cEnd, scale);
           } else if (copyThin) {
-            // K rows as stored into Kj (at most Bc rows of d elements of at most 4 bytes: inside)
+            // (at most Bc rows of d elements of at most 4 bytes: inside Kj)
             const kRowBytes = <usize>d << elementShift(kKind);
             loadRowsAsStored(sm, Kj + <usize>cBegin * kRowBytes, kRows, kRowStride, cEnd - cBegin, d, TENSOR_K, kKind);
             scoresThin(S, 4, QiT, d, Kj, kRowBytes, kKind, thinRows, cBegin, cEnd, scale);

@@ -6,27 +6,28 @@
 // keys some row of the block can see, the union [first, end) of its rows' visible ranges, in one
 // of two ways that the host picks per call (the kernel's copyThin, from CACHED_KV_BYTES in
 // src/_plan.ts):
-// - streaming (the call's K and V fit in the CPU's caches): the score product reads K rows
-//   straight from HBM into registers, as FlashDecoding does on a GPU (hbm.ts's countStreamed
+// - streaming (the call's K and V fit in the CPU's caches): the score product reads f32 or bf16 K
+//   rows straight from HBM into registers, as FlashDecoding does on a GPU (hbm.ts's countStreamed
 //   counts them, one addition per tile); V rows are widened into the arena by the tile copy.
 // - copying (larger K and V, which come from DRAM): f32 and bf16 K and V rows are copied into the
 //   arena as stored (hbm.ts's loadRowsAsStored, one memory.copy per tile when rows are
-//   contiguous), and both products widen bf16 in registers. f16 rows are widened by the tile copy
-//   instead: in the products, f16's widening (half.ts's f16Lanes, nine operations and five
-//   constants per four values) made V8 spill (0.62× for V), while the tile copy widens eight at a
-//   time in four operations per four values when none is Infinity or NaN. Engines run memory.copy
-//   as a library memmove that keeps many more cache misses in flight than a product loop reading
-//   HBM does: on decode steps with 16 MiB and more of K and V this made f32 steps 7–23% faster and
-//   bf16 ones 9–14% (f16, with its faster widening, 11%); with 8 MiB, which the caches hold,
-//   streaming was 11% faster in f32 (bench:decode-dtype, BENCHMARKS.md).
+//   contiguous), and both products widen bf16 in registers. Engines run memory.copy as a library
+//   memmove that keeps many more cache misses in flight than a product loop reading HBM does: on
+//   decode steps with 16 MiB and more of K and V this made f32 steps 7–23% faster and bf16 ones
+//   9–14%; with 8 MiB, which the caches hold, streaming was 11% faster in f32 (bench:decode-dtype,
+//   BENCHMARKS.md).
+// f16 K and V rows are widened into the arena by the tile copy either way: in the products, f16's
+// widening (half.ts's f16Lanes, nine operations and five constants per four values) made V8 spill
+// (0.62× for V; 0.84× for K against the copy), while the tile copy widens eight at a time in four
+// operations per four values when none is Infinity or NaN.
 // Both ways run the same operations in the same order on the same values: same bits, same bytes.
 // Everything else (Q, S, m, l, O, masks, biases) stays in the arena.
 //
-// This file and hbm.ts are the only code that reads tensors in HBM. Elements of 16-bit kinds are
-// widened by half.ts's widen4, four at a time and in order, so a 16-bit K gives the bits of an f32
-// one holding the same values.
+// This file and hbm.ts are the only code that reads tensors in HBM. bf16 elements are widened by
+// half.ts's widen4, four at a time and in order, so a bf16 K gives the bits of an f32 one holding
+// the same values (as an f16 K does through the tile copy).
 
-import { ELEMENT_BF16, ELEMENT_F16, ELEMENT_F32, elementShift, widen4 } from "./half";
+import { ELEMENT_BF16, ELEMENT_F32, elementShift, widen4 } from "./half";
 import { madd } from "./simd";
 
 /** Query blocks of at most this many virtual rows stream K (see the header). */
@@ -183,16 +184,11 @@ function scoresBf16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: u
   scoresOfKind(S, ldq, Q, d, K, kRowBytes, ELEMENT_BF16, rows, cBegin, cEnd, scale);
 }
 
-function scoresF16(S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, rows: i32, cBegin: i32, cEnd: i32, scale: f32): void {
-  scoresOfKind(S, ldq, Q, d, K, kRowBytes, ELEMENT_F16, rows, cBegin, cEnd, scale);
-}
-
-/** scoresRows for K of `kind` and a block of `rows` ∈ {1, 2, 4} (thinRowsOf) rows. */
+/** scoresRows for K of `kind` (f32 or bf16) and a block of `rows` ∈ {1, 2, 4} (thinRowsOf) rows. */
 export function scoresThin(
   S: usize, ldq: i32, Q: usize, d: i32, K: usize, kRowBytes: usize, kind: i32, rows: i32,
   cBegin: i32, cEnd: i32, scale: f32,
 ): void {
   if (kind == ELEMENT_F32) scoresF32(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
-  else if (kind == ELEMENT_BF16) scoresBf16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
-  else scoresF16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
+  else scoresBf16(S, ldq, Q, d, K, kRowBytes, rows, cBegin, cEnd, scale);
 }
