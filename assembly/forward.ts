@@ -65,6 +65,7 @@ import {
   loadMaskTile,
   loadRows,
   loadRowsAsStored,
+  loadRowsWidened,
   loadRowsTransposed,
   loadVirtualRows,
   storeRows,
@@ -209,14 +210,17 @@ export function forward(
       const kTile = kPtr + (<usize>(j0 * kRowStride) << elementShift(kKind));
       const vTile = vPtr + (<usize>(j0 * vRowStride) << elementShift(vKind));
       if (thin) {
-        // Sᵀ over the keys some row sees, [cBegin, cEnd): f16 K widened into Kj by the tile copy,
-        // f32 and bf16 K copied as stored with copyThin, else read from HBM (stream.ts says why).
+        // Sᵀ over the keys some row sees, [cBegin, cEnd): f16 K widened into Kj (with copyThin
+        // through a copy as stored), f32 and bf16 K copied as stored with copyThin, else read from
+        // HBM (stream.ts says why).
         const cBegin = imax(0, i32At(rowFirst, 0) - j0);
         const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
         if (cBegin < cEnd) {
           const kRows = kTile + (<usize>(cBegin * kRowStride) << elementShift(kKind));
           if (kKind == ELEMENT_F16) {
-            loadRows(sm, addr(Kj, cBegin * d), d, cEnd - cBegin, d, kRows, kRowStride, cEnd - cBegin, d, TENSOR_K, kKind);
+            const rowsSeen = cEnd - cBegin;
+            if (copyThin) loadRowsWidened(sm, addr(Kj, cBegin * d), kRows, kRowStride, rowsSeen, d, TENSOR_K, kKind);
+            else loadRows(sm, addr(Kj, cBegin * d), d, rowsSeen, d, kRows, kRowStride, rowsSeen, d, TENSOR_K, kKind);
             scoresThin(S, 4, QiT, d, Kj, <usize>d << 2, ELEMENT_F32, thinRows, cBegin, cEnd, scale);
           } else if (copyThin) {
             // (at most Bc rows of d elements of at most 4 bytes: inside Kj)
@@ -325,6 +329,10 @@ export function forward(
             const vRowBytes = <usize>dvP << elementShift(vKind);
             loadRowsAsStored(sm, Vj + <usize>gBegin * vRowBytes, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
             accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), vKind);
+          } else if (copyThin) {
+            // f16 V (stream.ts)
+            loadRowsWidened(sm, addr(Vj, gBegin * dvP), vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
+            accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), ELEMENT_F32);
           } else {
             loadRows(sm, addr(Vj, gBegin * dvP), dvP, gEnd - gBegin, dvP, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
             accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), ELEMENT_F32);

@@ -163,6 +163,36 @@ export function loadRowsAsStored(
 }
 
 /**
+ * HBM → arena for a thin block's 16-bit rows (stream.ts): `rows` rows of `cols` elements of `kind`
+ * (source row stride `srcStride` elements) to `dst` as f32, rows contiguous, in two passes: the rows
+ * as stored in one block copy (one per row when the source rows are not contiguous) into the upper
+ * half of the destination, then widened in place. A memmove from DRAM keeps more misses in flight
+ * than the widening loop does; the loop then reads from the cache. In place is safe because every
+ * store lands below the bytes still to be read: row r's f32 end at 4·cols·(r + 1) and, inside the
+ * row, the group being stored ends at or before the start of what the row has left to read (the
+ * stored rows start at 2·cols·(rows + r); widenRow loads each group before storing it).
+ */
+export function loadRowsWidened(
+  counters: usize,
+  dst: usize,
+  src: usize,
+  srcStride: i32,
+  rows: i32,
+  cols: i32,
+  tensor: i32,
+  kind: i32,
+): void {
+  const stored = dst + (<usize>(rows * cols) << 1);
+  const rowBytes = <usize>cols << 1;
+  if (srcStride == cols) memory.copy(stored, src, rowBytes * <usize>rows);
+  else {
+    for (let r = 0; r < rows; r++) memory.copy(stored + <usize>r * rowBytes, src + ((<usize>r * <usize>srcStride) << 1), rowBytes);
+  }
+  for (let r = 0; r < rows; r++) widenRow(dst + (<usize>(r * cols) << 2), stored + <usize>r * rowBytes, cols, kind);
+  countRead(counters, tensor, rows * cols * 2);
+}
+
+/**
  * HBM → arena, by virtual row: row r0 + r of `src` (elements of `kind`, addressed as in the header)
  * goes to row r of `dst` (row stride `dstStride`), `cols` floats zero-filled up to `dstCols`, then
  * zero rows up to `dstRows`.
