@@ -165,8 +165,7 @@ export function loadRowsAsStored(
 /**
  * HBM → arena for a thin block's 16-bit rows (stream.ts): `rows` rows of `cols` elements of `kind`
  * (source row stride `srcStride` elements) to `dst` as f32, rows contiguous, in two passes: the rows
- * as stored in one block copy (one per row when the source rows are not contiguous) into the upper
- * half of the destination, then widened in place. A memmove from DRAM keeps more misses in flight
+ * as stored (loadRowsAsStored) into the upper half of the destination, then widened in place. A memmove from DRAM keeps more misses in flight
  * than the widening loop does; the loop then reads from the cache. In place is safe because every
  * store lands below the bytes still to be read: row r's f32 end at 4·cols·(r + 1) and, inside the
  * row, the group being stored ends at or before the start of what the row has left to read (the
@@ -183,13 +182,8 @@ export function loadRowsWidened(
   kind: i32,
 ): void {
   const stored = dst + (<usize>(rows * cols) << 1);
-  const rowBytes = <usize>cols << 1;
-  if (srcStride == cols) memory.copy(stored, src, rowBytes * <usize>rows);
-  else {
-    for (let r = 0; r < rows; r++) memory.copy(stored + <usize>r * rowBytes, src + ((<usize>r * <usize>srcStride) << 1), rowBytes);
-  }
-  for (let r = 0; r < rows; r++) widenRow(dst + (<usize>(r * cols) << 2), stored + <usize>r * rowBytes, cols, kind);
-  countRead(counters, tensor, rows * cols * 2);
+  loadRowsAsStored(counters, stored, src, srcStride, rows, cols, tensor, kind); // counts the bytes read
+  for (let r = 0; r < rows; r++) widenRow(dst + (<usize>(r * cols) << 2), stored + (<usize>(r * cols) << 1), cols, kind);
 }
 
 /**
