@@ -165,11 +165,12 @@ export function loadRowsAsStored(
 /**
  * HBM → arena for a thin block's 16-bit rows (stream.ts): `rows` rows of `cols` elements of `kind`
  * (source row stride `srcStride` elements) to `dst` as f32, rows contiguous, in two passes: the rows
- * as stored (loadRowsAsStored) into the upper half of the destination, then widened in place. A memmove from DRAM keeps more misses in flight
- * than the widening loop does; the loop then reads from the cache. In place is safe because every
- * store lands below the bytes still to be read: row r's f32 end at 4·cols·(r + 1) and, inside the
- * row, the group being stored ends at or before the start of what the row has left to read (the
- * stored rows start at 2·cols·(rows + r); widenRow loads each group before storing it).
+ * as stored (loadRowsAsStored) into the upper half of the destination, then widened in place. A
+ * memmove from DRAM keeps more misses in flight than the widening loop does; the loop then reads
+ * from the cache. In place is safe because every store lands below the bytes still to be read: row
+ * r's f32 end at 4·cols·(r + 1) and, inside the row, the group being stored ends at or before the
+ * start of what the row has left to read (the stored rows start at 2·cols·(rows + r); widenRow
+ * loads each group before storing it).
  */
 export function loadRowsWidened(
   counters: usize,
