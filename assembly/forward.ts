@@ -217,21 +217,21 @@ export function forward(
         const cEnd = imin(cols, imax(0, i32At(rowEnd, rowsHere - 1) - j0));
         if (cBegin < cEnd) {
           const kRows = kTile + (<usize>(cBegin * kRowStride) << elementShift(kKind));
+          const rowsSeen = cEnd - cBegin;
           if (kKind == ELEMENT_F16) {
-            const rowsSeen = cEnd - cBegin;
             if (copyThin) loadRowsWidened(sm, addr(Kj, cBegin * d), kRows, kRowStride, rowsSeen, d, TENSOR_K, kKind);
             else loadRows(sm, addr(Kj, cBegin * d), d, rowsSeen, d, kRows, kRowStride, rowsSeen, d, TENSOR_K, kKind);
             scoresThin(S, 4, QiT, d, Kj, <usize>d << 2, ELEMENT_F32, thinRows, cBegin, cEnd, scale);
           } else if (copyThin) {
             // (at most Bc rows of d elements of at most 4 bytes: inside Kj)
             const kRowBytes = <usize>d << elementShift(kKind);
-            loadRowsAsStored(sm, Kj + <usize>cBegin * kRowBytes, kRows, kRowStride, cEnd - cBegin, d, TENSOR_K, kKind);
+            loadRowsAsStored(sm, Kj + <usize>cBegin * kRowBytes, kRows, kRowStride, rowsSeen, d, TENSOR_K, kKind);
             scoresThin(S, 4, QiT, d, Kj, kRowBytes, kKind, thinRows, cBegin, cEnd, scale);
           } else {
             scoresThin(S, 4, QiT, d, kTile, <usize>kRowStride << elementShift(kKind), kKind, thinRows, cBegin, cEnd, scale);
-            countStreamed(sm, TENSOR_K, (cEnd - cBegin) * d * elementBytes(kKind));
+            countStreamed(sm, TENSOR_K, rowsSeen * d * elementBytes(kKind));
           }
-          flops += <u64>(2 * thinRows * (cEnd - cBegin) * d);
+          flops += <u64>(2 * thinRows * rowsSeen * d);
         }
       } else {
         loadRows(sm, Kj, d, cols4, d, kTile, kRowStride, cols, d, TENSOR_K, kKind);
@@ -324,17 +324,17 @@ export function forward(
         // O = alpha·O + P·Vj (a thin block copies only the rows of Vj it sees, [gBegin, gEnd))
         if (thin) {
           const vRows = vTile + (<usize>(gBegin * vRowStride) << elementShift(vKind));
+          const rowsSeen = gEnd - gBegin;
           if (copyThin && vKind != ELEMENT_F16) {
             // V rows as stored (dv = dvP for a thin block), widened in the value product's registers
             const vRowBytes = <usize>dvP << elementShift(vKind);
-            loadRowsAsStored(sm, Vj + <usize>gBegin * vRowBytes, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
+            loadRowsAsStored(sm, Vj + <usize>gBegin * vRowBytes, vRows, vRowStride, rowsSeen, dv, TENSOR_V, vKind);
             accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), vKind);
-          } else if (copyThin) {
-            // f16 V (stream.ts)
-            loadRowsWidened(sm, addr(Vj, gBegin * dvP), vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
-            accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), ELEMENT_F32);
           } else {
-            loadRows(sm, addr(Vj, gBegin * dvP), dvP, gEnd - gBegin, dvP, vRows, vRowStride, gEnd - gBegin, dv, TENSOR_V, vKind);
+            // V rows widened into Vj (f16 with copyThin through a copy as stored: stream.ts)
+            const vRowsF32 = addr(Vj, gBegin * dvP);
+            if (copyThin) loadRowsWidened(sm, vRowsF32, vRows, vRowStride, rowsSeen, dv, TENSOR_V, vKind);
+            else loadRows(sm, vRowsF32, dvP, rowsSeen, dvP, vRows, vRowStride, rowsSeen, dv, TENSOR_V, vKind);
             accumulateFewValues(O, dvP, sPanel, 4, Vj, thinRows, gBegin, gEnd, addr(alphas, r), ELEMENT_F32);
           }
         } else {

@@ -165,12 +165,13 @@ export function loadRowsAsStored(
 /**
  * HBM → arena for a thin block's 16-bit rows (stream.ts): `rows` rows of `cols` elements of `kind`
  * (source row stride `srcStride` elements) to `dst` as f32, rows contiguous, in two passes: the rows
- * as stored (loadRowsAsStored) into the upper half of the destination, then widened in place. A
- * memmove from DRAM keeps more misses in flight than the widening loop does; the loop then reads
- * from the cache. In place is safe because every store lands below the bytes still to be read: row
- * r's f32 end at 4·cols·(r + 1) and, inside the row, the group being stored ends at or before the
- * start of what the row has left to read (the stored rows start at 2·cols·(rows + r); widenRow
- * loads each group before storing it).
+ * as stored (loadRowsAsStored) into the upper half of the destination, then widened in place, all
+ * n = rows·cols elements in one pass. A memmove from DRAM keeps more misses in flight than the
+ * widening loop does; the loop then reads from the cache. In place is safe because every store
+ * lands below the bytes still to be read: widenRow loads each group before storing it, and the
+ * group of elements i..i+7 ends its f32 at byte 4·(i + 8) of the destination, at or before byte
+ * 2·n + 2·(i + 8), where the elements still to be read start (i + 8 ≤ n; groups of 4 and single
+ * elements likewise).
  */
 export function loadRowsWidened(
   counters: usize,
@@ -182,9 +183,10 @@ export function loadRowsWidened(
   tensor: i32,
   kind: i32,
 ): void {
-  const stored = dst + (<usize>(rows * cols) << 1);
+  const n = rows * cols;
+  const stored = dst + (<usize>n << 1);
   loadRowsAsStored(counters, stored, src, srcStride, rows, cols, tensor, kind); // counts the bytes read
-  for (let r = 0; r < rows; r++) widenRow(dst + (<usize>(r * cols) << 2), stored + (<usize>(r * cols) << 1), cols, kind);
+  widenRow(dst, stored, n, kind);
 }
 
 /**

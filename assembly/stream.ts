@@ -72,9 +72,10 @@ export function streamedRows(d: i32, dv: i32): i32 {
  * tile:
  *   S[c·ldq + t] = scale · Σ_k K[c][k] · Q[t·d + k]   for t < R, and 0 for R ≤ t < 4,
  * with Q row-major in the arena (R × d; with R = 4, rows past the block are zero) and key row c of
- * the tile at K + c·kRowBytes, elements of `kind`, in HBM (streaming) or in the arena (copying). Lanes run along k: each (row, key) sum is
- * four partial sums, lane j over k ≡ j mod 4 in order, added by laneSums — the same operations for
- * every R, so a row's scores do not depend on how many rows its block has. Register blocks: 4 rows
+ * the tile at K + c·kRowBytes, elements of `kind`, in HBM (streaming) or in the arena (copying).
+ * Lanes run along k: each (row, key) sum is four partial sums, lane j over k ≡ j mod 4 in order,
+ * added by laneSums — the same operations for every R, so a row's scores do not depend on how many
+ * rows its block has. Register blocks: 4 rows
  * × 2 keys (8 accumulators, 2 key vectors, a query vector), or R ≤ 2 rows × 4 keys.
  */
 // @ts-ignore: decorator
