@@ -70,6 +70,9 @@ export interface PlanConfig {
   cachedKvBytes: number;
 }
 
+/** A plan's config with what planForward derives from it once per call, for the jobs it makes. */
+type JobConfig = PlanConfig & Pick<ForwardJob, "copyThin">;
+
 /**
  * One call of the forward kernel (assembly/forward.ts), argument for argument: byte addresses end
  * in Ptr, strides count elements; Q, O and lse are addressed by virtual row (assembly/hbm.ts).
@@ -243,7 +246,7 @@ export function elementSizes(p: AttentionProblem): { q: number; k: number; v: nu
 }
 
 /** Bytes of the K and V rows a call reads: every sequence's visible keys, all K/V heads. */
-export function kvBytes(p: AttentionProblem): number {
+function kvBytes(p: AttentionProblem): number {
   const size = elementSizes(p);
   const keys = p.sequences.reduce((sum, s) => sum + (s.Nq > 0 ? s.Nk : 0), 0);
   return keys * p.Hkv * (p.d * size.k + p.dv * size.v);
@@ -309,7 +312,8 @@ export interface ForwardPlan {
  * memory need is checked against WebAssembly's limit, so a problem too large fails before
  * anything is written (to `out`, or to a KV cache by its caller).
  */
-export function planForward(p: AttentionProblem, config: PlanConfig): ForwardPlan {
+export function planForward(p: AttentionProblem, given: PlanConfig): ForwardPlan {
+  const config: JobConfig = { ...given, copyThin: kvBytes(p) > given.cachedKvBytes };
   const phases: Phase[] = [];
   let endPtr = config.hbmPtr;
   let streamed = false;
@@ -515,7 +519,7 @@ type GroupCall =
  */
 function groupJobs(
   p: AttentionProblem,
-  config: PlanConfig,
+  config: JobConfig,
   c: GroupCall,
   splits: number,
   scratchPtr: number,
@@ -524,7 +528,6 @@ function groupJobs(
   const g = p.group;
   const size = elementSizes(p);
   const kinds = elementKinds(p);
-  const copyThin = kvBytes(p) > config.cachedKvBytes;
   for (const [i0, n] of jobRanges(config, g, c.Nq)) {
     const rows = n * g;
     const job = (keyBegin: number, keyEnd: number, out: [number, number, number], lse: [number, number, number]) =>
@@ -563,7 +566,7 @@ function groupJobs(
         sramBytes: config.sramBytes,
         partial: splits > 1,
         ...kinds,
-        copyThin,
+        copyThin: config.copyThin,
       });
     const oPtr = c.oPtr + size.o * i0 * c.oRowStride;
     const lsePtr = c.lsePtr === 0 ? 0 : c.lsePtr + 4 * i0 * c.lseRowStride;
@@ -724,7 +727,7 @@ function stageHeadMajor<T extends Float32Array | Uint16Array>(
 }
 
 /** One phase for consecutive sequences placed whole, one slab after another. */
-function planSlabs(p: AttentionProblem, config: PlanConfig, sequences: Sequence[]): Phase & { endPtr: number } {
+function planSlabs(p: AttentionProblem, config: JobConfig, sequences: Sequence[]): Phase & { endPtr: number } {
   const phase = { jobs: [] as ForwardJob[], merges: [] as MergeJob[] };
   const slabs: { s: Sequence; e: SlabExtents; ptrs: SlabPtrs; kHeadMajor: boolean; vHeadMajor: boolean }[] = [];
   const elementBytes = maskElementBytes(p);
@@ -838,7 +841,7 @@ interface StreamPtrs {
 }
 
 /** The phases of a sequence too large for a slab: one per (head group, chunk of positions). */
-function planStreamed(p: AttentionProblem, config: PlanConfig, s: Sequence): { phases: Phase[]; endPtr: number } {
+function planStreamed(p: AttentionProblem, config: JobConfig, s: Sequence): { phases: Phase[]; endPtr: number } {
   const { d, dv, group: g } = p;
   const kind = maskKind(p);
   const elementBytes = maskElementBytes(p);
