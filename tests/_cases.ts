@@ -53,6 +53,23 @@ export function toBhsd<T extends Tensor | HalfTensor>(t: T): T {
   return { ...t, data, shape: [b, h, n, x] };
 }
 
+export type StoredDtype = "f32" | "bf16" | "f16";
+
+/** A tensor's elements as `dtype`: f32 as is; bf16 as the top half of each f32 (truncated: any finite bits do). */
+export function stored(t: Tensor, dtype: StoredDtype, random: () => number): Tensor | HalfTensor {
+  if (dtype === "f32") return t;
+  if (dtype === "bf16") {
+    const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
+    return { data: Uint16Array.from(bits, (x) => x >>> 16), shape: t.shape, dtype };
+  }
+  // f16: sign, an exponent giving 2^-4 … 2^1 and a random mantissa (normal numbers, none rounded)
+  const data = Uint16Array.from(
+    t.data,
+    () => (random() < 0.5 ? 0x8000 : 0) | ((11 + Math.floor(random() * 6)) << 10) | Math.floor(random() * 1024),
+  );
+  return { data, shape: t.shape, dtype };
+}
+
 /** A problem with every variant option as data: GQA groups, windows, ALiBi, softcap, masks, key lengths. */
 export interface Spec {
   B: number;

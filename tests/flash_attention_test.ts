@@ -1,11 +1,11 @@
 import fc from "fast-check";
-import { flashAttention, type InputTensor, type Tensor } from "../mod.ts";
+import { flashAttention, type Tensor } from "../mod.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { runForward } from "../src/_forward.ts";
 import { validateAttention } from "../src/_validate.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
 import { assertBitwiseEqual, assertFlashTolerance, naiveAttentionF32, randomTensor, rng, test } from "./_util.ts";
-import { type Case, inputs, toBhsd } from "./_cases.ts";
+import { type Case, inputs, stored, toBhsd } from "./_cases.ts";
 
 const kernels = loadKernels();
 
@@ -285,15 +285,7 @@ test("flashAttention() stages bshd K and V head-major through its staging area i
     const [B, Nq, H, Hkv, d, dv] = [1, 8, 4, 2, 128, 64];
     const q = randomTensor(random, [B, Nq, H, d]);
     const [kf, vf] = [randomTensor(random, [B, Nk, Hkv, d]), randomTensor(random, [B, Nk, Hkv, dv])];
-    const half = (t: Tensor) => {
-      const bits = new Uint16Array(t.data.length);
-      const words = new Uint32Array((t.data as Float32Array).buffer);
-      for (let i = 0; i < bits.length; i++) bits[i] = words[i] >>> 16; // truncation: any bf16 values do
-      return bits;
-    };
-    const [k, v]: InputTensor[] = dtype === "f32"
-      ? [kf, vf]
-      : [{ data: half(kf), shape: kf.shape, dtype }, { data: half(vf), shape: vf.shape, dtype }];
+    const [k, v] = [stored(kf, dtype, random), stored(vf, dtype, random)];
     const bshd = flashAttention(q, k, v, { returnLse: true });
     const bhsd = flashAttention(toBhsd(q), toBhsd(k), toBhsd(v), { returnLse: true, layout: "bhsd" });
     assertBitwiseEqual(`O ${dtype}`, bhsd.data, toBhsd({ data: bshd.data, shape: bshd.shape }).data);

@@ -1,7 +1,7 @@
 // Thin query blocks: at most 4 virtual rows (a decode step, or the last rows of a longer call) with
 // d a multiple of 4 and dv of 8 read only the keys some row of the block sees (assembly/stream.ts):
 // K streamed from HBM into registers, or, when the call's K and V exceed CACHED_KV_BYTES, K and V
-// rows copied as stored into the arena and widened in registers. These tests aim at that path: its
+// rows copied as stored into the arena (f16's then widened in place, bf16 widened in registers). These tests aim at that path: its
 // results against the f64 reference with every option that changes which keys a row sees, the
 // claim that keys outside the block's view are never read, and the two ways of reading K and V
 // giving the same bits and bytes.
@@ -18,6 +18,7 @@ import { readStats } from "../src/_stats.ts";
 import { validateForwardCall } from "../src/_validate.ts";
 import { referenceAttention } from "../src/reference.ts";
 import { loadKernels } from "../src/wasm/loader.ts";
+import { stored, type StoredDtype } from "./_cases.ts";
 import {
   assertBitwiseEqual,
   assertFlashTolerance,
@@ -158,23 +159,6 @@ test("a row's thin-block result does not depend on how many rows its block has (
   }
 });
 
-type StoredDtype = "f32" | "bf16" | "f16";
-
-/** A tensor's elements as `dtype`: f32 as is; bf16 as the top half of each f32 (truncated: any finite bits do). */
-function stored(t: Tensor, dtype: StoredDtype, random: () => number): Tensor | HalfTensor {
-  if (dtype === "f32") return t;
-  if (dtype === "bf16") {
-    const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
-    return { data: Uint16Array.from(bits, (x) => x >>> 16), shape: t.shape, dtype };
-  }
-  // f16: sign, an exponent giving 2^-4 … 2^1 and a random mantissa (normal numbers, none rounded)
-  const data = Uint16Array.from(
-    t.data,
-    () => (random() < 0.5 ? 0x8000 : 0) | ((11 + Math.floor(random() * 6)) << 10) | Math.floor(random() * 1024),
-  );
-  return { data, shape: t.shape, dtype };
-}
-
 /**
  * The synchronous runner on a validated call with the given K/V threshold (undefined: the default,
  * under which these small calls stream K): O, lse and the counters.
@@ -197,8 +181,8 @@ function runThin(
 
 test("thin blocks that copy K and V rows into the arena give the bits and bytes of those that stream K", () => {
   // Both ways run scoresRows' and accumulateRows' operations in the same order on the same f32
-  // values (16-bit elements widened in registers either way), and read the same rows: the keys
-  // some row of the block sees. cachedKvBytes = 0 makes every call copy.
+  // values (bf16 widened in registers and f16 by the tile copy, either way), and read the same
+  // rows: the keys some row of the block sees. cachedKvBytes = 0 makes every call copy.
   fc.assert(
     fc.property(
       thinCases,
